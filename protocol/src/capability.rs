@@ -1,0 +1,449 @@
+//! Capability tokens: what a node's owner lets another key (or the holder of a
+//! one-time invite secret) do on that node, signed with ed25519.
+//!
+//! A capability is valid when it is signed by the node's owner or by the node
+//! itself, or by a key that holds an owner-role capability for the same node,
+//! which it then carries as `proof` (at most [`MAX_PROOF_DEPTH`] links).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::identity::{NodeId, SecretKey};
+
+/// Longest delegation chain accepted.
+pub const MAX_PROOF_DEPTH: usize = 4;
+/// How far in the future `issued_at` may lie (clock skew between peers).
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+/// Longest scope name accepted.
+pub const MAX_SCOPE_LEN: usize = 128;
+const SIGNING_DOMAIN: &[u8] = b"sam/cap/1\0";
+
+/// What a peer may do. Ordered: each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Reads documents, watches terminals read-only, lists files.
+    Viewer,
+    /// Also prompts, cancels, answers permissions, types, uploads, forwards ports.
+    Collaborator,
+    /// Also shares, revokes and deletes.
+    Owner,
+}
+
+impl Role {
+    /// The lowercase name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Collaborator => "collaborator",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = CapabilityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "collaborator" => Ok(Role::Collaborator),
+            "owner" => Ok(Role::Owner),
+            other => Err(CapabilityError::UnknownRole(other.to_string())),
+        }
+    }
+}
+
+/// Narrows a capability to one workspace or one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    Workspace(String),
+    Conversation(String),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Workspace(w) => write!(f, "workspace {w}"),
+            Scope::Conversation(c) => write!(f, "conversation {c}"),
+        }
+    }
+}
+
+/// Who may use a capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Grantee {
+    /// Exactly this key.
+    Key(NodeId),
+    /// Whoever first presents the secret whose SHA-256 is this; the node then binds
+    /// the capability to that key.
+    Invite([u8; 32]),
+}
+
+/// The signed body of a capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    /// Random id, used to revoke.
+    pub id: [u8; 16],
+    /// The key that signed it.
+    pub issuer: NodeId,
+    /// The node it is valid on.
+    pub node: NodeId,
+    pub grantee: Grantee,
+    pub role: Role,
+    pub scope: Option<Scope>,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<u64>,
+}
+
+impl Capability {
+    /// A new capability with a random id, issued `now`.
+    pub fn new(
+        issuer: NodeId,
+        node: NodeId,
+        grantee: Grantee,
+        role: Role,
+        scope: Option<Scope>,
+        now: u64,
+        ttl_secs: Option<u64>,
+    ) -> Self {
+        Self {
+            id: rand::random(),
+            issuer,
+            node,
+            grantee,
+            role,
+            scope,
+            issued_at: now,
+            expires_at: ttl_secs.map(|t| now.saturating_add(t)),
+        }
+    }
+
+    /// The id as 32 hex digits (what `sam shares ls` shows and `sam revoke` takes).
+    pub fn id_hex(&self) -> String {
+        id_hex(&self.id)
+    }
+
+    fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = SIGNING_DOMAIN.to_vec();
+        // Serialising a plain struct into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Signs this capability. `proof` is the issuer's own owner capability when the
+    /// issuer is not the node's owner.
+    pub fn sign(self, key: &SecretKey, proof: Option<SignedCapability>) -> SignedCapability {
+        let signature = key.sign(&self.signing_bytes());
+        SignedCapability {
+            cap: self,
+            signature,
+            proof: proof.map(Box::new),
+        }
+    }
+}
+
+/// Formats a capability id.
+pub fn id_hex(id: &[u8; 16]) -> String {
+    data_encoding::HEXLOWER.encode(id)
+}
+
+/// Parses a capability id.
+pub fn parse_id(s: &str) -> Result<[u8; 16], CapabilityError> {
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.trim().as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| CapabilityError::BadId(s.to_string()))
+}
+
+/// The hash an invite capability names; the secret itself travels only in the ticket.
+pub fn invite_hash(secret: &[u8; 32]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// A capability with its signature and, for delegated ones, the issuer's proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCapability {
+    pub cap: Capability,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+    pub proof: Option<Box<SignedCapability>>,
+}
+
+/// Why a capability is not valid.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CapabilityError {
+    #[error("capability is for node {got}, not this node ({want})")]
+    WrongNode { want: String, got: String },
+    #[error("capability signature does not verify (forged or damaged)")]
+    BadSignature,
+    #[error("capability {id} was signed by {issuer}, who is not the owner of this node")]
+    NotOwner { id: String, issuer: String },
+    #[error("capability {id} expired {ago} seconds ago; ask the owner for a new one")]
+    Expired { id: String, ago: u64 },
+    #[error("capability {id} is issued in the future (check this machine's clock)")]
+    NotYetValid { id: String },
+    #[error("capability delegation chain is longer than {MAX_PROOF_DEPTH}")]
+    ChainTooLong,
+    #[error("capability {id} widens the scope or role of the capability that delegates it")]
+    Escalation { id: String },
+    #[error("scope name is longer than {MAX_SCOPE_LEN} bytes")]
+    ScopeTooLong,
+    #[error("unknown role {0:?}: use viewer, collaborator or owner")]
+    UnknownRole(String),
+    #[error("not a capability id: {0:?} (expected 32 hex digits)")]
+    BadId(String),
+}
+
+impl SignedCapability {
+    /// Checks signature, target node, time window and delegation chain.
+    /// Revocation and grantee binding are the node's business ([`crate::auth`]).
+    pub fn verify(&self, node: NodeId, owner: NodeId, now: u64) -> Result<(), CapabilityError> {
+        self.verify_depth(node, owner, now, 0)
+    }
+
+    fn verify_depth(
+        &self,
+        node: NodeId,
+        owner: NodeId,
+        now: u64,
+        depth: usize,
+    ) -> Result<(), CapabilityError> {
+        if depth > MAX_PROOF_DEPTH {
+            return Err(CapabilityError::ChainTooLong);
+        }
+        let cap = &self.cap;
+        let id = cap.id_hex();
+        if cap.node != node {
+            return Err(CapabilityError::WrongNode {
+                want: node.to_string(),
+                got: cap.node.to_string(),
+            });
+        }
+        if let Some(Scope::Workspace(s) | Scope::Conversation(s)) = &cap.scope
+            && s.len() > MAX_SCOPE_LEN
+        {
+            return Err(CapabilityError::ScopeTooLong);
+        }
+        cap.issuer
+            .verify(&cap.signing_bytes(), &self.signature)
+            .map_err(|_| CapabilityError::BadSignature)?;
+        if cap.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(CapabilityError::NotYetValid { id });
+        }
+        if let Some(exp) = cap.expires_at
+            && exp <= now
+        {
+            return Err(CapabilityError::Expired { id, ago: now - exp });
+        }
+        if cap.issuer == owner || cap.issuer == node {
+            return Ok(());
+        }
+        let Some(proof) = &self.proof else {
+            return Err(CapabilityError::NotOwner {
+                id,
+                issuer: cap.issuer.to_string(),
+            });
+        };
+        proof.verify_depth(node, owner, now, depth + 1)?;
+        let p = &proof.cap;
+        let scope_ok = p.scope.is_none() || p.scope == cap.scope;
+        let expiry_ok = match (p.expires_at, cap.expires_at) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(pe), Some(ce)) => ce <= pe,
+        };
+        if p.grantee != Grantee::Key(cap.issuer) || p.role != Role::Owner {
+            return Err(CapabilityError::NotOwner {
+                id,
+                issuer: cap.issuer.to_string(),
+            });
+        }
+        if !scope_ok || !expiry_ok {
+            return Err(CapabilityError::Escalation { id });
+        }
+        Ok(())
+    }
+
+    /// Ids of this capability and every capability in its proof chain.
+    pub fn chain_ids(&self) -> Vec<[u8; 16]> {
+        let mut ids = vec![self.cap.id];
+        let mut cur = &self.proof;
+        while let Some(p) = cur {
+            ids.push(p.cap.id);
+            cur = &p.proof;
+        }
+        ids
+    }
+}
+
+mod sig_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(sig)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v = Vec::<u8>::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| D::Error::custom("signature must be 64 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn setup() -> (SecretKey, SecretKey, SecretKey) {
+        (
+            SecretKey::generate(), // owner
+            SecretKey::generate(), // node
+            SecretKey::generate(), // grantee
+        )
+    }
+
+    fn cap(owner: &SecretKey, node: &SecretKey, who: NodeId, role: Role) -> Capability {
+        Capability::new(
+            owner.node_id(),
+            node.node_id(),
+            Grantee::Key(who),
+            role,
+            None,
+            NOW,
+            Some(3600),
+        )
+    }
+
+    #[test]
+    fn owner_signed_verifies() {
+        let (owner, node, g) = setup();
+        let signed = cap(&owner, &node, g.node_id(), Role::Viewer).sign(&owner, None);
+        signed
+            .verify(node.node_id(), owner.node_id(), NOW)
+            .expect("valid");
+    }
+
+    #[test]
+    fn signed_by_someone_else() {
+        let (owner, node, g) = setup();
+        let stranger = SecretKey::generate();
+        let mut c = cap(&owner, &node, g.node_id(), Role::Owner);
+        c.issuer = stranger.node_id();
+        let signed = c.sign(&stranger, None);
+        assert!(matches!(
+            signed.verify(node.node_id(), owner.node_id(), NOW),
+            Err(CapabilityError::NotOwner { .. })
+        ));
+    }
+
+    #[test]
+    fn forged_signature() {
+        let (owner, node, g) = setup();
+        let mut signed = cap(&owner, &node, g.node_id(), Role::Viewer).sign(&owner, None);
+        signed.cap.role = Role::Owner; // tamper after signing
+        assert_eq!(
+            signed.verify(node.node_id(), owner.node_id(), NOW),
+            Err(CapabilityError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn other_node() {
+        let (owner, node, g) = setup();
+        let signed = cap(&owner, &node, g.node_id(), Role::Viewer).sign(&owner, None);
+        let other = SecretKey::generate().node_id();
+        assert!(matches!(
+            signed.verify(other, owner.node_id(), NOW),
+            Err(CapabilityError::WrongNode { .. })
+        ));
+    }
+
+    #[test]
+    fn expired_and_future() {
+        let (owner, node, g) = setup();
+        let signed = cap(&owner, &node, g.node_id(), Role::Viewer).sign(&owner, None);
+        let err = signed
+            .verify(node.node_id(), owner.node_id(), NOW + 3601)
+            .expect_err("expired");
+        assert!(err.to_string().contains("expired"), "{err}");
+        assert!(matches!(
+            signed.verify(node.node_id(), owner.node_id(), NOW - 1000),
+            Err(CapabilityError::NotYetValid { .. })
+        ));
+    }
+
+    #[test]
+    fn delegation_chain() {
+        let (owner, node, admin) = setup();
+        let user = SecretKey::generate();
+        let admin_cap = cap(&owner, &node, admin.node_id(), Role::Owner).sign(&owner, None);
+        let mut c = cap(&owner, &node, user.node_id(), Role::Collaborator);
+        c.issuer = admin.node_id();
+        let delegated = c.clone().sign(&admin, Some(admin_cap.clone()));
+        delegated
+            .verify(node.node_id(), owner.node_id(), NOW)
+            .expect("delegated");
+        assert_eq!(delegated.chain_ids().len(), 2);
+
+        // A collaborator cannot delegate.
+        let collab_cap =
+            cap(&owner, &node, admin.node_id(), Role::Collaborator).sign(&owner, None);
+        let bad = c.clone().sign(&admin, Some(collab_cap));
+        assert!(bad.verify(node.node_id(), owner.node_id(), NOW).is_err());
+
+        // A delegated capability may not outlive its proof.
+        let mut long = c.clone();
+        long.expires_at = None;
+        let bad = long.sign(&admin, Some(admin_cap.clone()));
+        assert!(matches!(
+            bad.verify(node.node_id(), owner.node_id(), NOW),
+            Err(CapabilityError::Escalation { .. })
+        ));
+
+        // A scoped owner cannot grant the whole node.
+        let mut scoped = cap(&owner, &node, admin.node_id(), Role::Owner);
+        scoped.scope = Some(Scope::Workspace("w1".into()));
+        let scoped = scoped.sign(&owner, None);
+        let bad = c.sign(&admin, Some(scoped));
+        assert!(matches!(
+            bad.verify(node.node_id(), owner.node_id(), NOW),
+            Err(CapabilityError::Escalation { .. })
+        ));
+    }
+
+    #[test]
+    fn role_parse() {
+        assert_eq!("viewer".parse::<Role>(), Ok(Role::Viewer));
+        assert!("admin".parse::<Role>().is_err());
+        assert!(Role::Owner > Role::Collaborator && Role::Collaborator > Role::Viewer);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_and_garbage(role in 0u8..3, ttl in proptest::option::of(1u64..1_000_000), bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let (owner, node, g) = setup();
+            let role = [Role::Viewer, Role::Collaborator, Role::Owner][role as usize];
+            let mut c = cap(&owner, &node, g.node_id(), role);
+            c.expires_at = ttl.map(|t| NOW + t);
+            let signed = c.sign(&owner, None);
+            let bytes2 = postcard::to_allocvec(&signed).expect("encode");
+            let back: SignedCapability = postcard::from_bytes(&bytes2).expect("decode");
+            prop_assert_eq!(&back, &signed);
+            prop_assert!(back.verify(node.node_id(), owner.node_id(), NOW).is_ok());
+            let _ = postcard::from_bytes::<SignedCapability>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The SAM wire protocol, with no IO: ALPN names, the frame codec, ctl messages,
+//! peer identities, signed capability tokens, tickets and the authorisation check.
+//!
+//! Everything here is a plain function or value type so it can be tested without
+//! sockets or clocks; the node and the client wrap it in thin async shells.
+
+pub mod alpn;
+pub mod auth;
+pub mod capability;
+pub mod ctl;
+pub mod duration;
+pub mod frame;
+pub mod identity;
+pub mod ticket;
+
+pub use auth::{AuthError, AuthPolicy, Grant};
+pub use capability::{Capability, CapabilityError, Grantee, Role, Scope, SignedCapability};
+pub use identity::{IdentityError, NodeId, SecretKey};
+pub use ticket::{NodeAddr, Ticket, TicketError};
+
+/// Version of the `sam/*` protocol family spoken by this build. Every hello names it.
+pub const PROTOCOL_VERSION: u32 = 1;
