@@ -1,1 +1,28 @@
-//! placeholder
+//! `sam-node`: the daemon on each machine that hosts workspaces.
+//!
+//! It owns one iroh endpoint with one `Router`; each ALPN has one handler. Every
+//! connection opens with a hello that [`sam_protocol::auth::authorize`] decides on;
+//! the [`server::Node`] keeps the live connections so a revocation or an expiry
+//! closes them at once.
+
+pub mod config;
+pub mod ctl;
+pub mod endpoint;
+pub mod server;
+pub mod shares;
+pub mod tickets;
+pub mod wire;
+
+pub use config::{NodeConfig, NodePaths};
+pub use server::{Node, NodeHandle};
+
+/// The version of this build, shown by `sam status`.
+pub const NODE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

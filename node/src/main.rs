@@ -1,1 +1,162 @@
-fn main() {}
+//! `sam-node`: set up, run and hand out tickets for a SAM node.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use sam_node::{NodeConfig, NodePaths, config, tickets};
+use sam_protocol::{NodeId, Role};
+
+/// The SAM node daemon: hosts workspaces and agents, reached by clients over iroh.
+///
+/// Files live in $SAM_HOME/node (SAM_HOME defaults to ~/.sam).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Print one JSON value instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logs (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create this node's key and config, owned by the given client key (`sam id`).
+    Init {
+        /// The owner's NodeId, as printed by `sam id`.
+        #[arg(long)]
+        owner: NodeId,
+        /// UDP address to listen on (default 0.0.0.0:7447).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Serve until Ctrl-C or SIGTERM.
+    Run,
+    /// Print a ticket to this node: for the owner, or with a capability for someone else.
+    Ticket {
+        /// Role to grant; without it the ticket carries no capability (enough for the owner).
+        #[arg(long)]
+        role: Option<Role>,
+        /// Grant to this key only.
+        #[arg(long, conflicts_with = "invite")]
+        to: Option<NodeId>,
+        /// A one-time invite: bound to the first key that uses it.
+        #[arg(long)]
+        invite: bool,
+        /// Expiry, e.g. 30m, 12h, 7d.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Print this node's NodeId.
+    Id,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let paths = NodePaths::from_env()?;
+    match cli.cmd {
+        Cmd::Init { owner, bind } => {
+            let id = config::init(&paths, owner, bind)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "node": id.to_string(), "owner": owner.to_string(), "dir": paths.dir })
+                );
+            } else {
+                eprintln!(
+                    "node set up in {} (owner {})",
+                    paths.dir.display(),
+                    owner.short()
+                );
+                println!("{id}");
+            }
+        }
+        Cmd::Run => run(paths, cli.json)?,
+        Cmd::Ticket {
+            role,
+            to,
+            invite,
+            expires,
+        } => {
+            if role.is_none() && (to.is_some() || invite || expires.is_some()) {
+                bail!("--to, --invite and --expires need --role viewer|collaborator|owner");
+            }
+            let ttl = expires
+                .as_deref()
+                .map(sam_protocol::duration::parse_duration_secs)
+                .transpose()?;
+            let ticket = tickets::issue(&paths, role, to, invite, ttl)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "ticket": ticket.to_string() }));
+            } else {
+                println!("{ticket}");
+            }
+        }
+        Cmd::Id => {
+            let key = sam_protocol::SecretKey::load(&paths.key())
+                .with_context(|| "no node key: run `sam-node init --owner <NodeId>` first")?;
+            println!("{}", key.node_id());
+        }
+    }
+    Ok(())
+}
+
+fn run(paths: NodePaths, json: bool) -> Result<()> {
+    let _ = NodeConfig::load(&paths.config())?;
+    let rt = tokio::runtime::Runtime::new().context("start tokio")?;
+    rt.block_on(async move {
+        let handle = sam_node::Node::start(paths).await?;
+        let ticket = handle.ticket();
+        if json {
+            println!("{}", serde_json::json!({ "node": handle.node.id().to_string(), "ticket": ticket.to_string() }));
+        } else {
+            eprintln!("sam-node {} listening on {:?}", handle.node.id(), handle.addr.direct);
+            eprintln!("owner ticket (connect with `sam connect <ticket>`):");
+            println!("{ticket}");
+        }
+        wait_for_signal().await;
+        eprintln!("shutting down");
+        handle.shutdown().await
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,iroh=error,noq=error",
+        1 => "info,iroh=warn,noq=warn",
+        _ => "debug,iroh=info,noq=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -70,11 +70,7 @@ impl Grant {
             && exp <= now
         {
             return Err(AuthError::Capability(CapabilityError::Expired {
-                id: self
-                    .capability_ids
-                    .first()
-                    .map(id_hex)
-                    .unwrap_or_default(),
+                id: self.capability_ids.first().map(id_hex).unwrap_or_default(),
                 ago: now - exp,
             }));
         }
@@ -138,7 +134,8 @@ pub fn authorize(
             Some(bound) if *bound == peer => {}
             Some(_) => return Err(AuthError::InviteUsed { id }),
             None => {
-                let secret = invite_secret.ok_or(AuthError::MissingInviteSecret { id: id.clone() })?;
+                let secret =
+                    invite_secret.ok_or(AuthError::MissingInviteSecret { id: id.clone() })?;
                 if invite_hash(secret) != *hash {
                     return Err(AuthError::BadInviteSecret { id });
                 }

@@ -399,8 +399,7 @@ mod tests {
         assert_eq!(delegated.chain_ids().len(), 2);
 
         // A collaborator cannot delegate.
-        let collab_cap =
-            cap(&owner, &node, admin.node_id(), Role::Collaborator).sign(&owner, None);
+        let collab_cap = cap(&owner, &node, admin.node_id(), Role::Collaborator).sign(&owner, None);
         let bad = c.clone().sign(&admin, Some(collab_cap));
         assert!(bad.verify(node.node_id(), owner.node_id(), NOW).is_err());
 

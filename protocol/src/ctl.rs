@@ -69,9 +69,7 @@ impl Request {
     pub fn required_role(&self) -> Role {
         match self {
             Request::Ping | Request::Status => Role::Viewer,
-            Request::RegisterShare(_) | Request::ListShares | Request::Revoke { .. } => {
-                Role::Owner
-            }
+            Request::RegisterShare(_) | Request::ListShares | Request::Revoke { .. } => Role::Owner,
         }
     }
 }

@@ -43,7 +43,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "d", "10", "10x", "-1d", "0d", "99999999999999999999d", "1.5h"] {
+        for bad in [
+            "",
+            "d",
+            "10",
+            "10x",
+            "-1d",
+            "0d",
+            "99999999999999999999d",
+            "1.5h",
+        ] {
             assert!(parse_duration_secs(bad).is_err(), "{bad} should fail");
         }
     }

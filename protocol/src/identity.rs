@@ -11,9 +11,31 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The public key of a peer; also its iroh `EndpointId`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The public key of a peer; also its iroh `EndpointId`. Serialised as hex in
+/// human-readable formats (JSON, TOML) and as 32 raw bytes in postcard.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub [u8; 32]);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 32]>::deserialize(d).map(NodeId)
+        }
+    }
+}
 
 impl NodeId {
     /// The raw key bytes.
@@ -262,7 +284,12 @@ mod tests {
         let sig = key.sign(b"hello");
         key.node_id().verify(b"hello", &sig).expect("verifies");
         assert!(key.node_id().verify(b"hellO", &sig).is_err());
-        assert!(SecretKey::generate().node_id().verify(b"hello", &sig).is_err());
+        assert!(
+            SecretKey::generate()
+                .node_id()
+                .verify(b"hello", &sig)
+                .is_err()
+        );
     }
 
     proptest! {

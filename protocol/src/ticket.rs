@@ -106,7 +106,13 @@ impl FromStr for Ticket {
         let payload = chars.as_str();
         let bytes = BASE32
             .decode(payload.to_ascii_uppercase().as_bytes())
-            .map_err(|_| TicketError::BadEncoding)?;
+            .map_err(|e| match e.kind {
+                // A cut-short ticket has a length no base32 text can have.
+                data_encoding::DecodeKind::Length | data_encoding::DecodeKind::Trailing => {
+                    TicketError::BadChecksum
+                }
+                _ => TicketError::BadEncoding,
+            })?;
         if bytes.len() < 4 {
             return Err(TicketError::BadChecksum);
         }
@@ -177,7 +183,10 @@ mod tests {
     #[test]
     fn wrong_prefix() {
         assert_eq!("".parse::<Ticket>(), Err(TicketError::Empty));
-        assert_eq!("ssh-rsa AAAA".parse::<Ticket>(), Err(TicketError::WrongPrefix));
+        assert_eq!(
+            "ssh-rsa AAAA".parse::<Ticket>(),
+            Err(TicketError::WrongPrefix)
+        );
         assert_eq!("samxyz".parse::<Ticket>(), Err(TicketError::WrongPrefix));
         assert_eq!(
             "endpointabc".parse::<Ticket>(),
@@ -189,7 +198,10 @@ mod tests {
     fn other_versions() {
         let s = sample(false).to_string();
         let old = s.replacen("sam1", "sam0", 1);
-        assert_eq!(old.parse::<Ticket>(), Err(TicketError::UnsupportedVersion(0)));
+        assert_eq!(
+            old.parse::<Ticket>(),
+            Err(TicketError::UnsupportedVersion(0))
+        );
         let new = s.replacen("sam1", "sam2", 1);
         let err = new.parse::<Ticket>().expect_err("newer");
         assert!(err.to_string().contains("update sam"), "{err}");

@@ -1,0 +1,388 @@
+//! The `sam` command line: argument types (clap derive) and one function per command.
+//! Each command returns an [`Output`]: a JSON value for `--json` and text whose last
+//! line is the main result.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use sam_protocol::capability::{Capability, Grantee, invite_hash, parse_id};
+use sam_protocol::ctl::{Request, Response};
+use sam_protocol::{NodeId, Role, Ticket};
+use serde_json::json;
+
+use crate::book::NodeBook;
+use crate::conn::NodeClient;
+use crate::paths::ClientPaths;
+
+pub mod up;
+
+/// SAM — run AI coding agents in throwaway workspaces, peer to peer.
+///
+/// Files live in $SAM_HOME (default ~/.sam). Every command prints its main result
+/// as the last line of stdout; --json prints one JSON value instead.
+#[derive(Debug, Parser)]
+#[command(name = "sam", version, about, long_about)]
+pub struct Cli {
+    /// Print one JSON value instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logs (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Start a local node on this machine and connect to it.
+    Up {
+        /// UDP address for the local node (default 127.0.0.1:0: this machine only).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// Start the node, print its ticket and exit, leaving the node running.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Print this peer's NodeId (give it to a node owner to be let in).
+    Id,
+    /// Remember a node by its ticket and check that it lets us in.
+    Connect {
+        ticket: String,
+        /// A short name for the node.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Join what someone shared with you (a ticket from `sam share`).
+    Join {
+        ticket: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Known nodes.
+    Nodes {
+        #[command(subcommand)]
+        cmd: NodesCmd,
+    },
+    /// Version, uptime, peers and round-trip time of a node.
+    Status {
+        /// Node name or id (optional when only one is known).
+        node: Option<String>,
+    },
+    /// Let someone else use a node: prints a ticket for them.
+    Share {
+        /// The node (name or id).
+        target: String,
+        #[arg(long)]
+        role: Role,
+        /// The grantee's NodeId (`sam id` on their side).
+        #[arg(long, conflicts_with = "invite")]
+        to: Option<NodeId>,
+        /// A one-time invite instead: bound to the first key that uses it.
+        #[arg(long)]
+        invite: bool,
+        /// Expiry, e.g. 30m, 12h, 7d.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Capabilities a node knows of (owner only).
+    Shares {
+        #[command(subcommand)]
+        cmd: SharesCmd,
+    },
+    /// Revoke a capability at once: open streams close, later connections are refused.
+    Revoke {
+        /// Capability id (from `sam shares ls`).
+        id: String,
+        /// The node (optional when only one is known).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// List known nodes.
+    Ls,
+    /// Forget a node.
+    Rm { node: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SharesCmd {
+    /// List capabilities on a node.
+    Ls { node: Option<String> },
+}
+
+/// What a command prints.
+pub struct Output {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Output {
+    fn new(json: serde_json::Value, text: impl Into<String>) -> Self {
+        Self {
+            json,
+            text: text.into(),
+        }
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
+    match cli.cmd {
+        Cmd::Up { bind, detach } => up::run(&paths, bind, detach, cli.json).await,
+        Cmd::Id => {
+            let id = paths.identity()?.node_id();
+            Ok(Output::new(json!({ "id": id.to_string() }), id.to_string()))
+        }
+        Cmd::Connect { ticket, name } => connect(&paths, &ticket, name.as_deref(), false).await,
+        Cmd::Join { ticket, name } => connect(&paths, &ticket, name.as_deref(), true).await,
+        Cmd::Nodes { cmd: NodesCmd::Ls } => {
+            let book = NodeBook::load(&paths.nodes())?;
+            let text = book
+                .nodes
+                .iter()
+                .map(|e| format!("{}\t{}", e.name, e.id))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let list: Vec<_> = book
+                .nodes
+                .iter()
+                .map(|e| json!({ "name": e.name, "id": e.id }))
+                .collect();
+            Ok(Output::new(json!(list), text))
+        }
+        Cmd::Nodes {
+            cmd: NodesCmd::Rm { node },
+        } => {
+            let mut book = NodeBook::load(&paths.nodes())?;
+            let gone = book.remove(&node)?;
+            book.save(&paths.nodes())?;
+            Ok(Output::new(json!({ "removed": gone.id }), gone.id))
+        }
+        Cmd::Status { node } => status(&paths, node.as_deref()).await,
+        Cmd::Share {
+            target,
+            role,
+            to,
+            invite,
+            expires,
+        } => share(&paths, &target, role, to, invite, expires.as_deref()).await,
+        Cmd::Shares {
+            cmd: SharesCmd::Ls { node },
+        } => shares_ls(&paths, node.as_deref()).await,
+        Cmd::Revoke { id, node } => revoke(&paths, &id, node.as_deref()).await,
+    }
+}
+
+/// Connects to a known node on `sam/ctl/1`.
+pub async fn open(
+    paths: &ClientPaths,
+    node: Option<&str>,
+) -> Result<(iroh::Endpoint, NodeClient, crate::NodeEntry)> {
+    let book = NodeBook::load(&paths.nodes())?;
+    let entry = book.find(node)?.clone();
+    let key = paths.identity()?;
+    let ep = crate::endpoint::bind(&key, None).await?;
+    let client = NodeClient::connect(&ep, &entry.ticket()?)
+        .await
+        .with_context(|| format!("node {}", entry.name))?;
+    Ok((ep, client, entry))
+}
+
+async fn connect(
+    paths: &ClientPaths,
+    ticket: &str,
+    name: Option<&str>,
+    join: bool,
+) -> Result<Output> {
+    let ticket: Ticket = ticket.parse()?;
+    if join && ticket.capability.is_none() {
+        bail!("this ticket carries no capability; use `sam connect` for your own nodes");
+    }
+    let key = paths.identity()?;
+    let ep = crate::endpoint::bind(&key, None).await?;
+    let client = NodeClient::connect(&ep, &ticket).await?;
+    let role = client.welcome.role;
+    let scope = client.welcome.scope.clone();
+    client.close();
+    ep.close().await;
+    let mut book = NodeBook::load(&paths.nodes())?;
+    let name = book.upsert(&ticket, name)?;
+    book.save(&paths.nodes())?;
+    let id = ticket.addr.id.to_string();
+    let scope_text = scope
+        .as_ref()
+        .map(|s| format!(" on {s}"))
+        .unwrap_or_default();
+    Ok(Output::new(
+        json!({ "name": name, "id": id, "role": role.as_str(), "scope": scope.map(|s| s.to_string()) }),
+        format!("connected to {name} as {role}{scope_text}\n{id}"),
+    ))
+}
+
+async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
+    let t0 = Instant::now();
+    let (ep, client, entry) = open(paths, node).await?;
+    let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let Response::Status(st) = client.request(Request::Status).await? else {
+        bail!("node answered status with something else");
+    };
+    let rtt_ms = t1.elapsed().as_secs_f64() * 1e3;
+    client.close();
+    ep.close().await;
+    let text = format!(
+        "node      {} ({})\nversion   sam-node {} (protocol {})\nuptime    {}s\npeers     {}\nrole      {}\nconnect   {:.1} ms\nrtt       {:.2} ms\nreachable",
+        entry.name,
+        st.node,
+        st.node_version,
+        st.protocol_version,
+        st.uptime_secs,
+        st.peers,
+        st.your_role,
+        connect_ms,
+        rtt_ms
+    );
+    Ok(Output::new(
+        json!({
+            "name": entry.name, "node": st.node.to_string(), "owner": st.owner.to_string(),
+            "version": st.node_version, "protocol": st.protocol_version,
+            "uptime_secs": st.uptime_secs, "peers": st.peers, "role": st.your_role.as_str(),
+            "connect_ms": connect_ms, "rtt_ms": rtt_ms,
+        }),
+        text,
+    ))
+}
+
+async fn share(
+    paths: &ClientPaths,
+    target: &str,
+    role: Role,
+    to: Option<NodeId>,
+    _invite: bool,
+    expires: Option<&str>,
+) -> Result<Output> {
+    let ttl = expires
+        .map(sam_protocol::duration::parse_duration_secs)
+        .transpose()?;
+    let book = NodeBook::load(&paths.nodes())?;
+    let entry = book.find(Some(target)).with_context(|| {
+        format!("{target:?} is not a known node (sharing one conversation or workspace is not implemented yet: share its node)")
+    })?;
+    let node_ticket = entry.ticket()?;
+    let key = paths.identity()?;
+    let (grantee, secret) = match to {
+        Some(k) => (Grantee::Key(k), None),
+        None => {
+            let secret: [u8; 32] = rand::random();
+            (Grantee::Invite(invite_hash(&secret)), Some(secret))
+        }
+    };
+    let cap = Capability::new(
+        key.node_id(),
+        node_ticket.addr.id,
+        grantee,
+        role,
+        None,
+        crate::now_secs(),
+        ttl,
+    )
+    .sign(
+        &key,
+        node_ticket
+            .capability
+            .clone()
+            .filter(|c| c.cap.role == Role::Owner),
+    );
+    let (ep, client, _) = open(paths, Some(target)).await?;
+    client.request(Request::RegisterShare(cap.clone())).await?;
+    client.close();
+    ep.close().await;
+    let ticket = Ticket {
+        addr: node_ticket.addr.clone(),
+        capability: Some(cap.clone()),
+        invite_secret: secret,
+    };
+    let who = match to {
+        Some(k) => k.short(),
+        None => "the first key that uses it (invite)".into(),
+    };
+    Ok(Output::new(
+        json!({ "ticket": ticket.to_string(), "id": cap.cap.id_hex(), "role": role.as_str(), "expires_at": cap.cap.expires_at }),
+        format!(
+            "capability {} for {who} as {role}; send them this ticket (`sam join <ticket>`):\n{ticket}",
+            cap.cap.id_hex()
+        ),
+    ))
+}
+
+async fn shares_ls(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
+    let (ep, client, _) = open(paths, node).await?;
+    let Response::Shares(list) = client.request(Request::ListShares).await? else {
+        bail!("unexpected answer to list shares");
+    };
+    client.close();
+    ep.close().await;
+    let now = crate::now_secs();
+    let mut lines = Vec::new();
+    let mut items = Vec::new();
+    for s in &list {
+        let c = &s.capability;
+        let grantee = match (&c.grantee, &s.redeemed_by) {
+            (Grantee::Key(k), _) => k.short(),
+            (Grantee::Invite(_), Some(k)) => format!("invite→{}", k.short()),
+            (Grantee::Invite(_), None) => "invite (unused)".into(),
+        };
+        let state = if s.revoked {
+            "revoked".to_string()
+        } else {
+            match c.expires_at {
+                Some(e) if e <= now => "expired".into(),
+                Some(e) => format!("expires in {}s", e - now),
+                None => "no expiry".into(),
+            }
+        };
+        lines.push(format!(
+            "{}\t{}\t{}\t{}",
+            c.id_hex(),
+            c.role,
+            grantee,
+            state
+        ));
+        items.push(json!({
+            "id": c.id_hex(), "role": c.role.as_str(), "grantee": grantee,
+            "revoked": s.revoked, "expires_at": c.expires_at,
+            "redeemed_by": s.redeemed_by.map(|k| k.to_string()),
+        }));
+    }
+    Ok(Output::new(json!(items), lines.join("\n")))
+}
+
+async fn revoke(paths: &ClientPaths, id: &str, node: Option<&str>) -> Result<Output> {
+    let id = parse_id(id)?;
+    let (ep, client, _) = open(paths, node).await?;
+    client.request(Request::Revoke { id }).await?;
+    client.close();
+    ep.close().await;
+    let hex = sam_protocol::capability::id_hex(&id);
+    Ok(Output::new(
+        json!({ "revoked": hex }),
+        format!("revoked\n{hex}"),
+    ))
+}
+
+/// Prints an output the way every command does.
+pub fn print(out: &Output, json_out: bool) {
+    if json_out {
+        if !out.json.is_null() {
+            println!("{}", out.json);
+        }
+    } else if !out.text.is_empty() {
+        println!("{}", out.text);
+    }
+}

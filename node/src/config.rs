@@ -1,0 +1,154 @@
+//! The node's files under `$SAM_HOME/node/` and its TOML config.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sam_protocol::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Every file the node reads or writes.
+#[derive(Debug, Clone)]
+pub struct NodePaths {
+    pub dir: PathBuf,
+}
+
+impl NodePaths {
+    /// `$SAM_HOME/node`, with `SAM_HOME` defaulting to `~/.sam`.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::new(sam_home()?.join("node")))
+    }
+
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("node.key")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// Where a running node writes its current address for `sam-node ticket`.
+    pub fn addr(&self) -> PathBuf {
+        self.dir.join("node.addr")
+    }
+
+    pub fn shares(&self) -> PathBuf {
+        self.dir.join("shares.json")
+    }
+
+    pub fn docs(&self) -> PathBuf {
+        self.dir.join("docs")
+    }
+}
+
+/// `SAM_HOME`, or `~/.sam`.
+pub fn sam_home() -> Result<PathBuf> {
+    if let Some(h) = std::env::var_os("SAM_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither SAM_HOME nor HOME is set: set SAM_HOME to a directory for SAM's files")?;
+    Ok(PathBuf::from(home).join(".sam"))
+}
+
+/// `config.toml` of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The owner's NodeId (hex).
+    pub owner: String,
+    /// UDP address to bind, e.g. `0.0.0.0:7447` on a VM or `127.0.0.1:0` in tests.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Extra addresses to put in tickets (a VM's public IP and port).
+    #[serde(default)]
+    pub advertise: Vec<SocketAddr>,
+    /// A relay URL; no relay when absent.
+    #[serde(default)]
+    pub relay: Option<String>,
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7447))
+}
+
+impl NodeConfig {
+    pub fn new(owner: NodeId) -> Self {
+        Self {
+            owner: owner.to_string(),
+            bind: default_bind(),
+            advertise: Vec::new(),
+            relay: None,
+        }
+    }
+
+    /// The owner key, checked.
+    pub fn owner_id(&self) -> Result<NodeId> {
+        self.owner
+            .parse()
+            .with_context(|| format!("owner {:?} in the node config is not a NodeId", self.owner))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read node config {}: run `sam-node init --owner <NodeId>` first",
+                path.display()
+            )
+        })?;
+        let cfg: Self = toml::from_str(&text)
+            .with_context(|| format!("node config {} is not valid", path.display()))?;
+        cfg.owner_id()?;
+        Ok(cfg)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).context("serialise node config")?;
+        write_private(path, text.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename) with mode `0600`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no parent directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
+}
+
+/// `sam-node init`: writes the key and config; refuses to overwrite an existing node.
+pub fn init(paths: &NodePaths, owner: NodeId, bind: Option<SocketAddr>) -> Result<NodeId> {
+    if paths.config().exists() {
+        bail!(
+            "a node is already set up in {} (delete that directory to start over)",
+            paths.dir.display()
+        );
+    }
+    let key = sam_protocol::SecretKey::load_or_create(&paths.key())?;
+    let mut cfg = NodeConfig::new(owner);
+    if let Some(b) = bind {
+        cfg.bind = b;
+    }
+    cfg.save(&paths.config())?;
+    Ok(key.node_id())
+}

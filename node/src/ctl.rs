@@ -1,0 +1,138 @@
+//! The `sam/ctl/1` handler: one request and one response per bi stream.
+
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use sam_protocol::capability::{Grantee, Role};
+use sam_protocol::ctl::{
+    ErrorBody, ErrorCode, NodeStatus, Request, RequestFrame, Response, check_version,
+};
+use sam_protocol::frame::MAX_FRAME;
+use tracing::{debug, warn};
+
+use crate::server::{Node, Session};
+use crate::wire::{WireError, read_frame, write_frame};
+
+/// Serves `sam/ctl/1`.
+#[derive(Debug, Clone)]
+pub struct CtlHandler {
+    node: Node,
+}
+
+impl CtlHandler {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+impl ProtocolHandler for CtlHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let Some(session) = self.node.accept_peer(&conn).await else {
+            return Ok(());
+        };
+        let session = std::sync::Arc::new(session);
+        loop {
+            tokio::select! {
+                _ = session.close_when_cancelled(&conn) => break,
+                stream = conn.accept_bi() => {
+                    let Ok((mut send, mut recv)) = stream else { break };
+                    let node = self.node.clone();
+                    let session = session.clone();
+                    tokio::spawn(async move {
+                        let response = match read_frame::<RequestFrame>(&mut recv, MAX_FRAME).await {
+                            Ok(frame) => handle(&node, &session, frame),
+                            Err(WireError::Closed) => return,
+                            Err(e) => {
+                                warn!(peer = %session.grant.peer.short(), error = %e, "bad ctl frame");
+                                Response::Error(ErrorBody::new(
+                                    ErrorCode::BadRequest,
+                                    format!("malformed or unknown request ({e}); is one side a newer version?"),
+                                ))
+                            }
+                        };
+                        if write_frame(&mut send, &response).await.is_ok() {
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decides one request (no IO beyond the share file).
+pub fn handle(node: &Node, session: &Session, frame: RequestFrame) -> Response {
+    match handle_inner(node, session, frame.version, frame.request) {
+        Ok(r) => r,
+        Err(e) => Response::Error(e),
+    }
+}
+
+fn handle_inner(
+    node: &Node,
+    session: &Session,
+    version: u32,
+    request: Request,
+) -> Result<Response, ErrorBody> {
+    check_version(version)?;
+    let grant = &session.grant;
+    node.recheck(grant)?;
+    let needed = request.required_role();
+    // Ping and status are open to every authorised peer whatever its scope.
+    let node_wide = !matches!(request, Request::Ping | Request::Status);
+    if !grant.allows(needed, None) && (node_wide || grant.role < needed) {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this needs the {needed} role on the whole node; you have {}{}",
+                grant.role,
+                grant
+                    .scope
+                    .as_ref()
+                    .map(|s| format!(" on {s}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    debug!(peer = %grant.peer.short(), ?request, "ctl request");
+    let internal = |e: anyhow::Error| ErrorBody::new(ErrorCode::Internal, format!("{e:#}"));
+    Ok(match request {
+        Request::Ping => Response::Pong,
+        Request::Status => Response::Status(NodeStatus {
+            node: node.id(),
+            owner: node.owner(),
+            node_version: crate::NODE_VERSION.to_string(),
+            protocol_version: sam_protocol::PROTOCOL_VERSION,
+            uptime_secs: node.uptime().as_secs(),
+            peers: node.peer_count() as u32,
+            your_role: grant.role,
+        }),
+        Request::RegisterShare(cap) => {
+            cap.verify(node.id(), node.owner(), crate::now_secs())
+                .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+            if grant.role < Role::Owner
+                || (cap.cap.issuer != grant.peer && grant.peer != node.owner())
+            {
+                return Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    "only the issuer of a capability may register it",
+                ));
+            }
+            if let Grantee::Key(k) = cap.cap.grantee
+                && k == node.owner()
+            {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "the owner needs no capability",
+                ));
+            }
+            node.update_shares(|f| f.register(cap)).map_err(internal)?;
+            Response::Ok
+        }
+        Request::ListShares => Response::Shares(node.shares().load().map_err(internal)?.infos()),
+        Request::Revoke { id } => {
+            node.revoke(id).map_err(internal)?;
+            Response::Ok
+        }
+    })
+}
