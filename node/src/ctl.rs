@@ -2,7 +2,7 @@
 
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
-use sam_protocol::capability::{Grantee, Role};
+use sam_protocol::capability::{Grantee, Role, Scope};
 use sam_protocol::ctl::{
     ErrorBody, ErrorCode, NodeStatus, Request, RequestFrame, Response, check_version,
 };
@@ -39,7 +39,7 @@ impl ProtocolHandler for CtlHandler {
                     let session = session.clone();
                     tokio::spawn(async move {
                         let response = match read_frame::<RequestFrame>(&mut recv, MAX_FRAME).await {
-                            Ok(frame) => handle(&node, &session, frame),
+                            Ok(frame) => handle(&node, &session, frame).await,
                             Err(WireError::Closed) => return,
                             Err(e) => {
                                 warn!(peer = %session.grant.peer.short(), error = %e, "bad ctl frame");
@@ -61,14 +61,14 @@ impl ProtocolHandler for CtlHandler {
 }
 
 /// Decides one request (no IO beyond the share file).
-pub fn handle(node: &Node, session: &Session, frame: RequestFrame) -> Response {
-    match handle_inner(node, session, frame.version, frame.request) {
+pub async fn handle(node: &Node, session: &Session, frame: RequestFrame) -> Response {
+    match handle_inner(node, session, frame.version, frame.request).await {
         Ok(r) => r,
         Err(e) => Response::Error(e),
     }
 }
 
-fn handle_inner(
+async fn handle_inner(
     node: &Node,
     session: &Session,
     version: u32,
@@ -79,12 +79,20 @@ fn handle_inner(
     node.recheck(grant)?;
     let needed = request.required_role();
     // Ping and status are open to every authorised peer whatever its scope.
-    let node_wide = !matches!(request, Request::Ping | Request::Status);
-    if !grant.allows(needed, None) && (node_wide || grant.role < needed) {
+    let scope = match &request {
+        Request::Ping | Request::Status => grant.scope.clone(),
+        Request::Workspace(w) => w.workspace().map(|id| Scope::Workspace(id.to_string())),
+        _ => None,
+    };
+    if !grant.allows(needed, scope.as_ref()) {
         return Err(ErrorBody::new(
             ErrorCode::Forbidden,
             format!(
-                "this needs the {needed} role on the whole node; you have {}{}",
+                "this needs the {needed} role on {}; you have {}{}",
+                scope
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "the whole node".into()),
                 grant.role,
                 grant
                     .scope
@@ -134,5 +142,6 @@ fn handle_inner(
             node.revoke(id).map_err(internal)?;
             Response::Ok
         }
+        Request::Workspace(w) => Response::Workspace(node.workspaces().handle(grant, w).await?),
     })
 }

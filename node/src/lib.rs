@@ -10,8 +10,10 @@ pub mod ctl;
 pub mod endpoint;
 pub mod server;
 pub mod shares;
+pub mod streams;
 pub mod tickets;
 pub mod wire;
+pub mod workspace;
 
 pub use config::{NodeConfig, NodePaths};
 pub use server::{Node, NodeHandle};

@@ -55,6 +55,7 @@ struct Inner {
     shares_lock: Mutex<()>,
     conns: Mutex<HashMap<u64, LiveConn>>,
     next_conn: AtomicU64,
+    workspaces: crate::workspace::Workspaces,
 }
 
 struct LiveConn {
@@ -112,6 +113,7 @@ impl Node {
                 shares_lock: Mutex::new(()),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
+                workspaces: crate::workspace::Workspaces::default(),
             }),
         };
         // Fail early on a damaged share file rather than at the first hello.
@@ -138,6 +140,10 @@ impl Node {
 
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
+    }
+
+    pub fn workspaces(&self) -> &crate::workspace::Workspaces {
+        &self.inner.workspaces
     }
 
     pub fn shares(&self) -> &ShareStore {

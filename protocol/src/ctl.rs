@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capability::{Capability, Role, Scope, SignedCapability};
 use crate::identity::NodeId;
+use crate::workspace::{WorkspaceRequest, WorkspaceResponse};
 
 /// Longest client name kept.
 pub const MAX_CLIENT_NAME: usize = 64;
@@ -62,6 +63,8 @@ pub enum Request {
     ListShares,
     /// Owner only: revoke a capability; open streams that rest on it close.
     Revoke { id: [u8; 16] },
+    /// Workspaces on this node.
+    Workspace(WorkspaceRequest),
 }
 
 impl Request {
@@ -70,6 +73,7 @@ impl Request {
         match self {
             Request::Ping | Request::Status => Role::Viewer,
             Request::RegisterShare(_) | Request::ListShares | Request::Revoke { .. } => Role::Owner,
+            Request::Workspace(w) => w.required_role(),
         }
     }
 }
@@ -82,6 +86,7 @@ pub enum Response {
     Status(NodeStatus),
     Shares(Vec<ShareInfo>),
     Error(ErrorBody),
+    Workspace(WorkspaceResponse),
 }
 
 /// What `sam status` shows.

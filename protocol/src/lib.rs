@@ -11,7 +11,9 @@ pub mod ctl;
 pub mod duration;
 pub mod frame;
 pub mod identity;
+pub mod stream;
 pub mod ticket;
+pub mod workspace;
 
 pub use auth::{AuthError, AuthPolicy, Grant};
 pub use capability::{Capability, CapabilityError, Grantee, Role, Scope, SignedCapability};
