@@ -1,1 +1,193 @@
-//! placeholder
+//! Turning a bare host into a SAM node.
+//!
+//! The main product is the cloud-init **user-data**: a POSIX `sh` script (cloud-init runs any
+//! user-data that starts with `#!`; a plain Debian container can run it as-is too). A script
+//! rather than `#cloud-config` because the same text must work without cloud-init (the Debian
+//! container test, `ssh host sh -s < user-data`) and because every step needs a shell anyway.
+//!
+//! The script, in order:
+//! 1. installs Docker from the distribution's packages (`docker.io`) when `docker` is missing;
+//! 2. downloads `sam-node` from a release URL and refuses it unless its sha256 is the pinned one;
+//! 3. writes the node key (`0600`) and `config.toml` under `$SAM_HOME/node/` (owner, bind
+//!    `0.0.0.0:7447`, advertise = the public IPv4 found at boot, optional relay);
+//! 4. starts `sam-node run`: a systemd unit where systemd runs, else `nohup` in the background.
+//!
+//! The node key is made by the provisioner, so the node's ticket is known before the VM boots.
+//! The script never traces itself (`set -x`) and [`BootstrapSpec`]'s `Debug` hides the key.
+
+mod config;
+mod script;
+mod systemd;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use sam_protocol::{NodeId, SecretKey};
+use thiserror::Error;
+
+pub use config::{NodeConfigFile, node_config_toml};
+pub use systemd::{SYSTEMD_UNIT_NAME, systemd_unit};
+
+/// Largest user-data Hetzner accepts (32 KiB); we hold every provider to it.
+pub const USER_DATA_LIMIT: usize = 32 * 1024;
+/// UDP port `sam-node` listens on by default.
+pub const DEFAULT_PORT: u16 = 7447;
+/// `SAM_HOME` on a provisioned host.
+pub const DEFAULT_SAM_HOME: &str = "/var/lib/sam";
+/// Where the script installs the `sam-node` binary.
+pub const DEFAULT_NODE_BIN: &str = "/usr/local/bin/sam-node";
+/// Hetzner's metadata service: the server's public IPv4 as plain text.
+pub const HETZNER_PUBLIC_IPV4_URL: &str = "http://169.254.169.254/hetzner/v1/metadata/public-ipv4";
+
+/// Where to fetch `sam-node` and the sha256 it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRelease {
+    /// `https://…`, `http://…` or `file://…` URL of the `sam-node` binary (linux, the VM's arch).
+    pub url: String,
+    /// 64 hex digits.
+    pub sha256: String,
+}
+
+/// Which address the node puts in its tickets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advertise {
+    /// Found at boot: the first of these URLs that answers with an IPv4 (a cloud's metadata
+    /// service), else the source address of the default route. No address when neither works.
+    Detect { metadata_urls: Vec<String> },
+    /// Known in advance.
+    Fixed(Vec<SocketAddr>),
+}
+
+/// Everything the user-data needs.
+#[derive(Clone)]
+pub struct BootstrapSpec {
+    /// The node's identity, made by the provisioner.
+    pub node_key: SecretKey,
+    /// The node's owner.
+    pub owner: NodeId,
+    pub release: NodeRelease,
+    /// UDP port to bind on `0.0.0.0` (and to advertise).
+    pub port: u16,
+    pub advertise: Advertise,
+    /// Relay URL for the node; none when absent.
+    pub relay: Option<String>,
+    /// Install Docker when `docker` is missing.
+    pub install_docker: bool,
+    /// Absolute path used as `SAM_HOME` on the host.
+    pub sam_home: String,
+    /// Absolute path of the installed binary.
+    pub node_bin: String,
+    /// Trusted shell lines run before the node starts (e.g. pre-pulling images).
+    pub extra_commands: Vec<String>,
+}
+
+impl BootstrapSpec {
+    /// Defaults: port 7447, detected public IPv4, Docker installed, `/var/lib/sam`.
+    pub fn new(node_key: SecretKey, owner: NodeId, release: NodeRelease) -> Self {
+        Self {
+            node_key,
+            owner,
+            release,
+            port: DEFAULT_PORT,
+            advertise: Advertise::Detect {
+                metadata_urls: Vec::new(),
+            },
+            relay: None,
+            install_docker: true,
+            sam_home: DEFAULT_SAM_HOME.to_owned(),
+            node_bin: DEFAULT_NODE_BIN.to_owned(),
+            extra_commands: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for BootstrapSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootstrapSpec")
+            .field("node_key", &"<secret>")
+            .field("node_id", &self.node_key.node_id().short())
+            .field("owner", &self.owner.short())
+            .field("release", &self.release)
+            .field("port", &self.port)
+            .field("advertise", &self.advertise)
+            .field("relay", &self.relay)
+            .field("install_docker", &self.install_docker)
+            .field("sam_home", &self.sam_home)
+            .field("node_bin", &self.node_bin)
+            .field("extra_commands", &self.extra_commands.len())
+            .finish()
+    }
+}
+
+/// The user-data could not be made.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BootstrapError {
+    #[error(
+        "the user-data is {size} bytes, over the {limit}-byte limit for cloud-init user-data \
+         (Hetzner's 32 KiB): remove extra commands or shorten the URLs"
+    )]
+    TooLarge { size: usize, limit: usize },
+    #[error("the sam-node sha256 must be 64 hex digits, got {0:?}")]
+    BadSha256(String),
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error("invalid path {0:?}: use an absolute path of letters, digits, `/`, `.`, `_` and `-`")]
+    BadPath(String),
+    #[error("extra command {index} is not a single line of printable text")]
+    BadCommand { index: usize },
+    #[error("port 0 cannot be advertised: pick a fixed UDP port")]
+    ZeroPort,
+    #[error("cannot write the node config: {0}")]
+    Config(String),
+}
+
+/// Renders the user-data script, or says why it cannot (bad input, or over [`USER_DATA_LIMIT`]).
+pub fn render_user_data(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
+    let text = script::render(spec)?;
+    if text.len() > USER_DATA_LIMIT {
+        return Err(BootstrapError::TooLarge {
+            size: text.len(),
+            limit: USER_DATA_LIMIT,
+        });
+    }
+    Ok(text)
+}
+
+fn check_url(url: &str) -> Result<(), BootstrapError> {
+    let bad = |reason| {
+        Err(BootstrapError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        })
+    };
+    if !["https://", "http://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return bad("it must start with https://, http:// or file://");
+    }
+    if url.len() > 2048 {
+        return bad("it is longer than 2048 characters");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("it contains whitespace or control characters");
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), BootstrapError> {
+    let ok = path.starts_with('/')
+        && path.len() < 256
+        && !path.contains("..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(BootstrapError::BadPath(path.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

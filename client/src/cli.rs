@@ -16,7 +16,12 @@ use crate::book::NodeBook;
 use crate::conn::NodeClient;
 use crate::paths::ClientPaths;
 
+pub mod convs;
+pub mod files;
+pub mod ports;
+pub mod shell;
 pub mod up;
+pub mod workspace;
 
 /// SAM — run AI coding agents in throwaway workspaces, peer to peer.
 ///
@@ -100,6 +105,81 @@ pub enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Workspaces on a node: create, ls, rm, logs, recreate, creds.
+    Workspace {
+        #[command(subcommand)]
+        cmd: workspace::WorkspaceCmd,
+    },
+    /// A shared terminal in a workspace (attaches to its first one by default).
+    Shell {
+        workspace: String,
+        /// Start another terminal instead of joining the first one.
+        #[arg(long, conflicts_with = "id")]
+        new: bool,
+        /// Join the terminal with this id.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// TCP listeners in a workspace.
+    Ports {
+        workspace: String,
+        /// Keep printing changes.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Forward 127.0.0.1:LOCAL to PORT in a workspace.
+    Forward {
+        workspace: String,
+        port: u16,
+        /// Local port (default: the same as PORT).
+        #[arg(long)]
+        local: Option<u16>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Files of a workspace: ls, cat, diff, get, put.
+    Files {
+        #[command(subcommand)]
+        cmd: files::FilesCmd,
+    },
+    /// Conversations: new, ls.
+    Convs {
+        #[command(subcommand)]
+        cmd: convs::ConvsCmd,
+    },
+    #[command(flatten)]
+    Conv(ConvCmds),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConvCmds {
+    /// Replay a conversation from the local replica (works offline).
+    Log {
+        conv: String,
+        /// Keep following live changes from the node.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Send a prompt; queued locally when the node is unreachable.
+    Prompt { conv: String, text: String },
+    /// Fork a conversation at a message; prints the new conversation's id.
+    Fork {
+        conv: String,
+        #[arg(long)]
+        at: String,
+    },
+    /// Write a conversation as a plain Automerge document.
+    Export {
+        conv: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Push queued prompts and pull news for every local conversation.
+    Sync,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,7 +256,49 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             cmd: SharesCmd::Ls { node },
         } => shares_ls(&paths, node.as_deref()).await,
         Cmd::Revoke { id, node } => revoke(&paths, &id, node.as_deref()).await,
+        Cmd::Convs { cmd } => convs::convs(&paths, cmd).await,
+        Cmd::Conv(c) => match c {
+            ConvCmds::Log { conv, follow } => convs::log(&paths, &conv, follow).await,
+            ConvCmds::Prompt { conv, text } => convs::prompt(&paths, &conv, &text).await,
+            ConvCmds::Fork { conv, at } => convs::fork(&paths, &conv, &at).await,
+            ConvCmds::Export { conv, out } => convs::export(&paths, &conv, &out),
+            ConvCmds::Sync => convs::sync_all(&paths).await,
+        },
+        Cmd::Workspace { cmd } => workspace::run(&paths, cmd).await,
+        Cmd::Shell {
+            workspace,
+            new,
+            id,
+            node,
+        } => shell::run(&paths, node.as_deref(), &workspace, new, id).await,
+        Cmd::Ports {
+            workspace,
+            watch,
+            node,
+        } => ports::run(&paths, node.as_deref(), &workspace, watch).await,
+        Cmd::Forward {
+            workspace,
+            port,
+            local,
+            node,
+        } => ports::forward(&paths, node.as_deref(), &workspace, port, local).await,
+        Cmd::Files { cmd } => files::run(&paths, cmd).await,
     }
+}
+
+/// Connects to a known node on `alpn` (hello done).
+pub async fn dial(
+    paths: &ClientPaths,
+    node: Option<&str>,
+    alpn: &[u8],
+) -> Result<(iroh::Endpoint, iroh::endpoint::Connection, crate::NodeEntry)> {
+    let book = NodeBook::load(&paths.nodes())?;
+    let entry = book.find(node)?.clone();
+    let ep = crate::endpoint::bind(&paths.identity()?, None).await?;
+    let (conn, _) = crate::conn::connect(&ep, &entry.ticket()?, alpn)
+        .await
+        .with_context(|| format!("node {}", entry.name))?;
+    Ok((ep, conn, entry))
 }
 
 /// Connects to a known node on `sam/ctl/1`.

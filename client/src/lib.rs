@@ -7,8 +7,10 @@
 pub mod book;
 pub mod cli;
 pub mod conn;
+pub mod docs;
 pub mod endpoint;
 pub mod paths;
+pub mod streams;
 pub mod wire;
 
 pub use book::{NodeBook, NodeEntry};

@@ -73,6 +73,13 @@ pub struct NodeConfig {
     /// A relay URL; no relay when absent.
     #[serde(default)]
     pub relay: Option<String>,
+    /// Where dockerd listens (`unix:///var/run/docker.sock`, `tcp://…`); default:
+    /// `DOCKER_HOST`, else the standard socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+    /// Base image of lightweight workspaces; default `SAM_BASE_IMAGE` or `sam-base:1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
 }
 
 fn default_bind() -> SocketAddr {
@@ -86,6 +93,8 @@ impl NodeConfig {
             bind: default_bind(),
             advertise: Vec::new(),
             relay: None,
+            docker_host: None,
+            base_image: None,
         }
     }
 

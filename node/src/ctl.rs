@@ -6,6 +6,7 @@ use sam_protocol::capability::{Grantee, Role, Scope};
 use sam_protocol::ctl::{
     ErrorBody, ErrorCode, NodeStatus, Request, RequestFrame, Response, check_version,
 };
+use sam_protocol::doc::{ConvRequest, ConvResponse};
 use sam_protocol::frame::MAX_FRAME;
 use tracing::{debug, warn};
 
@@ -80,7 +81,8 @@ async fn handle_inner(
     let needed = request.required_role();
     // Ping and status are open to every authorised peer whatever its scope.
     let scope = match &request {
-        Request::Ping | Request::Status => grant.scope.clone(),
+        // Open to every authorised peer whatever its scope (lists are filtered).
+        Request::Ping | Request::Status | Request::Conv(ConvRequest::List) => grant.scope.clone(),
         Request::Workspace(w) => w.workspace().map(|id| Scope::Workspace(id.to_string())),
         _ => None,
     };
@@ -143,5 +145,15 @@ async fn handle_inner(
             Response::Ok
         }
         Request::Workspace(w) => Response::Workspace(node.workspaces().handle(grant, w).await?),
+        Request::Conv(ConvRequest::List) => {
+            let visible = node
+                .docs()
+                .list()
+                .await
+                .into_iter()
+                .filter(|c| crate::docs::stream::may(grant, Role::Viewer, &c.id, &c.workspace))
+                .collect();
+            Response::Conv(ConvResponse::List(visible))
+        }
     })
 }

@@ -7,7 +7,12 @@
 
 pub mod config;
 pub mod ctl;
+pub mod docs;
 pub mod endpoint;
+pub mod files;
+pub mod inside;
+pub mod ports;
+pub mod pty;
 pub mod server;
 pub mod shares;
 pub mod streams;

@@ -56,6 +56,7 @@ struct Inner {
     conns: Mutex<HashMap<u64, LiveConn>>,
     next_conn: AtomicU64,
     workspaces: crate::workspace::Workspaces,
+    docs: crate::docs::DocHost,
 }
 
 struct LiveConn {
@@ -113,7 +114,16 @@ impl Node {
                 shares_lock: Mutex::new(()),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
-                workspaces: crate::workspace::Workspaces::default(),
+                // No IO here: Docker is reached on first use, so the node serves
+                // everything else when dockerd is missing.
+                workspaces: crate::workspace::Workspaces::new(
+                    crate::workspace::WorkspaceConfig::new(
+                        key.node_id().to_string(),
+                        paths.dir.join("run"),
+                    )
+                    .with_node_config(&cfg),
+                ),
+                docs: crate::docs::DocHost::start(&paths.docs())?,
             }),
         };
         // Fail early on a damaged share file rather than at the first hello.
@@ -122,6 +132,22 @@ impl Node {
             .accept(
                 sam_protocol::alpn::CTL,
                 crate::ctl::CtlHandler::new(node.clone()),
+            )
+            .accept(
+                sam_protocol::alpn::DOC,
+                crate::docs::stream::DocHandler::new(node.clone()),
+            )
+            .accept(
+                sam_protocol::alpn::PTY,
+                crate::pty::PtyHandler::new(node.clone()),
+            )
+            .accept(
+                sam_protocol::alpn::PORT,
+                crate::ports::PortHandler::new(node.clone()),
+            )
+            .accept(
+                sam_protocol::alpn::FILE,
+                crate::files::transfer::FileHandler::new(node.clone()),
             )
             .spawn();
         let json = serde_json::to_vec(&addr).context("serialise address")?;
@@ -140,6 +166,10 @@ impl Node {
 
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
+    }
+
+    pub fn docs(&self) -> &crate::docs::DocHost {
+        &self.inner.docs
     }
 
     pub fn workspaces(&self) -> &crate::workspace::Workspaces {

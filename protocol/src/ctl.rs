@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::capability::{Capability, Role, Scope, SignedCapability};
+use crate::doc::{ConvRequest, ConvResponse};
 use crate::identity::NodeId;
 use crate::workspace::{WorkspaceRequest, WorkspaceResponse};
 
@@ -65,6 +66,8 @@ pub enum Request {
     Revoke { id: [u8; 16] },
     /// Workspaces on this node.
     Workspace(WorkspaceRequest),
+    /// Conversations on this node.
+    Conv(ConvRequest),
 }
 
 impl Request {
@@ -74,6 +77,7 @@ impl Request {
             Request::Ping | Request::Status => Role::Viewer,
             Request::RegisterShare(_) | Request::ListShares | Request::Revoke { .. } => Role::Owner,
             Request::Workspace(w) => w.required_role(),
+            Request::Conv(c) => c.required_role(),
         }
     }
 }
@@ -87,6 +91,7 @@ pub enum Response {
     Shares(Vec<ShareInfo>),
     Error(ErrorBody),
     Workspace(WorkspaceResponse),
+    Conv(ConvResponse),
 }
 
 /// What `sam status` shows.

@@ -6,8 +6,10 @@
 
 pub mod alpn;
 pub mod auth;
+pub mod bytes;
 pub mod capability;
 pub mod ctl;
+pub mod doc;
 pub mod duration;
 pub mod frame;
 pub mod identity;

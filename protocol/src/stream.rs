@@ -12,3 +12,275 @@ pub enum OpenReply {
     Ok,
     Error(ErrorBody),
 }
+
+/// Largest terminal dimension accepted (cols or rows).
+pub const MAX_PTY_DIM: u16 = 4096;
+/// Scrollback a late joiner of a terminal receives.
+pub const PTY_SCROLLBACK: usize = 256 * 1024;
+/// Largest data chunk in one client→node PTY frame.
+pub const MAX_PTY_CHUNK: usize = 64 * 1024;
+
+/// Which terminal of a workspace to attach to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PtyTarget {
+    /// The workspace's oldest live terminal, or a new one when there is none.
+    Default,
+    /// Always start a new terminal.
+    New,
+    /// A terminal by id; an unknown id is an error.
+    Id(String),
+}
+
+/// Header of a `sam/pty/1` stream.
+///
+/// After [`OpenReply::Ok`] the node sends one [`PtyOpened`] frame; then the node
+/// sends raw terminal output bytes, and the client sends [`PtyFrame`]s (see
+/// [`PtyFrame::encode`]). The node finishes its side when the shell exits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyOpen {
+    pub workspace: String,
+    pub target: PtyTarget,
+    /// Command for a new terminal; `None` is the user's login shell.
+    pub shell: Option<Vec<String>>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// Sent by the node after [`OpenReply::Ok`] on a PTY stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyOpened {
+    pub terminal: String,
+    /// Input from this peer is dropped (viewer role).
+    pub read_only: bool,
+    /// Clients attached now, this one included.
+    pub attached: u32,
+}
+
+/// Client→node messages on a PTY stream after the header.
+///
+/// Wire form, chosen for speed (no serde on the hot path):
+/// - `0x00` + u32 BE length + bytes: input;
+/// - `0x01` + u16 BE cols + u16 BE rows: resize;
+/// - `0x02`: detach (the terminal goes on running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtyFrame {
+    Data(Vec<u8>),
+    Resize { cols: u16, rows: u16 },
+    Detach,
+}
+
+/// A PTY frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PtyFrameError {
+    #[error("unknown PTY frame tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("PTY data frame of {0} bytes is over the limit of {MAX_PTY_CHUNK}")]
+    TooLarge(usize),
+    #[error("bad terminal size {cols}x{rows}")]
+    BadSize { cols: u16, rows: u16 },
+}
+
+const TAG_DATA: u8 = 0;
+const TAG_RESIZE: u8 = 1;
+const TAG_DETACH: u8 = 2;
+
+impl PtyFrame {
+    /// Appends the wire form of `self` to `out`. Data over [`MAX_PTY_CHUNK`] is
+    /// split into several frames.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            PtyFrame::Data(d) => encode_data(d, out),
+            PtyFrame::Resize { cols, rows } => {
+                out.push(TAG_RESIZE);
+                out.extend_from_slice(&cols.to_be_bytes());
+                out.extend_from_slice(&rows.to_be_bytes());
+            }
+            PtyFrame::Detach => out.push(TAG_DETACH),
+        }
+    }
+
+    /// Decodes one frame from the front of `buf`: `Ok(None)` when more bytes are
+    /// needed, else the frame and how many bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(PtyFrame, usize)>, PtyFrameError> {
+        let Some(&tag) = buf.first() else {
+            return Ok(None);
+        };
+        match tag {
+            TAG_DATA => {
+                let Some(len) = buf.get(1..5) else {
+                    return Ok(None);
+                };
+                let mut l = [0u8; 4];
+                l.copy_from_slice(len);
+                let len = u32::from_be_bytes(l) as usize;
+                if len > MAX_PTY_CHUNK {
+                    return Err(PtyFrameError::TooLarge(len));
+                }
+                Ok(buf
+                    .get(5..5 + len)
+                    .map(|d| (PtyFrame::Data(d.to_vec()), 5 + len)))
+            }
+            TAG_RESIZE => {
+                let Some(b) = buf.get(1..5) else {
+                    return Ok(None);
+                };
+                let cols = u16::from_be_bytes([b[0], b[1]]);
+                let rows = u16::from_be_bytes([b[2], b[3]]);
+                check_size(cols, rows)?;
+                Ok(Some((PtyFrame::Resize { cols, rows }, 5)))
+            }
+            TAG_DETACH => Ok(Some((PtyFrame::Detach, 1))),
+            t => Err(PtyFrameError::UnknownTag(t)),
+        }
+    }
+}
+
+/// Appends `data` as one or more input frames.
+pub fn encode_data(data: &[u8], out: &mut Vec<u8>) {
+    for chunk in data.chunks(MAX_PTY_CHUNK) {
+        out.push(TAG_DATA);
+        out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+}
+
+/// A terminal size is 1..=[`MAX_PTY_DIM`] in both directions.
+pub fn check_size(cols: u16, rows: u16) -> Result<(), PtyFrameError> {
+    if cols == 0 || rows == 0 || cols > MAX_PTY_DIM || rows > MAX_PTY_DIM {
+        return Err(PtyFrameError::BadSize { cols, rows });
+    }
+    Ok(())
+}
+
+/// Header of a `sam/port/1` stream: after [`OpenReply::Ok`], raw TCP bytes both
+/// ways to `port` inside the workspace; either side finishing closes that half.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortOpen {
+    pub workspace: String,
+    pub port: u16,
+}
+
+/// Header of a `sam/file/1` stream.
+///
+/// - `Download`: after [`OpenReply::Ok`] the node sends a [`DownloadInfo`] frame,
+///   then a tar stream of the file or directory (its top entry named after the
+///   path's last component), then finishes.
+/// - `Upload`: after [`OpenReply::Ok`] the node sends an [`UploadPlan`]; the
+///   client sends a tar stream whose single top entry has the planned name and
+///   finishes; the node answers one more [`OpenReply`] when the tar is unpacked
+///   (or refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileOpen {
+    Download {
+        workspace: String,
+        path: String,
+    },
+    Upload {
+        workspace: String,
+        /// Destination: an existing directory receives the upload under `name`;
+        /// else the upload becomes this path.
+        path: String,
+        /// The local file or directory name.
+        name: String,
+        /// Bytes of file content (for the size limit; the tar adds headers).
+        size: u64,
+        /// Files and directories in the upload (for the count limit).
+        count: u64,
+    },
+}
+
+/// Sent by the node after accepting an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadPlan {
+    /// The name the tar's top entry must have.
+    pub top_name: String,
+    /// Where it lands inside the container.
+    pub dest: String,
+}
+
+/// Sent by the node before a download's tar stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadInfo {
+    /// The resolved path inside the container.
+    pub path: String,
+    pub is_dir: bool,
+    /// Bytes of file content (a tar adds headers).
+    pub size: u64,
+    /// Files and directories.
+    pub count: u64,
+}
+
+/// Most bytes of file content in one upload or download.
+pub const MAX_TRANSFER_BYTES: u64 = 16 << 30;
+/// Most files and directories in one upload or download.
+pub const MAX_TRANSFER_FILES: u64 = 200_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(mut buf: &[u8]) -> Result<Vec<PtyFrame>, PtyFrameError> {
+        let mut out = Vec::new();
+        while let Some((f, n)) = PtyFrame::decode(buf)? {
+            out.push(f);
+            buf = &buf[n..];
+        }
+        assert!(buf.is_empty(), "{} bytes left", buf.len());
+        Ok(out)
+    }
+
+    #[test]
+    fn pty_frames_round_trip() {
+        let frames = vec![
+            PtyFrame::Data(b"echo hi\r".to_vec()),
+            PtyFrame::Resize { cols: 80, rows: 24 },
+            PtyFrame::Data(vec![]),
+            PtyFrame::Detach,
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            f.encode(&mut buf);
+        }
+        assert_eq!(decode_all(&buf).expect("decode"), frames);
+        // Every strict prefix either decodes fewer frames or asks for more bytes.
+        for cut in 0..buf.len() {
+            let mut b = &buf[..cut];
+            while let Ok(Some((_, n))) = PtyFrame::decode(b) {
+                b = &b[n..];
+            }
+            assert!(PtyFrame::decode(b).expect("no error").is_none());
+        }
+    }
+
+    #[test]
+    fn bad_pty_frames_are_errors() {
+        assert_eq!(PtyFrame::decode(&[9]), Err(PtyFrameError::UnknownTag(9)));
+        assert!(matches!(
+            PtyFrame::decode(&[0, 0xff, 0, 0, 0]),
+            Err(PtyFrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            PtyFrame::decode(&[1, 0, 0, 0, 24]),
+            Err(PtyFrameError::BadSize { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn big_data_is_split(data in proptest::collection::vec(any::<u8>(), 0..200_000)) {
+            let mut buf = Vec::new();
+            PtyFrame::Data(data.clone()).encode(&mut buf);
+            let got: Vec<u8> = decode_all(&buf).expect("decode").into_iter().flat_map(|f| match f {
+                PtyFrame::Data(d) => d,
+                _ => vec![],
+            }).collect();
+            prop_assert_eq!(got, data);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = PtyFrame::decode(&data);
+        }
+    }
+}

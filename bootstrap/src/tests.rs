@@ -1,0 +1,171 @@
+use std::process::Command;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn spec() -> BootstrapSpec {
+    let owner = SecretKey::from_bytes([7; 32]).node_id();
+    BootstrapSpec::new(
+        SecretKey::from_bytes([9; 32]),
+        owner,
+        NodeRelease {
+            url: "https://releases.example/sam-node-x86_64".into(),
+            sha256: "ab".repeat(32),
+        },
+    )
+}
+
+fn key_hex(spec: &BootstrapSpec) -> String {
+    data_encoding::HEXLOWER.encode(&spec.node_key.to_bytes())
+}
+
+#[test]
+fn script_has_key_config_checksum_and_start() {
+    let spec = spec();
+    let text = render_user_data(&spec).expect("render");
+    assert!(text.starts_with("#!/bin/sh\n"));
+    assert!(text.len() <= USER_DATA_LIMIT);
+    // the key, exactly once, inside its heredoc, then made 0600
+    let key = key_hex(&spec);
+    assert_eq!(text.matches(&key).count(), 1);
+    assert!(text.contains(&format!("<<'SAM_NODE_KEY'\n{key}\nSAM_NODE_KEY\n")));
+    assert!(text.contains("chmod 0600 \"$SAM_HOME/node/node.key\""));
+    assert!(text.contains("umask 077"));
+    // the pinned checksum and its check
+    assert!(text.contains(&format!("NODE_SHA256='{}'", "ab".repeat(32))));
+    assert!(text.contains("sha256sum \"$tmp\""));
+    assert!(text.contains("if [ \"$got\" != \"$NODE_SHA256\" ]"));
+    assert!(text.contains("NODE_URL='https://releases.example/sam-node-x86_64'"));
+    // config
+    assert!(text.contains(&format!("owner = \"{}\"", spec.owner)));
+    assert!(text.contains("bind = \"0.0.0.0:7447\""));
+    assert!(text.contains("printf 'advertise = [\"%s:%s\"]\\n'"));
+    // docker, systemd and the fallback
+    assert!(text.contains("apt_install docker.io"));
+    assert!(text.contains("ExecStart=/usr/local/bin/sam-node run"));
+    assert!(text.contains("nohup \"$NODE_BIN\" run"));
+    // never traced
+    assert!(!text.contains("set -x"));
+    assert!(!text.contains("set -eux"));
+}
+
+#[test]
+fn script_is_valid_sh() {
+    let mut spec = spec();
+    spec.advertise = Advertise::Detect {
+        metadata_urls: vec![HETZNER_PUBLIC_IPV4_URL.into(), "http://x/?a=b&c=d".into()],
+    };
+    spec.relay = Some("https://relay.example/".into());
+    spec.extra_commands = vec!["echo 'pre-start'".into()];
+    let text = render_user_data(&spec).expect("render");
+    let Ok(out) = Command::new("sh").arg("-n").arg("-c").arg(&text).output() else {
+        eprintln!("no sh here; skipping the syntax check");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "sh -n: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fixed_advertise_goes_in_the_config_and_skips_detection() {
+    let mut spec = spec();
+    spec.advertise = Advertise::Fixed(vec!["1.2.3.4:7447".parse().expect("addr")]);
+    spec.install_docker = false;
+    let text = render_user_data(&spec).expect("render");
+    assert!(text.contains("advertise = [\"1.2.3.4:7447\"]"));
+    assert!(!text.contains("PUBLIC_IP"));
+    assert!(!text.contains("docker.io"));
+}
+
+#[test]
+fn oversized_user_data_is_refused() {
+    let mut spec = spec();
+    spec.extra_commands = vec!["echo ".to_string() + &"x".repeat(USER_DATA_LIMIT)];
+    match render_user_data(&spec) {
+        Err(BootstrapError::TooLarge { size, limit }) => {
+            assert_eq!(limit, 32 * 1024);
+            assert!(size > limit);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let msg = render_user_data(&spec).expect_err("too large").to_string();
+    assert!(msg.contains("32 KiB"), "{msg}");
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let mut s = spec();
+    s.release.sha256 = "abc".into();
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadSha256(_))
+    ));
+    let mut s = spec();
+    s.release.url = "ftp://x".into();
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadUrl { .. })
+    ));
+    let mut s = spec();
+    s.release.url = "https://x/a b".into();
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadUrl { .. })
+    ));
+    let mut s = spec();
+    s.sam_home = "/var/lib/sam; rm -rf /".into();
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadPath(_))
+    ));
+    let mut s = spec();
+    s.extra_commands = vec!["ok".into(), "two\nlines".into()];
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadCommand { index: 1 })
+    ));
+    let mut s = spec();
+    s.port = 0;
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::ZeroPort)
+    ));
+}
+
+#[test]
+fn debug_and_errors_never_show_the_key() {
+    let spec = spec();
+    let key = key_hex(&spec);
+    let dbg = format!("{spec:?}");
+    assert!(!dbg.contains(&key), "{dbg}");
+    assert!(dbg.contains("<secret>"));
+    let mut big = spec.clone();
+    big.extra_commands = vec!["x".repeat(USER_DATA_LIMIT)];
+    let err = render_user_data(&big).expect_err("too large");
+    assert!(!format!("{err} {err:?}").contains(&key));
+}
+
+proptest! {
+    #[test]
+    fn quoting_survives_any_text(s in "\\PC{0,40}") {
+        let q = script::sh_quote(&s);
+        prop_assert!(q.starts_with('\'') && q.ends_with('\''));
+        // every embedded quote is closed, escaped and reopened
+        let inner = &q[1..q.len() - 1];
+        prop_assert_eq!(inner.replace(r"'\''", "'"), s);
+    }
+
+    #[test]
+    fn any_key_and_owner_render_under_the_limit(k in any::<[u8; 32]>(), o in any::<[u8; 32]>()) {
+        let mut s = spec();
+        s.node_key = SecretKey::from_bytes(k);
+        s.owner = SecretKey::from_bytes(o).node_id();
+        let text = render_user_data(&s).expect("render");
+        prop_assert!(text.len() < USER_DATA_LIMIT);
+        prop_assert!(text.contains(&data_encoding::HEXLOWER.encode(&k)));
+    }
+}

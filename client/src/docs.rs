@@ -1,0 +1,237 @@
+//! Local replicas of conversation documents and syncing them with a node over
+//! `sam/doc/1`.
+//!
+//! Every replica lives in `$SAM_HOME/docs` (snapshot + fsynced change log), so
+//! history, `sam log` and `sam prompt` work with the node down; a prompt written
+//! offline is a `queued` message that reaches the node at the next sync.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use iroh::Endpoint;
+use iroh::endpoint::{RecvStream, SendStream};
+use sam_crdt::{Conversation, DocStore, FsyncPolicy, StoreOptions, SyncPeer};
+use sam_protocol::ctl::ErrorBody;
+use sam_protocol::doc::{DocFrame, DocOpen, MAX_SYNC_FRAME};
+use sam_protocol::stream::OpenReply;
+use sam_protocol::{Ticket, alpn};
+use tokio::sync::mpsc;
+
+use crate::conn::ConnectError;
+use crate::paths::ClientPaths;
+use crate::wire::{WireError, read_frame, write_frame};
+
+/// The local document store.
+pub struct Replicas {
+    store: DocStore,
+}
+
+impl Replicas {
+    pub fn open(paths: &ClientPaths) -> Result<Self> {
+        let opts = StoreOptions {
+            fsync: FsyncPolicy::Always,
+            ..StoreOptions::default()
+        };
+        let store = DocStore::open(paths.docs(), opts)
+            .with_context(|| format!("open {}", paths.docs().display()))?;
+        Ok(Self { store })
+    }
+
+    /// Ids of every local replica.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        Ok(self.store.list()?)
+    }
+
+    pub fn load(&mut self, id: &str) -> Result<Conversation> {
+        self.store
+            .load(id)
+            .with_context(|| format!("load local replica of {id}"))
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.store.contains(id).unwrap_or(false)
+    }
+
+    /// Appends what changed since the last save (fsynced).
+    pub fn save(&mut self, conv: &mut Conversation) -> Result<()> {
+        self.store
+            .append(conv)
+            .with_context(|| format!("save local replica of {}", conv.id()))?;
+        Ok(())
+    }
+
+    /// A full id from a unique prefix.
+    pub fn resolve(&self, prefix: &str) -> Result<String> {
+        let ids = self.ids()?;
+        if ids.iter().any(|i| i == prefix) {
+            return Ok(prefix.to_string());
+        }
+        let hits: Vec<_> = ids.iter().filter(|i| i.starts_with(prefix)).collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => bail!("no conversation {prefix:?} here: `sam convs ls` lists them"),
+            _ => bail!(
+                "{prefix:?} matches {} conversations: give more of the id",
+                hits.len()
+            ),
+        }
+    }
+}
+
+/// An open `sam/doc/1` stream for one document.
+pub struct DocStream {
+    send: SendStream,
+    inbound: mpsc::Receiver<Result<DocFrame, WireError>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Keeps the connection open.
+    _conn: iroh::endpoint::Connection,
+}
+
+impl Drop for DocStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Opens a sync stream for `id` on the ticket's node.
+pub async fn open_stream(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    id: &str,
+    create: bool,
+) -> Result<DocStream, ConnectError> {
+    let (conn, _welcome) = crate::conn::connect(ep, ticket, alpn::DOC).await?;
+    let proto = |e: &dyn std::fmt::Display| ConnectError::Protocol(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| proto(&e))?;
+    let open = DocOpen {
+        conversation: id.to_string(),
+        create,
+    };
+    write_frame(&mut send, &open).await.map_err(|e| proto(&e))?;
+    match read_frame::<OpenReply>(&mut recv, 64 * 1024).await {
+        Ok(OpenReply::Ok) => {}
+        Ok(OpenReply::Error(e)) => return Err(ConnectError::Remote(e)),
+        Err(e) => return Err(proto(&e)),
+    }
+    Ok(DocStream::new(conn, send, recv))
+}
+
+impl DocStream {
+    fn new(conn: iroh::endpoint::Connection, send: SendStream, mut recv: RecvStream) -> Self {
+        let (tx, inbound) = mpsc::channel(4);
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
+                let stop = frame.is_err();
+                if tx.send(frame).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Self {
+            send,
+            inbound,
+            reader,
+            _conn: conn,
+        }
+    }
+
+    async fn push(&mut self, sync: &mut SyncPeer, conv: &mut Conversation) -> Result<()> {
+        while let Some(msg) = sync.generate(conv) {
+            write_frame(&mut self.send, &DocFrame::Sync(msg))
+                .await
+                .context("send sync message")?;
+        }
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        match self.inbound.recv().await {
+            Some(Ok(DocFrame::Sync(b))) => Ok(Some(b)),
+            Some(Ok(DocFrame::Error(e))) => {
+                Err(anyhow::Error::new(e).context("the node stopped syncing"))
+            }
+            Some(Err(WireError::Closed)) | None => Ok(None),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("bad frame from the node")),
+        }
+    }
+
+    /// Syncs until both sides have the same heads (or `timeout`).
+    pub async fn sync_once(
+        &mut self,
+        conv: &mut Conversation,
+        mut persist: impl FnMut(&mut Conversation) -> Result<()>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut sync = SyncPeer::new();
+        let mut theirs: Option<Vec<sam_crdt::ChangeHash>> = None;
+        let work = async {
+            loop {
+                self.push(&mut sync, conv).await?;
+                if let Some(t) = &theirs
+                    && in_sync(&sync, conv, t)
+                {
+                    return Ok(());
+                }
+                let Some(bytes) = self.next().await? else {
+                    bail!("the node closed the stream before the sync finished");
+                };
+                theirs = message_heads(&bytes);
+                sync.receive(conv, &bytes)
+                    .context("apply the node's changes")?;
+                persist(conv)?;
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .context("sync with the node timed out")?
+    }
+
+    /// Syncs and then follows live changes until the stream ends; `on_change` sees
+    /// the document after every applied message.
+    pub async fn follow(
+        &mut self,
+        conv: &mut Conversation,
+        mut persist: impl FnMut(&mut Conversation) -> Result<()>,
+        mut on_change: impl FnMut(&mut Conversation),
+    ) -> Result<()> {
+        let mut sync = SyncPeer::new();
+        loop {
+            self.push(&mut sync, conv).await?;
+            let Some(bytes) = self.next().await? else {
+                return Ok(());
+            };
+            sync.receive(conv, &bytes)
+                .context("apply the node's changes")?;
+            persist(conv)?;
+            on_change(conv);
+        }
+    }
+
+    /// Tells the node why we stop.
+    pub async fn close(mut self, error: Option<ErrorBody>) {
+        if let Some(e) = error {
+            let _ = write_frame(&mut self.send, &DocFrame::Error(e)).await;
+        }
+        let _ = self.send.finish();
+    }
+}
+
+/// Heads announced in a sync message.
+fn message_heads(bytes: &[u8]) -> Option<Vec<sam_crdt::ChangeHash>> {
+    automerge::sync::Message::decode(bytes)
+        .ok()
+        .map(|m| m.heads)
+}
+
+/// Both sides are known to hold the same changes: the node announced `theirs`, we
+/// have exactly those heads, and the sync state agrees.
+fn in_sync(sync: &SyncPeer, conv: &mut Conversation, theirs: &[sam_crdt::ChangeHash]) -> bool {
+    let mut ours = conv.heads();
+    ours.sort();
+    let mut shared = sync.shared_heads().to_vec();
+    shared.sort();
+    let mut theirs = theirs.to_vec();
+    theirs.sort();
+    ours == shared && ours == theirs
+}

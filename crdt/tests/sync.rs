@@ -1,0 +1,213 @@
+//! Sync: fuzzing the decoders, rejecting schema-breaking peers, and a multi-peer simulation.
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ROOT, ReadDoc};
+use proptest::prelude::*;
+use sam_crdt::{Conversation, CrdtError, NewConversation, Role, Status, SyncPeer};
+
+const ALICE: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const NODE: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+fn new_conv() -> Conversation {
+    Conversation::create(
+        NewConversation {
+            id: "5eed".into(),
+            title: "sync".into(),
+            agent: "codex".into(),
+            workspace_node: NODE.into(),
+            workspace_id: "ws".into(),
+            created_at: 1,
+        },
+        NODE,
+    )
+    .expect("create")
+}
+
+/// Runs the sync protocol between two docs until quiet; returns the number of messages.
+fn sync_pair(a: &mut Conversation, b: &mut Conversation) -> Result<usize, CrdtError> {
+    let (mut pa, mut pb) = (SyncPeer::new(), SyncPeer::new());
+    let mut n = 0;
+    for _ in 0..100 {
+        let m1 = pa.generate(a);
+        if let Some(m) = &m1 {
+            pb.receive(b, m)?;
+            n += 1;
+        }
+        let m2 = pb.generate(b);
+        if let Some(m) = &m2 {
+            pa.receive(a, m)?;
+            n += 1;
+        }
+        if m1.is_none() && m2.is_none() {
+            return Ok(n);
+        }
+    }
+    panic!("sync did not quiesce");
+}
+
+#[test]
+fn fresh_replica_receives_everything() {
+    let mut node = new_conv();
+    let m = node.start_message(NODE, Role::Agent).expect("m");
+    for i in 0..50 {
+        node.append_chunk(&m, &format!("{i} ")).expect("c");
+    }
+    let mut client = Conversation::new_replica();
+    assert!(client.is_empty());
+    assert!(matches!(
+        client.append_user_message(ALICE, "x", Status::Queued),
+        Err(CrdtError::EmptyReplica)
+    ));
+    sync_pair(&mut node, &mut client).expect("sync");
+    assert_eq!(client.heads(), node.heads());
+    assert_eq!(client.messages(), node.messages());
+    // live push of one more chunk, and the client's index follows
+    let q = client
+        .append_user_message(ALICE, "next", Status::Queued)
+        .expect("q");
+    node.append_chunk(&m, "end").expect("c");
+    sync_pair(&mut node, &mut client).expect("sync");
+    assert_eq!(node.queued_prompts(), vec![q]);
+    client.append_chunk(&m, "!").expect("index knows m");
+}
+
+#[test]
+fn sync_state_round_trips() {
+    let mut a = new_conv();
+    let mut b = Conversation::new_replica();
+    sync_pair(&mut a, &mut b).expect("sync");
+    let mut p = SyncPeer::new();
+    let mut q = SyncPeer::new();
+    while let Some(m) = p.generate(&mut a) {
+        q.receive(&mut b, &m).expect("r");
+        match q.generate(&mut b) {
+            Some(r) => p.receive(&mut a, &r).expect("r"),
+            None => break,
+        }
+    }
+    let saved = p.encode_state();
+    let resumed = SyncPeer::decode_state(&saved).expect("decode");
+    assert_eq!(resumed.shared_heads(), p.shared_heads());
+    assert!(SyncPeer::decode_state(b"\xff\xffgarbage").is_err());
+}
+
+fn evil_peer_sync(mutate: impl FnOnce(&mut automerge::AutoCommit)) -> CrdtError {
+    let mut good = new_conv();
+    good.append_user_message(ALICE, "hi", Status::Queued)
+        .expect("m");
+    let mut evil_doc = Conversation::load(&good.save())
+        .expect("l")
+        .automerge()
+        .clone();
+    let before = good.heads();
+    let messages_before = good.messages();
+    mutate(&mut evil_doc);
+    let mut evil_state = automerge::sync::State::new();
+    let mut mine = SyncPeer::new();
+    let mut err = None;
+    for _ in 0..20 {
+        use automerge::sync::SyncDoc;
+        let out = mine.generate(&mut good);
+        if let Some(m) = &out {
+            let m = automerge::sync::Message::decode(m).expect("decode");
+            evil_doc
+                .sync()
+                .receive_sync_message(&mut evil_state, m)
+                .expect("evil receive");
+        }
+        let msg = evil_doc.sync().generate_sync_message(&mut evil_state);
+        if out.is_none() && msg.is_none() {
+            break;
+        }
+        let Some(msg) = msg else { continue };
+        if let Err(e) = mine.receive(&mut good, &msg.encode()) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert_eq!(good.heads(), before, "rolled back");
+    assert_eq!(good.messages(), messages_before);
+    err.expect("the schema-breaking change must be rejected")
+}
+
+fn first_msg(doc: &automerge::AutoCommit) -> automerge::ObjId {
+    let (_, msgs) = doc.get(ROOT, "messages").expect("g").expect("m");
+    doc.get(&msgs, 0).expect("g").expect("m").1
+}
+
+#[test]
+fn schema_breaking_sync_messages_are_rejected_and_rolled_back() {
+    let e = evil_peer_sync(|d| {
+        let m = first_msg(d);
+        d.put(&m, "text", "not text").expect("p");
+    });
+    assert!(e.to_string().contains("text"), "{e}");
+    let e = evil_peer_sync(|d| d.put(ROOT, "messages", "gone").expect("p"));
+    assert!(matches!(e, CrdtError::SyncRejected(_)), "{e}");
+    let e = evil_peer_sync(|d| {
+        let (_, msgs) = d.get(ROOT, "messages").expect("g").expect("m");
+        d.insert(&msgs, 1, 42).expect("p");
+    });
+    assert!(matches!(e, CrdtError::SyncRejected(_)), "{e}");
+    let e = evil_peer_sync(|d| {
+        let (_, msgs) = d.get(ROOT, "messages").expect("g").expect("m");
+        let m = d.insert_object(&msgs, 1, ObjType::Map).expect("p");
+        d.put(&m, "id", "x").expect("p");
+    });
+    assert!(e.to_string().contains("role"), "{e}");
+    let e = evil_peer_sync(|d| d.put(ROOT, "schema", 99).expect("p"));
+    assert!(e.to_string().contains("schema"), "{e}");
+}
+
+#[test]
+fn oversized_messages_are_refused() {
+    let mut c = new_conv();
+    let mut p = SyncPeer::with_limit(10);
+    let e = p.receive(&mut c, &[0x42; 11]).expect_err("too big");
+    assert!(matches!(
+        e,
+        CrdtError::SyncMessageTooLarge {
+            size: 11,
+            limit: 10
+        }
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Conversation::load(&bytes);
+        let mut c = new_conv();
+        let _ = SyncPeer::new().receive(&mut c, &bytes);
+        let mut r = Conversation::new_replica();
+        let _ = SyncPeer::new().receive(&mut r, &bytes);
+        let _ = SyncPeer::decode_state(&bytes);
+        prop_assert!(Conversation::load(&c.save()).is_ok());
+    }
+
+    #[test]
+    fn damaged_real_documents_and_messages_never_panic(
+        cut in 0usize..4096, flip in 0usize..4096, bit in 0u8..8, sync_msg in any::<bool>()
+    ) {
+        let mut c = new_conv();
+        let m = c.start_message(NODE, Role::Agent).expect("m");
+        c.append_chunk(&m, "some text").expect("c");
+        let mut bytes = if sync_msg {
+            SyncPeer::new().generate(&mut c).unwrap_or_default()
+        } else {
+            c.save()
+        };
+        if !bytes.is_empty() {
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            bytes.truncate(cut.min(bytes.len()));
+        }
+        let _ = Conversation::load(&bytes);
+        let mut r = Conversation::new_replica();
+        let _ = SyncPeer::new().receive(&mut r, &bytes);
+        let mut other = new_conv();
+        let _ = SyncPeer::new().receive(&mut other, &bytes);
+    }
+}

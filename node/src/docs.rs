@@ -1,0 +1,360 @@
+//! The node's conversation documents: one actor owns every loaded document, its
+//! per-peer sync states and the on-disk store. Stream handlers and (later) agents
+//! talk to it through a [`DocHost`] handle.
+//!
+//! Durability: the actor handles a batch of commands, then appends every changed
+//! document to the store (fsync), bumps the documents' versions, and only then
+//! answers the `Generate` requests of that batch. So no peer ever receives a change
+//! the node could lose in a crash: a change is acknowledged once it is on disk.
+
+pub mod stream;
+
+use std::collections::HashMap;
+
+use sam_crdt::{Conversation, DocStore, StoreOptions, SyncPeer};
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use sam_protocol::doc::ConvSummary;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+/// Most commands handled before a flush.
+const BATCH: usize = 256;
+
+type Mutation = Box<dyn FnOnce(&mut Conversation) + Send>;
+
+enum Cmd {
+    Open {
+        id: String,
+        create: bool,
+        reply: oneshot::Sender<Result<Opened, ErrorBody>>,
+    },
+    Receive {
+        id: String,
+        peer: u64,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
+    Generate {
+        id: String,
+        peer: u64,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    Leave {
+        id: String,
+        peer: u64,
+    },
+    Mutate {
+        id: String,
+        f: Mutation,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<ConvSummary>>,
+    },
+}
+
+/// A document opened for a peer.
+pub struct Opened {
+    /// Bumped after every durable change.
+    pub version: watch::Receiver<u64>,
+    /// The document's workspace id (for scope checks); empty for a pending create.
+    pub workspace: String,
+    /// The document does not exist yet; the peer's first sync creates it.
+    pub pending: bool,
+}
+
+/// Handle to the document actor.
+#[derive(Debug, Clone)]
+pub struct DocHost {
+    tx: mpsc::Sender<Cmd>,
+}
+
+fn gone() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, "the node's document store stopped")
+}
+
+impl DocHost {
+    /// Opens the store in `dir` and starts the actor.
+    pub fn start(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let store = DocStore::open(dir, StoreOptions::default())
+            .map_err(|e| anyhow::anyhow!("open document store {}: {e}", dir.display()))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let actor = Actor {
+            store,
+            docs: HashMap::new(),
+        };
+        tokio::spawn(actor.run(rx));
+        Ok(Self { tx })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Loads a document (or prepares to receive a new one when `create`).
+    pub async fn open(&self, id: &str, create: bool) -> Result<Opened, ErrorBody> {
+        let id = id.to_string();
+        self.call(|reply| Cmd::Open { id, create, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+
+    /// Applies a sync message from `peer`.
+    pub async fn receive(&self, id: &str, peer: u64, bytes: Vec<u8>) -> Result<(), ErrorBody> {
+        let id = id.to_string();
+        self.call(|reply| Cmd::Receive {
+            id,
+            peer,
+            bytes,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(gone()))
+    }
+
+    /// The next sync message for `peer`, if any (only durable changes).
+    pub async fn generate(&self, id: &str, peer: u64) -> Option<Vec<u8>> {
+        let id = id.to_string();
+        self.call(|reply| Cmd::Generate { id, peer, reply })
+            .await
+            .flatten()
+    }
+
+    /// Forgets `peer`'s sync state.
+    pub async fn leave(&self, id: &str, peer: u64) {
+        let _ = self
+            .tx
+            .send(Cmd::Leave {
+                id: id.to_string(),
+                peer,
+            })
+            .await;
+    }
+
+    /// Runs `f` on the document inside the actor; the change is durable when this returns.
+    pub async fn mutate<R: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Conversation) -> R + Send + 'static,
+    ) -> Result<R, ErrorBody> {
+        let (out_tx, out_rx) = oneshot::channel();
+        let f: Mutation = Box::new(move |c| {
+            let _ = out_tx.send(f(c));
+        });
+        let id = id.to_string();
+        self.call(|reply| Cmd::Mutate { id, f, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))?;
+        out_rx.await.map_err(|_| gone())
+    }
+
+    /// Summaries of every stored conversation.
+    pub async fn list(&self) -> Vec<ConvSummary> {
+        self.call(|reply| Cmd::List { reply })
+            .await
+            .unwrap_or_default()
+    }
+}
+
+struct Entry {
+    conv: Conversation,
+    peers: HashMap<u64, SyncPeer>,
+    version: watch::Sender<u64>,
+    /// Stored on disk (false while a new document is being received).
+    stored: bool,
+    dirty: bool,
+}
+
+struct Actor {
+    store: DocStore,
+    docs: HashMap<String, Entry>,
+}
+
+fn not_found(id: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotFound,
+        format!("no conversation {id} on this node"),
+    )
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut generates = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut cmd = Some(first);
+            let mut handled = 0;
+            while let Some(c) = cmd.take() {
+                self.handle(c, &mut generates);
+                handled += 1;
+                if handled < BATCH {
+                    cmd = rx.try_recv().ok();
+                }
+            }
+            self.flush();
+            for (id, peer, reply) in generates.drain(..) {
+                let msg = self.generate(&id, peer);
+                let _ = reply.send(msg);
+            }
+        }
+        self.flush();
+    }
+
+    fn entry(&mut self, id: &str) -> Result<&mut Entry, ErrorBody> {
+        if !self.docs.contains_key(id) {
+            sam_crdt::validate_doc_id(id)
+                .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+            if !self.store.contains(id).unwrap_or(false) {
+                return Err(not_found(id));
+            }
+            let conv = self.store.load(id).map_err(|e| {
+                ErrorBody::new(ErrorCode::Internal, format!("conversation {id}: {e}"))
+            })?;
+            self.docs.insert(
+                id.to_string(),
+                Entry {
+                    conv,
+                    peers: HashMap::new(),
+                    version: watch::channel(0).0,
+                    stored: true,
+                    dirty: false,
+                },
+            );
+        }
+        self.docs.get_mut(id).ok_or_else(|| not_found(id))
+    }
+
+    fn handle(
+        &mut self,
+        cmd: Cmd,
+        generates: &mut Vec<(String, u64, oneshot::Sender<Option<Vec<u8>>>)>,
+    ) {
+        match cmd {
+            Cmd::Open { id, create, reply } => {
+                let r = match self.entry(&id) {
+                    Ok(e) => Ok(opened(e)),
+                    Err(e) if e.code == ErrorCode::NotFound && create => {
+                        let entry = Entry {
+                            conv: Conversation::new_replica(),
+                            peers: HashMap::new(),
+                            version: watch::channel(0).0,
+                            stored: false,
+                            dirty: false,
+                        };
+                        let o = opened(&entry);
+                        self.docs.insert(id, entry);
+                        Ok(o)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Receive {
+                id,
+                peer,
+                bytes,
+                reply,
+            } => {
+                let r = self.entry(&id).and_then(|e| {
+                    let sync = e.peers.entry(peer).or_default();
+                    let before = e.conv.heads();
+                    sync.receive(&mut e.conv, &bytes).map_err(|err| {
+                        ErrorBody::new(ErrorCode::BadRequest, format!("sync rejected: {err}"))
+                    })?;
+                    if e.conv.heads() != before {
+                        e.dirty = true;
+                    }
+                    Ok(())
+                });
+                let _ = reply.send(r);
+            }
+            Cmd::Generate { id, peer, reply } => generates.push((id, peer, reply)),
+            Cmd::Leave { id, peer } => {
+                if let Some(e) = self.docs.get_mut(&id) {
+                    e.peers.remove(&peer);
+                    if !e.stored && e.peers.is_empty() {
+                        self.docs.remove(&id);
+                    }
+                }
+            }
+            Cmd::Mutate { id, f, reply } => {
+                let r = self.entry(&id).map(|e| {
+                    f(&mut e.conv);
+                    e.dirty = true;
+                });
+                let _ = reply.send(r);
+            }
+            Cmd::List { reply } => {
+                let ids = self.store.list().unwrap_or_default();
+                let mut out = Vec::new();
+                for id in ids {
+                    match self.entry(&id) {
+                        Ok(e) => out.push(summary(&id, &e.conv)),
+                        Err(err) => warn!(%id, %err, "cannot list conversation"),
+                    }
+                }
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    fn generate(&mut self, id: &str, peer: u64) -> Option<Vec<u8>> {
+        let e = self.docs.get_mut(id)?;
+        e.peers.entry(peer).or_default().generate(&mut e.conv)
+    }
+
+    fn flush(&mut self) {
+        for (id, e) in self.docs.iter_mut().filter(|(_, e)| e.dirty) {
+            if e.conv.is_empty() {
+                continue;
+            }
+            if !e.stored {
+                // A new document from a peer: its id must be the one it was opened as.
+                if e.conv.id() != *id {
+                    warn!(%id, got = %e.conv.id(), "new document has another id; not stored");
+                    continue;
+                }
+                info!(%id, "new conversation received");
+            }
+            match self.store.append(&mut e.conv) {
+                Ok(_) => {
+                    e.stored = true;
+                    e.dirty = false;
+                    e.version.send_modify(|v| *v += 1);
+                }
+                Err(err) => {
+                    error!(%id, %err, "cannot persist conversation; changes kept in memory")
+                }
+            }
+        }
+    }
+}
+
+fn opened(e: &Entry) -> Opened {
+    Opened {
+        version: e.version.subscribe(),
+        workspace: if e.conv.is_empty() {
+            String::new()
+        } else {
+            e.conv.workspace().id
+        },
+        pending: !e.stored,
+    }
+}
+
+fn summary(id: &str, conv: &Conversation) -> ConvSummary {
+    let messages = conv.messages();
+    ConvSummary {
+        id: id.to_string(),
+        title: conv.title(),
+        agent: conv.agent(),
+        workspace: conv.workspace().id,
+        parent: conv.parent().map(|p| p.conversation),
+        messages: messages.len() as u32,
+        updated_at: messages
+            .last()
+            .map(|m| m.created_at)
+            .unwrap_or_else(|| conv.created_at()),
+    }
+}

@@ -1,0 +1,172 @@
+//! `sam/doc/1`: one document per bi stream, synced live in both directions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use sam_protocol::capability::{Role, Scope};
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use sam_protocol::doc::{DocFrame, DocOpen, MAX_SYNC_FRAME};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::server::{Node, Session};
+use crate::streams::{MAX_HEADER, reply, serve_connection};
+use crate::wire::{WireError, read_frame, write_frame};
+
+static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
+
+/// Frames from one peer waiting to be applied: bounds memory per peer.
+const INBOUND_QUEUE: usize = 4;
+
+/// Serves `sam/doc/1`.
+#[derive(Debug, Clone)]
+pub struct DocHandler {
+    node: Node,
+}
+
+impl DocHandler {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+impl ProtocolHandler for DocHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        serve_connection(&self.node, conn, |node, session, send, recv| async move {
+            if let Err(e) = serve_stream(&node, &session, send, recv).await {
+                debug!(peer = %session.grant.peer.short(), error = %e, "doc stream ended");
+            }
+        })
+        .await;
+        Ok(())
+    }
+}
+
+/// Whether the grant may read (or, with `Collaborator`, write) a document of
+/// `workspace`.
+pub fn may(grant: &sam_protocol::Grant, role: Role, conv: &str, workspace: &str) -> bool {
+    grant.allows(role, Some(&Scope::Conversation(conv.to_string())))
+        || (!workspace.is_empty()
+            && grant.allows(role, Some(&Scope::Workspace(workspace.to_string()))))
+}
+
+async fn serve_stream(
+    node: &Node,
+    session: &Session,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), WireError> {
+    let open: DocOpen = match read_frame(&mut recv, MAX_HEADER).await {
+        Ok(o) => o,
+        Err(e) => {
+            reply(
+                &mut send,
+                Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("bad doc header: {e}"),
+                )),
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    let grant = &session.grant;
+    let id = open.conversation;
+    let docs = node.docs();
+    let create = open.create && grant.role >= Role::Collaborator;
+    let opened = docs.open(&id, create).await.and_then(|o| {
+        let allowed = if o.pending {
+            // The workspace of a new document is unknown until it arrives.
+            grant.role >= Role::Collaborator && grant.scope.is_none()
+        } else {
+            may(grant, Role::Viewer, &id, &o.workspace)
+        };
+        if allowed {
+            Ok(o)
+        } else {
+            Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("your capability does not cover conversation {id}"),
+            ))
+        }
+    });
+    let mut opened = match opened {
+        Ok(o) => {
+            reply(&mut send, Ok(())).await;
+            o
+        }
+        Err(e) => {
+            docs.leave(&id, 0).await;
+            reply(&mut send, Err(e)).await;
+            return Ok(());
+        }
+    };
+    let can_write = opened.pending || may(grant, Role::Collaborator, &id, &opened.workspace);
+    let peer = NEXT_PEER.fetch_add(1, Ordering::Relaxed);
+
+    // Reads run in their own task: a frame half-read is never lost to a select.
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<DocFrame, WireError>>(INBOUND_QUEUE);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
+            let stop = frame.is_err();
+            if in_tx.send(frame).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+
+    let result = async {
+        loop {
+            while let Some(msg) = docs.generate(&id, peer).await {
+                write_frame(&mut send, &DocFrame::Sync(msg)).await?;
+            }
+            tokio::select! {
+                incoming = in_rx.recv() => match incoming {
+                    Some(Ok(DocFrame::Sync(bytes))) => {
+                        if !can_write && sync_has_changes(&bytes) {
+                            let e = ErrorBody::new(ErrorCode::Forbidden, "viewers cannot change this conversation");
+                            let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
+                            break;
+                        }
+                        if let Err(e) = docs.receive(&id, peer, bytes).await {
+                            warn!(peer = %grant.peer.short(), conv = %id, error = %e, "closing doc peer");
+                            let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
+                            break;
+                        }
+                    }
+                    Some(Ok(DocFrame::Error(e))) => {
+                        debug!(conv = %id, error = %e, "peer stopped syncing");
+                        break;
+                    }
+                    Some(Err(WireError::Closed)) | None => break,
+                    Some(Err(e)) => {
+                        let body = ErrorBody::new(ErrorCode::BadRequest, format!("bad sync frame: {e}"));
+                        let _ = write_frame(&mut send, &DocFrame::Error(body)).await;
+                        break;
+                    }
+                },
+                changed = opened.version.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), WireError>(())
+    }
+    .await;
+    reader.abort();
+    docs.leave(&id, peer).await;
+    let _ = send.finish();
+    result
+}
+
+/// Whether a sync message carries changes (undecodable messages count as changes:
+/// the document actor rejects them).
+fn sync_has_changes(bytes: &[u8]) -> bool {
+    automerge::sync::Message::decode(bytes)
+        .map(|m| !m.changes.is_empty())
+        .unwrap_or(true)
+}

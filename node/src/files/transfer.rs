@@ -1,0 +1,362 @@
+//! `sam/file/1`: whole files and directories as tar streams, straight from and to
+//! Docker's archive API (`GET`/`PUT /containers/{id}/archive`), which already
+//! streams tar: the node only checks paths and limits and copies bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use sam_protocol::capability::Role;
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use sam_protocol::stream::{
+    DownloadInfo, FileOpen, MAX_TRANSFER_BYTES, MAX_TRANSFER_FILES, OpenReply, UploadPlan,
+};
+use tracing::debug;
+
+use super::path;
+use crate::inside::{check_role, docker_err, run};
+use crate::server::{Node, Session};
+use crate::streams::{MAX_HEADER, reply, serve_connection};
+use crate::wire::{read_frame, write_frame};
+
+/// Tar headers and padding allowed on top of the content size.
+const TAR_SLACK_PER_ENTRY: u64 = 3 * 512;
+
+/// Serves `sam/file/1`.
+#[derive(Debug, Clone)]
+pub struct FileHandler {
+    node: Node,
+}
+
+impl FileHandler {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+impl ProtocolHandler for FileHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        serve_connection(&self.node, conn, serve_stream).await;
+        Ok(())
+    }
+}
+
+/// Refuses transfers over the limits, naming them.
+pub fn check_limits(size: u64, count: u64) -> Result<(), ErrorBody> {
+    if size > MAX_TRANSFER_BYTES {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!("{size} bytes is over the transfer limit of {MAX_TRANSFER_BYTES} bytes"),
+        ));
+    }
+    if count > MAX_TRANSFER_FILES {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!("{count} files is over the transfer limit of {MAX_TRANSFER_FILES} files"),
+        ));
+    }
+    Ok(())
+}
+
+async fn serve_stream(
+    node: Node,
+    session: Arc<Session>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let open = match read_frame::<FileOpen>(&mut recv, MAX_HEADER).await {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!("bad file header ({e}); is one side a newer version?");
+            reply(&mut send, Err(ErrorBody::new(ErrorCode::BadRequest, msg))).await;
+            return;
+        }
+    };
+    let result = match open {
+        FileOpen::Download { workspace, path } => {
+            download(&node, &session, &workspace, &path, &mut send).await
+        }
+        FileOpen::Upload {
+            workspace,
+            path,
+            name,
+            size,
+            count,
+        } => {
+            let up = Upload {
+                workspace: &workspace,
+                path: &path,
+                name: &name,
+                size,
+                count,
+            };
+            upload(&node, &session, up, &mut send, recv).await
+        }
+    };
+    if let Err(e) = result {
+        reply(&mut send, Err(e)).await;
+    }
+}
+
+/// Errors before the tar starts are answered with an `OpenReply::Error`.
+async fn download(
+    node: &Node,
+    session: &Session,
+    workspace: &str,
+    p: &str,
+    send: &mut SendStream,
+) -> Result<(), ErrorBody> {
+    node.recheck(&session.grant)?;
+    check_role(
+        &session.grant,
+        Role::Collaborator,
+        workspace,
+        "downloading files",
+    )?;
+    let (docker, t) = crate::inside::target(node, workspace).await?;
+    let resolved = super::resolve(&docker, &t, &[p]).await?.remove(0);
+    let script = r#"p="$1"
+if [ -d "$p" ]; then printf 'd\t%s\t%s\n' "$(du -sb -- "$p" | cut -f1)" "$(find "$p" | wc -l)"
+elif [ -e "$p" ]; then printf 'f\t%s\t1\n' "$(stat -L -c %s -- "$p")"
+else echo "No such file or directory: $p" >&2; exit 2; fi"#;
+    let cmd = vec![
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        resolved.clone(),
+    ];
+    let out = run(&docker, &t, Some(&t.user), cmd, 4096).await?;
+    if out.exit != 0 {
+        return Err(super::failed(&format!("cannot download {p:?}"), &out));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.trim().split('\t');
+    let bad = || {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("unexpected size output {text:?}"),
+        )
+    };
+    let is_dir = f.next().ok_or_else(bad)? == "d";
+    let size: u64 = f.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let count: u64 = f.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    check_limits(size, count)?;
+    if !reply(send, Ok(())).await {
+        return Ok(());
+    }
+    let info = DownloadInfo {
+        path: resolved.clone(),
+        is_dir,
+        size,
+        count,
+    };
+    if write_frame(send, &info).await.is_err() {
+        return Ok(());
+    }
+    debug!(path = %resolved, size, count, "download");
+    let opts = bollard::query_parameters::DownloadFromContainerOptions { path: resolved };
+    let mut tar = docker.download_from_container(&t.container_id, Some(opts));
+    // The size was measured just before; growth while streaming is bounded too.
+    let cap = size
+        .saturating_mul(2)
+        .max(1 << 20)
+        .saturating_add(count.saturating_mul(TAR_SLACK_PER_ENTRY))
+        .min(MAX_TRANSFER_BYTES + MAX_TRANSFER_FILES * TAR_SLACK_PER_ENTRY);
+    let mut sent = 0u64;
+    while let Some(chunk) = tar.next().await {
+        let Ok(chunk) = chunk else {
+            let _ = send.reset(1u32.into());
+            return Ok(());
+        };
+        sent += chunk.len() as u64;
+        if sent > cap || send.write_chunk(chunk).await.is_err() {
+            let _ = send.reset(1u32.into());
+            return Ok(());
+        }
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+    Ok(())
+}
+
+struct Upload<'a> {
+    workspace: &'a str,
+    path: &'a str,
+    name: &'a str,
+    size: u64,
+    count: u64,
+}
+
+async fn upload(
+    node: &Node,
+    session: &Session,
+    up: Upload<'_>,
+    send: &mut SendStream,
+    recv: RecvStream,
+) -> Result<(), ErrorBody> {
+    node.recheck(&session.grant)?;
+    check_role(
+        &session.grant,
+        Role::Collaborator,
+        up.workspace,
+        "uploading files",
+    )?;
+    check_limits(up.size, up.count)?;
+    if up.name.is_empty()
+        || up.name == "."
+        || up.name == ".."
+        || up.name.contains(['/', '\0'])
+        || up.name.len() > 255
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("{:?} is not a file name", up.name),
+        ));
+    }
+    let (docker, t) = crate::inside::target(node, up.workspace).await?;
+    let resolved = super::resolve(&docker, &t, &[up.path]).await?.remove(0);
+    // An existing directory receives the upload under its own name; else the
+    // upload becomes the path itself, in an existing parent directory.
+    let script = r#"if [ -d "$1" ]; then echo dir; elif [ -d "$(dirname -- "$1")" ]; then echo new; else echo "No such directory: $(dirname -- "$1")" >&2; exit 2; fi"#;
+    let cmd = vec![
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        resolved.clone(),
+    ];
+    let out = run(&docker, &t, Some(&t.user), cmd, 4096).await?;
+    if out.exit != 0 {
+        return Err(super::failed(
+            &format!("cannot upload to {:?}", up.path),
+            &out,
+        ));
+    }
+    let (dir, top) = if String::from_utf8_lossy(&out.stdout).trim() == "dir" {
+        (resolved.clone(), up.name.to_string())
+    } else {
+        if resolved == t.root {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                "cannot replace the workspace root",
+            ));
+        }
+        (
+            path::parent(&resolved).to_string(),
+            path::file_name(&resolved).to_string(),
+        )
+    };
+    let dest = if dir == "/" {
+        format!("/{top}")
+    } else {
+        format!("{dir}/{top}")
+    };
+    if !reply(send, Ok(())).await {
+        return Ok(());
+    }
+    let plan = UploadPlan {
+        top_name: top,
+        dest: dest.clone(),
+    };
+    if write_frame(send, &plan).await.is_err() {
+        return Ok(());
+    }
+    let cap = up
+        .size
+        .saturating_add((up.count + 2).saturating_mul(TAR_SLACK_PER_ENTRY))
+        .saturating_add(1 << 20);
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let over2 = over.clone();
+    let body = futures_util::stream::unfold((recv, 0u64), move |(mut recv, seen)| {
+        let over = over2.clone();
+        async move {
+            match recv.read_chunk(256 * 1024).await {
+                Ok(Some(c)) => {
+                    let seen = seen + c.len() as u64;
+                    if seen > cap {
+                        over.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let _ = recv.stop(1u32.into());
+                        return None;
+                    }
+                    Some((c, (recv, seen)))
+                }
+                _ => None,
+            }
+        }
+    });
+    let opts = bollard::query_parameters::UploadToContainerOptions {
+        path: dir,
+        no_overwrite_dir_non_dir: Some("true".into()),
+        copy_uidgid: None,
+    };
+    let result = docker
+        .upload_to_container(&t.container_id, Some(opts), bollard::body_stream(body))
+        .await;
+    let final_reply = if over.load(std::sync::atomic::Ordering::Relaxed) {
+        Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the upload sent more than the {} bytes it announced",
+                up.size
+            ),
+        ))
+    } else {
+        match result {
+            Err(e) => Err(docker_err("cannot unpack the upload in the workspace", e)),
+            Ok(()) => chown(&docker, &t, &dest).await,
+        }
+    };
+    debug!(dest = %dest, ok = final_reply.is_ok(), "upload");
+    let msg = match final_reply {
+        Ok(()) => OpenReply::Ok,
+        Err(e) => OpenReply::Error(e),
+    };
+    let _ = write_frame(send, &msg).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    Ok(())
+}
+
+/// Uploaded files belong to the workspace user, not to whoever the tar named.
+async fn chown(
+    docker: &bollard::Docker,
+    t: &crate::inside::Target,
+    dest: &str,
+) -> Result<(), ErrorBody> {
+    if t.user.is_empty() || t.user == "root" || t.user == "0" {
+        return Ok(());
+    }
+    let cmd = vec![
+        "chown".into(),
+        "-R".into(),
+        "-h".into(),
+        format!("{}:", t.user),
+        dest.into(),
+    ];
+    let out = run(docker, t, None, cmd, 4096).await?;
+    if out.exit != 0 {
+        return Err(super::failed(
+            "cannot hand the upload to the workspace user",
+            &out,
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_name_the_numbers() {
+        assert!(check_limits(1, 1).is_ok());
+        let e = check_limits(MAX_TRANSFER_BYTES + 1, 1).expect_err("too big");
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert!(e.message.contains("transfer limit"), "{}", e.message);
+        let e = check_limits(1, MAX_TRANSFER_FILES + 1).expect_err("too many");
+        assert!(e.message.contains("files"), "{}", e.message);
+    }
+}

@@ -1,0 +1,571 @@
+//! `sam/pty/1`: shared terminals in workspaces.
+//!
+//! A terminal is a login shell started with a Docker tty exec (Docker allocates
+//! the PTY inside the container). One actor per terminal owns the exec's output,
+//! a 256 KiB scrollback and the attached clients; any number of clients may attach.
+//!
+//! - Output fans out to every attached client through a bounded queue: a slow
+//!   client slows the shell down (like ssh) instead of losing bytes; a client that
+//!   takes no output for [`SLOW_CLIENT`] is detached so it cannot stall the others.
+//! - Size: the **smallest** attached size wins (per dimension), so every attached
+//!   screen shows the whole terminal; it is recomputed on attach, resize and detach.
+//! - Viewers attach read-only: their input is dropped and they are told once.
+//! - A terminal outlives its clients (reattach with its id) and ends when its
+//!   shell exits; the node then finishes every attached stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ExecConfig;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use sam_protocol::capability::Role;
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use sam_protocol::stream::{PTY_SCROLLBACK, PtyFrame, PtyOpen, PtyOpened, PtyTarget, check_size};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::inside::{Target, check_role, docker_err};
+use crate::server::{Node, Session};
+use crate::streams::{MAX_HEADER, reply, serve_connection};
+use crate::wire::{read_frame, write_frame};
+
+/// A client that takes no output for this long is detached.
+pub const SLOW_CLIENT: Duration = Duration::from_secs(10);
+/// Output chunks queued per client.
+const CLIENT_QUEUE: usize = 64;
+/// Most terminals per workspace.
+pub const MAX_TERMINALS: usize = 32;
+
+const READ_ONLY_NOTICE: &[u8] = b"\r\n[sam: read-only: viewers cannot type in this terminal]\r\n";
+
+/// Serves `sam/pty/1`.
+#[derive(Debug, Clone)]
+pub struct PtyHandler {
+    node: Node,
+    terms: Arc<Terminals>,
+}
+
+impl PtyHandler {
+    pub fn new(node: Node) -> Self {
+        Self {
+            node,
+            terms: Arc::new(Terminals::default()),
+        }
+    }
+}
+
+impl ProtocolHandler for PtyHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let terms = self.terms.clone();
+        serve_connection(&self.node, conn, move |node, session, send, recv| {
+            let terms = terms.clone();
+            async move { serve_stream(node, terms, session, send, recv).await }
+        })
+        .await;
+        Ok(())
+    }
+}
+
+/// The live terminals of this node.
+#[derive(Debug, Default)]
+pub struct Terminals {
+    map: Mutex<BTreeMap<u64, TermHandle>>,
+    next: AtomicU64,
+    next_client: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct TermHandle {
+    id: String,
+    workspace: String,
+    inbox: mpsc::Sender<Cmd>,
+    input: mpsc::Sender<Bytes>,
+}
+
+enum Cmd {
+    Attach {
+        client: u64,
+        cols: u16,
+        rows: u16,
+        reply: oneshot::Sender<Attached>,
+    },
+    Resize {
+        client: u64,
+        cols: u16,
+        rows: u16,
+    },
+    Detach {
+        client: u64,
+    },
+    /// Tell one client its input is dropped.
+    ReadOnlyNotice {
+        client: u64,
+    },
+}
+
+struct Attached {
+    scrollback: Vec<u8>,
+    output: mpsc::Receiver<Bytes>,
+    count: u32,
+}
+
+impl Terminals {
+    async fn get_or_start(
+        self: &Arc<Self>,
+        docker: &Docker,
+        t: &Target,
+        open: &PtyOpen,
+        can_start: bool,
+    ) -> Result<TermHandle, ErrorBody> {
+        let mut map = self.map.lock().await;
+        map.retain(|_, h| !h.inbox.is_closed());
+        let found = match &open.target {
+            PtyTarget::Id(id) => Some(
+                map.values()
+                    .find(|h| &h.id == id && h.workspace == open.workspace)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ErrorBody::new(
+                            ErrorCode::NotFound,
+                            format!("no terminal {id} in workspace {}", open.workspace),
+                        )
+                    })?,
+            ),
+            PtyTarget::Default => map
+                .values()
+                .find(|h| h.workspace == open.workspace)
+                .cloned(),
+            PtyTarget::New => None,
+        };
+        if let Some(h) = found {
+            return Ok(h);
+        }
+        if !can_start {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "no terminal to watch in workspace {}; starting one needs the collaborator role",
+                    open.workspace
+                ),
+            ));
+        }
+        if map
+            .values()
+            .filter(|h| h.workspace == open.workspace)
+            .count()
+            >= MAX_TERMINALS
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "workspace {} already has {MAX_TERMINALS} terminals; exit some first",
+                    open.workspace
+                ),
+            ));
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("t{n}");
+        let h = start(self.clone(), n, id, docker, t, open).await?;
+        map.insert(n, h.clone());
+        Ok(h)
+    }
+
+    /// Ids of the live terminals of a workspace, oldest first.
+    pub async fn list(&self, workspace: &str) -> Vec<String> {
+        let map = self.map.lock().await;
+        map.values()
+            .filter(|h| h.workspace == workspace && !h.inbox.is_closed())
+            .map(|h| h.id.clone())
+            .collect()
+    }
+}
+
+async fn serve_stream(
+    node: Node,
+    terms: Arc<Terminals>,
+    session: Arc<Session>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let open = match read_frame::<PtyOpen>(&mut recv, MAX_HEADER).await {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!("bad terminal header ({e}); is one side a newer version?");
+            reply(&mut send, Err(ErrorBody::new(ErrorCode::BadRequest, msg))).await;
+            return;
+        }
+    };
+    let opened = open_terminal(&node, &terms, &session, &open).await;
+    let (handle, read_only, client, attached) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            reply(&mut send, Err(e)).await;
+            return;
+        }
+    };
+    if !reply(&mut send, Ok(())).await {
+        let _ = handle.inbox.send(Cmd::Detach { client }).await;
+        return;
+    }
+    let info = PtyOpened {
+        terminal: handle.id.clone(),
+        read_only,
+        attached: attached.count,
+    };
+    debug!(peer = %session.grant.peer.short(), terminal = %handle.id, read_only, "terminal attached");
+    let inbox = handle.inbox.clone();
+    let out = pump_out(send, info, attached);
+    let inp = pump_in(recv, handle, client, read_only);
+    tokio::select! {
+        _ = out => {}
+        _ = inp => {}
+    }
+    let _ = inbox.send(Cmd::Detach { client }).await;
+}
+
+async fn open_terminal(
+    node: &Node,
+    terms: &Arc<Terminals>,
+    session: &Session,
+    open: &PtyOpen,
+) -> Result<(TermHandle, bool, u64, Attached), ErrorBody> {
+    let grant = &session.grant;
+    node.recheck(grant)?;
+    check_role(grant, Role::Viewer, &open.workspace, "watching a terminal")?;
+    check_size(open.cols, open.rows)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+    let read_only = check_role(grant, Role::Collaborator, &open.workspace, "typing").is_err();
+    if read_only && open.target == PtyTarget::New {
+        check_role(
+            grant,
+            Role::Collaborator,
+            &open.workspace,
+            "starting a terminal",
+        )?;
+    }
+    let (docker, t) = crate::inside::target(node, &open.workspace).await?;
+    let handle = terms.get_or_start(&docker, &t, open, !read_only).await?;
+    let client = terms.next_client.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    let gone = || ErrorBody::new(ErrorCode::NotFound, "the terminal has just exited");
+    handle
+        .inbox
+        .send(Cmd::Attach {
+            client,
+            cols: open.cols,
+            rows: open.rows,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| gone())?;
+    let attached = rx.await.map_err(|_| gone())?;
+    Ok((handle, read_only, client, attached))
+}
+
+async fn pump_out(mut send: SendStream, info: PtyOpened, mut attached: Attached) {
+    if write_frame(&mut send, &info).await.is_err() {
+        return;
+    }
+    if !attached.scrollback.is_empty()
+        && send
+            .write_chunk(Bytes::from(std::mem::take(&mut attached.scrollback)))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    while let Some(chunk) = attached.output.recv().await {
+        if send.write_chunk(chunk).await.is_err() {
+            return;
+        }
+    }
+    // The shell exited (or this client was too slow): finish our side.
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+
+async fn pump_in(mut recv: RecvStream, handle: TermHandle, client: u64, read_only: bool) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut told = false;
+    loop {
+        let chunk = match recv.read_chunk(64 * 1024).await {
+            Ok(Some(c)) => c,
+            _ => return,
+        };
+        buf.extend_from_slice(&chunk);
+        let mut used = 0;
+        loop {
+            match PtyFrame::decode(&buf[used..]) {
+                Ok(Some((frame, n))) => {
+                    used += n;
+                    match frame {
+                        PtyFrame::Data(d) if read_only => {
+                            if !told && !d.is_empty() {
+                                told = true;
+                                // Best effort: the notice goes to this client only.
+                                let _ = handle.inbox.send(Cmd::ReadOnlyNotice { client }).await;
+                            }
+                        }
+                        PtyFrame::Data(d) => {
+                            if handle.input.send(Bytes::from(d)).await.is_err() {
+                                return;
+                            }
+                        }
+                        PtyFrame::Resize { cols, rows } => {
+                            let _ = handle.inbox.send(Cmd::Resize { client, cols, rows }).await;
+                        }
+                        PtyFrame::Detach => return,
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "bad terminal frame; detaching the client");
+                    return;
+                }
+            }
+        }
+        buf.drain(..used);
+    }
+}
+
+/// Starts a login shell under a tty exec and the actor that owns it.
+async fn start(
+    terms: Arc<Terminals>,
+    key: u64,
+    id: String,
+    docker: &Docker,
+    t: &Target,
+    open: &PtyOpen,
+) -> Result<TermHandle, ErrorBody> {
+    let cmd = match &open.shell {
+        Some(c) if !c.is_empty() => c.clone(),
+        _ => vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi".into(),
+        ],
+    };
+    let config = ExecConfig {
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(true),
+        console_size: Some(vec![open.rows as usize, open.cols as usize]),
+        env: Some(vec![
+            "TERM=xterm-256color".into(),
+            format!("SAM_TERMINAL={id}"),
+        ]),
+        cmd: Some(cmd),
+        user: Some(t.user.clone()),
+        working_dir: Some(t.root.clone()),
+        ..Default::default()
+    };
+    let exec = docker
+        .create_exec(&t.container_id, config)
+        .await
+        .map_err(|e| docker_err("cannot start a shell in the workspace", e))?;
+    let started = docker
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                tty: true,
+                output_capacity: Some(256 * 1024),
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| docker_err("cannot attach to the shell", e))?;
+    let StartExecResults::Attached { output, mut input } = started else {
+        return Err(ErrorBody::new(
+            ErrorCode::Internal,
+            "docker did not attach the shell",
+        ));
+    };
+    let (input_tx, mut input_rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        while let Some(b) = input_rx.recv().await {
+            if input.write_all(&b).await.is_err() || input.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = input.shutdown().await;
+    });
+    let (inbox_tx, inbox_rx) = mpsc::channel(64);
+    let actor = Actor {
+        docker: docker.clone(),
+        exec_id: exec.id,
+        clients: HashMap::new(),
+        scrollback: Vec::new(),
+        size: (open.cols, open.rows),
+    };
+    let tid = id.clone();
+    tokio::spawn(async move {
+        actor.run(output, inbox_rx).await;
+        debug!(terminal = %tid, "terminal ended");
+        terms.map.lock().await.remove(&key);
+    });
+    Ok(TermHandle {
+        id,
+        workspace: open.workspace.clone(),
+        inbox: inbox_tx,
+        input: input_tx,
+    })
+}
+
+struct Client {
+    tx: mpsc::Sender<Bytes>,
+    size: (u16, u16),
+}
+
+struct Actor {
+    docker: Docker,
+    exec_id: String,
+    clients: HashMap<u64, Client>,
+    scrollback: Vec<u8>,
+    size: (u16, u16),
+}
+
+type Output = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+
+impl Actor {
+    async fn run(mut self, mut output: Output, mut inbox: mpsc::Receiver<Cmd>) {
+        loop {
+            tokio::select! {
+                item = output.next() => match item {
+                    Some(Ok(LogOutput::Console { message } | LogOutput::StdOut { message } | LogOutput::StdErr { message })) => {
+                        self.output(message).await;
+                    }
+                    Some(Ok(LogOutput::StdIn { .. })) => {}
+                    Some(Err(e)) => {
+                        warn!(error = %e, "terminal output failed");
+                        break;
+                    }
+                    None => break,
+                },
+                cmd = inbox.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+            }
+        }
+    }
+
+    async fn output(&mut self, chunk: Bytes) {
+        self.scrollback.extend_from_slice(&chunk);
+        if self.scrollback.len() > 2 * PTY_SCROLLBACK {
+            let cut = self.scrollback.len() - PTY_SCROLLBACK;
+            self.scrollback.drain(..cut);
+        }
+        let mut gone = Vec::new();
+        for (id, c) in &self.clients {
+            match c.tx.try_send(chunk.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    // Back-pressure: wait for this client, but not forever.
+                    match tokio::time::timeout(SLOW_CLIENT, c.tx.send(b)).await {
+                        Ok(Ok(())) => {}
+                        _ => gone.push(*id),
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            for id in gone {
+                self.clients.remove(&id);
+            }
+            self.resize_to_smallest().await;
+        }
+    }
+
+    async fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Attach {
+                client,
+                cols,
+                rows,
+                reply,
+            } => {
+                let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+                self.clients.insert(
+                    client,
+                    Client {
+                        tx,
+                        size: (cols, rows),
+                    },
+                );
+                let start = self.scrollback.len().saturating_sub(PTY_SCROLLBACK);
+                let _ = reply.send(Attached {
+                    scrollback: self.scrollback[start..].to_vec(),
+                    output: rx,
+                    count: self.clients.len() as u32,
+                });
+                self.resize_to_smallest().await;
+            }
+            Cmd::ReadOnlyNotice { client } => {
+                if let Some(c) = self.clients.get(&client) {
+                    let _ = c.tx.try_send(Bytes::from_static(READ_ONLY_NOTICE));
+                }
+            }
+            Cmd::Resize { client, cols, rows } => {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.size = (cols, rows);
+                }
+                self.resize_to_smallest().await;
+            }
+            Cmd::Detach { client } => {
+                if self.clients.remove(&client).is_some() {
+                    self.resize_to_smallest().await;
+                }
+            }
+        }
+    }
+
+    async fn resize_to_smallest(&mut self) {
+        let Some(size) = smallest(self.clients.values().map(|c| c.size)) else {
+            return;
+        };
+        if size == self.size {
+            return;
+        }
+        self.size = size;
+        let opts = bollard::exec::ResizeExecOptions {
+            width: size.0,
+            height: size.1,
+        };
+        if let Err(e) = self.docker.resize_exec(&self.exec_id, opts).await {
+            warn!(error = %e, "terminal resize failed");
+        }
+    }
+}
+
+/// The smallest size per dimension, `None` without clients.
+pub fn smallest(sizes: impl Iterator<Item = (u16, u16)>) -> Option<(u16, u16)> {
+    sizes.reduce(|a, b| (a.0.min(b.0), a.1.min(b.1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_size_wins_per_dimension() {
+        assert_eq!(smallest([].into_iter()), None);
+        assert_eq!(smallest([(80, 24)].into_iter()), Some((80, 24)));
+        assert_eq!(
+            smallest([(120, 20), (80, 50), (200, 60)].into_iter()),
+            Some((80, 20))
+        );
+    }
+}

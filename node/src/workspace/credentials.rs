@@ -1,0 +1,342 @@
+//! The git credential broker: no secret is ever written on the node.
+//!
+//! Path of one credential:
+//! 1. `git` in a container runs the helper `/usr/local/bin/git-credential-sam get`
+//!    (set as `credential.helper` system-wide in the container).
+//! 2. The helper POSTs git's description (`protocol=…`, `host=…`, `path=…`) with
+//!    `curl --unix-socket /run/sam/cred.sock`. That socket is served by the node: each
+//!    workspace has a host folder `<run_dir>/<id>/` bind-mounted at `/run/sam`, so the
+//!    node knows which workspace asks.
+//! 3. The node queues a [`CredentialRequest`]. Clients that are willing to answer
+//!    keep a long poll `WorkspaceRequest::WaitCredential` open on `sam/ctl/1` (the
+//!    server→client path is a client-held long poll: no extra stream type, works
+//!    through the same request/response frames, and only owner/collaborator clients
+//!    allowed on that workspace are handed the request).
+//! 4. The client answers with `AnswerCredential` from `git credential fill` on its
+//!    side (or `SAM_GIT_USERNAME`/`SAM_GIT_PASSWORD`); the node hands the answer to
+//!    the waiting helper, which prints it to git. Nothing is cached on the node.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sam_protocol::auth::Grant;
+use sam_protocol::capability::{Role, Scope};
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use sam_protocol::workspace::{CREDENTIAL_WAIT_SECS, CredentialRequest, GitCredential};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long a `git` inside a container waits for a client to answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest credential description accepted from a container.
+const MAX_DESCRIPTION: usize = 16 * 1024;
+/// Most credential requests waiting at once (all workspaces).
+const MAX_PENDING: usize = 64;
+
+/// The helper installed in containers as `/usr/local/bin/git-credential-sam`.
+pub const HELPER_SCRIPT: &str = r#"#!/bin/sh
+# SAM's git credential helper: asks the node (which asks a connected client).
+# Nothing is stored: `store` and `erase` are ignored.
+if [ "$1" != get ]; then cat >/dev/null; exit 0; fi
+exec curl -sf --max-time 100 --unix-socket /run/sam/cred.sock --data-binary @- http://sam/get
+"#;
+
+/// File name of the socket in a workspace's run folder.
+pub const SOCKET: &str = "cred.sock";
+
+struct Pending {
+    request: CredentialRequest,
+    reply: Option<oneshot::Sender<Option<GitCredential>>>,
+    claimed: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<u64, Pending>,
+    queue: VecDeque<u64>,
+    sockets: HashMap<String, CancellationToken>,
+}
+
+/// Queue of credential requests, and the per-workspace sockets. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Broker {
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+    next: Arc<AtomicU64>,
+}
+
+impl Broker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the clients for a credential; `None` when none answered in time or one refused.
+    pub async fn ask(
+        &self,
+        workspace: &str,
+        protocol: String,
+        host: String,
+        path: Option<String>,
+    ) -> Option<GitCredential> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut inner = self.lock();
+            if inner.pending.len() >= MAX_PENDING {
+                warn!(workspace, "too many credential requests waiting: refused");
+                return None;
+            }
+            inner.pending.insert(
+                id,
+                Pending {
+                    request: CredentialRequest {
+                        id,
+                        workspace: workspace.to_string(),
+                        protocol,
+                        host,
+                        path,
+                    },
+                    reply: Some(tx),
+                    claimed: false,
+                },
+            );
+            inner.queue.push_back(id);
+        }
+        self.notify.notify_waiters();
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, rx).await;
+        let mut inner = self.lock();
+        inner.pending.remove(&id);
+        inner.queue.retain(|q| *q != id);
+        match answer {
+            Ok(Ok(a)) => a,
+            _ => {
+                warn!(workspace, "no client answered a git credential request");
+                None
+            }
+        }
+    }
+
+    /// The next request this client may answer, or `None` after the long-poll wait.
+    pub async fn wait(&self, grant: &Grant) -> Option<CredentialRequest> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(CREDENTIAL_WAIT_SECS);
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.claim(grant) {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn claim(&self, grant: &Grant) -> Option<CredentialRequest> {
+        let mut inner = self.lock();
+        let Inner { pending, queue, .. } = &mut *inner;
+        let pos = queue.iter().position(|id| {
+            pending
+                .get(id)
+                .is_some_and(|p| !p.claimed && allowed(grant, &p.request.workspace))
+        })?;
+        let id = queue.remove(pos)?;
+        let p = pending.get_mut(&id)?;
+        p.claimed = true;
+        debug!(id, workspace = %p.request.workspace, peer = %grant.peer.short(), "credential request handed out");
+        Some(p.request.clone())
+    }
+
+    /// A client's answer.
+    pub fn answer(
+        &self,
+        grant: &Grant,
+        id: u64,
+        answer: Option<GitCredential>,
+    ) -> Result<(), ErrorBody> {
+        let mut inner = self.lock();
+        let Some(p) = inner.pending.get_mut(&id) else {
+            return Err(ErrorBody::new(
+                ErrorCode::NotFound,
+                format!("no credential request {id} is waiting (answered or timed out)"),
+            ));
+        };
+        if !allowed(grant, &p.request.workspace) {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "you may not answer credential requests of this workspace",
+            ));
+        }
+        if let Some(tx) = p.reply.take() {
+            let _ = tx.send(answer);
+        }
+        Ok(())
+    }
+
+    /// Serves `<run_dir>/<workspace>/cred.sock` unless it is served already.
+    pub fn ensure_socket(&self, run_dir: &Path, workspace: &str) {
+        if self.lock().sockets.contains_key(workspace) {
+            return;
+        }
+        match self.bind(run_dir, workspace) {
+            Ok(token) => {
+                self.lock().sockets.insert(workspace.to_string(), token);
+            }
+            Err(e) => warn!(workspace, error = %e, "cannot serve the credential socket"),
+        }
+    }
+
+    pub fn stop_socket(&self, workspace: &str) {
+        if let Some(t) = self.lock().sockets.remove(workspace) {
+            t.cancel();
+        }
+    }
+
+    fn bind(&self, run_dir: &Path, workspace: &str) -> std::io::Result<CancellationToken> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = run_dir.join(workspace);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let path = dir.join(SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        // The container's user (uid 1000 or any) must be able to connect.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        let token = CancellationToken::new();
+        let broker = self.clone();
+        let ws = workspace.to_string();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    conn = listener.accept() => {
+                        let Ok((stream, _)) = conn else { continue };
+                        let broker = broker.clone();
+                        let ws = ws.clone();
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(move |req| {
+                                let broker = broker.clone();
+                                let ws = ws.clone();
+                                async move { Ok::<_, Infallible>(broker.serve(&ws, req).await) }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        });
+        info!(workspace, "credential socket served");
+        Ok(token)
+    }
+
+    async fn serve(
+        &self,
+        workspace: &str,
+        req: Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, body: String| {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r
+        };
+        let body = match Limited::new(req.into_body(), MAX_DESCRIPTION)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, String::new()),
+        };
+        let desc = parse_description(&String::from_utf8_lossy(&body));
+        let (Some(protocol), Some(host)) = (desc.get("protocol"), desc.get("host")) else {
+            return reply(StatusCode::BAD_REQUEST, String::new());
+        };
+        let answer = self
+            .ask(
+                workspace,
+                protocol.clone(),
+                host.clone(),
+                desc.get("path").cloned(),
+            )
+            .await;
+        match answer {
+            Some(c) if valid_value(&c.username) && valid_value(&c.password) => reply(
+                StatusCode::OK,
+                format!("username={}\npassword={}\n", c.username, c.password),
+            ),
+            _ => reply(StatusCode::NOT_FOUND, String::new()),
+        }
+    }
+}
+
+/// May this grant answer for this workspace? Collaborators and owners on it.
+fn allowed(grant: &Grant, workspace: &str) -> bool {
+    grant.allows(
+        Role::Collaborator,
+        Some(&Scope::Workspace(workspace.to_string())),
+    )
+}
+
+/// Values git would misread (newlines, NUL) are refused.
+fn valid_value(v: &str) -> bool {
+    !v.contains(['\n', '\0'])
+}
+
+/// Parses git's `key=value` lines.
+pub fn parse_description(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sam_protocol::NodeId;
+
+    #[test]
+    fn description() {
+        let d = parse_description("protocol=https\nhost=h:8080\npath=a/b.git\n\n");
+        assert_eq!(d["protocol"], "https");
+        assert_eq!(d["host"], "h:8080");
+        assert_eq!(d["path"], "a/b.git");
+        assert!(!valid_value("a\nb"));
+    }
+
+    #[tokio::test]
+    async fn ask_wait_answer() {
+        let broker = Broker::default();
+        let owner = Grant::owner(NodeId([1; 32]));
+        let b = broker.clone();
+        let asker =
+            tokio::spawn(async move { b.ask("ws1", "http".into(), "h".into(), None).await });
+        let req = broker.wait(&owner).await.expect("a request");
+        assert_eq!(req.workspace, "ws1");
+        broker
+            .answer(
+                &owner,
+                req.id,
+                Some(GitCredential {
+                    username: "u".into(),
+                    password: "p".into(),
+                }),
+            )
+            .expect("answer");
+        let got = asker.await.expect("join").expect("credential");
+        assert_eq!(got.username, "u");
+        assert!(broker.answer(&owner, req.id, None).is_err());
+    }
+}

@@ -1,0 +1,934 @@
+//! Workspaces on a real dockerd: a real node on loopback, real clients, real
+//! containers (created and removed by the tests), real git over HTTP served from
+//! this process on the Docker bridge. dockerd must be running and the base image
+//! built (scripts/test.sh does both); when it is not, these tests FAIL.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
+use hyper_util::rt::TokioIo;
+use iroh::Endpoint;
+use sam_client::conn::{ConnectError, NodeClient};
+use sam_node::workspace::{DEFAULT_BASE_IMAGE, label};
+use sam_node::{Node, NodeConfig, NodeHandle, NodePaths};
+use sam_protocol::capability::{Capability, Grantee};
+use sam_protocol::ctl::{ErrorCode, Request, Response};
+use sam_protocol::workspace::{
+    CreateWorkspace, GitCredential, WorkspaceInfo, WorkspaceRequest, WorkspaceResponse,
+    WorkspaceStatus,
+};
+use sam_protocol::{Role, SecretKey, Ticket};
+
+// ---------- harness ----------
+
+struct TestNode {
+    dir: tempfile::TempDir,
+    owner: SecretKey,
+    node_key: SecretKey,
+    handle: NodeHandle,
+}
+
+async fn start_node(
+    dir: tempfile::TempDir,
+    node_key: SecretKey,
+    owner: SecretKey,
+    docker_host: Option<&str>,
+) -> TestNode {
+    let mut cfg = NodeConfig::new(owner.node_id());
+    cfg.bind = "127.0.0.1:0".parse().expect("addr");
+    cfg.docker_host = docker_host.map(str::to_string);
+    let handle = Node::start_with(NodePaths::new(dir.path()), cfg, node_key.clone())
+        .await
+        .expect("node starts");
+    TestNode {
+        dir,
+        owner,
+        node_key,
+        handle,
+    }
+}
+
+impl TestNode {
+    async fn start() -> Self {
+        require_docker();
+        start_node(
+            tempfile::tempdir().expect("tempdir"),
+            SecretKey::generate(),
+            SecretKey::generate(),
+            None,
+        )
+        .await
+    }
+
+    fn ticket_for(&self, key: &SecretKey, role: Role) -> Ticket {
+        let cap = Capability::new(
+            self.owner.node_id(),
+            self.node_key.node_id(),
+            Grantee::Key(key.node_id()),
+            role,
+            None,
+            sam_node::now_secs(),
+            Some(3600),
+        )
+        .sign(&self.owner, None);
+        let mut t = self.handle.ticket();
+        t.capability = Some(cap);
+        t
+    }
+
+    async fn owner(&self) -> (Endpoint, NodeClient) {
+        client(&self.owner, &self.handle.ticket()).await
+    }
+}
+
+async fn client(key: &SecretKey, ticket: &Ticket) -> (Endpoint, NodeClient) {
+    let ep = sam_client::endpoint::bind(key, Some("127.0.0.1:0".parse().expect("addr")))
+        .await
+        .expect("bind client");
+    let c = NodeClient::connect(&ep, ticket).await.expect("connects");
+    (ep, c)
+}
+
+/// dockerd must answer and the base image must exist: fail loudly, never skip.
+fn require_docker() {
+    let info = Command::new("docker").arg("info").output();
+    assert!(
+        info.as_ref().is_ok_and(|o| o.status.success()),
+        "dockerd is not reachable: these tests need a running Docker engine (scripts/test.sh starts one: `dockerd &`)"
+    );
+    let image = Command::new("docker")
+        .args(["image", "inspect", DEFAULT_BASE_IMAGE])
+        .output();
+    assert!(
+        image.as_ref().is_ok_and(|o| o.status.success()),
+        "base image {DEFAULT_BASE_IMAGE} is missing: run bootstrap/images/build-base.sh (scripts/test.sh does)"
+    );
+}
+
+async fn ws(c: &NodeClient, r: WorkspaceRequest) -> Result<WorkspaceResponse, ConnectError> {
+    match c.request(Request::Workspace(r)).await? {
+        Response::Workspace(w) => Ok(w),
+        other => panic!("not a workspace answer: {other:?}"),
+    }
+}
+
+async fn create(c: &NodeClient, spec: CreateWorkspace) -> WorkspaceInfo {
+    match ws(c, WorkspaceRequest::Create(spec)).await.expect("create") {
+        WorkspaceResponse::Info(i) => i,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn get(c: &NodeClient, id: &str) -> Result<WorkspaceInfo, ConnectError> {
+    match ws(c, WorkspaceRequest::Get { id: id.into() }).await? {
+        WorkspaceResponse::Info(i) => Ok(i),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Follows the log until the workspace is no longer creating; returns (info, log).
+async fn wait_done(c: &NodeClient, id: &str) -> (WorkspaceInfo, Vec<String>) {
+    let mut from = 0;
+    let mut log = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workspace {id} still creating after 10 min; log: {log:#?}"
+        );
+        let WorkspaceResponse::Logs(l) = ws(
+            c,
+            WorkspaceRequest::Logs {
+                id: id.into(),
+                from,
+            },
+        )
+        .await
+        .expect("logs") else {
+            panic!("not logs")
+        };
+        from = l.next;
+        log.extend(l.lines);
+        if !matches!(l.status, WorkspaceStatus::Creating) {
+            return (get(c, id).await.expect("get"), log);
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker cli");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn in_container(container: &str, user: &str, script: &str) -> String {
+    let (ok, out) = docker(&["exec", "-u", user, container, "sh", "-c", script]);
+    assert!(ok, "`{script}` failed in {container}: {out}");
+    out.trim().to_string()
+}
+
+fn error_of<T: std::fmt::Debug>(r: Result<T, ConnectError>) -> sam_protocol::ctl::ErrorBody {
+    match r {
+        Err(ConnectError::Remote(e)) => e,
+        other => panic!("expected a node error, got {other:?}"),
+    }
+}
+
+// ---------- a git server on the Docker bridge ----------
+
+fn bridge_ip() -> IpAddr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let cidr = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)?
+                .to_string();
+            cidr.split('/').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+/// A bare repo `<root>/repo.git` with branch `main` (README) and more branches made by `extra`.
+fn make_repo(root: &Path, extra: impl FnOnce(&Path)) {
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q"]);
+    write(&work, "README.md", "hello from the test repo\n");
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "first"]);
+    extra(&work);
+    git(root, &["clone", "-q", "--bare", "work", "repo.git"]);
+}
+
+struct GitServer {
+    url: String,
+    hits_with_auth: Arc<AtomicUsize>,
+}
+
+/// `git http-backend` behind a tiny HTTP server; with `auth`, Basic auth is required.
+async fn git_server(root: PathBuf, auth: Option<&'static str>) -> GitServer {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(bridge_ip(), 0))
+        .await
+        .expect("bind on the docker bridge");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let hits2 = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
+            let root = root.clone();
+            let hits = hits2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let root = root.clone();
+                    let hits = hits.clone();
+                    async move { Ok::<_, std::convert::Infallible>(cgi(req, &root, auth, &hits).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    GitServer {
+        url: format!("http://{addr}/repo.git"),
+        hits_with_auth: hits,
+    }
+}
+
+async fn cgi(
+    req: HttpRequest<hyper::body::Incoming>,
+    root: &Path,
+    auth: Option<&str>,
+    hits: &AtomicUsize,
+) -> HttpResponse<Full<Bytes>> {
+    if let Some(expected) = auth {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if given != format!("Basic {expected}") {
+            let mut r = HttpResponse::new(Full::new(Bytes::from_static(b"auth needed")));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r.headers_mut().insert(
+                "www-authenticate",
+                "Basic realm=\"test\"".parse().expect("header"),
+            );
+            return r;
+        }
+        hits.fetch_add(1, Ordering::Relaxed);
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ctype, encoding, proto) = (
+        header("content-type"),
+        header("content-encoding"),
+        header("git-protocol"),
+    );
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut child = tokio::process::Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", ctype)
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", encoding)
+        .env("GIT_PROTOCOL", proto)
+        .env("REMOTE_USER", "sam")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git http-backend");
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(&body).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .expect("http-backend output")
+        .stdout;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
+    let Some((end, sep)) = split else {
+        return HttpResponse::new(Full::new(Bytes::from(out)));
+    };
+    let mut r = HttpResponse::new(Full::new(Bytes::copy_from_slice(&out[end + sep..])));
+    for line in String::from_utf8_lossy(&out[..end]).lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("status") {
+                let code = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(500);
+                *r.status_mut() =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            } else if let (Ok(k), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(k.as_bytes()),
+                v.parse(),
+            ) {
+                r.headers_mut().insert(k, v);
+            }
+        }
+    }
+    r
+}
+
+// ---------- tests ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lightweight_ready_killed_recreated_survives_restart_removed() {
+    let n = TestNode::start().await;
+    let repo_dir = tempfile::tempdir().expect("tempdir");
+    make_repo(repo_dir.path(), |w| {
+        git(w, &["checkout", "-qb", "feature"]);
+        write(w, "FEATURE", "on the branch\n");
+        git(w, &["add", "."]);
+        git(w, &["commit", "-qm", "feature"]);
+    });
+    let server = git_server(repo_dir.path().to_path_buf(), None).await;
+    let (_ep, c) = n.owner().await;
+    let info = create(
+        &c,
+        CreateWorkspace {
+            repo: Some(server.url.clone()),
+            branch: Some("feature".into()),
+            lightweight: true,
+            name: Some("light".into()),
+        },
+    )
+    .await;
+    assert_eq!(info.status, WorkspaceStatus::Creating);
+    let (info, log) = wait_done(&c, &info.id).await;
+    assert_eq!(info.status, WorkspaceStatus::Ready, "log: {log:#?}");
+    assert!(log.iter().any(|l| l.contains("git clone")), "{log:#?}");
+    assert_eq!(info.root, "/workspaces/light");
+    assert_eq!(info.user, "sam");
+
+    let ws_ref = n
+        .handle
+        .node
+        .workspaces()
+        .container(&info.id)
+        .await
+        .expect("container ref");
+    assert_eq!(ws_ref.root, "/workspaces/light");
+    let cid = ws_ref.container_id.clone();
+    assert_eq!(
+        in_container(&cid, "sam", "cat /workspaces/light/FEATURE"),
+        "on the branch"
+    );
+    assert_eq!(
+        in_container(
+            &cid,
+            "sam",
+            "cd /workspaces/light && git branch --show-current"
+        ),
+        "feature"
+    );
+    let (_, labels) = docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{index .Config.Labels \"{}\"}}}}", label::NODE),
+        &cid,
+    ]);
+    assert_eq!(labels.trim(), n.node_key.node_id().to_string());
+
+    // Killed behind SAM's back: Stopped, and not handed to terminals.
+    assert!(docker(&["kill", &cid]).0);
+    assert_eq!(
+        get(&c, &info.id).await.expect("get").status,
+        WorkspaceStatus::Stopped
+    );
+    let WorkspaceResponse::List(list) = ws(&c, WorkspaceRequest::List).await.expect("list") else {
+        panic!()
+    };
+    assert_eq!(
+        list.iter()
+            .find(|w| w.id == info.id)
+            .expect("listed")
+            .status,
+        WorkspaceStatus::Stopped
+    );
+    let err = n
+        .handle
+        .node
+        .workspaces()
+        .container(&info.id)
+        .await
+        .expect_err("stopped");
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert_eq!(
+        n.handle
+            .node
+            .workspaces()
+            .container("nope")
+            .await
+            .expect_err("unknown")
+            .code,
+        ErrorCode::NotFound
+    );
+
+    // Create with the same name brings it back, with the checkout intact.
+    let again = create(
+        &c,
+        CreateWorkspace {
+            repo: Some(server.url.clone()),
+            branch: None,
+            lightweight: true,
+            name: Some("light".into()),
+        },
+    )
+    .await;
+    assert_eq!(again.id, info.id);
+    let (again, _) = wait_done(&c, &info.id).await;
+    assert_eq!(again.status, WorkspaceStatus::Ready);
+    let cid = n
+        .handle
+        .node
+        .workspaces()
+        .container(&info.id)
+        .await
+        .expect("running again")
+        .container_id;
+    assert_eq!(
+        in_container(&cid, "sam", "cat /workspaces/light/README.md"),
+        "hello from the test repo"
+    );
+
+    // Removed behind SAM's back: Stopped; an explicit recreate builds it anew.
+    assert!(docker(&["rm", "-f", &cid]).0);
+    assert_eq!(
+        get(&c, &info.id).await.expect("get").status,
+        WorkspaceStatus::Stopped
+    );
+    ws(
+        &c,
+        WorkspaceRequest::Recreate {
+            id: info.id.clone(),
+        },
+    )
+    .await
+    .expect("recreate");
+    let (rebuilt, log) = wait_done(&c, &info.id).await;
+    assert_eq!(rebuilt.status, WorkspaceStatus::Ready, "{log:#?}");
+
+    // A restarted node finds it again by label.
+    drop(c);
+    let TestNode {
+        dir,
+        owner,
+        node_key,
+        handle,
+    } = n;
+    handle.shutdown().await.expect("shutdown");
+    let n = start_node(dir, node_key, owner, None).await;
+    let (_ep2, c) = n.owner().await;
+    let found = get(&c, &info.id).await.expect("found after restart");
+    assert_eq!(found.status, WorkspaceStatus::Ready);
+    assert_eq!(found.name, "light");
+    assert_eq!(found.repo.as_deref(), Some(server.url.as_str()));
+    let cid = n
+        .handle
+        .node
+        .workspaces()
+        .container(&info.id)
+        .await
+        .expect("ref")
+        .container_id;
+
+    // rm deletes the container.
+    let WorkspaceResponse::Removed { id } = ws(
+        &c,
+        WorkspaceRequest::Remove {
+            id: info.id.clone(),
+        },
+    )
+    .await
+    .expect("rm") else {
+        panic!()
+    };
+    assert_eq!(id, info.id);
+    assert!(!docker(&["inspect", &cid]).0, "container still there");
+    assert_eq!(error_of(get(&c, &info.id).await).code, ErrorCode::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_repo_clones_with_credentials_brokered_from_the_client() {
+    let n = TestNode::start().await;
+    let repo_dir = tempfile::tempdir().expect("tempdir");
+    make_repo(repo_dir.path(), |_| {});
+    // base64("sam:s3cret")
+    let server = git_server(repo_dir.path().to_path_buf(), Some("c2FtOnMzY3JldA==")).await;
+    let (_ep, c) = n.owner().await;
+    let info = create(
+        &c,
+        CreateWorkspace {
+            repo: Some(server.url.clone()),
+            branch: None,
+            lightweight: true,
+            name: None,
+        },
+    )
+    .await;
+    // The client answers the node's credential request, as `sam workspace create` does.
+    let WorkspaceResponse::Credential(Some(req)) = ws(&c, WorkspaceRequest::WaitCredential)
+        .await
+        .expect("wait")
+    else {
+        panic!("no credential request came")
+    };
+    assert_eq!(req.workspace, info.id);
+    assert_eq!(req.protocol, "http");
+    assert!(
+        server.url.contains(&req.host),
+        "{} vs {}",
+        req.host,
+        server.url
+    );
+    let answer = GitCredential {
+        username: "sam".into(),
+        password: "s3cret".into(),
+    };
+    ws(
+        &c,
+        WorkspaceRequest::AnswerCredential {
+            request: req.id,
+            answer: Some(answer),
+        },
+    )
+    .await
+    .expect("answer");
+    let (info, log) = wait_done(&c, &info.id).await;
+    assert_eq!(info.status, WorkspaceStatus::Ready, "{log:#?}");
+    assert!(server.hits_with_auth.load(Ordering::Relaxed) > 0);
+    let cid = n
+        .handle
+        .node
+        .workspaces()
+        .container(&info.id)
+        .await
+        .expect("ref")
+        .container_id;
+    assert_eq!(
+        in_container(&cid, "sam", &format!("cat {}/README.md", info.root)),
+        "hello from the test repo"
+    );
+    // Nothing was stored: no credential file in the container, none on the node.
+    let (ok, _) = docker(&[
+        "exec",
+        &cid,
+        "sh",
+        "-c",
+        "grep -rs s3cret /home/sam /root /etc/gitconfig",
+    ]);
+    assert!(!ok, "the secret was written in the container");
+    ws(
+        &c,
+        WorkspaceRequest::Remove {
+            id: info.id.clone(),
+        },
+    )
+    .await
+    .expect("rm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devcontainer_dockerfile_feature_env_post_create_and_bad_config() {
+    let n = TestNode::start().await;
+    let repo_dir = tempfile::tempdir().expect("tempdir");
+    make_repo(repo_dir.path(), |w| {
+        write(
+            w,
+            ".devcontainer/devcontainer.json",
+            r#"{
+            // JSON with comments
+            "build": { "dockerfile": "Dockerfile", "args": { "MARK": "built-by-arg" } },
+            "features": { "./features/hello": { "greeting": "hi there" } },
+            "containerEnv": { "FOO": "bar" },
+            "remoteUser": "sam",
+            "postCreateCommand": "echo \"$FOO\" > /tmp/post && pwd >> /tmp/post",
+            "forwardPorts": [3000, "db:5432"], /* trailing comma */
+        }"#,
+        );
+        write(
+            w,
+            ".devcontainer/Dockerfile",
+            &format!("FROM {DEFAULT_BASE_IMAGE}\nARG MARK\nRUN echo \"$MARK\" > /built\n"),
+        );
+        write(
+            w,
+            ".devcontainer/features/hello/devcontainer-feature.json",
+            r#"{ "id": "hello", "options": { "greeting": { "type": "string", "default": "hello" }, "who": { "type": "string", "default": "world" } } }"#,
+        );
+        write(
+            w,
+            ".devcontainer/features/hello/install.sh",
+            "#!/bin/sh\nset -e\necho \"$GREETING $WHO\" > /etc/hello\n",
+        );
+        git(w, &["add", "."]);
+        git(w, &["commit", "-qm", "devcontainer"]);
+        git(w, &["checkout", "-qb", "image-only", "main"]);
+        git(w, &["rm", "-rq", ".devcontainer"]);
+        write(
+            w,
+            ".devcontainer.json",
+            &format!(
+                "{{ \"image\": \"{DEFAULT_BASE_IMAGE}\", \"containerEnv\": {{ \"ONLY\": \"image\" }} }}"
+            ),
+        );
+        git(w, &["add", "."]);
+        git(w, &["commit", "-qm", "image only"]);
+        git(w, &["checkout", "-qb", "bad", "main"]);
+        git(w, &["rm", "-rq", ".devcontainer"]);
+        write(w, ".devcontainer.json", "{ \"image\": ");
+        git(w, &["add", "."]);
+        git(w, &["commit", "-qm", "bad"]);
+        git(w, &["checkout", "-qb", "oci", "main"]);
+        git(w, &["rm", "-rq", ".devcontainer"]);
+        write(
+            w,
+            ".devcontainer.json",
+            r#"{ "image": "x", "features": { "ghcr.io/devcontainers/features/node:1": {} } }"#,
+        );
+        git(w, &["add", "."]);
+        git(w, &["commit", "-qm", "oci"]);
+    });
+    let server = git_server(repo_dir.path().to_path_buf(), None).await;
+    let (_ep, c) = n.owner().await;
+    let spec = |branch: &str, name: &str| CreateWorkspace {
+        repo: Some(server.url.clone()),
+        branch: Some(branch.into()),
+        lightweight: false,
+        name: Some(name.into()),
+    };
+
+    let info = create(&c, spec("main", "dc")).await;
+    let (info, log) = wait_done(&c, &info.id).await;
+    assert_eq!(info.status, WorkspaceStatus::Ready, "{log:#?}");
+    assert_eq!(info.forward_ports, [3000, 5432]);
+    assert_eq!(info.user, "sam");
+    assert!(
+        log.iter().any(|l| l.contains("devcontainer found")),
+        "{log:#?}"
+    );
+    let r = n
+        .handle
+        .node
+        .workspaces()
+        .container(&info.id)
+        .await
+        .expect("ref");
+    assert_eq!(r.user, "sam");
+    assert_eq!(
+        in_container(&r.container_id, "sam", "cat /built"),
+        "built-by-arg"
+    );
+    assert_eq!(
+        in_container(&r.container_id, "sam", "cat /etc/hello"),
+        "hi there world"
+    );
+    assert_eq!(in_container(&r.container_id, "sam", "echo $FOO"), "bar");
+    assert_eq!(
+        in_container(&r.container_id, "sam", "cat /tmp/post"),
+        "bar\n/workspaces/dc"
+    );
+    assert_eq!(
+        in_container(
+            &r.container_id,
+            "sam",
+            "cd /workspaces/dc && git log --format=%s -1"
+        ),
+        "devcontainer"
+    );
+    assert_eq!(
+        in_container(
+            &r.container_id,
+            "sam",
+            "stat -c %U /workspaces/dc/README.md"
+        ),
+        "sam"
+    );
+    let (_, count) = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=sam.workspace={}", info.id),
+    ]);
+    assert_eq!(
+        count.lines().count(),
+        1,
+        "the clone container was not removed"
+    );
+
+    let img = create(&c, spec("image-only", "img")).await;
+    let (img, log) = wait_done(&c, &img.id).await;
+    assert_eq!(img.status, WorkspaceStatus::Ready, "{log:#?}");
+    let r2 = n
+        .handle
+        .node
+        .workspaces()
+        .container(&img.id)
+        .await
+        .expect("ref");
+    assert_eq!(
+        in_container(&r2.container_id, "root", "echo $ONLY"),
+        "image"
+    );
+
+    for (branch, needle) in [
+        ("bad", "devcontainer.json is not valid JSON"),
+        ("oci", "OCI features are not supported yet"),
+    ] {
+        let bad = create(&c, spec(branch, branch)).await;
+        let (bad, _) = wait_done(&c, &bad.id).await;
+        match &bad.status {
+            WorkspaceStatus::Failed { reason, log_tail } => {
+                assert!(reason.contains(needle), "{reason}");
+                assert!(log_tail.contains(needle), "{log_tail}");
+            }
+            s => panic!("expected Failed, got {s:?}"),
+        }
+        assert_eq!(
+            n.handle
+                .node
+                .workspaces()
+                .container(&bad.id)
+                .await
+                .expect_err("failed")
+                .code,
+            ErrorCode::Unavailable
+        );
+        ws(&c, WorkspaceRequest::Remove { id: bad.id.clone() })
+            .await
+            .expect("rm");
+    }
+    for id in [&info.id, &img.id] {
+        ws(&c, WorkspaceRequest::Remove { id: id.clone() })
+            .await
+            .expect("rm");
+    }
+    let _ = docker(&[
+        "rmi",
+        &format!("sam-ws-{}:latest", info.id),
+        &format!("sam-ws-{}:features", info.id),
+    ]);
+}
+
+#[tokio::test]
+async fn missing_docker_is_a_clear_error_and_the_node_still_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = format!("unix://{}", dir.path().join("no-docker.sock").display());
+    let n = start_node(
+        dir,
+        SecretKey::generate(),
+        SecretKey::generate(),
+        Some(&dead),
+    )
+    .await;
+    let (_ep, c) = n.owner().await;
+    let e = error_of(
+        ws(
+            &c,
+            WorkspaceRequest::Create(CreateWorkspace {
+                repo: None,
+                branch: None,
+                lightweight: true,
+                name: None,
+            }),
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert!(
+        e.message.contains("cannot reach dockerd at"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("no-docker.sock"), "{}", e.message);
+    assert!(e.message.contains("is dockerd running?"), "{}", e.message);
+    let e = error_of(ws(&c, WorkspaceRequest::List).await);
+    assert!(e.message.contains("cannot reach dockerd"), "{}", e.message);
+    assert_eq!(
+        c.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    );
+    assert!(matches!(
+        c.request(Request::Status).await.expect("status"),
+        Response::Status(_)
+    ));
+}
+
+#[tokio::test]
+async fn viewer_cannot_create_and_collaborator_cannot_remove() {
+    let n = TestNode::start().await;
+    let viewer = SecretKey::generate();
+    let (_e1, v) = client(&viewer, &n.ticket_for(&viewer, Role::Viewer)).await;
+    let e = error_of(
+        ws(
+            &v,
+            WorkspaceRequest::Create(CreateWorkspace {
+                repo: None,
+                branch: None,
+                lightweight: true,
+                name: None,
+            }),
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    assert!(matches!(
+        ws(&v, WorkspaceRequest::List).await,
+        Ok(WorkspaceResponse::List(_))
+    ));
+    assert_eq!(
+        error_of(ws(&v, WorkspaceRequest::WaitCredential).await).code,
+        ErrorCode::Forbidden
+    );
+
+    let collab = SecretKey::generate();
+    let (_e2, col) = client(&collab, &n.ticket_for(&collab, Role::Collaborator)).await;
+    let info = create(
+        &col,
+        CreateWorkspace {
+            repo: None,
+            branch: None,
+            lightweight: true,
+            name: None,
+        },
+    )
+    .await;
+    let (info, log) = wait_done(&col, &info.id).await;
+    assert_eq!(info.status, WorkspaceStatus::Ready, "{log:#?}");
+    let e = error_of(
+        ws(
+            &col,
+            WorkspaceRequest::Remove {
+                id: info.id.clone(),
+            },
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    let (_e3, owner) = n.owner().await;
+    ws(
+        &owner,
+        WorkspaceRequest::Remove {
+            id: info.id.clone(),
+        },
+    )
+    .await
+    .expect("owner removes");
+}

@@ -1,0 +1,67 @@
+//! Conversation documents: the `sam/doc/1` stream header and the ctl requests about
+//! conversations (wrapped in `Request::Conv`).
+//!
+//! On `sam/doc/1`, each bi stream syncs one document: the opener sends [`DocOpen`],
+//! the node answers with an [`crate::stream::OpenReply`], then both sides exchange
+//! Automerge sync messages, each as one raw frame (u32 BE length + bytes, at most
+//! [`MAX_SYNC_FRAME`]). The node pushes new changes as they happen until the stream
+//! or the connection closes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::capability::Role;
+
+/// Largest sync message accepted on the wire.
+pub const MAX_SYNC_FRAME: usize = 16 * 1024 * 1024;
+
+/// First frame of a `sam/doc/1` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocOpen {
+    pub conversation: String,
+    /// The opener holds a new document (created or forked offline) that the node
+    /// does not have yet; the node accepts it from a collaborator.
+    pub create: bool,
+}
+
+/// Requests about conversations on `sam/ctl/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConvRequest {
+    /// The conversations this peer may read.
+    List,
+}
+
+impl ConvRequest {
+    pub fn required_role(&self) -> Role {
+        match self {
+            ConvRequest::List => Role::Viewer,
+        }
+    }
+}
+
+/// Answers to [`ConvRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConvResponse {
+    List(Vec<ConvSummary>),
+}
+
+/// What a list shows of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvSummary {
+    pub id: String,
+    pub title: String,
+    pub agent: String,
+    pub workspace: String,
+    pub parent: Option<String>,
+    pub messages: u32,
+    /// Milliseconds since the epoch of the newest message (or creation).
+    pub updated_at: i64,
+}
+
+/// One frame on a `sam/doc/1` stream after the open reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DocFrame {
+    /// An Automerge sync message.
+    Sync(#[serde(with = "crate::bytes")] Vec<u8>),
+    /// The sender stops syncing this document, and why.
+    Error(crate::ctl::ErrorBody),
+}

@@ -1,0 +1,93 @@
+# shellcheck shell=bash
+# Helpers shared by SAM's scripts. Source it: `. "$(dirname "$0")/lib.sh"`.
+#
+# Every helper is idempotent: it checks first and only installs or starts what is
+# missing, so scripts can call them on every run, on a dev box or a fresh CI machine.
+
+# The repository root (the parent of scripts/).
+SAM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export SAM_ROOT
+
+# A clear header between the steps of a script.
+section() {
+    printf '\n==> %s\n' "$*"
+}
+
+# Says what went wrong and stops.
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root for: $* (run as root or install sudo)"
+    fi
+}
+
+# Cargo's target dir: an existing CARGO_TARGET_DIR is kept, else target/ in the repo.
+use_target_dir() {
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SAM_ROOT/target}"
+}
+
+_SAM_APT_UPDATED=0
+
+# ensure_apt PKG...: installs the Debian packages that are not installed yet.
+# Runs `apt-get update` at most once per script run, and only when something is missing.
+ensure_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 || die "missing packages ${missing[*]} and no apt-get to install them"
+    echo "installing with apt: ${missing[*]}"
+    if [ "$_SAM_APT_UPDATED" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        _SAM_APT_UPDATED=1
+    fi
+    # Packages must not start their daemons (sshd, dockerd) on their own: the scripts
+    # start what they need, how they need it. policy-rc.d exit 101 = "not allowed".
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy"
+        own_policy=1
+    fi
+    local rc=0
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+    [ "$own_policy" -eq 1 ] && as_root rm -f "$policy"
+    [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
+}
+
+# ensure_docker: a working Docker engine. Installs docker.io when there is no dockerd,
+# and when `docker info` fails starts dockerd in the background (no systemd needed),
+# logging to $SAM_DOCKERD_LOG (default /tmp/sam-dockerd.log), then waits until it answers.
+ensure_docker() {
+    if docker info >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v dockerd >/dev/null 2>&1; then
+        ensure_apt docker.io
+    fi
+    command -v dockerd >/dev/null 2>&1 || die "docker.io is installed but dockerd is not on PATH"
+    local log="${SAM_DOCKERD_LOG:-/tmp/sam-dockerd.log}"
+    echo "starting dockerd in the background (log: $log)"
+    as_root sh -c "nohup dockerd >'$log' 2>&1 &"
+    local i
+    for i in $(seq 1 60); do
+        if docker info >/dev/null 2>&1; then
+            echo "dockerd is ready"
+            return 0
+        fi
+        sleep 1
+    done
+    tail -n 30 "$log" >&2 || true
+    die "dockerd did not answer within 60 s (log above, full log in $log)"
+}

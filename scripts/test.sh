@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# THE test command (README and CI): installs what the tests need when it is missing,
+# then builds every binary and runs every test of the workspace.
+#
+#   scripts/test.sh            # extra arguments go to `cargo test`, e.g. -- --nocapture
+#
+# CARGO_TARGET_DIR is respected; it defaults to target/ in the repository.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$SAM_ROOT"
+use_target_dir
+
+section "Toolchain"
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+cargo --version
+rustc --version
+echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+section "System packages"
+# Build dependencies of the workspace: a C compiler and linker for -sys crates, git for tests.
+ensure_apt ca-certificates gcc libc6-dev git
+echo "ok"
+
+section "Docker engine and the workspace base image"
+# Workspace tests need a running dockerd (they fail, never skip, without one) and
+# the lightweight base image; both steps are skipped when already done.
+ensure_docker
+ensure_apt mmdebstrap
+"$SAM_ROOT/bootstrap/images/build-base.sh"
+
+section "Build: cargo build --workspace --bins"
+cargo build --workspace --bins
+
+section "Test: cargo test --workspace"
+cargo test --workspace "$@"
+
+section "All tests passed"
