@@ -138,11 +138,29 @@ impl DocStream {
 
     async fn push(&mut self, sync: &mut SyncPeer, conv: &mut Conversation) -> Result<()> {
         while let Some(msg) = sync.generate(conv) {
-            write_frame(&mut self.send, &DocFrame::Sync(msg))
-                .await
-                .context("send sync message")?;
+            if let Err(e) = write_frame(&mut self.send, &DocFrame::Sync(msg)).await {
+                // The node stopped reading: it usually said why first.
+                return Err(self
+                    .reason()
+                    .await
+                    .unwrap_or_else(|| anyhow::Error::new(e).context("send sync message")));
+            }
         }
         Ok(())
+    }
+
+    /// The node's error frame, if it sent one before closing.
+    async fn reason(&mut self) -> Option<anyhow::Error> {
+        let wait = Duration::from_secs(2);
+        while let Ok(Some(frame)) = tokio::time::timeout(wait, self.inbound.recv()).await {
+            if let Ok(DocFrame::Error(e)) = frame {
+                return Some(anyhow::Error::new(e).context("the node stopped syncing"));
+            }
+            if frame.is_err() {
+                return None;
+            }
+        }
+        None
     }
 
     async fn next(&mut self) -> Result<Option<Vec<u8>>> {

@@ -51,6 +51,10 @@ enum Cmd {
     List {
         reply: oneshot::Sender<Vec<ConvSummary>>,
     },
+    Insert {
+        conv: Box<Conversation>,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
 }
 
 /// A document opened for a peer.
@@ -150,12 +154,33 @@ impl DocHost {
         out_rx.await.map_err(|_| gone())
     }
 
+    /// Stores a conversation made on this node (e.g. for an idea); durable on return.
+    pub async fn insert(&self, conv: Conversation) -> Result<(), ErrorBody> {
+        let conv = Box::new(conv);
+        self.call(|reply| Cmd::Insert { conv, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+
     /// Summaries of every stored conversation.
     pub async fn list(&self) -> Vec<ConvSummary> {
         self.call(|reply| Cmd::List { reply })
             .await
             .unwrap_or_default()
     }
+}
+
+/// Work answered only after the batch's flush.
+enum After {
+    Generate {
+        id: String,
+        peer: u64,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    Durable {
+        id: String,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
 }
 
 struct Entry {
@@ -181,21 +206,34 @@ fn not_found(id: &str) -> ErrorBody {
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut generates = Vec::new();
+        let mut after = Vec::new();
         while let Some(first) = rx.recv().await {
             let mut cmd = Some(first);
             let mut handled = 0;
             while let Some(c) = cmd.take() {
-                self.handle(c, &mut generates);
+                self.handle(c, &mut after);
                 handled += 1;
                 if handled < BATCH {
                     cmd = rx.try_recv().ok();
                 }
             }
-            self.flush();
-            for (id, peer, reply) in generates.drain(..) {
-                let msg = self.generate(&id, peer);
-                let _ = reply.send(msg);
+            let failed = self.flush();
+            for a in after.drain(..) {
+                match a {
+                    After::Generate { id, peer, reply } => {
+                        let _ = reply.send(self.generate(&id, peer));
+                    }
+                    After::Durable { id, reply } => {
+                        let r = match failed.get(&id) {
+                            Some(e) => Err(ErrorBody::new(
+                                ErrorCode::Internal,
+                                format!("conversation {id} could not be saved: {e}"),
+                            )),
+                            None => Ok(()),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
             }
         }
         self.flush();
@@ -225,11 +263,7 @@ impl Actor {
         self.docs.get_mut(id).ok_or_else(|| not_found(id))
     }
 
-    fn handle(
-        &mut self,
-        cmd: Cmd,
-        generates: &mut Vec<(String, u64, oneshot::Sender<Option<Vec<u8>>>)>,
-    ) {
+    fn handle(&mut self, cmd: Cmd, after: &mut Vec<After>) {
         match cmd {
             Cmd::Open { id, create, reply } => {
                 let r = match self.entry(&id) {
@@ -269,7 +303,7 @@ impl Actor {
                 });
                 let _ = reply.send(r);
             }
-            Cmd::Generate { id, peer, reply } => generates.push((id, peer, reply)),
+            Cmd::Generate { id, peer, reply } => after.push(After::Generate { id, peer, reply }),
             Cmd::Leave { id, peer } => {
                 if let Some(e) = self.docs.get_mut(&id) {
                     e.peers.remove(&peer);
@@ -278,12 +312,36 @@ impl Actor {
                     }
                 }
             }
-            Cmd::Mutate { id, f, reply } => {
-                let r = self.entry(&id).map(|e| {
+            Cmd::Mutate { id, f, reply } => match self.entry(&id) {
+                Ok(e) => {
                     f(&mut e.conv);
                     e.dirty = true;
-                });
-                let _ = reply.send(r);
+                    after.push(After::Durable { id, reply });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::Insert { conv, reply } => {
+                let id = conv.id();
+                if self.docs.contains_key(&id) || self.store.contains(&id).unwrap_or(false) {
+                    let _ = reply.send(Err(ErrorBody::new(
+                        ErrorCode::Conflict,
+                        format!("conversation {id} already exists"),
+                    )));
+                } else {
+                    self.docs.insert(
+                        id.clone(),
+                        Entry {
+                            conv: *conv,
+                            peers: HashMap::new(),
+                            version: watch::channel(0).0,
+                            stored: true,
+                            dirty: true,
+                        },
+                    );
+                    after.push(After::Durable { id, reply });
+                }
             }
             Cmd::List { reply } => {
                 let ids = self.store.list().unwrap_or_default();
@@ -304,7 +362,9 @@ impl Actor {
         e.peers.entry(peer).or_default().generate(&mut e.conv)
     }
 
-    fn flush(&mut self) {
+    /// Appends every changed document; returns the ones that could not be saved.
+    fn flush(&mut self) -> HashMap<String, String> {
+        let mut failed = HashMap::new();
         for (id, e) in self.docs.iter_mut().filter(|(_, e)| e.dirty) {
             if e.conv.is_empty() {
                 continue;
@@ -324,10 +384,12 @@ impl Actor {
                     e.version.send_modify(|v| *v += 1);
                 }
                 Err(err) => {
-                    error!(%id, %err, "cannot persist conversation; changes kept in memory")
+                    error!(%id, %err, "cannot persist conversation; changes kept in memory");
+                    failed.insert(id.clone(), err.to_string());
                 }
             }
         }
+        failed
     }
 }
 

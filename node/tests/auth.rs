@@ -8,76 +8,15 @@ use iroh::endpoint::ConnectionError;
 use sam_client::conn::{ConnectError, NodeClient, connect};
 use sam_client::endpoint::endpoint_addr;
 use sam_client::wire::{read_frame, write_frame};
-use sam_node::{Node, NodeConfig, NodeHandle, NodePaths, server::close};
+use sam_node::server::close;
 use sam_protocol::capability::{Capability, Grantee, invite_hash};
 use sam_protocol::ctl::{ErrorCode, Hello, HelloReply, Request, RequestFrame, Response};
 use sam_protocol::frame::MAX_FRAME;
-use sam_protocol::{Role, SecretKey, SignedCapability, Ticket, alpn};
+use sam_protocol::{Role, SecretKey, alpn};
 
-struct TestNode {
-    _dir: tempfile::TempDir,
-    owner: SecretKey,
-    node_key: SecretKey,
-    handle: NodeHandle,
-}
-
-impl TestNode {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let owner = SecretKey::generate();
-        let node_key = SecretKey::generate();
-        let mut cfg = NodeConfig::new(owner.node_id());
-        cfg.bind = "127.0.0.1:0".parse().expect("addr");
-        let handle = Node::start_with(NodePaths::new(dir.path()), cfg, node_key.clone())
-            .await
-            .expect("node starts");
-        Self {
-            _dir: dir,
-            owner,
-            node_key,
-            handle,
-        }
-    }
-
-    fn cap(&self, grantee: Grantee, role: Role, ttl: Option<u64>) -> SignedCapability {
-        Capability::new(
-            self.owner.node_id(),
-            self.node_key.node_id(),
-            grantee,
-            role,
-            None,
-            now(),
-            ttl,
-        )
-        .sign(&self.owner, None)
-    }
-
-    fn ticket_with(&self, cap: Option<SignedCapability>, secret: Option<[u8; 32]>) -> Ticket {
-        let mut t = self.handle.ticket();
-        t.capability = cap;
-        t.invite_secret = secret;
-        t
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-async fn endpoint(key: &SecretKey) -> Endpoint {
-    sam_client::endpoint::bind(key, Some("127.0.0.1:0".parse().expect("addr")))
-        .await
-        .expect("bind client")
-}
-
-async fn client(key: &SecretKey, ticket: &Ticket) -> Result<(Endpoint, NodeClient), ConnectError> {
-    let ep = endpoint(key).await;
-    let c = NodeClient::connect(&ep, ticket).await?;
-    Ok((ep, c))
-}
+#[path = "support/harness.rs"]
+mod harness;
+use harness::{TestNode, client, endpoint, now};
 
 async fn owner_still_served(n: &TestNode) {
     let (_ep, c) = client(&n.owner, &n.handle.ticket())

@@ -245,8 +245,8 @@ async fn terminal_is_shared_live_with_scrollback_resize_and_read_only_viewers() 
     );
     let e = Term::open(&cv, &rig.ws, PtyTarget::New, 80, 24)
         .await
-        .err()
-        .expect("viewer cannot start a terminal");
+        .map(|_| ())
+        .expect_err("viewer cannot start a terminal");
     assert_eq!(remote_err(e).code, ErrorCode::Forbidden);
 
     // --new opens another terminal; an unknown id is an error.
@@ -256,8 +256,8 @@ async fn terminal_is_shared_live_with_scrollback_resize_and_read_only_viewers() 
     assert_ne!(d.id, a.id);
     let e = Term::open(&ca, &rig.ws, PtyTarget::Id("t999".into()), 80, 24)
         .await
-        .err()
-        .expect("unknown id");
+        .map(|_| ())
+        .expect_err("unknown id");
     assert_eq!(remote_err(e).code, ErrorCode::NotFound);
 
     // The shell exiting ends every attached stream.
@@ -328,8 +328,8 @@ async fn dev_server_is_detected_and_forwarded() {
     // Nothing listening: a clear error.
     let e = sam_client::streams::open_port(&conn, &rig.ws, 9)
         .await
-        .err()
-        .expect("closed port");
+        .map(|_| ())
+        .expect_err("closed port");
     let e = remote_err(e);
     assert_eq!(e.code, ErrorCode::Unavailable);
     assert!(
@@ -350,8 +350,8 @@ async fn dev_server_is_detected_and_forwarded() {
     let (_ev2, vconn) = rig.conn(alpn::PORT, Some((Role::Viewer, &viewer))).await;
     let e = sam_client::streams::open_port(&vconn, &rig.ws, 8765)
         .await
-        .err()
-        .expect("viewer forward");
+        .map(|_| ())
+        .expect_err("viewer forward");
     assert_eq!(remote_err(e).code, ErrorCode::Forbidden);
 }
 

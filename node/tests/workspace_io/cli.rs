@@ -78,7 +78,7 @@ async fn sam_shell_under_a_pty() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_for = |needle: &str, seen: &mut Vec<u8>| {
+    let wait_for = |needle: &str, seen: &mut Vec<u8>| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !String::from_utf8_lossy(seen).contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -190,14 +190,17 @@ async fn paths_cannot_escape_the_workspace() {
         assert_eq!(e.code, ErrorCode::Forbidden, "ls {p}: {e}");
         let e = download(&fc, &rig.ws, p, local.path())
             .await
-            .err()
-            .expect(p);
+            .map(|_| ())
+            .expect_err(p);
         assert_eq!(remote_err(e).code, ErrorCode::Forbidden, "get {p}");
     }
     let src = local.path().join("f.txt");
     std::fs::write(&src, b"x").expect("write");
     for p in ["../x", "/etc/x", "escape/tmp", "escape"] {
-        let e = upload(&fc, &rig.ws, &src, p).await.err().expect(p);
+        let e = upload(&fc, &rig.ws, &src, p)
+            .await
+            .map(|_| ())
+            .expect_err(p);
         assert_eq!(remote_err(e).code, ErrorCode::Forbidden, "put {p}");
     }
     let op = FilesOp::GitDiff {
@@ -298,8 +301,8 @@ async fn get_and_put_round_trip_files_and_directories() {
     // Into a missing directory: a clear error.
     let e = upload(&fc, &rig.ws, &up, "no/such/dir/x")
         .await
-        .err()
-        .expect("missing parent");
+        .map(|_| ())
+        .expect_err("missing parent");
     assert_eq!(remote_err(e).code, ErrorCode::NotFound);
 }
 
@@ -380,15 +383,15 @@ async fn limits_and_roles() {
     let local = tempfile::tempdir().expect("tempdir");
     let e = download(&vfc, &rig.ws, "a.txt", local.path())
         .await
-        .err()
-        .expect("viewer get");
+        .map(|_| ())
+        .expect_err("viewer get");
     assert_eq!(remote_err(e).code, ErrorCode::Forbidden);
     let f = local.path().join("f");
     std::fs::write(&f, b"x").expect("write");
     let e = upload(&vfc, &rig.ws, &f, ".")
         .await
-        .err()
-        .expect("viewer put");
+        .map(|_| ())
+        .expect_err("viewer put");
     assert_eq!(remote_err(e).code, ErrorCode::Forbidden);
     // A collaborator scoped to another workspace gets nothing here.
     let other = SecretKey::generate();
