@@ -109,13 +109,14 @@ cargo build --release -p sam-node --example bench_connect
 cat "$WORK/sam.json"
 
 section "BENCHMARKS.md"
+LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
 CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 python3 - "$WORK/ssh_ns" "$WORK/ssh_clean_ns" "$WORK/sam.json" "$SAM_ROOT/BENCHMARKS.md" \
     "$(nproc)" "${CPU:-unknown}" "$(uname -sr)" "$(date -u +%Y-%m-%d)" "$COMMAND" \
-    "$(ssh -V 2>&1)" <<'PY'
+    "$(ssh -V 2>&1)" "$LOAD" <<'PY'
 import json, math, re, sys
 
-ssh_file, clean_file, sam_file, md_file, nproc, cpu, kernel, date, command, ssh_version = sys.argv[1:]
+ssh_file, clean_file, sam_file, md_file, nproc, cpu, kernel, date, command, ssh_version, load = sys.argv[1:]
 def pct(xs, p):
     return xs[max(1, min(len(xs), math.ceil(len(xs) * p))) - 1]
 def load(f):
@@ -156,7 +157,8 @@ than the ssh login; node idle RSS ≤ 30 MB.
 | `sam-node` idle RSS (real binary, after one connection, 2 s idle) | {rss_txt} |
 
 - Machine: {nproc} cores, {cpu}, {kernel}; {ssh_version}.
-- Date: {date}.
+- Date: {date}. Load average when the run ended (1/5/15 min): {load} — other work on the
+  machine makes p99 worse first.
 - Command: `{command}` (runs `cargo run --release -p sam-node --example bench_connect`
   for SAM and a private sshd on 127.0.0.1:2222/2223 for the anchor).
 - (a) reuses one client endpoint for every new QUIC connection; (b) also binds a new

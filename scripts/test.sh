@@ -28,6 +28,20 @@ ensure_docker
 ensure_apt mmdebstrap
 "$SAM_ROOT/bootstrap/images/build-base.sh"
 
+section "Agent adapters for the real-agent tests (host)"
+# node/tests/real_agents.rs runs Claude Code, Codex, Gemini and Vibe as host processes
+# against a fake LLM on 127.0.0.1. They need Node.js >= 20 (npm), Python >= 3.12 (Vibe) and
+# bubblewrap (Codex's shell tool). Pinned in bootstrap/agents/versions.env, installed into
+# SAM_AGENTS_DIR (a cache, skipped in milliseconds when present). A missing adapter fails
+# its test. SAM_CA_BUNDLE / HTTPS_PROXY / SAM_NPM_REGISTRY / SAM_PIP_INDEX are honoured.
+command -v npm >/dev/null 2>&1 || ensure_apt nodejs npm
+ensure_apt bubblewrap
+export SAM_AGENTS_DIR="${SAM_AGENTS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sam/agents}"
+"$SAM_ROOT/bootstrap/agents/install-agents.sh" || {
+    ensure_apt python3 python3-venv
+    "$SAM_ROOT/bootstrap/agents/install-agents.sh"
+}
+
 section "Build: cargo build --workspace --bins"
 cargo build --workspace --bins
 

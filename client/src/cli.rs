@@ -498,13 +498,20 @@ async fn revoke(paths: &ClientPaths, id: &str, node: Option<&str>) -> Result<Out
     ))
 }
 
-/// Prints an output the way every command does.
+/// Prints an output the way every command does. A closed stdout (e.g. `| head`)
+/// is not an error.
 pub fn print(out: &Output, json_out: bool) {
-    if json_out {
-        if !out.json.is_null() {
-            println!("{}", out.json);
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = if json_out {
+        if out.json.is_null() {
+            Ok(())
+        } else {
+            writeln!(stdout, "{}", out.json)
         }
-    } else if !out.text.is_empty() {
-        println!("{}", out.text);
-    }
+    } else if out.text.is_empty() {
+        Ok(())
+    } else {
+        writeln!(stdout, "{}", out.text)
+    };
 }

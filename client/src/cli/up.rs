@@ -8,7 +8,6 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 use sam_protocol::Ticket;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::Output;
 use crate::book::NodeBook;
@@ -70,30 +69,50 @@ pub async fn run(
             bail!("sam-node init failed ({status})");
         }
     }
-    let mut child = tokio::process::Command::new(&bin)
-        .env("SAM_HOME", &paths.home)
-        .args(["run", "--json"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(!detach)
+    // The node logs to a file and announces its address in `node.addr`, so it
+    // never writes to our terminal or pipes (it may outlive us with --detach).
+    let addr_file = node_dir.join("node.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let log_path = node_dir.join("node.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.env("SAM_HOME", &paths.home)
+        .args(["run", "-v"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(!detach);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
-    let stdout = child.stdout.take().context("node stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
-        .await
-        .context("the local node did not start within 30 s")??;
-    let Some(first) = first else {
-        let status = child.wait().await?;
-        bail!(
-            "the local node exited at start ({status}); run `sam-node run -v` with SAM_HOME={} to see why",
-            paths.home.display()
-        );
+    let t0 = std::time::Instant::now();
+    let addr: sam_protocol::NodeAddr = loop {
+        if let Ok(bytes) = std::fs::read(&addr_file)
+            && let Ok(a) = serde_json::from_slice(&bytes)
+        {
+            break a;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the local node exited at start ({status}); see {}",
+                log_path.display()
+            );
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            bail!(
+                "the local node did not start within 30 s; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let v: serde_json::Value = serde_json::from_str(&first).context("node start line")?;
-    let ticket: Ticket = v["ticket"]
-        .as_str()
-        .context("node printed no ticket")?
-        .parse()?;
+    let ticket = Ticket::new(addr);
     let mut book = NodeBook::load(&paths.nodes())?;
     let name = if book
         .nodes
@@ -120,7 +139,8 @@ pub async fn run(
         ),
     );
     if detach {
-        // Let the child outlive us; its stdout is closed with ours.
+        // Let the child outlive us: it is in its own process group and writes
+        // only to its log file.
         std::mem::forget(child);
         return Ok(out);
     }
