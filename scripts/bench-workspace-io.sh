@@ -50,6 +50,7 @@ PrintMotd no
 PrintLastLog no
 UseDNS no
 AllowTcpForwarding yes
+Subsystem sftp /usr/lib/openssh/sftp-server
 SetEnv SHLVL=1
 CONF
 SSHD="$(command -v sshd || echo /usr/sbin/sshd)"
@@ -62,7 +63,7 @@ for _ in $(seq 1 50); do
 done
 
 section "bench_workspace_io (release)"
-cargo build --release -p sam-node --example bench_workspace_io
+[ -n "${SAM_BENCH_NO_BUILD:-}" ] || cargo build --release -p sam-node --example bench_workspace_io
 "$CARGO_TARGET_DIR/release/examples/bench_workspace_io" "${BENCH_ARGS[@]}" >"$WORK/table.md"
 cat "$WORK/table.md"
 

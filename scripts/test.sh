@@ -19,6 +19,8 @@ echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 section "System packages"
 # Build dependencies of the workspace: a C compiler and linker for -sys crates, git for tests.
 ensure_apt ca-certificates gcc libc6-dev git
+# `sam gui` (glow + winit load these at run time) and its Xvfb smoke test with a screenshot.
+ensure_apt xvfb imagemagick libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
 echo "ok"
 
 section "Docker engine and the workspace base image"

@@ -153,6 +153,8 @@ pub enum Cmd {
     },
     #[command(flatten)]
     Conv(ConvCmds),
+    /// The native app (needs a display).
+    Gui,
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +285,10 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             node,
         } => ports::forward(&paths, node.as_deref(), &workspace, port, local).await,
         Cmd::Files { cmd } => files::run(&paths, cmd).await,
+        Cmd::Gui => {
+            crate::gui::run_gui(paths)?;
+            Ok(Output::new(serde_json::Value::Null, ""))
+        }
     }
 }
 
@@ -332,18 +338,36 @@ async fn connect(
     let role = client.welcome.role;
     let scope = client.welcome.scope.clone();
     client.close();
-    ep.close().await;
     let mut book = NodeBook::load(&paths.nodes())?;
     let name = book.upsert(&ticket, name)?;
     book.save(&paths.nodes())?;
+    // Joining brings the shared conversations with their full history.
+    let mut pulled = 0;
+    if join {
+        let entry = book.find(Some(&name))?.clone();
+        let mut replicas = crate::docs::Replicas::open(paths)?;
+        let before = replicas.ids()?.len();
+        if let Err(e) = convs::pull_node(&ep, &entry, &mut replicas).await {
+            eprintln!("note: could not fetch conversations yet: {e:#}");
+        }
+        pulled = replicas.ids()?.len().saturating_sub(before);
+    }
+    ep.close().await;
     let id = ticket.addr.id.to_string();
     let scope_text = scope
         .as_ref()
         .map(|s| format!(" on {s}"))
         .unwrap_or_default();
     Ok(Output::new(
-        json!({ "name": name, "id": id, "role": role.as_str(), "scope": scope.map(|s| s.to_string()) }),
-        format!("connected to {name} as {role}{scope_text}\n{id}"),
+        json!({ "name": name, "id": id, "role": role.as_str(), "scope": scope.map(|s| s.to_string()), "conversations": pulled }),
+        format!(
+            "connected to {name} as {role}{scope_text}{}\n{id}",
+            if join {
+                format!("; {pulled} conversation(s) fetched")
+            } else {
+                String::new()
+            }
+        ),
     ))
 }
 
@@ -381,7 +405,7 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     ))
 }
 
-async fn share(
+pub async fn share(
     paths: &ClientPaths,
     target: &str,
     role: Role,
@@ -392,10 +416,7 @@ async fn share(
     let ttl = expires
         .map(sam_protocol::duration::parse_duration_secs)
         .transpose()?;
-    let book = NodeBook::load(&paths.nodes())?;
-    let entry = book.find(Some(target)).with_context(|| {
-        format!("{target:?} is not a known node (sharing one conversation or workspace is not implemented yet: share its node)")
-    })?;
+    let (entry, scope) = share_target(paths, target).await?;
     let node_ticket = entry.ticket()?;
     let key = paths.identity()?;
     let (grantee, secret) = match to {
@@ -410,7 +431,7 @@ async fn share(
         node_ticket.addr.id,
         grantee,
         role,
-        None,
+        scope.clone(),
         crate::now_secs(),
         ttl,
     )
@@ -421,7 +442,7 @@ async fn share(
             .clone()
             .filter(|c| c.cap.role == Role::Owner),
     );
-    let (ep, client, _) = open(paths, Some(target)).await?;
+    let (ep, client, _) = open(paths, Some(&entry.id)).await?;
     client.request(Request::RegisterShare(cap.clone())).await?;
     client.close();
     ep.close().await;
@@ -434,16 +455,73 @@ async fn share(
         Some(k) => k.short(),
         None => "the first key that uses it (invite)".into(),
     };
+    let on = scope
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("node {}", entry.name));
     Ok(Output::new(
-        json!({ "ticket": ticket.to_string(), "id": cap.cap.id_hex(), "role": role.as_str(), "expires_at": cap.cap.expires_at }),
+        json!({ "ticket": ticket.to_string(), "id": cap.cap.id_hex(), "role": role.as_str(),
+                "scope": scope.as_ref().map(|s| s.to_string()), "expires_at": cap.cap.expires_at }),
         format!(
-            "capability {} for {who} as {role}; send them this ticket (`sam join <ticket>`):\n{ticket}",
+            "capability {} for {who} as {role} on {on}; send them this ticket (`sam join <ticket>`):\n{ticket}",
             cap.cap.id_hex()
         ),
     ))
 }
 
-async fn shares_ls(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
+/// What `sam share TARGET` shares: a known node (whole node), a conversation held
+/// here (by id or unique prefix), or a workspace of a reachable node.
+async fn share_target(
+    paths: &ClientPaths,
+    target: &str,
+) -> Result<(crate::NodeEntry, Option<sam_protocol::Scope>)> {
+    let book = NodeBook::load(&paths.nodes())?;
+    if let Ok(e) = book.find(Some(target)) {
+        return Ok((e.clone(), None));
+    }
+    let replicas = crate::docs::Replicas::open(paths)?;
+    if let Ok(id) = replicas.resolve(target) {
+        let mut replicas = replicas;
+        let conv = replicas.load(&id)?;
+        let node = conv.workspace().node;
+        let entry = book.find(Some(&node)).with_context(|| {
+            format!("conversation {id} lives on node {node}, which is not in your node book")
+        })?;
+        return Ok((entry.clone(), Some(sam_protocol::Scope::Conversation(id))));
+    }
+    let key = paths.identity()?;
+    let ep = crate::endpoint::bind(&key, None).await?;
+    for entry in &book.nodes {
+        let Ok(ticket) = entry.ticket() else { continue };
+        let Ok(Ok(client)) = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            NodeClient::connect(&ep, &ticket),
+        )
+        .await
+        else {
+            continue;
+        };
+        let list = client
+            .request(Request::Workspace(
+                sam_protocol::workspace::WorkspaceRequest::List,
+            ))
+            .await;
+        client.close();
+        if let Ok(Response::Workspace(sam_protocol::workspace::WorkspaceResponse::List(ws))) = list
+            && let Some(w) = ws.iter().find(|w| w.id == target || w.name == target)
+        {
+            ep.close().await;
+            return Ok((
+                entry.clone(),
+                Some(sam_protocol::Scope::Workspace(w.id.clone())),
+            ));
+        }
+    }
+    ep.close().await;
+    bail!("{target:?} is not a known node, a conversation here, or a workspace on a reachable node")
+}
+
+pub async fn shares_ls(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     let (ep, client, _) = open(paths, node).await?;
     let Response::Shares(list) = client.request(Request::ListShares).await? else {
         bail!("unexpected answer to list shares");
@@ -485,7 +563,7 @@ async fn shares_ls(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     Ok(Output::new(json!(items), lines.join("\n")))
 }
 
-async fn revoke(paths: &ClientPaths, id: &str, node: Option<&str>) -> Result<Output> {
+pub async fn revoke(paths: &ClientPaths, id: &str, node: Option<&str>) -> Result<Output> {
     let id = parse_id(id)?;
     let (ep, client, _) = open(paths, node).await?;
     client.request(Request::Revoke { id }).await?;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod conn;
 pub mod docs;
 pub mod endpoint;
+pub mod gui;
 pub mod paths;
 pub mod streams;
 pub mod wire;

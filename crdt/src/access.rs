@@ -68,7 +68,11 @@ pub(crate) fn req_str<D: ReadDoc>(
     path: &str,
 ) -> Result<String, SchemaError> {
     let p = join(path, key);
-    match get(doc, obj, key, &p)? {
+    as_req_str(get(doc, obj, key, &p)?, p)
+}
+
+fn as_req_str(v: Option<Value<'_>>, p: String) -> Result<String, SchemaError> {
+    match v {
         Some(Value::Scalar(s)) if matches!(s.as_ref(), ScalarValue::Str(_)) => match s.as_ref() {
             ScalarValue::Str(s) => Ok(s.to_string()),
             _ => Err(SchemaError::new(p, "expected a string")),
@@ -89,7 +93,11 @@ pub(crate) fn opt_str<D: ReadDoc>(
     path: &str,
 ) -> Result<Option<String>, SchemaError> {
     let p = join(path, key);
-    match get(doc, obj, key, &p)? {
+    as_opt_str(get(doc, obj, key, &p)?, p)
+}
+
+fn as_opt_str(v: Option<Value<'_>>, p: String) -> Result<Option<String>, SchemaError> {
+    match v {
         None => Ok(None),
         Some(Value::Scalar(s)) => match s.as_ref() {
             ScalarValue::Null => Ok(None),
@@ -117,7 +125,11 @@ pub(crate) fn req_int<D: ReadDoc>(
     path: &str,
 ) -> Result<i64, SchemaError> {
     let p = join(path, key);
-    match get(doc, obj, key, &p)? {
+    as_req_int(get(doc, obj, key, &p)?, p)
+}
+
+fn as_req_int(v: Option<Value<'_>>, p: String) -> Result<i64, SchemaError> {
+    match v {
         Some(Value::Scalar(s)) => match s.as_ref() {
             ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Ok(*i),
             ScalarValue::Uint(u) => {
@@ -158,7 +170,11 @@ pub(crate) fn req_obj<D: ReadDoc>(
     path: &str,
 ) -> Result<ObjId, SchemaError> {
     let p = join(path, key);
-    match get_obj_value(doc, obj, key, &p)? {
+    as_req_obj(get_obj_value(doc, obj, key, &p)?, ty, p)
+}
+
+fn as_req_obj(v: Option<(Value<'_>, ObjId)>, ty: ObjType, p: String) -> Result<ObjId, SchemaError> {
+    match v {
         Some((Value::Object(t), id)) if same_kind(t, ty) => Ok(id),
         Some((v, _)) => Err(SchemaError::new(
             p,
@@ -180,10 +196,76 @@ pub(crate) fn opt_obj<D: ReadDoc>(
     path: &str,
 ) -> Result<Option<ObjId>, SchemaError> {
     let p = join(path, key);
-    match get_obj_value(doc, obj, key, &p)? {
+    as_opt_obj(get_obj_value(doc, obj, key, &p)?, ty, p)
+}
+
+fn as_opt_obj(
+    v: Option<(Value<'_>, ObjId)>,
+    ty: ObjType,
+    p: String,
+) -> Result<Option<ObjId>, SchemaError> {
+    match v {
         None => Ok(None),
         Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Null) => Ok(None),
-        Some(_) => req_obj(doc, obj, key, ty, path).map(Some),
+        v => as_req_obj(v, ty, p).map(Some),
+    }
+}
+
+/// The visible fields of one map object, read with a single `map_range` (one seek into the op
+/// set instead of one per key). Same checks and error messages as the free functions.
+pub(crate) struct Fields<'a> {
+    items: Vec<(std::borrow::Cow<'a, str>, Value<'static>, Option<ObjId>)>,
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn read<D: ReadDoc>(doc: &'a D, obj: &ObjId) -> Self {
+        let items = doc
+            .map_range(obj, ..)
+            .map(|i| {
+                let id = matches!(i.value, automerge::ValueRef::Object(_)).then(|| i.id());
+                (i.key, i.value.into_value(), id)
+            })
+            .collect();
+        Self { items }
+    }
+
+    fn value(&self, key: &str) -> Option<Value<'_>> {
+        self.items
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, v, _)| v.clone())
+    }
+
+    fn obj(&self, key: &str) -> Option<(Value<'_>, ObjId)> {
+        self.items
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, v, id)| (v.clone(), id.clone().unwrap_or(automerge::ROOT)))
+    }
+
+    pub(crate) fn req_str(&self, key: &str, path: &str) -> Result<String, SchemaError> {
+        as_req_str(self.value(key), join(path, key))
+    }
+
+    pub(crate) fn opt_str(&self, key: &str, path: &str) -> Result<Option<String>, SchemaError> {
+        as_opt_str(self.value(key), join(path, key))
+    }
+
+    pub(crate) fn req_int(&self, key: &str, path: &str) -> Result<i64, SchemaError> {
+        as_req_int(self.value(key), join(path, key))
+    }
+
+    pub(crate) fn req_obj(&self, key: &str, ty: ObjType, path: &str) -> Result<ObjId, SchemaError> {
+        as_req_obj(self.obj(key), ty, join(path, key))
+    }
+
+    pub(crate) fn opt_obj(
+        &self,
+        key: &str,
+        ty: ObjType,
+        path: &str,
+    ) -> Result<Option<ObjId>, SchemaError> {
+        as_opt_obj(self.obj(key), ty, join(path, key))
     }
 }
 
@@ -205,6 +287,34 @@ pub(crate) fn list_obj<D: ReadDoc>(
         Ok(None) => Err(SchemaError::new(p, "missing list element")),
         Err(e) => Err(SchemaError::new(p, format!("unreadable: {e}"))),
     }
+}
+
+/// Every element of a list, each of which must be an object of type `ty` (one `list_range`
+/// instead of one indexed lookup per element). Same errors as [`list_obj`].
+pub(crate) fn list_objs<D: ReadDoc>(
+    doc: &D,
+    list: &ObjId,
+    ty: ObjType,
+    path: &str,
+) -> Result<Vec<ObjId>, SchemaError> {
+    let mut out = Vec::with_capacity(doc.length(list));
+    for item in doc.list_range(list, ..) {
+        match item.value {
+            automerge::ValueRef::Object(t) if same_kind(t, ty) => out.push(item.id()),
+            v => {
+                let i = item.index;
+                return Err(SchemaError::new(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "expected {}, found {}",
+                        type_name(ty),
+                        describe(&v.into_value())
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A list of strings.

@@ -28,7 +28,7 @@ pub use schema::{
     PlanEntry, Role, SCHEMA_VERSION, ServedBy, Status, ToolCall, ToolCallUpdate, ToolStatus,
     ToolView, WorkspaceRef,
 };
-pub use store::{DocStore, FsyncPolicy, StoreOptions};
+pub use store::{DocStore, FsyncPolicy, MIN_RELATIVE_COMPACTION_BYTES, StoreOptions};
 pub use sync::{DEFAULT_MAX_SYNC_MESSAGE_BYTES, SyncPeer};
 
 /// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).

@@ -42,6 +42,12 @@ pub struct StoreOptions {
     /// Durability of appends.
     pub fsync: FsyncPolicy,
     /// Compact (rewrite the snapshot, truncate the log) when the log grows past this size.
+    ///
+    /// The store also compacts as soon as the log is larger than both the snapshot and
+    /// [`MIN_RELATIVE_COMPACTION_BYTES`]: replaying a log is several times slower per byte than
+    /// loading a snapshot (each record holds full Automerge changes), so this bounds the extra
+    /// cold-load time to about one snapshot load, at an amortized cost of one `save` per
+    /// snapshot-size of appended changes.
     pub compact_after_bytes: u64,
 }
 
@@ -54,8 +60,13 @@ impl Default for StoreOptions {
     }
 }
 
+/// The log is never compacted for being larger than the snapshot below this size.
+pub const MIN_RELATIVE_COMPACTION_BYTES: u64 = 256 * 1024;
+
 struct OpenDoc {
     saved_heads: Vec<ChangeHash>,
+    /// Size of `<id>.am` (0 if none).
+    snapshot_len: u64,
     log: File,
     log_len: u64,
     unsynced: u32,
@@ -218,10 +229,10 @@ impl DocStore {
         }
         let bytes = conv.save_after(&saved);
         let n = self.write_record(&id, &bytes, heads)?;
-        let too_big = self
-            .open
-            .get(&id)
-            .is_some_and(|d| d.log_len > self.opts.compact_after_bytes);
+        let too_big = self.open.get(&id).is_some_and(|d| {
+            d.log_len > self.opts.compact_after_bytes
+                || (d.log_len > MIN_RELATIVE_COMPACTION_BYTES && d.log_len > d.snapshot_len)
+        });
         if too_big {
             self.compact(conv)?;
         }
@@ -237,6 +248,9 @@ impl DocStore {
                 .open(&path)
                 .map_err(io("open log", &path))?;
             let mut len = log.metadata().map_err(io("stat log", &path))?.len();
+            let snapshot_len = fs::metadata(self.snapshot_path(id))
+                .map(|m| m.len())
+                .unwrap_or(0);
             if len == 0 {
                 log.write_all(log::MAGIC).map_err(io("write log", &path))?;
                 len = log::MAGIC.len() as u64;
@@ -245,6 +259,7 @@ impl DocStore {
                 id.to_owned(),
                 OpenDoc {
                     saved_heads: Vec::new(),
+                    snapshot_len,
                     log,
                     log_len: len,
                     unsynced: 0,
@@ -309,6 +324,7 @@ impl DocStore {
         d.log_len = log::MAGIC.len() as u64;
         d.unsynced = 0;
         d.saved_heads = heads;
+        d.snapshot_len = bytes.len() as u64;
         Ok(bytes.len())
     }
 
@@ -365,9 +381,25 @@ impl DocStore {
                     return Err(corrupt("log", &log_path, why.clone())?);
                 }
             }
-            for (i, rec) in scan.records.iter().enumerate() {
-                if let Err(e) = doc.load_incremental(rec) {
-                    return Err(corrupt("log", &log_path, format!("record {i}: {e}"))?);
+            // All records in one `load_incremental`: Automerge applies the changes as one batch,
+            // far cheaper than one call per record (each call has a cost that grows with the
+            // document). Only if that fails, replay one by one to name the bad record.
+            let all: Vec<u8> = scan.records.concat();
+            let before = doc.get_heads();
+            if let Err(batch_err) = doc.load_incremental(&all) {
+                doc = if before.is_empty() {
+                    AutoCommit::new()
+                } else {
+                    doc.fork_at(&before)?
+                };
+                tracing::warn!(
+                    "{}: batched replay failed ({batch_err}), replaying records one by one",
+                    log_path.display()
+                );
+                for (i, rec) in scan.records.iter().enumerate() {
+                    if let Err(e) = doc.load_incremental(rec) {
+                        return Err(corrupt("log", &log_path, format!("record {i}: {e}"))?);
+                    }
                 }
             }
         }

@@ -519,3 +519,29 @@ fn fork_drops_later_messages_that_are_causal_dependencies() {
     assert!(p.fork_at(&MessageId::random(), "f2", BOB).is_err());
     assert!(p.fork_at(&a1, "../f2", BOB).is_err());
 }
+
+#[test]
+fn buffered_chunks_of_interleaved_messages_commit_as_one_change() {
+    let mut c = new_conv();
+    let a = c.start_message(NODE, Role::Agent).expect("a");
+    let t = c.start_message(NODE, Role::Thought).expect("t");
+    for (m, s) in [(&a, "He"), (&t, "hm"), (&a, "llo"), (&t, "m"), (&a, "")] {
+        c.append_chunk(m, s).expect("chunk");
+    }
+    assert_eq!(c.message(&a).expect("a").text, "Hello");
+    let texts: Vec<_> = c.messages().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, vec!["Hello".to_string(), "hmm".to_string()]);
+    let heads = c.heads();
+    let mut am = c.automerge().clone();
+    let changes = am.get_changes(&[]);
+    assert_eq!(changes.len(), 4, "create, start, start, chunks");
+    // The document (not only the views) holds the text, and reloads identically.
+    let mut back = Conversation::load(&c.save()).expect("load");
+    assert_eq!(back.heads(), heads);
+    assert_eq!(back.message(&t).expect("t").text, "hmm");
+    // Chunks after a commit point go into a new change, after the earlier text.
+    c.append_chunk(&a, ", world").expect("chunk");
+    c.set_status(&a, Status::Done, None).expect("done");
+    assert_eq!(c.message(&a).expect("a").text, "Hello, world");
+    assert_eq!(c.automerge().clone().get_changes(&[]).len(), 6);
+}

@@ -211,3 +211,138 @@ proptest! {
         let _ = SyncPeer::new().receive(&mut other, &bytes);
     }
 }
+
+#[test]
+fn more_schema_breaking_live_changes_are_rejected() {
+    // Overwriting a message with a scalar.
+    let e = evil_peer_sync(|d| {
+        let (_, msgs) = d.get(ROOT, "messages").expect("g").expect("m");
+        d.put(&msgs, 0, "gone").expect("p");
+    });
+    assert!(matches!(e, CrdtError::SyncRejected(_)), "{e}");
+    // An unknown status on an existing message.
+    let e = evil_peer_sync(|d| {
+        let m = first_msg(d);
+        d.put(&m, "status", "exploded").expect("p");
+    });
+    assert!(e.to_string().contains("status"), "{e}");
+    // A tool map with a bad field, nested in an existing message.
+    let e = evil_peer_sync(|d| {
+        let m = first_msg(d);
+        let t = d.put_object(&m, "tool", ObjType::Map).expect("p");
+        d.put(&t, "kind", "read").expect("p");
+    });
+    assert!(e.to_string().contains("tool"), "{e}");
+    // The title replaced by a string.
+    let e = evil_peer_sync(|d| d.put(ROOT, "title", "plain").expect("p"));
+    assert!(e.to_string().contains("title"), "{e}");
+    // A bad plan entry (a nested object under the root).
+    let e = evil_peer_sync(|d| {
+        let p = d.put_object(ROOT, "plan", ObjType::List).expect("p");
+        let e = d.insert_object(&p, 0, ObjType::Map).expect("p");
+        d.put(&e, "content", 1).expect("p");
+    });
+    assert!(e.to_string().contains("plan"), "{e}");
+    // A duplicate message id in a new message.
+    let e = evil_peer_sync(|d| {
+        let m = first_msg(d);
+        let (id, _) = d.get(&m, "id").expect("g").expect("id");
+        let id = id.into_string().expect("s");
+        let (_, msgs) = d.get(ROOT, "messages").expect("g").expect("m");
+        let n = d.insert_object(&msgs, 1, ObjType::Map).expect("p");
+        for (k, v) in [
+            ("id", id.as_str()),
+            ("role", "user"),
+            ("author", ALICE),
+            ("status", "queued"),
+        ] {
+            d.put(&n, k, v).expect("p");
+        }
+        d.put(&n, "created_at", 1).expect("p");
+        d.put_object(&n, "text", ObjType::Text).expect("p");
+    });
+    assert!(e.to_string().contains("duplicate"), "{e}");
+}
+
+#[test]
+fn live_nested_updates_reach_the_replica() {
+    use sam_crdt::{PermissionOption, ToolCall, ToolCallUpdate, ToolStatus};
+    let mut a = new_conv();
+    let mut b = Conversation::new_replica();
+    let (mut pa, mut pb) = (SyncPeer::new(), SyncPeer::new());
+    let mut pump = |a: &mut Conversation, b: &mut Conversation| {
+        for _ in 0..20 {
+            let m1 = pa.generate(a);
+            if let Some(m) = &m1 {
+                pb.receive(b, m).expect("b receives");
+            }
+            let m2 = pb.generate(b);
+            if let Some(m) = &m2 {
+                pa.receive(a, m).expect("a receives");
+            }
+            if m1.is_none() && m2.is_none() {
+                break;
+            }
+        }
+    };
+    pump(&mut a, &mut b);
+    let t = a
+        .add_tool_call(
+            NODE,
+            ToolCall {
+                kind: "read".into(),
+                title: "cat".into(),
+                input: "{}".into(),
+                status: None,
+                locations: vec!["a.rs".into()],
+            },
+        )
+        .expect("tool");
+    pump(&mut a, &mut b);
+    a.update_tool_call(
+        &t,
+        ToolCallUpdate {
+            status: Some(ToolStatus::Completed),
+            output_chunk: Some("out".into()),
+            locations: Some(vec!["b.rs".into()]),
+            title: None,
+        },
+    )
+    .expect("update");
+    let p = a
+        .request_permission(
+            NODE,
+            "may I?",
+            &[PermissionOption {
+                id: "y".into(),
+                name: "Yes".into(),
+                kind: "allow_once".into(),
+            }],
+        )
+        .expect("perm");
+    pump(&mut a, &mut b);
+    b.answer_permission(&p, "y", ALICE).expect("answer");
+    let m = a.start_message(NODE, Role::Agent).expect("start");
+    for c in ["a", "b", "c"] {
+        a.append_chunk(&m, c).expect("chunk");
+        pump(&mut a, &mut b);
+    }
+    a.set_title(NODE, "renamed").expect("title");
+    pump(&mut a, &mut b);
+    assert_eq!(a.heads(), b.heads());
+    assert_eq!(a.messages(), b.messages());
+    assert_eq!(b.title(), "renamed");
+    assert_eq!(b.message(&m).expect("m").text, "abc");
+    let tool = b.message(&t).expect("t").tool.expect("tool");
+    assert_eq!(
+        (tool.output.as_str(), tool.locations),
+        ("out", vec!["b.rs".to_string()])
+    );
+    assert_eq!(a.message_count(), 3);
+    assert!(
+        a.message(&p)
+            .and_then(|v| v.permission)
+            .and_then(|p| p.chosen)
+            .is_some()
+    );
+}

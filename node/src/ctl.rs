@@ -83,6 +83,8 @@ async fn handle_inner(
     let scope = match &request {
         // Open to every authorised peer whatever its scope (lists are filtered).
         Request::Ping | Request::Status | Request::Conv(ConvRequest::List) => grant.scope.clone(),
+        // Checked against the conversation's workspace by the agents.
+        Request::Agent(_) => grant.scope.clone(),
         Request::Workspace(w) => w.workspace().map(|id| Scope::Workspace(id.to_string())),
         _ => None,
     };
@@ -155,5 +157,6 @@ async fn handle_inner(
                 .collect();
             Response::Conv(ConvResponse::List(visible))
         }
+        Request::Agent(a) => Response::Agent(node.agents().handle(grant, a).await?),
     })
 }

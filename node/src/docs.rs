@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use sam_crdt::{Conversation, DocStore, StoreOptions, SyncPeer};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
-use sam_protocol::doc::ConvSummary;
+use sam_protocol::doc::{ConvSummary, Watcher};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -26,6 +26,7 @@ enum Cmd {
     Open {
         id: String,
         create: bool,
+        watcher: Option<(u64, Watcher)>,
         reply: oneshot::Sender<Result<Opened, ErrorBody>>,
     },
     Receive {
@@ -55,6 +56,12 @@ enum Cmd {
         conv: Box<Conversation>,
         reply: oneshot::Sender<Result<(), ErrorBody>>,
     },
+    /// Runs a closure that only reads (no flush, no version bump).
+    Read {
+        id: String,
+        f: Mutation,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
 }
 
 /// A document opened for a peer.
@@ -71,6 +78,8 @@ pub struct Opened {
 #[derive(Debug, Clone)]
 pub struct DocHost {
     tx: mpsc::Sender<Cmd>,
+    /// Ids of documents after each durable change (agents watch it).
+    changed: tokio::sync::broadcast::Sender<String>,
 }
 
 fn gone() -> ErrorBody {
@@ -83,12 +92,14 @@ impl DocHost {
         let store = DocStore::open(dir, StoreOptions::default())
             .map_err(|e| anyhow::anyhow!("open document store {}: {e}", dir.display()))?;
         let (tx, rx) = mpsc::channel(1024);
+        let changed = tokio::sync::broadcast::channel(1024).0;
         let actor = Actor {
             store,
             docs: HashMap::new(),
+            changed: changed.clone(),
         };
         tokio::spawn(actor.run(rx));
-        Ok(Self { tx })
+        Ok(Self { tx, changed })
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
@@ -99,10 +110,26 @@ impl DocHost {
 
     /// Loads a document (or prepares to receive a new one when `create`).
     pub async fn open(&self, id: &str, create: bool) -> Result<Opened, ErrorBody> {
+        self.open_as(id, create, None).await
+    }
+
+    /// Like [`Self::open`], recording `watcher` (stream `peer`) as present until
+    /// [`Self::leave`].
+    pub async fn open_as(
+        &self,
+        id: &str,
+        create: bool,
+        watcher: Option<(u64, Watcher)>,
+    ) -> Result<Opened, ErrorBody> {
         let id = id.to_string();
-        self.call(|reply| Cmd::Open { id, create, reply })
-            .await
-            .unwrap_or_else(|| Err(gone()))
+        self.call(|reply| Cmd::Open {
+            id,
+            create,
+            watcher,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(gone()))
     }
 
     /// Applies a sync message from `peer`.
@@ -162,6 +189,28 @@ impl DocHost {
             .unwrap_or_else(|| Err(gone()))
     }
 
+    /// Runs a read-only `f` on the document inside the actor (nothing is written).
+    pub async fn read<R: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Conversation) -> R + Send + 'static,
+    ) -> Result<R, ErrorBody> {
+        let (out_tx, out_rx) = oneshot::channel();
+        let f: Mutation = Box::new(move |c| {
+            let _ = out_tx.send(f(c));
+        });
+        let id = id.to_string();
+        self.call(|reply| Cmd::Read { id, f, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))?;
+        out_rx.await.map_err(|_| gone())
+    }
+
+    /// Ids of documents as they change durably (lagging receivers miss ids: rescan then).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changed.subscribe()
+    }
+
     /// Summaries of every stored conversation.
     pub async fn list(&self) -> Vec<ConvSummary> {
         self.call(|reply| Cmd::List { reply })
@@ -186,6 +235,7 @@ enum After {
 struct Entry {
     conv: Conversation,
     peers: HashMap<u64, SyncPeer>,
+    watchers: HashMap<u64, Watcher>,
     version: watch::Sender<u64>,
     /// Stored on disk (false while a new document is being received).
     stored: bool,
@@ -195,6 +245,7 @@ struct Entry {
 struct Actor {
     store: DocStore,
     docs: HashMap<String, Entry>,
+    changed: tokio::sync::broadcast::Sender<String>,
 }
 
 fn not_found(id: &str) -> ErrorBody {
@@ -254,6 +305,7 @@ impl Actor {
                 Entry {
                     conv,
                     peers: HashMap::new(),
+                    watchers: HashMap::new(),
                     version: watch::channel(0).0,
                     stored: true,
                     dirty: false,
@@ -265,13 +317,24 @@ impl Actor {
 
     fn handle(&mut self, cmd: Cmd, after: &mut Vec<After>) {
         match cmd {
-            Cmd::Open { id, create, reply } => {
+            Cmd::Open {
+                id,
+                create,
+                watcher,
+                reply,
+            } => {
                 let r = match self.entry(&id) {
-                    Ok(e) => Ok(opened(e)),
+                    Ok(e) => {
+                        if let Some((peer, w)) = watcher {
+                            e.watchers.insert(peer, w);
+                        }
+                        Ok(opened(e))
+                    }
                     Err(e) if e.code == ErrorCode::NotFound && create => {
                         let entry = Entry {
                             conv: Conversation::new_replica(),
                             peers: HashMap::new(),
+                            watchers: HashMap::new(),
                             version: watch::channel(0).0,
                             stored: false,
                             dirty: false,
@@ -307,6 +370,7 @@ impl Actor {
             Cmd::Leave { id, peer } => {
                 if let Some(e) = self.docs.get_mut(&id) {
                     e.peers.remove(&peer);
+                    e.watchers.remove(&peer);
                     if !e.stored && e.peers.is_empty() {
                         self.docs.remove(&id);
                     }
@@ -335,6 +399,7 @@ impl Actor {
                         Entry {
                             conv: *conv,
                             peers: HashMap::new(),
+                            watchers: HashMap::new(),
                             version: watch::channel(0).0,
                             stored: true,
                             dirty: true,
@@ -343,12 +408,29 @@ impl Actor {
                     after.push(After::Durable { id, reply });
                 }
             }
+            Cmd::Read { id, f, reply } => match self.entry(&id) {
+                Ok(e) if !e.conv.is_empty() => {
+                    f(&mut e.conv);
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(_) => {
+                    let _ = reply.send(Err(not_found(&id)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Cmd::List { reply } => {
                 let ids = self.store.list().unwrap_or_default();
                 let mut out = Vec::new();
                 for id in ids {
                     match self.entry(&id) {
-                        Ok(e) => out.push(summary(&id, &e.conv)),
+                        Ok(e) => {
+                            let mut s = summary(&id, &e.conv);
+                            s.watchers = e.watchers.values().cloned().collect();
+                            s.watchers.sort_by_key(|w| (w.since, w.peer));
+                            out.push(s)
+                        }
                         Err(err) => warn!(%id, %err, "cannot list conversation"),
                     }
                 }
@@ -382,6 +464,7 @@ impl Actor {
                     e.stored = true;
                     e.dirty = false;
                     e.version.send_modify(|v| *v += 1);
+                    let _ = self.changed.send(id.clone());
                 }
                 Err(err) => {
                     error!(%id, %err, "cannot persist conversation; changes kept in memory");
@@ -418,5 +501,6 @@ fn summary(id: &str, conv: &Conversation) -> ConvSummary {
             .last()
             .map(|m| m.created_at)
             .unwrap_or_else(|| conv.created_at()),
+        watchers: Vec::new(),
     }
 }

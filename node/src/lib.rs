@@ -5,10 +5,12 @@
 //! the [`server::Node`] keeps the live connections so a revocation or an expiry
 //! closes them at once.
 
+pub mod agent;
 pub mod config;
 pub mod ctl;
 pub mod docs;
 pub mod endpoint;
+pub mod fake_llm;
 pub mod files;
 pub mod inside;
 pub mod ports;

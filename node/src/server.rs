@@ -57,6 +57,7 @@ struct Inner {
     next_conn: AtomicU64,
     workspaces: crate::workspace::Workspaces,
     docs: crate::docs::DocHost,
+    agents: crate::agent::Agents,
 }
 
 struct LiveConn {
@@ -80,6 +81,7 @@ impl NodeHandle {
     /// Closes every connection and the endpoint.
     pub async fn shutdown(self) -> Result<()> {
         self.node.cancel_all();
+        self.node.inner.agents.shutdown();
         self.router.shutdown().await.context("router shutdown")?;
         let _ = std::fs::remove_file(self.node.inner.paths.addr());
         Ok(())
@@ -101,9 +103,33 @@ impl Node {
         cfg: NodeConfig,
         key: SecretKey,
     ) -> Result<NodeHandle> {
+        Self::start_with_agents(paths, cfg, key, crate::agent::AgentsConfig::from_env()).await
+    }
+
+    /// [`Self::start_with`] with explicit agent settings (tests: host launcher, timeouts).
+    pub async fn start_with_agents(
+        paths: NodePaths,
+        cfg: NodeConfig,
+        key: SecretKey,
+        agents_config: crate::agent::AgentsConfig,
+    ) -> Result<NodeHandle> {
         let owner = cfg.owner_id()?;
         let endpoint = crate::endpoint::bind(&key, &cfg).await?;
         let addr = crate::endpoint::ticket_addr(&endpoint, &cfg);
+        let docs = crate::docs::DocHost::start(&paths.docs())?;
+        let workspaces = crate::workspace::Workspaces::new(
+            crate::workspace::WorkspaceConfig::new(
+                key.node_id().to_string(),
+                paths.dir.join("run"),
+            )
+            .with_node_config(&cfg),
+        );
+        let agents = crate::agent::Agents::start(
+            key.node_id().to_string(),
+            docs.clone(),
+            workspaces.clone(),
+            agents_config,
+        );
         let node = Node {
             inner: Arc::new(Inner {
                 id: key.node_id(),
@@ -116,14 +142,9 @@ impl Node {
                 next_conn: AtomicU64::new(1),
                 // No IO here: Docker is reached on first use, so the node serves
                 // everything else when dockerd is missing.
-                workspaces: crate::workspace::Workspaces::new(
-                    crate::workspace::WorkspaceConfig::new(
-                        key.node_id().to_string(),
-                        paths.dir.join("run"),
-                    )
-                    .with_node_config(&cfg),
-                ),
-                docs: crate::docs::DocHost::start(&paths.docs())?,
+                workspaces,
+                docs,
+                agents,
             }),
         };
         // Fail early on a damaged share file rather than at the first hello.
@@ -170,6 +191,10 @@ impl Node {
 
     pub fn docs(&self) -> &crate::docs::DocHost {
         &self.inner.docs
+    }
+
+    pub fn agents(&self) -> &crate::agent::Agents {
+        &self.inner.agents
     }
 
     pub fn workspaces(&self) -> &crate::workspace::Workspaces {

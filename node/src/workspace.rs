@@ -357,6 +357,12 @@ impl Workspaces {
         let adopted = self.shared.state.with(id, |e| e.adopted)?;
         if !adopted {
             create::remove_containers(&self.shared, docker, id).await?;
+            // Images built for its devcontainer (features layer first: it is a child).
+            for tag in ["features", "latest"] {
+                let _ = docker
+                    .remove_image(&format!("sam-ws-{id}:{tag}"), None, None)
+                    .await;
+            }
         }
         self.shared.state.remove(id);
         self.shared.broker.stop_socket(id);

@@ -820,11 +820,9 @@ async fn devcontainer_dockerfile_feature_env_post_create_and_bad_config() {
             .await
             .expect("rm");
     }
-    let _ = docker(&[
-        "rmi",
-        &format!("sam-ws-{}:latest", info.id),
-        &format!("sam-ws-{}:features", info.id),
-    ]);
+    // Remove also deletes the images built for the devcontainer.
+    let (still, _) = docker(&["image", "inspect", &format!("sam-ws-{}:latest", info.id)]);
+    assert!(!still, "the devcontainer image was not removed");
 }
 
 #[tokio::test]

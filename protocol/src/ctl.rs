@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{AgentRequest, AgentResponse};
 use crate::capability::{Capability, Role, Scope, SignedCapability};
 use crate::doc::{ConvRequest, ConvResponse};
 use crate::identity::NodeId;
@@ -68,6 +69,8 @@ pub enum Request {
     Workspace(WorkspaceRequest),
     /// Conversations on this node.
     Conv(ConvRequest),
+    /// Agents answering conversations: cancel, permissions, credentials.
+    Agent(AgentRequest),
 }
 
 impl Request {
@@ -78,6 +81,7 @@ impl Request {
             Request::RegisterShare(_) | Request::ListShares | Request::Revoke { .. } => Role::Owner,
             Request::Workspace(w) => w.required_role(),
             Request::Conv(c) => c.required_role(),
+            Request::Agent(a) => a.required_role(),
         }
     }
 }
@@ -92,6 +96,7 @@ pub enum Response {
     Error(ErrorBody),
     Workspace(WorkspaceResponse),
     Conv(ConvResponse),
+    Agent(AgentResponse),
 }
 
 /// What `sam status` shows.

@@ -55,6 +55,17 @@ pub struct ConvSummary {
     pub messages: u32,
     /// Milliseconds since the epoch of the newest message (or creation).
     pub updated_at: i64,
+    /// Who has this conversation open on the node now (presence).
+    pub watchers: Vec<Watcher>,
+}
+
+/// A peer with a conversation open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watcher {
+    pub peer: crate::identity::NodeId,
+    pub role: Role,
+    /// Unix seconds.
+    pub since: u64,
 }
 
 /// One frame on a `sam/doc/1` stream after the open reply.

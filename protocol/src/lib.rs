@@ -4,6 +4,7 @@
 //! Everything here is a plain function or value type so it can be tested without
 //! sockets or clocks; the node and the client wrap it in thin async shells.
 
+pub mod agent;
 pub mod alpn;
 pub mod auth;
 pub mod bytes;

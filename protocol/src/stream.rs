@@ -86,7 +86,7 @@ const TAG_DETACH: u8 = 2;
 
 impl PtyFrame {
     /// Appends the wire form of `self` to `out`. Data over [`MAX_PTY_CHUNK`] is
-    /// split into several frames.
+    /// split into several frames; empty data writes nothing.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             PtyFrame::Data(d) => encode_data(d, out),
@@ -235,7 +235,6 @@ mod tests {
         let frames = vec![
             PtyFrame::Data(b"echo hi\r".to_vec()),
             PtyFrame::Resize { cols: 80, rows: 24 },
-            PtyFrame::Data(vec![]),
             PtyFrame::Detach,
         ];
         let mut buf = Vec::new();

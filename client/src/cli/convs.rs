@@ -234,7 +234,11 @@ async fn pull_new(paths: &ClientPaths, replicas: &mut Replicas) {
     ep.close().await;
 }
 
-async fn pull_node(ep: &iroh::Endpoint, entry: &NodeEntry, replicas: &mut Replicas) -> Result<()> {
+pub(crate) async fn pull_node(
+    ep: &iroh::Endpoint,
+    entry: &NodeEntry,
+    replicas: &mut Replicas,
+) -> Result<()> {
     let ticket = entry.ticket()?;
     let client = tokio::time::timeout(
         Duration::from_secs(3),

@@ -12,9 +12,13 @@ impl Conversation {
     /// Applies a decoded sync message, checks the schema, and rolls the document back to its
     /// previous heads (and resets `state`) if the result is invalid.
     ///
-    /// The check is incremental: Automerge reports what changed as patches, and only the root
-    /// fields and the messages those patches touch are checked (O(changed), not O(document)),
-    /// so a live stream of chunks stays cheap. A replica that was empty is checked in full.
+    /// The check is incremental: only the root fields and the messages that the new ops touch
+    /// are checked (O(changed), not O(document)), so a live stream of chunks stays cheap. The
+    /// touched objects come from decoding the received changes (live messages: one change per
+    /// chunk and nothing queued), else from Automerge patches (e.g. queued changes whose
+    /// dependencies just arrived). A replica that was empty is checked in full, and so is
+    /// anything unusual (an op that replaces `messages` or deletes from it, an object that
+    /// cannot be located).
     /// Rollback is `fork_at(previous heads)`, O(document), but only happens on a bad message.
     pub(crate) fn receive_sync_message(
         &mut self,
@@ -24,7 +28,19 @@ impl Conversation {
         self.commit_pending();
         let before = self.doc.get_heads();
         let was_empty = before.is_empty() || self.messages_obj.is_none();
-        let mut log = if was_empty {
+        // Fast path for the live case: the message carries individual changes (not a whole
+        // document) and nothing is queued for missing dependencies, so exactly the ops of
+        // these changes get applied; which objects they touch is read from the changes
+        // themselves, without an Automerge patch log (whose path computation costs O(messages)
+        // per patch).
+        let touched = if was_empty || message.changes.is_empty() {
+            None
+        } else if self.doc.get_missing_deps(&[]).is_empty() {
+            touched_objects(&message.changes)
+        } else {
+            None
+        };
+        let mut log = if was_empty || touched.is_some() {
             PatchLog::inactive()
         } else {
             PatchLog::active()
@@ -43,6 +59,8 @@ impl Conversation {
         }
         let check = if was_empty {
             self.revalidate_all()
+        } else if let Some(touched) = touched {
+            self.check_touched(&touched)
         } else {
             let patches = self.doc.make_patches(&mut log);
             self.check_patches(&patches)
@@ -54,6 +72,91 @@ impl Conversation {
             return Err(CrdtError::SyncRejected(e));
         }
         Ok(())
+    }
+
+    /// Checks the schema after applying changes whose ops touched `touched`.
+    fn check_touched(&mut self, touched: &Touched) -> Result<(), SchemaError> {
+        let Some(msgs) = self.messages_obj.clone() else {
+            return self.revalidate_all();
+        };
+        let mut header = false;
+        let mut dirty: Vec<ObjId> = Vec::new();
+        let mut seen: HashSet<ObjId> = HashSet::new();
+        let mut mark = |obj: ObjId, dirty: &mut Vec<ObjId>| {
+            if seen.insert(obj.clone()) {
+                dirty.push(obj);
+            }
+        };
+        for t in &touched.ops {
+            match t {
+                TouchedOp::Root { key } => {
+                    if key == "messages" {
+                        return self.revalidate_all();
+                    }
+                    header = true;
+                }
+                TouchedOp::Obj {
+                    obj,
+                    created,
+                    inserted_map,
+                } => {
+                    let probe = ObjId::Id(obj.0, obj.1.clone(), 0);
+                    if probe == msgs {
+                        // Only appending maps to `messages` is incremental; anything else
+                        // (delete, overwrite, a non-map element) is checked in full.
+                        if !inserted_map {
+                            return self.revalidate_all();
+                        }
+                        match self.import(created) {
+                            Some(id) => mark(id, &mut dirty),
+                            None => return self.revalidate_all(),
+                        }
+                        continue;
+                    }
+                    if let Some(m) = self.by_obj.get(&probe) {
+                        mark(m.clone(), &mut dirty);
+                        continue;
+                    }
+                    // Not an indexed message or Text: find where it lives.
+                    let Some(id) = self.import(obj) else {
+                        // Unknown object: its change was not applied (queued).
+                        continue;
+                    };
+                    match self.locate(&id, &msgs) {
+                        Location::Message(m) => mark(m, &mut dirty),
+                        Location::Header => header = true,
+                        Location::Unclear => return self.revalidate_all(),
+                    }
+                }
+            }
+        }
+        self.check_dirty(&msgs, header, dirty)
+    }
+
+    /// Resolves `counter@actor` to an object of this document.
+    fn import(&self, (counter, actor): &(u64, automerge::ActorId)) -> Option<ObjId> {
+        self.doc
+            .import(&format!("{counter}@{actor}"))
+            .ok()
+            .map(|(id, _)| id)
+    }
+
+    /// Which message (the child of `messages` on the way to the root) contains `obj`.
+    fn locate(&self, obj: &ObjId, msgs: &ObjId) -> Location {
+        let Ok(parents) = automerge::ReadDoc::parents(&self.doc, obj) else {
+            return Location::Unclear;
+        };
+        let mut cur = obj.clone();
+        for p in parents {
+            if !p.visible {
+                return Location::Unclear;
+            }
+            if &p.obj == msgs {
+                return Location::Message(cur);
+            }
+            cur = p.obj;
+        }
+        Location::Header
     }
 
     fn check_patches(&mut self, patches: &[automerge::Patch]) -> Result<(), SchemaError> {
@@ -109,6 +212,16 @@ impl Conversation {
         if full {
             return self.revalidate_all();
         }
+        self.check_dirty(&msgs, header, dirty)
+    }
+
+    /// Checks the header (if `header`) and the `dirty` messages, indexing new ones.
+    fn check_dirty(
+        &mut self,
+        msgs: &ObjId,
+        header: bool,
+        dirty: Vec<ObjId>,
+    ) -> Result<(), SchemaError> {
         if header {
             validate::validate_header(&self.doc)?;
         }
@@ -123,11 +236,11 @@ impl Conversation {
                     ));
                 }
                 None => {
-                    self.index.insert(view.id, MsgEntry { obj, text });
+                    self.index_insert(view.id, MsgEntry { obj, text });
                 }
             }
         }
-        if self.index.len() != self.doc_message_len(&msgs) {
+        if self.index.len() != self.doc_message_len(msgs) {
             // An id was rewritten or a message vanished: rebuild from scratch.
             return self.revalidate_all();
         }
@@ -137,4 +250,72 @@ impl Conversation {
     fn doc_message_len(&self, msgs: &ObjId) -> usize {
         automerge::ReadDoc::length(&self.doc, msgs)
     }
+}
+
+/// An op of a received change, as far as the schema check cares.
+enum TouchedOp {
+    /// An op on the root map.
+    Root { key: String },
+    /// An op on object `obj` (`counter`, actor); `created` is the op's own id (the id of the
+    /// object it creates, if it creates one); `inserted_map`: it inserts a new map.
+    Obj {
+        obj: (u64, automerge::ActorId),
+        created: (u64, automerge::ActorId),
+        inserted_map: bool,
+    },
+}
+
+struct Touched {
+    ops: Vec<TouchedOp>,
+}
+
+enum Location {
+    Message(ObjId),
+    Header,
+    Unclear,
+}
+
+/// The ops of `changes` if each chunk is exactly one change (a sync message of the V1 form);
+/// `None` for anything else (e.g. a whole document), which takes the patch-log path. A run of
+/// scalar insertions into one object (a Text splice) is reported once.
+fn touched_objects(changes: &sync::ChunkList) -> Option<Touched> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let mut ops = Vec::new();
+    for chunk in changes.iter() {
+        let change = automerge::Change::from_bytes(chunk.to_vec()).ok()?;
+        if change.raw_bytes().len() != chunk.len() {
+            return None;
+        }
+        let expanded = change.decode();
+        let start = expanded.start_op.get();
+        let mut last_insert: Option<(u64, automerge::ActorId)> = None;
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let counter = start.checked_add(i as u64)?;
+            match &op.obj {
+                ObjectId::Root => {
+                    last_insert = None;
+                    let key = match &op.key {
+                        Key::Map(k) => k.to_string(),
+                        Key::Seq(_) => String::new(),
+                    };
+                    ops.push(TouchedOp::Root { key });
+                }
+                ObjectId::Id(id) => {
+                    let obj = (id.0, id.1.clone());
+                    let scalar_insert = op.insert && !matches!(op.action, OpType::Make(_));
+                    if scalar_insert && last_insert.as_ref() == Some(&obj) {
+                        continue;
+                    }
+                    last_insert = scalar_insert.then(|| obj.clone());
+                    ops.push(TouchedOp::Obj {
+                        obj,
+                        created: (counter, expanded.actor_id.clone()),
+                        inserted_map: op.insert
+                            && matches!(op.action, OpType::Make(automerge::ObjType::Map)),
+                    });
+                }
+            }
+        }
+    }
+    Some(Touched { ops })
 }

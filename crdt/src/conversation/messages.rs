@@ -63,7 +63,7 @@ impl Conversation {
             extra(c, &obj)?;
             Ok(MsgEntry { obj, text: t })
         })?;
-        self.index.insert(id.clone(), entry);
+        self.index_insert(id.clone(), entry);
         Ok(id)
     }
 
@@ -129,16 +129,31 @@ impl Conversation {
     /// [`Self::commit_pending`], `heads`, `save*`, a sync message or a [`crate::DocStore`]
     /// append. A node that acknowledges each chunk after `DocStore::append` therefore gets
     /// one durable change per chunk; one that persists per message gets one per message.
+    ///
+    /// The chunk is buffered and spliced into the document at that commit point (one
+    /// `splice_text` per message and commit instead of one per chunk; the resulting ops are
+    /// the same). [`Self::message`] and [`Self::messages`] include buffered chunks.
     pub fn append_chunk(&mut self, id: &MessageId, chunk: &str) -> Result<(), CrdtError> {
         if self.is_empty() {
             return Err(CrdtError::EmptyReplica);
         }
-        let entry = self.entry(id)?;
-        let writer = self.writer(&entry);
-        self.set_author_for_chunks(&writer)?;
-        let end = self.doc.length(&entry.text);
-        self.doc.splice_text(&entry.text, end, 0, chunk)?;
-        self.set_pending();
+        let entry = self
+            .index
+            .get(id)
+            .ok_or_else(|| CrdtError::UnknownMessage(id.to_string()))?;
+        if self.actor_author.is_none() {
+            let writer = self.writer(entry);
+            self.set_author_for_chunks(&writer)?;
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let text = self
+            .index
+            .get(id)
+            .map(|e| e.text.clone())
+            .ok_or_else(|| CrdtError::UnknownMessage(id.to_string()))?;
+        self.push_chunk(&text, chunk);
         Ok(())
     }
 
@@ -361,12 +376,17 @@ impl Conversation {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(self.index.len());
-        for i in 0..self.doc.length(msgs) {
+        let objs = match access::list_objs(&self.doc, msgs, ObjType::Map, "messages") {
+            Ok(objs) => objs,
+            // Not reachable for a validated document; fall back to per-element reads.
+            Err(_) => (0..self.doc.length(msgs))
+                .filter_map(|i| access::list_obj(&self.doc, msgs, i, ObjType::Map, "").ok())
+                .collect(),
+        };
+        for (i, o) in objs.iter().enumerate() {
             let path = format!("messages[{i}]");
-            let view = access::list_obj(&self.doc, msgs, i, ObjType::Map, "messages")
-                .and_then(|o| validate::read_message(&self.doc, &o, &path, true));
-            match view {
-                Ok((v, _)) => out.push(v),
+            match validate::read_message(&self.doc, o, &path, true) {
+                Ok((v, text)) => out.push(self.with_buffered(v, &text)),
                 Err(e) => tracing::warn!("skipping unreadable message: {e}"),
             }
         }
@@ -378,15 +398,19 @@ impl Conversation {
         let entry = self.index.get(id)?;
         validate::read_message(&self.doc, &entry.obj, "message", true)
             .ok()
-            .map(|(v, _)| v)
+            .map(|(v, text)| self.with_buffered(v, &text))
     }
 
-    /// Number of messages.
+    fn with_buffered(&self, mut v: MessageView, text: &ObjId) -> MessageView {
+        if let Some(s) = self.buffered_chunks(text) {
+            v.text.push_str(s);
+        }
+        v
+    }
+
+    /// Number of messages, O(1) (from the index; no text is read).
     pub fn message_count(&self) -> usize {
-        self.messages_obj
-            .as_ref()
-            .map(|m| self.doc.length(m))
-            .unwrap_or(0)
+        self.index.len()
     }
 
     /// Ids of `user` messages with status `queued`, in document order.

@@ -6,7 +6,7 @@ use automerge::{ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
 
 use super::MsgEntry;
 use crate::SchemaError;
-use crate::access::{self, join};
+use crate::access::{self, Fields, join};
 use crate::ids::{self, MessageId};
 use crate::schema::{
     MessageView, ParentRef, PermissionAnswer, PermissionOption, PermissionView, PlanEntry, Role,
@@ -52,6 +52,46 @@ fn node_id<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str, path: &str) -> Result<St
             format!("{s:?} is not a NodeId (64 lowercase hex chars)"),
         ))
     }
+}
+
+fn node_id_f(f: &Fields<'_>, key: &str, path: &str) -> Result<String, SchemaError> {
+    let s = f.req_str(key, path)?;
+    if ids::is_node_id(&s) {
+        Ok(s)
+    } else {
+        Err(SchemaError::new(
+            join(path, key),
+            format!("{s:?} is not a NodeId (64 lowercase hex chars)"),
+        ))
+    }
+}
+
+fn message_id_f(f: &Fields<'_>, key: &str, path: &str) -> Result<MessageId, SchemaError> {
+    let s = f.req_str(key, path)?;
+    if ids::check_message_id(&s) {
+        Ok(MessageId::from_checked(s))
+    } else {
+        Err(SchemaError::new(
+            join(path, key),
+            format!("{s:?} is not a message id (1..=64 chars of [0-9a-zA-Z_-])"),
+        ))
+    }
+}
+
+fn enum_field_f<T>(
+    f: &Fields<'_>,
+    key: &str,
+    path: &str,
+    parse: fn(&str) -> Option<T>,
+    expected: String,
+) -> Result<T, SchemaError> {
+    let s = f.req_str(key, path)?;
+    parse(&s).ok_or_else(|| {
+        SchemaError::new(
+            join(path, key),
+            format!("unknown value {s:?} (expected {expected})"),
+        )
+    })
 }
 
 fn message_id<D: ReadDoc>(
@@ -156,9 +196,11 @@ pub(crate) fn validate_messages<D: ReadDoc>(
     let n = doc.length(msgs);
     let mut index = HashMap::with_capacity(n);
     let mut seen: HashMap<MessageId, usize> = HashMap::with_capacity(n);
-    for i in 0..n {
+    for (i, obj) in access::list_objs(doc, msgs, ObjType::Map, "messages")?
+        .into_iter()
+        .enumerate()
+    {
         let path = format!("messages[{i}]");
-        let obj = access::list_obj(doc, msgs, i, ObjType::Map, "messages")?;
         let (view, text) = read_message(doc, &obj, &path, false)?;
         if let Some(first) = seen.insert(view.id.clone(), i) {
             return Err(SchemaError::new(
@@ -174,23 +216,6 @@ pub(crate) fn validate_messages<D: ReadDoc>(
     Ok(index)
 }
 
-fn enum_field<D: ReadDoc, T>(
-    doc: &D,
-    obj: &ObjId,
-    key: &str,
-    path: &str,
-    parse: fn(&str) -> Option<T>,
-    expected: String,
-) -> Result<T, SchemaError> {
-    let s = access::req_str(doc, obj, key, path)?;
-    parse(&s).ok_or_else(|| {
-        SchemaError::new(
-            join(path, key),
-            format!("unknown value {s:?} (expected {expected})"),
-        )
-    })
-}
-
 /// Reads and checks one message. With `with_text == false` Text objects are checked for
 /// their type only and returned empty (cheap: no O(length) read).
 pub(crate) fn read_message<D: ReadDoc>(
@@ -199,19 +224,20 @@ pub(crate) fn read_message<D: ReadDoc>(
     path: &str,
     with_text: bool,
 ) -> Result<(MessageView, ObjId), SchemaError> {
-    let id = message_id(doc, obj, "id", path)?;
-    let role = enum_field(doc, obj, "role", path, Role::parse, Role::expected())?;
-    let author = node_id(doc, obj, "author", path)?;
-    let created_at = access::req_int(doc, obj, "created_at", path)?;
-    let text_obj = access::req_obj(doc, obj, "text", ObjType::Text, path)?;
+    let f = Fields::read(doc, obj);
+    let id = message_id_f(&f, "id", path)?;
+    let role = enum_field_f(&f, "role", path, Role::parse, Role::expected())?;
+    let author = node_id_f(&f, "author", path)?;
+    let created_at = f.req_int("created_at", path)?;
+    let text_obj = f.req_obj("text", ObjType::Text, path)?;
     let text = if with_text {
         access::text(doc, &text_obj, &join(path, "text"))?
     } else {
         String::new()
     };
-    let status = enum_field(doc, obj, "status", path, Status::parse, Status::expected())?;
-    let reason = access::opt_str(doc, obj, "reason", path)?;
-    let tool = match access::opt_obj(doc, obj, "tool", ObjType::Map, path)? {
+    let status = enum_field_f(&f, "status", path, Status::parse, Status::expected())?;
+    let reason = f.opt_str("reason", path)?;
+    let tool = match f.opt_obj("tool", ObjType::Map, path)? {
         Some(t) => Some(read_tool(doc, &t, &join(path, "tool"), with_text)?),
         None if role == Role::Tool => {
             return Err(SchemaError::new(
@@ -221,7 +247,7 @@ pub(crate) fn read_message<D: ReadDoc>(
         }
         None => None,
     };
-    let permission = match access::opt_obj(doc, obj, "permission", ObjType::Map, path)? {
+    let permission = match f.opt_obj("permission", ObjType::Map, path)? {
         Some(p) => Some(read_permission(doc, &p, &join(path, "permission"))?),
         None if role == Role::Permission => {
             return Err(SchemaError::new(
@@ -253,21 +279,21 @@ fn read_tool<D: ReadDoc>(
     path: &str,
     with_text: bool,
 ) -> Result<ToolView, SchemaError> {
-    let output_obj = access::req_obj(doc, t, "output", ObjType::Text, path)?;
+    let f = Fields::read(doc, t);
+    let output_obj = f.req_obj("output", ObjType::Text, path)?;
     let output = if with_text {
         access::text(doc, &output_obj, &join(path, "output"))?
     } else {
         String::new()
     };
-    let locations = access::req_obj(doc, t, "locations", ObjType::List, path)?;
+    let locations = f.req_obj("locations", ObjType::List, path)?;
     Ok(ToolView {
-        kind: access::req_str(doc, t, "kind", path)?,
-        title: access::req_str(doc, t, "title", path)?,
-        input: access::req_str(doc, t, "input", path)?,
+        kind: f.req_str("kind", path)?,
+        title: f.req_str("title", path)?,
+        input: f.req_str("input", path)?,
         output,
-        status: enum_field(
-            doc,
-            t,
+        status: enum_field_f(
+            &f,
             "status",
             path,
             ToolStatus::parse,

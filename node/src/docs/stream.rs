@@ -75,35 +75,43 @@ async fn serve_stream(
     let id = open.conversation;
     let docs = node.docs();
     let create = open.create && grant.role >= Role::Collaborator;
-    let opened = docs.open(&id, create).await.and_then(|o| {
-        let allowed = if o.pending {
-            // The workspace of a new document is unknown until it arrives.
-            grant.role >= Role::Collaborator && grant.scope.is_none()
-        } else {
-            may(grant, Role::Viewer, &id, &o.workspace)
-        };
-        if allowed {
-            Ok(o)
-        } else {
-            Err(ErrorBody::new(
-                ErrorCode::Forbidden,
-                format!("your capability does not cover conversation {id}"),
-            ))
-        }
-    });
+    let peer = NEXT_PEER.fetch_add(1, Ordering::Relaxed);
+    let watcher = sam_protocol::doc::Watcher {
+        peer: grant.peer,
+        role: grant.role,
+        since: crate::now_secs(),
+    };
+    let opened = docs
+        .open_as(&id, create, Some((peer, watcher)))
+        .await
+        .and_then(|o| {
+            let allowed = if o.pending {
+                // The workspace of a new document is unknown until it arrives.
+                grant.role >= Role::Collaborator && grant.scope.is_none()
+            } else {
+                may(grant, Role::Viewer, &id, &o.workspace)
+            };
+            if allowed {
+                Ok(o)
+            } else {
+                Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!("your capability does not cover conversation {id}"),
+                ))
+            }
+        });
     let mut opened = match opened {
         Ok(o) => {
             reply(&mut send, Ok(())).await;
             o
         }
         Err(e) => {
-            docs.leave(&id, 0).await;
+            docs.leave(&id, peer).await;
             reply(&mut send, Err(e)).await;
             return Ok(());
         }
     };
     let can_write = opened.pending || may(grant, Role::Collaborator, &id, &opened.workspace);
-    let peer = NEXT_PEER.fetch_add(1, Ordering::Relaxed);
 
     // Reads run in their own task: a frame half-read is never lost to a select.
     let (in_tx, mut in_rx) = mpsc::channel::<Result<DocFrame, WireError>>(INBOUND_QUEUE);

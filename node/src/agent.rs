@@ -1,0 +1,446 @@
+//! Agents over ACP: the node starts each conversation's agent (through a [`Launcher`]),
+//! feeds it the conversation's queued prompts one at a time and writes everything it does
+//! into the conversation document, which is the truth every peer syncs.
+//!
+//! - [`Agents`] is the handle the node holds: it watches the document host for changed
+//!   conversations, keeps one runner actor per conversation (spawned on first change),
+//!   answers `Request::Agent` and keeps credentials in memory only.
+//! - `runner` is the per-conversation actor (inbox + cancellation token): turns, permissions,
+//!   cancel, crash/hang handling and restarts.
+//! - `acp` is the ACP client connection and the client-side methods (`fs/*`, `terminal/*`).
+//! - `launcher` starts processes on the host or in a workspace container.
+//! - `writer` batches document changes; `registry` maps agent names to commands.
+//!
+//! Settings come from the environment of `sam-node` (for tests and local setups):
+//! `SAM_AGENT_LAUNCHER=host` with `SAM_AGENT_HOST_ROOT=DIR` runs agents as host processes
+//! in `DIR/<workspace>`; the default runs them in the workspace's container.
+//! `SAM_AGENT_IDLE_TIMEOUT_SECS` bounds how long a silent agent may keep a turn.
+
+pub mod acp;
+pub mod launcher;
+pub mod registry;
+mod runner;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sam_crdt::{CrdtError, MessageId, Role as MsgRole, Status};
+use sam_protocol::Grant;
+use sam_protocol::agent::{AgentRequest, AgentResponse, Credentials, PermissionPolicy};
+use sam_protocol::capability::Role;
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use launcher::{DockerLauncher, HostLauncher, Launcher};
+
+use crate::docs::DocHost;
+use crate::workspace::Workspaces;
+
+/// Errors of the agent subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Spawn(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Doc(ErrorBody),
+}
+
+/// Where agents run.
+#[derive(Debug, Clone)]
+pub enum LauncherMode {
+    /// In the workspace's container (the default).
+    Docker,
+    /// As host processes in `root/<workspace id>`.
+    Host { root: PathBuf },
+    /// One fixed launcher for every workspace (tests, embedding).
+    Fixed(Arc<dyn Launcher>),
+}
+
+/// Settings of the agent subsystem.
+#[derive(Debug, Clone)]
+pub struct AgentsConfig {
+    pub launcher: LauncherMode,
+    /// A turn fails when the agent says nothing for this long (permission waits excepted).
+    pub idle_timeout: Duration,
+    /// How long a cancelled turn may take to end before the agent is killed.
+    pub cancel_grace: Duration,
+    /// Extra arguments per agent name (e.g. Codex `-c` provider flags).
+    pub extra_args: HashMap<String, Vec<String>>,
+    /// Environment given to every agent (not secret: e.g. a fake LLM's base URL in tests).
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            launcher: LauncherMode::Docker,
+            idle_timeout: Duration::from_secs(600),
+            cancel_grace: Duration::from_secs(10),
+            extra_args: HashMap::new(),
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+impl AgentsConfig {
+    /// Defaults overridden by `SAM_AGENT_*` environment variables.
+    pub fn from_env() -> Self {
+        let mut c = Self::default();
+        if std::env::var("SAM_AGENT_LAUNCHER").as_deref() == Ok("host") {
+            let root = std::env::var_os("SAM_AGENT_HOST_ROOT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("sam-workspaces"));
+            c.launcher = LauncherMode::Host { root };
+        }
+        if let Some(s) = std::env::var("SAM_AGENT_IDLE_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            c.idle_timeout = Duration::from_secs(s);
+        }
+        c
+    }
+}
+
+pub(crate) struct Shared {
+    pub node_id: String,
+    pub docs: DocHost,
+    pub workspaces: Workspaces,
+    pub config: RwLock<AgentsConfig>,
+    creds: Mutex<HashMap<CredKey, Vec<(String, String)>>>,
+    actors: Mutex<HashMap<String, runner::Handle>>,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CredKey {
+    Conv(String),
+    Workspace(String),
+}
+
+impl Shared {
+    pub fn config(&self) -> AgentsConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Environment for an agent of `conv` in `workspace`: workspace credentials, then the
+    /// conversation's on top.
+    pub fn credentials(&self, conv: &str, workspace: &str) -> Vec<(String, String)> {
+        let creds = self.creds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut env: Vec<(String, String)> = Vec::new();
+        for key in [
+            CredKey::Workspace(workspace.into()),
+            CredKey::Conv(conv.into()),
+        ] {
+            for (k, v) in creds.get(&key).into_iter().flatten() {
+                env.retain(|(n, _)| n != k);
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        env
+    }
+
+    /// Every credential value (to redact agent stderr).
+    pub fn secrets(&self) -> Vec<String> {
+        let creds = self.creds.lock().unwrap_or_else(|p| p.into_inner());
+        creds.values().flatten().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// The launcher for a workspace.
+    pub async fn launcher(&self, workspace: &str) -> Result<Arc<dyn Launcher>, AgentError> {
+        match self.config().launcher {
+            LauncherMode::Fixed(l) => Ok(l),
+            LauncherMode::Host { root } => {
+                if workspace.is_empty()
+                    || workspace.contains(['/', '\\'])
+                    || workspace.starts_with('.')
+                {
+                    return Err(AgentError::Config(format!(
+                        "bad workspace id {workspace:?}"
+                    )));
+                }
+                let dir = root.join(workspace);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| AgentError::Io(format!("create {}: {e}", dir.display())))?;
+                Ok(Arc::new(HostLauncher::new(dir)))
+            }
+            LauncherMode::Docker => {
+                let c = self
+                    .workspaces
+                    .container(workspace)
+                    .await
+                    .map_err(AgentError::Doc)?;
+                Ok(Arc::new(DockerLauncher::new(
+                    c.container_id,
+                    c.user,
+                    c.root,
+                )))
+            }
+        }
+    }
+}
+
+/// The node's agents. Cheap to clone.
+#[derive(Clone)]
+pub struct Agents {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents").finish_non_exhaustive()
+    }
+}
+
+fn doc_err(e: CrdtError) -> ErrorBody {
+    let code = match &e {
+        CrdtError::AlreadyAnswered { .. } => ErrorCode::Conflict,
+        CrdtError::UnknownMessage(_) => ErrorCode::NotFound,
+        _ => ErrorCode::BadRequest,
+    };
+    ErrorBody::new(code, e.to_string())
+}
+
+impl Agents {
+    /// Starts watching `docs`; marks turns cut short by a node restart `interrupted` and
+    /// picks up queued prompts.
+    pub fn start(
+        node_id: String,
+        docs: DocHost,
+        workspaces: Workspaces,
+        config: AgentsConfig,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            node_id,
+            docs,
+            workspaces,
+            config: RwLock::new(config),
+            creds: Mutex::new(HashMap::new()),
+            actors: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        });
+        let me = Self { shared };
+        tokio::spawn(me.clone().watch());
+        me
+    }
+
+    /// Replaces the settings (tests: a fixed launcher, short timeouts).
+    pub fn configure(&self, f: impl FnOnce(&mut AgentsConfig)) {
+        let mut c = self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        f(&mut c);
+    }
+
+    /// Stops every runner and agent process.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    async fn watch(self) {
+        let mut changes = self.shared.docs.subscribe_changes();
+        if let Err(e) = self.recover().await {
+            warn!(error = %e, "agent recovery after restart failed");
+        }
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => break,
+                id = changes.recv() => match id {
+                    Ok(id) => { self.ensure(&id); }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for s in self.shared.docs.list().await {
+                            self.ensure(&s.id);
+                        }
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+    }
+
+    /// After a node start: running turns become `interrupted`; queued prompts stay queued.
+    async fn recover(&self) -> Result<(), ErrorBody> {
+        for s in self.shared.docs.list().await {
+            let stale: Vec<MessageId> = self
+                .shared
+                .docs
+                .read(&s.id, |c| {
+                    c.messages()
+                        .into_iter()
+                        .filter(|m| match m.role {
+                            MsgRole::User => m.status == Status::Running,
+                            _ => matches!(m.status, Status::Running | Status::Streaming),
+                        })
+                        .map(|m| m.id)
+                        .collect()
+                })
+                .await?;
+            if !stale.is_empty() {
+                info!(conv = %s.id, n = stale.len(), "marking turns cut short by a node restart");
+                self.shared
+                    .docs
+                    .mutate(&s.id, move |c| {
+                        for m in stale {
+                            let _ = c.set_status(
+                                &m,
+                                Status::Interrupted,
+                                Some("the node restarted during this turn"),
+                            );
+                        }
+                    })
+                    .await?;
+            }
+            self.ensure(&s.id);
+        }
+        Ok(())
+    }
+
+    /// The runner of `conv`, spawned if needed.
+    fn ensure(&self, conv: &str) -> runner::Handle {
+        let mut actors = self.shared.actors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = actors.get(conv)
+            && !h.is_closed()
+        {
+            return h.clone();
+        }
+        let h = runner::spawn(self.shared.clone(), conv.to_string());
+        actors.insert(conv.to_string(), h.clone());
+        h
+    }
+
+    /// Answers `Request::Agent` for `grant`.
+    pub async fn handle(
+        &self,
+        grant: &Grant,
+        req: AgentRequest,
+    ) -> Result<AgentResponse, ErrorBody> {
+        let needed = req.required_role();
+        let by = grant.peer.to_string();
+        match req {
+            AgentRequest::Credentials {
+                conv,
+                workspace,
+                credentials,
+            } => {
+                credentials
+                    .check()
+                    .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+                let key = match (conv, workspace) {
+                    (Some(c), _) => {
+                        self.check_conv(grant, needed, &c).await?;
+                        CredKey::Conv(c)
+                    }
+                    (None, Some(w)) => {
+                        if !grant.allows(needed, Some(&sam_protocol::Scope::Workspace(w.clone()))) {
+                            return Err(forbidden(&format!("workspace {w}")));
+                        }
+                        CredKey::Workspace(w)
+                    }
+                    (None, None) => {
+                        return Err(ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            "credentials need a conversation or a workspace",
+                        ));
+                    }
+                };
+                let Credentials { env } = credentials;
+                self.shared
+                    .creds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, env);
+                Ok(AgentResponse::Cancelled { turn: None })
+            }
+            AgentRequest::Cancel { conv } => {
+                self.check_conv(grant, needed, &conv).await?;
+                let turn = self.ensure(&conv).cancel(by).await;
+                Ok(AgentResponse::Cancelled { turn })
+            }
+            AgentRequest::Permit {
+                conv,
+                message,
+                option,
+            } => {
+                self.check_conv(grant, needed, &conv).await?;
+                let id = sam_crdt::MessageId::new(message)
+                    .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+                self.shared
+                    .docs
+                    .mutate(&conv, move |c| {
+                        let m = c
+                            .message(&id)
+                            .ok_or_else(|| CrdtError::UnknownMessage(id.to_string()))?;
+                        if m.role != MsgRole::Permission {
+                            return Err(CrdtError::InvalidArgument(format!(
+                                "message {id} is not a permission request"
+                            )));
+                        }
+                        if m.status != Status::Running {
+                            return Err(CrdtError::InvalidArgument(format!(
+                                "permission request {id} is {} and takes no answer",
+                                m.status
+                            )));
+                        }
+                        c.answer_permission(&id, &option, &by)
+                    })
+                    .await?
+                    .map_err(doc_err)?;
+                Ok(AgentResponse::Cancelled { turn: None })
+            }
+            AgentRequest::SetPolicy { conv, policy } => {
+                self.check_conv(grant, needed, &conv).await?;
+                let author = self.shared.node_id.clone();
+                self.shared
+                    .docs
+                    .mutate(&conv, move |c| c.set_policy(&author, policy.as_str()))
+                    .await?
+                    .map_err(doc_err)?;
+                Ok(AgentResponse::Cancelled { turn: None })
+            }
+            AgentRequest::Status { conv } => {
+                self.check_conv(grant, needed, &conv).await?;
+                Ok(AgentResponse::Status(self.ensure(&conv).status().await))
+            }
+        }
+    }
+
+    async fn check_conv(&self, grant: &Grant, role: Role, conv: &str) -> Result<(), ErrorBody> {
+        let ws = self.shared.docs.read(conv, |c| c.workspace().id).await?;
+        if crate::docs::stream::may(grant, role, conv, &ws) {
+            Ok(())
+        } else {
+            Err(forbidden(&format!("conversation {conv}")))
+        }
+    }
+}
+
+fn forbidden(what: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Forbidden,
+        format!("your capability does not allow this on {what}"),
+    )
+}
+
+/// The policy stored in a document (unknown values count as `ask`).
+pub fn policy_of(c: &sam_crdt::Conversation) -> PermissionPolicy {
+    c.policy()
+        .and_then(|p| PermissionPolicy::parse(&p))
+        .unwrap_or_default()
+}

@@ -1,0 +1,825 @@
+//! The actor of one conversation: runs its queued prompts one at a time through its agent
+//! and writes what the agent does into the document. The document is the truth: prompts
+//! are found there (whoever wrote them, online or offline), permission answers are read
+//! from there (written by a ctl request or synced from any collaborator's replica).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acpc::schema::ProtocolVersion;
+use acpc::v1::Responder;
+use acpc::v1::schema::{
+    CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities,
+    InitializeRequest, LoadSessionRequest, NewSessionRequest, PermissionOptionKind, PromptRequest,
+    RequestPermissionOutcome, RequestPermissionResponse, SelectedPermissionOutcome, SessionUpdate,
+    StopReason, TextContent, ToolCallContent, ToolCallStatus, ToolKind,
+};
+use agent_client_protocol as acpc;
+use sam_crdt::{
+    MessageId, PermissionOption, PlanEntry, Role as MsgRole, Status, ToolCall, ToolCallUpdate,
+    ToolStatus,
+};
+use sam_protocol::agent::{AgentStatus, PermissionPolicy};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::acp::{self, AcpConn, Event};
+use super::launcher::Launcher;
+use super::writer::{Op, Slot, Writer};
+use super::{Shared, registry};
+
+/// Most transcript bytes handed to a restarted agent that cannot `session/load`.
+const MAX_TRANSCRIPT: usize = 64 * 1024;
+
+pub(crate) enum Msg {
+    Cancel {
+        by: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    Status {
+        reply: oneshot::Sender<AgentStatus>,
+    },
+}
+
+/// Handle to a conversation's runner.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Handle {
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub async fn cancel(&self, by: String) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Cancel { by, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    pub async fn status(&self) -> AgentStatus {
+        let (reply, rx) = oneshot::channel();
+        let idle = AgentStatus {
+            running: false,
+            turn: None,
+            waiting_permissions: Vec::new(),
+            queued: 0,
+        };
+        if self.tx.send(Msg::Status { reply }).await.is_err() {
+            return idle;
+        }
+        rx.await.unwrap_or(idle)
+    }
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, conv: String) -> Handle {
+    let (tx, rx) = mpsc::channel(64);
+    let span = info_span!("agent", conv = %conv);
+    let r = Runner {
+        shared,
+        conv,
+        agent: None,
+        inbox: rx,
+    };
+    tokio::spawn(r.run().instrument(span));
+    Handle { tx }
+}
+
+struct Agent {
+    conn: AcpConn,
+    session: String,
+    launcher: Arc<dyn Launcher>,
+}
+
+/// What the document says about the next prompt.
+struct Prompt {
+    id: MessageId,
+    text: String,
+    agent: String,
+    agent_cmd: Option<String>,
+    workspace: String,
+    session: Option<String>,
+    policy: PermissionPolicy,
+    /// Agent output exists before this prompt (a fresh agent needs context).
+    has_history: bool,
+}
+
+struct Runner {
+    shared: Arc<Shared>,
+    conv: String,
+    agent: Option<Agent>,
+    inbox: mpsc::Receiver<Msg>,
+}
+
+async fn ended(rx: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(r) = rx.borrow_and_update().clone() {
+            return r;
+        }
+        if rx.changed().await.is_err() {
+            return "the agent connection ended".into();
+        }
+    }
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let docs = self.shared.docs.clone();
+        let Ok(opened) = docs.open(&self.conv, false).await else {
+            return;
+        };
+        let mut version = opened.version;
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            match self.next_prompt().await {
+                Ok(Some(p)) => {
+                    self.turn(p, &mut version).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot read the conversation");
+                    return;
+                }
+            }
+            let mut agent_end = self.agent.as_ref().map(|a| a.conn.ended.clone());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = version.changed() => if r.is_err() { break },
+                m = self.inbox.recv() => match m {
+                    None => break,
+                    Some(Msg::Cancel { reply, .. }) => { let _ = reply.send(None); }
+                    Some(Msg::Status { reply }) => {
+                        let queued = self.shared.docs.read(&self.conv, |c| c.queued_prompts().len() as u32).await.unwrap_or(0);
+                        let _ = reply.send(AgentStatus { running: self.agent.is_some(), turn: None, waiting_permissions: Vec::new(), queued });
+                    }
+                },
+                why = async { match agent_end.as_mut() { Some(rx) => ended(rx).await, None => std::future::pending().await } } => {
+                    info!(%why, "idle agent went away");
+                    self.agent = None;
+                }
+            }
+        }
+        self.agent = None;
+    }
+
+    async fn next_prompt(&self) -> Result<Option<Prompt>, sam_protocol::ctl::ErrorBody> {
+        self.shared
+            .docs
+            .read(&self.conv, |c| {
+                let id = c.queued_prompts().into_iter().next()?;
+                let msgs = c.messages();
+                let pos = msgs.iter().position(|m| m.id == id)?;
+                let agent_cmd = c.agent_cmd().or_else(|| {
+                    msgs.iter().find_map(|m| {
+                        (m.role == MsgRole::System)
+                            .then(|| m.text.strip_prefix("agent command: ").map(str::to_string))
+                            .flatten()
+                    })
+                });
+                Some(Prompt {
+                    text: msgs[pos].text.clone(),
+                    has_history: msgs[..pos].iter().any(|m| m.role == MsgRole::Agent),
+                    id,
+                    agent: c.agent(),
+                    agent_cmd,
+                    workspace: c.workspace().id,
+                    session: c.acp_session(),
+                    policy: super::policy_of(c),
+                })
+            })
+            .await
+    }
+
+    async fn transcript(&self, before: MessageId) -> String {
+        let t = self
+            .shared
+            .docs
+            .read(&self.conv, move |c| {
+                let mut out = String::new();
+                for m in c.messages() {
+                    if m.id == before {
+                        break;
+                    }
+                    if matches!(m.role, MsgRole::User | MsgRole::Agent) && !m.text.is_empty() {
+                        out.push_str(&format!("{}: {}\n\n", m.role, m.text));
+                    }
+                }
+                out
+            })
+            .await
+            .unwrap_or_default();
+        if t.len() <= MAX_TRANSCRIPT {
+            return t;
+        }
+        let mut cut = t.len() - MAX_TRANSCRIPT;
+        while !t.is_char_boundary(cut) {
+            cut += 1;
+        }
+        t[cut..].to_string()
+    }
+
+    fn tail(&self, conn: &AcpConn) -> String {
+        let t = conn.stderr.text(&self.shared.secrets());
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!("; agent stderr: {t}")
+        }
+    }
+
+    /// Sends a request, failing when the agent dies or stays silent for `timeout`.
+    async fn request<R: acpc::JsonRpcRequest>(
+        &self,
+        conn: &mut AcpConn,
+        req: R,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<R::Response, String>
+    where
+        R::Response: Send + 'static,
+    {
+        let fut = conn.cx.send_request(req).block_task();
+        let mut end = conn.ended.clone();
+        let r = tokio::select! {
+            r = fut => r.map_err(|e| format!("{what} failed: {}", acp::describe(&e))),
+            why = ended(&mut end) => Err(format!("{why} during {what}")),
+            _ = tokio::time::sleep(timeout) => Err(format!("the agent did not answer {what} within {} s", timeout.as_secs())),
+        };
+        r.map_err(|e| {
+            // Give a dying agent a moment to say why on stderr.
+            format!("{e}{}", self.tail(conn))
+        })
+    }
+
+    async fn start_agent(&self, p: &Prompt, w: &mut Writer) -> Result<(Agent, bool), String> {
+        let cfg = self.shared.config();
+        let extra = cfg.extra_args.get(&p.agent).cloned().unwrap_or_default();
+        let spec = registry::resolve(&p.agent, p.agent_cmd.as_deref(), &extra)
+            .map_err(|e| e.to_string())?;
+        let launcher = self
+            .shared
+            .launcher(&p.workspace)
+            .await
+            .map_err(|e| format!("cannot reach the workspace: {e}"))?;
+        let mut env = spec.env.clone();
+        env.extend(cfg.extra_env.iter().cloned());
+        env.extend(self.shared.credentials(&self.conv, &p.workspace));
+        let root = launcher.root();
+        let proc = launcher
+            .spawn(&spec.argv, &env, &root)
+            .map_err(|e| e.to_string())?;
+        info!(agent = %p.agent, cmd = %spec.argv[0], launcher = %launcher.describe(), "agent started");
+        let span = info_span!("acp", conv = %self.conv, agent = %p.agent);
+        let mut conn = acp::connect(proc, launcher.clone(), span)
+            .await
+            .map_err(|e| e.to_string())?;
+        let init = InitializeRequest::new(ProtocolVersion::V1).client_capabilities(
+            ClientCapabilities::new()
+                .fs(FileSystemCapabilities::new()
+                    .read_text_file(true)
+                    .write_text_file(true))
+                .terminal(true),
+        );
+        let timeout = cfg.idle_timeout;
+        let caps = self.request(&mut conn, init, timeout, "initialize").await?;
+        let can_load = caps.agent_capabilities.load_session;
+        let mut loaded = None;
+        if let (true, Some(sid)) = (can_load, p.session.clone()) {
+            match self
+                .request(
+                    &mut conn,
+                    LoadSessionRequest::new(sid.clone(), root.clone()),
+                    timeout,
+                    "session/load",
+                )
+                .await
+            {
+                Ok(_) => loaded = Some(sid),
+                Err(e) => warn!(error = %e, "session/load failed; starting a new session"),
+            }
+            // The replayed history is in the document already.
+            while conn.events.try_recv().is_ok() {}
+        }
+        let (session, fresh) = match loaded {
+            Some(s) => (s, false),
+            None => {
+                let r = self
+                    .request(
+                        &mut conn,
+                        NewSessionRequest::new(root.clone()),
+                        timeout,
+                        "session/new",
+                    )
+                    .await?;
+                (r.session_id.0.to_string(), true)
+            }
+        };
+        w.send(Op::Session(session.clone()));
+        Ok((
+            Agent {
+                conn,
+                session,
+                launcher,
+            },
+            fresh && p.has_history,
+        ))
+    }
+
+    async fn turn(&mut self, p: Prompt, version: &mut watch::Receiver<u64>) {
+        let mut w = Writer::start(
+            self.shared.docs.clone(),
+            self.conv.clone(),
+            self.shared.node_id.clone(),
+        );
+        w.send(Op::StatusOf(p.id.clone(), Status::Running, None));
+        info!(prompt = %p.id, "turn starts");
+        if self
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.conn.ended().is_some())
+        {
+            self.agent = None;
+        }
+        let mut blocks = Vec::new();
+        let mut agent = match self.agent.take() {
+            Some(a) => a,
+            None => match self.start_agent(&p, &mut w).await {
+                Ok((a, needs_context)) => {
+                    if needs_context {
+                        let t = self.transcript(p.id.clone()).await;
+                        if !t.is_empty() {
+                            blocks.push(ContentBlock::Text(TextContent::new(format!(
+                                "The conversation so far (you were restarted and cannot reload your session):\n\n{t}"
+                            ))));
+                        }
+                        let s = w.slot();
+                        w.send(Op::Start(s, MsgRole::System));
+                        w.send(Op::Chunk(s, "the agent was restarted and cannot load its earlier session: it was given the transcript so far as context".into()));
+                        w.send(Op::Status(s, Status::Done, None));
+                    }
+                    a
+                }
+                Err(reason) => {
+                    warn!(%reason, "agent did not start");
+                    w.send(Op::StatusOf(p.id.clone(), Status::Failed, Some(reason)));
+                    w.finish().await;
+                    return;
+                }
+            },
+        };
+        blocks.push(ContentBlock::Text(TextContent::new(p.text.clone())));
+        let cfg = self.shared.config();
+        let (res_tx, mut res_rx) = oneshot::channel();
+        let fut = agent
+            .conn
+            .cx
+            .send_request(PromptRequest::new(agent.session.clone(), blocks))
+            .block_task();
+        tokio::spawn(async move {
+            let _ = res_tx.send(fut.await);
+        });
+        let mut t = Turn {
+            w,
+            policy: p.policy,
+            open: None,
+            tools: HashMap::new(),
+            perms: Vec::new(),
+            cancelled_by: None,
+        };
+        let mut end = agent.conn.ended.clone();
+        let mut last = Instant::now();
+        let mut cancel_deadline: Option<Instant> = None;
+        let far = Duration::from_secs(86400 * 365);
+        let shutdown = self.shared.shutdown.clone();
+        let (status, reason, keep_agent) = loop {
+            let idle_at = if t.perms.is_empty() {
+                last + cfg.idle_timeout
+            } else {
+                last + far
+            };
+            tokio::select! {
+                biased;
+                ev = agent.conn.events.recv() => {
+                    last = Instant::now();
+                    if let Some(ev) = ev { t.event(ev) }
+                }
+                r = &mut res_rx => {
+                    while let Ok(ev) = agent.conn.events.try_recv() { t.event(ev) }
+                    break match r {
+                        Ok(Ok(resp)) => match (resp.stop_reason, &t.cancelled_by) {
+                            (StopReason::Cancelled, _) | (_, Some(_)) => (Status::Cancelled, t.cancel_reason(), true),
+                            (StopReason::EndTurn, _) => (Status::Done, None, true),
+                            (other, _) => (Status::Done, Some(format!("the agent stopped: {}", stop_name(other))), true),
+                        },
+                        Ok(Err(e)) => {
+                            // Give the connection a moment: an agent that died says so.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let alive = agent.conn.ended().is_none();
+                            let why = agent.conn.ended().unwrap_or_else(|| format!("the agent refused the prompt: {}", acp::describe(&e)));
+                            (Status::Failed, Some(format!("{why}{}", self.tail(&agent.conn))), alive)
+                        }
+                        Err(_) => (Status::Failed, Some("the agent connection was lost".into()), false),
+                    };
+                }
+                why = ended(&mut end) => {
+                    while let Ok(ev) = agent.conn.events.try_recv() { t.event(ev) }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break (Status::Failed, Some(format!("{why}{}", self.tail(&agent.conn))), false);
+                }
+                r = version.changed() => {
+                    if r.is_ok() { t.check_answers(&self.shared.docs, &self.conv).await; }
+                }
+                m = self.inbox.recv() => match m {
+                    Some(Msg::Cancel { by, reply }) => {
+                        let _ = reply.send(Some(p.id.to_string()));
+                        if t.cancelled_by.is_none() {
+                            info!(%by, "turn cancelled");
+                            t.cancelled_by = Some(by);
+                            let _ = agent.conn.cx.send_notification(CancelNotification::new(agent.session.clone()));
+                            t.drop_perms(Status::Cancelled);
+                            cancel_deadline = Some(Instant::now() + cfg.cancel_grace);
+                        }
+                    }
+                    Some(Msg::Status { reply }) => {
+                        let waiting = t.perms.iter().filter_map(|q| t.w.id(q.slot)).map(|m| m.to_string()).collect();
+                        let _ = reply.send(AgentStatus { running: true, turn: Some(p.id.to_string()), waiting_permissions: waiting, queued: 0 });
+                    }
+                    None => break (Status::Interrupted, Some("the node stopped the conversation".into()), false),
+                },
+                _ = tokio::time::sleep_until(idle_at) => {
+                    break (Status::Failed, Some(format!(
+                        "the agent did not answer for {} s and was stopped{}",
+                        cfg.idle_timeout.as_secs(), self.tail(&agent.conn)
+                    )), false);
+                }
+                _ = async { match cancel_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                    let r = t.cancel_reason().map(|r| format!("{r}; the agent did not stop in time and was killed"));
+                    break (Status::Cancelled, r, false);
+                }
+                _ = shutdown.cancelled() => break (Status::Interrupted, Some("the node shut down during this turn".into()), false),
+            }
+        };
+        info!(prompt = %p.id, %status, "turn ends");
+        t.finish(status, reason.clone());
+        t.w.send(Op::StatusOf(p.id.clone(), status, reason));
+        t.w.finish().await;
+        if keep_agent && agent.conn.ended().is_none() {
+            self.agent = Some(agent);
+        } else {
+            agent.conn.stop();
+            let _ = agent.launcher.describe();
+        }
+    }
+}
+
+fn stop_name(r: StopReason) -> &'static str {
+    match r {
+        StopReason::EndTurn => "end of turn",
+        StopReason::MaxTokens => "maximum tokens reached",
+        StopReason::MaxTurnRequests => "maximum requests in a turn reached",
+        StopReason::Refusal => "refused",
+        StopReason::Cancelled => "cancelled",
+        _ => "unknown reason",
+    }
+}
+
+struct PendingPerm {
+    slot: Slot,
+    responder: Responder<RequestPermissionResponse>,
+}
+
+/// State of one running turn.
+struct Turn {
+    w: Writer,
+    policy: PermissionPolicy,
+    /// The message chunks are appended to, and its role.
+    open: Option<(Slot, MsgRole)>,
+    tools: HashMap<String, Slot>,
+    perms: Vec<PendingPerm>,
+    cancelled_by: Option<String>,
+}
+
+fn kind_str(k: &ToolKind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "other".into())
+}
+
+fn tool_status(s: &ToolCallStatus) -> ToolStatus {
+    match s {
+        ToolCallStatus::InProgress => ToolStatus::InProgress,
+        ToolCallStatus::Completed => ToolStatus::Completed,
+        ToolCallStatus::Failed => ToolStatus::Failed,
+        _ => ToolStatus::Pending,
+    }
+}
+
+fn block_text(b: &ContentBlock) -> String {
+    match b {
+        ContentBlock::Text(t) => t.text.clone(),
+        ContentBlock::Image(_) => "[image]".into(),
+        ContentBlock::Audio(_) => "[audio]".into(),
+        ContentBlock::ResourceLink(l) => format!("[{}]", l.uri),
+        _ => "[resource]".into(),
+    }
+}
+
+fn content_text(c: &[ToolCallContent]) -> String {
+    let mut out = String::new();
+    for item in c {
+        match item {
+            ToolCallContent::Content(c) => out.push_str(&block_text(&c.content)),
+            ToolCallContent::Diff(d) => out.push_str(&format!("[diff {}]\n", d.path.display())),
+            ToolCallContent::Terminal(t) => {
+                out.push_str(&format!("[terminal {}]\n", t.terminal_id.0))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Turn {
+    fn cancel_reason(&self) -> Option<String> {
+        self.cancelled_by
+            .as_ref()
+            .map(|b| format!("cancelled by {b}"))
+    }
+
+    fn close_open(&mut self) {
+        if let Some((slot, _)) = self.open.take() {
+            self.w.send(Op::Status(slot, Status::Done, None));
+        }
+    }
+
+    fn chunk(&mut self, role: MsgRole, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        let slot = match self.open {
+            Some((s, r)) if r == role => s,
+            _ => {
+                self.close_open();
+                let s = self.w.slot();
+                self.w.send(Op::Start(s, role));
+                self.open = Some((s, role));
+                s
+            }
+        };
+        self.w.send(Op::Chunk(slot, text));
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Update(n) => self.update(n.update),
+            Event::Permission(req, responder) => {
+                self.close_open();
+                if self.cancelled_by.is_some() || req.options.is_empty() {
+                    let _ = responder.respond(RequestPermissionResponse::new(
+                        RequestPermissionOutcome::Cancelled,
+                    ));
+                    return;
+                }
+                let options: Vec<PermissionOption> = req
+                    .options
+                    .iter()
+                    .map(|o| PermissionOption {
+                        id: o.option_id.0.to_string(),
+                        name: o.name.clone(),
+                        kind: serde_json::to_value(&o.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                let f = &req.tool_call.fields;
+                let title = f
+                    .title
+                    .clone()
+                    .unwrap_or_else(|| "the agent asks for permission".into());
+                let slot = self.w.slot();
+                self.w.send(Op::Permission(slot, title, options));
+                let read_only = matches!(
+                    f.kind,
+                    Some(ToolKind::Read | ToolKind::Search | ToolKind::Fetch | ToolKind::Think)
+                );
+                let auto = match self.policy {
+                    PermissionPolicy::AllowAll => true,
+                    PermissionPolicy::AllowReads => read_only,
+                    PermissionPolicy::Ask => false,
+                };
+                let pick = [
+                    PermissionOptionKind::AllowOnce,
+                    PermissionOptionKind::AllowAlways,
+                ]
+                .iter()
+                .find_map(|k| req.options.iter().find(|o| o.kind == *k));
+                match (auto, pick) {
+                    (true, Some(o)) => {
+                        let id = o.option_id.0.to_string();
+                        self.w.send(Op::Answer(slot, id.clone()));
+                        let _ = responder.respond(RequestPermissionResponse::new(
+                            RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id)),
+                        ));
+                    }
+                    _ => self.perms.push(PendingPerm { slot, responder }),
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, u: SessionUpdate) {
+        match u {
+            SessionUpdate::AgentMessageChunk(c) => {
+                self.chunk(MsgRole::Agent, block_text(&c.content))
+            }
+            SessionUpdate::AgentThoughtChunk(c) => {
+                self.chunk(MsgRole::Thought, block_text(&c.content))
+            }
+            SessionUpdate::ToolCall(tc) => {
+                self.close_open();
+                let slot = self.w.slot();
+                let status = tool_status(&tc.status);
+                self.w.send(Op::Tool(
+                    slot,
+                    ToolCall {
+                        kind: kind_str(&tc.kind),
+                        title: tc.title.clone(),
+                        input: tc
+                            .raw_input
+                            .as_ref()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                        status: Some(status),
+                        locations: tc
+                            .locations
+                            .iter()
+                            .map(|l| l.path.display().to_string())
+                            .collect(),
+                    },
+                ));
+                let out = content_text(&tc.content);
+                if !out.is_empty() {
+                    self.w.send(Op::ToolUpdate(
+                        slot,
+                        ToolCallUpdate {
+                            output_chunk: Some(out),
+                            ..Default::default()
+                        },
+                    ));
+                }
+                self.finish_tool(slot, status);
+                self.tools.insert(tc.tool_call_id.0.to_string(), slot);
+            }
+            SessionUpdate::ToolCallUpdate(u) => {
+                let key = u.tool_call_id.0.to_string();
+                let f = u.fields;
+                let slot = match self.tools.get(&key) {
+                    Some(s) => *s,
+                    None => {
+                        self.close_open();
+                        let s = self.w.slot();
+                        self.w.send(Op::Tool(
+                            s,
+                            ToolCall {
+                                kind: f
+                                    .kind
+                                    .as_ref()
+                                    .map(kind_str)
+                                    .unwrap_or_else(|| "other".into()),
+                                title: f.title.clone().unwrap_or_else(|| key.clone()),
+                                ..Default::default()
+                            },
+                        ));
+                        self.tools.insert(key, s);
+                        s
+                    }
+                };
+                let status = f.status.as_ref().map(tool_status);
+                let out = f
+                    .content
+                    .as_deref()
+                    .map(content_text)
+                    .filter(|s| !s.is_empty());
+                self.w.send(Op::ToolUpdate(
+                    slot,
+                    ToolCallUpdate {
+                        status,
+                        output_chunk: out,
+                        locations: f
+                            .locations
+                            .map(|l| l.iter().map(|l| l.path.display().to_string()).collect()),
+                        title: f.title,
+                    },
+                ));
+                if let Some(s) = status {
+                    self.finish_tool(slot, s);
+                }
+            }
+            SessionUpdate::Plan(p) => self.w.send(Op::Plan(
+                p.entries
+                    .iter()
+                    .map(|e| PlanEntry {
+                        content: e.content.clone(),
+                        status: serde_json::to_value(&e.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        priority: serde_json::to_value(&e.priority)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            )),
+            SessionUpdate::AvailableCommandsUpdate(c) => self.w.send(Op::Commands(
+                c.available_commands
+                    .iter()
+                    .map(|c| (c.name.clone(), c.description.clone()))
+                    .collect(),
+            )),
+            _ => {}
+        }
+    }
+
+    fn finish_tool(&mut self, slot: Slot, s: ToolStatus) {
+        match s {
+            ToolStatus::Completed => self.w.send(Op::Status(slot, Status::Done, None)),
+            ToolStatus::Failed => self.w.send(Op::Status(slot, Status::Failed, None)),
+            _ => {}
+        }
+    }
+
+    /// Answers the agent for every permission request answered in the document.
+    async fn check_answers(&mut self, docs: &crate::docs::DocHost, conv: &str) {
+        if self.perms.is_empty() {
+            return;
+        }
+        let ids: Vec<(usize, MessageId)> = self
+            .perms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| self.w.id(q.slot).map(|m| (i, m)))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let query: Vec<MessageId> = ids.iter().map(|(_, m)| m.clone()).collect();
+        let Ok(answers) = docs
+            .read(conv, move |c| {
+                query
+                    .iter()
+                    .map(|m| {
+                        c.message(m)
+                            .and_then(|v| v.permission)
+                            .and_then(|p| p.chosen)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        let mut done = Vec::new();
+        for ((i, _), a) in ids.into_iter().zip(answers) {
+            if let Some(a) = a {
+                done.push((i, a));
+            }
+        }
+        done.sort_by(|a, b| b.0.cmp(&a.0));
+        for (i, a) in done {
+            let q = self.perms.remove(i);
+            info!(option = %a.option, by = %a.by, "permission answered");
+            let _ = q.responder.respond(RequestPermissionResponse::new(
+                RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(a.option)),
+            ));
+        }
+    }
+
+    fn drop_perms(&mut self, status: Status) {
+        for q in std::mem::take(&mut self.perms) {
+            let _ = q.responder.respond(RequestPermissionResponse::new(
+                RequestPermissionOutcome::Cancelled,
+            ));
+            self.w
+                .send(Op::Status(q.slot, status, self.cancel_reason()));
+        }
+    }
+
+    fn finish(&mut self, status: Status, reason: Option<String>) {
+        let perm_status = if status == Status::Cancelled {
+            Status::Cancelled
+        } else {
+            Status::Interrupted
+        };
+        self.drop_perms(perm_status);
+        if let Some((slot, _)) = self.open.take() {
+            self.w.send(Op::Status(slot, status, reason));
+        }
+    }
+}
