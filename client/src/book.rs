@@ -14,6 +14,10 @@ pub struct NodeEntry {
     pub name: String,
     pub id: String,
     pub ticket: String,
+    /// The node owner's NodeId, learnt at the first connection (lets this client
+    /// check capabilities for that node when it serves history to teammates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl NodeEntry {
@@ -96,6 +100,7 @@ impl NodeBook {
             name: name.clone(),
             id,
             ticket: ticket.to_string(),
+            owner: None,
         });
         Ok(name)
     }
@@ -137,6 +142,13 @@ impl NodeBook {
             [one] => Ok(one),
             [] => bail!("no node called {q:?}: `sam nodes ls` lists them"),
             _ => bail!("{q:?} matches several nodes: give more of the id"),
+        }
+    }
+
+    /// Records the owner of node `id`.
+    pub fn set_owner(&mut self, id: &str, owner: &sam_protocol::NodeId) {
+        if let Some(e) = self.nodes.iter_mut().find(|e| e.id == id) {
+            e.owner = Some(owner.to_string());
         }
     }
 

@@ -65,6 +65,16 @@ pub enum Cmd {
         ticket: String,
         #[arg(long)]
         name: Option<String>,
+        /// Fetch the history from a teammate running `sam serve` (its ticket),
+        /// e.g. when the node is gone.
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Serve the conversations held here to teammates (history outlives the node).
+    Serve {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
     },
     /// Known nodes.
     Nodes {
@@ -222,7 +232,26 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             Ok(Output::new(json!({ "id": id.to_string() }), id.to_string()))
         }
         Cmd::Connect { ticket, name } => connect(&paths, &ticket, name.as_deref(), false).await,
-        Cmd::Join { ticket, name } => connect(&paths, &ticket, name.as_deref(), true).await,
+        Cmd::Join {
+            ticket,
+            name,
+            via: Some(via),
+        } => join_via(&paths, &ticket, &via, name.as_deref()).await,
+        Cmd::Join { ticket, name, .. } => connect(&paths, &ticket, name.as_deref(), true).await,
+        Cmd::Serve { bind } => {
+            let server = crate::serve::start(&paths, bind).await?;
+            let out = Output::new(
+                json!({ "ticket": server.ticket.to_string() }),
+                format!(
+                    "serving the conversations held here to teammates with a capability for their node; they run `sam join <their ticket> --via <this ticket>`\n{}",
+                    server.ticket
+                ),
+            );
+            print(&out, cli.json);
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = server.router.shutdown().await;
+            Ok(Output::new(serde_json::Value::Null, ""))
+        }
         Cmd::Nodes { cmd: NodesCmd::Ls } => {
             let book = NodeBook::load(&paths.nodes())?;
             let text = book
@@ -337,9 +366,11 @@ async fn connect(
     let client = NodeClient::connect(&ep, &ticket).await?;
     let role = client.welcome.role;
     let scope = client.welcome.scope.clone();
+    let owner = client.welcome.owner;
     client.close();
     let mut book = NodeBook::load(&paths.nodes())?;
     let name = book.upsert(&ticket, name)?;
+    book.set_owner(&ticket.addr.id.to_string(), &owner);
     book.save(&paths.nodes())?;
     // Joining brings the shared conversations with their full history.
     let mut pulled = 0;
@@ -367,6 +398,47 @@ async fn connect(
             } else {
                 String::new()
             }
+        ),
+    ))
+}
+
+/// `sam join TICKET --via PEER`: the history comes from a teammate's `sam serve`.
+async fn join_via(
+    paths: &ClientPaths,
+    ticket: &str,
+    via: &str,
+    name: Option<&str>,
+) -> Result<Output> {
+    let ticket: Ticket = ticket.parse()?;
+    let via: Ticket = via.parse().context("the --via ticket")?;
+    if ticket.capability.is_none() {
+        bail!("this ticket carries no capability; ask the node's owner for a `sam share` ticket");
+    }
+    let peer = Ticket {
+        addr: via.addr.clone(),
+        capability: ticket.capability.clone(),
+        invite_secret: None,
+    };
+    let key = paths.identity()?;
+    let ep = crate::endpoint::bind(&key, None).await?;
+    let client = NodeClient::connect(&ep, &peer)
+        .await
+        .context("the teammate's peer")?;
+    let owner = client.welcome.owner;
+    client.close();
+    let mut replicas = crate::docs::Replicas::open(paths)?;
+    let pulled = convs::pull_from(&ep, &peer, &mut replicas).await?;
+    ep.close().await;
+    let mut book = NodeBook::load(&paths.nodes())?;
+    let name = book.upsert(&ticket, name)?;
+    book.set_owner(&ticket.addr.id.to_string(), &owner);
+    book.save(&paths.nodes())?;
+    Ok(Output::new(
+        json!({ "name": name, "id": ticket.addr.id.to_string(), "conversations": pulled, "via": via.addr.id.to_string() }),
+        format!(
+            "{pulled} conversation(s) fetched from teammate {} for node {name}\n{}",
+            via.addr.id.short(),
+            ticket.addr.id
         ),
     ))
 }

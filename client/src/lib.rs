@@ -11,6 +11,7 @@ pub mod docs;
 pub mod endpoint;
 pub mod gui;
 pub mod paths;
+pub mod serve;
 pub mod streams;
 pub mod wire;
 

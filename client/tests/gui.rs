@@ -154,7 +154,7 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
     steps(&mut h, 3);
 
     // Connect by pasting a ticket.
-    h.get_by_label_contains("Connect node").click();
+    h.get_by_label("➕ Connect node").click();
     steps(&mut h, 2);
     h.get_by_label("Ticket").type_text(&ticket);
     h.get_by_label("Name (optional)").type_text("box");

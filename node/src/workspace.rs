@@ -360,7 +360,11 @@ impl Workspaces {
             // Images built for its devcontainer (features layer first: it is a child).
             for tag in ["features", "latest"] {
                 let _ = docker
-                    .remove_image(&format!("sam-ws-{id}:{tag}"), None, None)
+                    .remove_image(
+                        &format!("sam-ws-{id}:{tag}"),
+                        None::<bollard::query_parameters::RemoveImageOptions>,
+                        None,
+                    )
                     .await;
             }
         }

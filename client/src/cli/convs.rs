@@ -239,7 +239,17 @@ pub(crate) async fn pull_node(
     entry: &NodeEntry,
     replicas: &mut Replicas,
 ) -> Result<()> {
-    let ticket = entry.ticket()?;
+    pull_from(ep, &entry.ticket()?, replicas).await.map(|_| ())
+}
+
+/// Fetches the conversations the ticket's peer (a node, or a teammate running
+/// `sam serve`) lets us read and we do not have; returns how many.
+pub(crate) async fn pull_from(
+    ep: &iroh::Endpoint,
+    ticket: &sam_protocol::Ticket,
+    replicas: &mut Replicas,
+) -> Result<usize> {
+    let ticket = ticket.clone();
     let client = tokio::time::timeout(
         Duration::from_secs(3),
         crate::conn::NodeClient::connect(ep, &ticket),
@@ -256,6 +266,7 @@ pub(crate) async fn pull_node(
         .into_iter()
         .filter(|s| !replicas.contains(&s.id))
         .collect();
+    let count = missing.len();
     for summary in missing {
         let mut conv = Conversation::new_replica();
         let mut stream = open_stream(ep, &ticket, &summary.id, false).await?;
@@ -265,7 +276,7 @@ pub(crate) async fn pull_node(
         stream.close(None).await;
         replicas.save(&mut conv)?;
     }
-    Ok(())
+    Ok(count)
 }
 
 /// `sam log`.

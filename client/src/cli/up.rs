@@ -124,6 +124,7 @@ pub async fn run(
         Some("local")
     };
     let name = book.upsert(&ticket, name)?;
+    book.set_owner(&ticket.addr.id.to_string(), &me);
     book.save(&paths.nodes())?;
 
     let ep = crate::endpoint::bind(&key, None).await?;

@@ -249,10 +249,18 @@ impl Runner {
             why = ended(&mut end) => Err(format!("{why} during {what}")),
             _ = tokio::time::sleep(timeout) => Err(format!("the agent did not answer {what} within {} s", timeout.as_secs())),
         };
-        r.map_err(|e| {
-            // Give a dying agent a moment to say why on stderr.
-            format!("{e}{}", self.tail(conn))
-        })
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Give a dying agent a moment to say why (exit status, stderr).
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let e = match conn.ended() {
+                    Some(why) if !e.contains("did not answer") => format!("{why} during {what}"),
+                    _ => e,
+                };
+                Err(format!("{e}{}", self.tail(conn)))
+            }
+        }
     }
 
     async fn start_agent(&self, p: &Prompt, w: &mut Writer) -> Result<(Agent, bool), String> {
@@ -417,7 +425,7 @@ impl Runner {
                         },
                         Ok(Err(e)) => {
                             // Give the connection a moment: an agent that died says so.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            tokio::time::sleep(Duration::from_millis(150)).await;
                             let alive = agent.conn.ended().is_none();
                             let why = agent.conn.ended().unwrap_or_else(|| format!("the agent refused the prompt: {}", acp::describe(&e)));
                             (Status::Failed, Some(format!("{why}{}", self.tail(&agent.conn))), alive)
@@ -426,8 +434,8 @@ impl Runner {
                     };
                 }
                 why = ended(&mut end) => {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
                     while let Ok(ev) = agent.conn.events.try_recv() { t.event(ev) }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                     break (Status::Failed, Some(format!("{why}{}", self.tail(&agent.conn))), false);
                 }
                 r = version.changed() => {
