@@ -18,9 +18,25 @@ pub struct NodeEntry {
     /// check capabilities for that node when it serves history to teammates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Unix seconds since when every attempt to reach the node failed (honest
+    /// status: "node unreachable since …", never "working").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<u64>,
 }
 
 impl NodeEntry {
+    /// "unreachable since 12 min ago" when the node was not reached lately.
+    pub fn unreachable_note(&self, now: u64) -> Option<String> {
+        let since = self.unreachable_since?;
+        let ago = now.saturating_sub(since);
+        let ago = match ago {
+            0..=59 => format!("{ago} s"),
+            60..=3599 => format!("{} min", ago / 60),
+            _ => format!("{} h", ago / 3600),
+        };
+        Some(format!("node {} unreachable since {ago} ago", self.name))
+    }
+
     pub fn ticket(&self) -> Result<Ticket> {
         self.ticket
             .parse()
@@ -101,6 +117,7 @@ impl NodeBook {
             id,
             ticket: ticket.to_string(),
             owner: None,
+            unreachable_since: None,
         });
         Ok(name)
     }
@@ -149,6 +166,17 @@ impl NodeBook {
     pub fn set_owner(&mut self, id: &str, owner: &sam_protocol::NodeId) {
         if let Some(e) = self.nodes.iter_mut().find(|e| e.id == id) {
             e.owner = Some(owner.to_string());
+        }
+    }
+
+    /// Records whether node `id` answered just now.
+    pub fn set_reachable(&mut self, id: &str, reachable: bool, now: u64) {
+        if let Some(e) = self.nodes.iter_mut().find(|e| e.id == id) {
+            if reachable {
+                e.unreachable_since = None;
+            } else {
+                e.unreachable_since.get_or_insert(now);
+            }
         }
     }
 

@@ -16,11 +16,14 @@ use crate::book::NodeBook;
 use crate::conn::NodeClient;
 use crate::paths::ClientPaths;
 
+pub mod agent;
+pub mod cloud;
 pub mod convs;
 pub mod files;
 pub mod ports;
 pub mod shell;
 pub mod up;
+pub mod voice;
 pub mod workspace;
 
 /// SAM — run AI coding agents in throwaway workspaces, peer to peer.
@@ -76,6 +79,9 @@ pub enum Cmd {
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: SocketAddr,
     },
+    /// `sam provider add`, `sam vm ls|rm`, `sam pool ls|reap`.
+    #[command(flatten)]
+    Cloud(cloud::CloudCmd),
     /// Known nodes.
     Nodes {
         #[command(subcommand)]
@@ -177,7 +183,45 @@ pub enum ConvCmds {
         follow: bool,
     },
     /// Send a prompt; queued locally when the node is unreachable.
-    Prompt { conv: String, text: String },
+    Prompt {
+        conv: String,
+        #[arg(required_unless_present = "audio")]
+        text: Option<String>,
+        /// Transcribe this WAV file (settings in $SAM_HOME/voice.toml) and send the text.
+        #[arg(long, conflicts_with = "text")]
+        audio: Option<std::path::PathBuf>,
+        /// Follow the agent's answer until the turn ends (Ctrl-C cancels it).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel the running turn of a conversation.
+    Cancel { conv: String },
+    /// Answer a permission request with one of the agent's options.
+    Permit {
+        conv: String,
+        message: String,
+        option: String,
+    },
+    /// Chat with an agent interactively (creates a conversation unless --conv).
+    Chat {
+        #[arg(long, default_value = "claude")]
+        agent: String,
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        /// Continue this conversation.
+        #[arg(long)]
+        conv: Option<String>,
+    },
+    /// Read a message aloud (default: the last agent answer) with the local speech engine.
+    Say {
+        conv: String,
+        message: Option<String>,
+        /// Write the audio to this WAV file instead of playing it.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Fork a conversation at a message; prints the new conversation's id.
     Fork {
         conv: String,
@@ -227,6 +271,7 @@ impl Output {
 pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
     match cli.cmd {
         Cmd::Up { bind, detach } => up::run(&paths, bind, detach, cli.json).await,
+        Cmd::Cloud(cmd) => cloud::run(&paths, cmd).await,
         Cmd::Id => {
             let id = paths.identity()?.node_id();
             Ok(Output::new(json!({ "id": id.to_string() }), id.to_string()))
@@ -290,7 +335,45 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
         Cmd::Convs { cmd } => convs::convs(&paths, cmd).await,
         Cmd::Conv(c) => match c {
             ConvCmds::Log { conv, follow } => convs::log(&paths, &conv, follow).await,
-            ConvCmds::Prompt { conv, text } => convs::prompt(&paths, &conv, &text).await,
+            ConvCmds::Prompt {
+                conv,
+                text: Some(text),
+                follow: true,
+                ..
+            } => agent::prompt_follow(&paths, &conv, &text).await,
+            ConvCmds::Prompt {
+                conv,
+                text: Some(text),
+                ..
+            } => {
+                if let Ok((_, doc)) = crate::docs::Replicas::open(&paths).and_then(|mut r| {
+                    let id = r.resolve(&conv)?;
+                    Ok((id.clone(), r.load(&id)?))
+                }) && let Err(e) = agent::send_credentials(&paths, &doc).await
+                {
+                    eprintln!("note: agent keys not sent: {e:#}");
+                }
+                convs::prompt(&paths, &conv, &text).await
+            }
+            ConvCmds::Cancel { conv } => agent::cancel(&paths, &conv).await,
+            ConvCmds::Permit {
+                conv,
+                message,
+                option,
+            } => agent::permit(&paths, &conv, &message, &option).await,
+            ConvCmds::Chat {
+                agent: a,
+                workspace,
+                node,
+                conv,
+            } => agent::chat(&paths, conv, workspace, node, a).await,
+            ConvCmds::Prompt { conv, audio, .. } => {
+                let audio = audio.context("give the prompt text or --audio FILE.wav")?;
+                voice::prompt_audio(&paths, &conv, &audio).await
+            }
+            ConvCmds::Say { conv, message, out } => {
+                voice::say(&paths, &conv, message.as_deref(), out.as_deref()).await
+            }
             ConvCmds::Fork { conv, at } => convs::fork(&paths, &conv, &at).await,
             ConvCmds::Export { conv, out } => convs::export(&paths, &conv, &out),
             ConvCmds::Sync => convs::sync_all(&paths).await,
@@ -445,7 +528,28 @@ async fn join_via(
 
 async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     let t0 = Instant::now();
-    let (ep, client, entry) = open(paths, node).await?;
+    let (ep, client, entry) = match open(paths, node).await {
+        Ok(x) => x,
+        Err(e) => {
+            let mut book = NodeBook::load(&paths.nodes())?;
+            let Ok(entry) = book.find(node).cloned() else {
+                return Err(e);
+            };
+            book.set_reachable(&entry.id, false, crate::now_secs());
+            book.save(&paths.nodes())?;
+            let note = book
+                .find(Some(&entry.id))
+                .ok()
+                .and_then(|e| e.unreachable_note(crate::now_secs()))
+                .unwrap_or_default();
+            return Err(e.context(note));
+        }
+    };
+    {
+        let mut book = NodeBook::load(&paths.nodes())?;
+        book.set_reachable(&entry.id, true, crate::now_secs());
+        book.save(&paths.nodes())?;
+    }
     let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     let Response::Status(st) = client.request(Request::Status).await? else {

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod palette;
 mod panels;
 pub mod state;
+mod terminal;
 mod view;
 
 pub use backend::BackendHandle;

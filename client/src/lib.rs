@@ -13,6 +13,7 @@ pub mod gui;
 pub mod paths;
 pub mod serve;
 pub mod streams;
+pub mod voice;
 pub mod wire;
 
 pub use book::{NodeBook, NodeEntry};

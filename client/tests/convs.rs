@@ -113,11 +113,19 @@ fn conversations_work_offline_and_sync_later() {
     let offline_msg = last(&out);
     let ls = ok(sam(&me, &["convs", "ls", "--offline"]));
     assert!(ls.contains("2 queued"), "{ls}");
+    // Honest status: trying the node marks it unreachable, with since when.
+    let ls = ok(sam(&me, &["convs", "ls"]));
+    assert!(ls.contains("node box unreachable since"), "{ls}");
+    let st = sam(&me, &["status", "box"]);
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("unreachable since"));
 
     // The node comes back: `sam sync` delivers the queued prompt.
     let (_node, _ticket) = run_node(&node_home);
     let out = ok(sam(&me, &["sync"]));
     assert!(out.contains("1 synced, 0 unreachable"), "{out}");
+    let ls = ok(sam(&me, &["convs", "ls"]));
+    assert!(!ls.contains("unreachable"), "{ls}");
 
     // A second client (a collaborator) pulls the conversation with both prompts.
     let other = tmp.path().join("other");

@@ -89,12 +89,23 @@ fn wait_until(h: &mut H<'_>, what: &str, cond: impl Fn(&H<'_>) -> bool) {
         if cond(h) {
             return;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for: {what}"
-        );
+        if t0.elapsed() > Duration::from_secs(30) {
+            let s = &h.state().state;
+            panic!(
+                "timed out waiting for: {what}\nnodes: {:?}\nnotifications: {:?}\nselected: {:?} online: {}\nmessages: {:?}",
+                s.nodes, s.notifications, s.selected, s.online, s.messages
+            );
+        }
         std::thread::sleep(Duration::from_millis(30));
     }
+}
+
+/// Focuses the text box labelled `label` and types into it.
+fn type_into(h: &mut H<'_>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.step();
+    h.get_by_label(label).type_text(text);
+    h.step();
 }
 
 fn steps(h: &mut H<'_>, n: usize) {
@@ -156,8 +167,8 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
     // Connect by pasting a ticket.
     h.get_by_label("➕ Connect node").click();
     steps(&mut h, 2);
-    h.get_by_label("Ticket").type_text(&ticket);
-    h.get_by_label("Name (optional)").type_text("box");
+    type_into(&mut h, "Ticket", &ticket);
+    type_into(&mut h, "Name (optional)", "box");
     steps(&mut h, 1);
     h.get_by_label("Connect").click();
     wait_until(&mut h, "the node shows as reachable", |h| {
@@ -194,8 +205,8 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
     // New conversation.
     h.get_by_label("New conversation").click();
     steps(&mut h, 2);
-    h.get_by_label("Workspace id").type_text("w1");
-    h.get_by_label("Title (optional)").type_text("gui test");
+    type_into(&mut h, "Workspace id", "w1");
+    type_into(&mut h, "Title (optional)", "gui test");
     steps(&mut h, 1);
     h.get_by_label("Create").click();
     wait_until(&mut h, "the new conversation is live", |h| {
@@ -203,14 +214,19 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
         s.selected.is_some() && s.online
     });
     let conv_id = h.state().state.selected.clone().expect("selected");
-    assert!(h.query_by_label_contains("gui test").is_some());
+    assert!(
+        h.query_all_by_label_contains("gui test").count() >= 2,
+        "sidebar + heading"
+    );
 
     // A prompt reaches the node.
-    h.get_by_label("Prompt").type_text("hello from the gui");
+    type_into(&mut h, "Prompt", "hello from the gui");
     steps(&mut h, 1);
     h.get_by_label("Send").click();
     wait_until(&mut h, "the prompt shows", |h| {
-        h.query_by_label_contains("hello from the gui").is_some()
+        h.query_all_by_label_contains("hello from the gui")
+            .next()
+            .is_some()
     });
     let team = Teammate::new(&team_home);
     let mut doc = Conversation::new_replica();
@@ -239,7 +255,11 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
                 .any(|m| m.text.contains(&format!("chunk {i}")))
         });
     }
-    assert!(h.query_by_label_contains("Streaming chunk 4").is_some());
+    assert!(
+        h.query_all_by_label_contains("Streaming chunk 4")
+            .next()
+            .is_some()
+    );
     doc.set_status(&agent, Status::Done, None).expect("done");
     team.sync(&mut doc, &conv_id);
     wait_until(&mut h, "an 'agent finished' notification", |h| {
@@ -302,7 +322,7 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
             && s.selected_conv().and_then(|c| c.parent.clone()) == Some(conv_id.clone())
     });
     assert!(h.query_by_label("forked from").is_some());
-    h.get_by_label("↰ gui test").click();
+    h.get_by_label("« gui test").click();
     wait_until(&mut h, "back on the parent", |h| {
         h.state().state.selected.as_deref() == Some(conv_id.as_str())
     });
@@ -311,7 +331,7 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::K);
     steps(&mut h, 2);
     assert!(h.state().state.palette.open);
-    h.get_by_label("Command palette").type_text("settings");
+    type_into(&mut h, "Search commands", "settings");
     steps(&mut h, 2);
     h.key_press(egui::Key::Enter);
     steps(&mut h, 3);

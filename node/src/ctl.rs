@@ -84,7 +84,7 @@ async fn handle_inner(
         // Open to every authorised peer whatever its scope (lists are filtered).
         Request::Ping | Request::Status | Request::Conv(ConvRequest::List) => grant.scope.clone(),
         // Checked against the conversation's workspace by the agents.
-        Request::Agent(_) => grant.scope.clone(),
+        Request::Agent(_) | Request::Pr(_) => grant.scope.clone(),
         Request::Workspace(w) => w.workspace().map(|id| Scope::Workspace(id.to_string())),
         _ => None,
     };
@@ -158,5 +158,6 @@ async fn handle_inner(
             Response::Conv(ConvResponse::List(visible))
         }
         Request::Agent(a) => Response::Agent(node.agents().handle(grant, a).await?),
+        Request::Pr(p) => Response::Pr(node.prs().handle(grant, p).await?),
     })
 }

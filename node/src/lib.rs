@@ -14,6 +14,7 @@ pub mod fake_llm;
 pub mod files;
 pub mod inside;
 pub mod ports;
+pub mod pr;
 pub mod pty;
 pub mod server;
 pub mod shares;

@@ -58,6 +58,7 @@ struct Inner {
     workspaces: crate::workspace::Workspaces,
     docs: crate::docs::DocHost,
     agents: crate::agent::Agents,
+    prs: crate::pr::Prs,
 }
 
 struct LiveConn {
@@ -82,6 +83,7 @@ impl NodeHandle {
     pub async fn shutdown(self) -> Result<()> {
         self.node.cancel_all();
         self.node.inner.agents.shutdown();
+        self.node.inner.prs.shutdown();
         self.router.shutdown().await.context("router shutdown")?;
         let _ = std::fs::remove_file(self.node.inner.paths.addr());
         Ok(())
@@ -130,6 +132,12 @@ impl Node {
             workspaces.clone(),
             agents_config,
         );
+        let prs = crate::pr::Prs::start(
+            key.node_id().to_string(),
+            docs.clone(),
+            workspaces.clone(),
+            agents.clone(),
+        );
         let node = Node {
             inner: Arc::new(Inner {
                 id: key.node_id(),
@@ -145,6 +153,7 @@ impl Node {
                 workspaces,
                 docs,
                 agents,
+                prs,
             }),
         };
         // Fail early on a damaged share file rather than at the first hello.
@@ -195,6 +204,10 @@ impl Node {
 
     pub fn agents(&self) -> &crate::agent::Agents {
         &self.inner.agents
+    }
+
+    pub fn prs(&self) -> &crate::pr::Prs {
+        &self.inner.prs
     }
 
     pub fn workspaces(&self) -> &crate::workspace::Workspaces {

@@ -83,7 +83,11 @@ async fn a_hung_agent_is_stopped_and_the_node_stays_up() {
 }
 
 async fn fails_clearly(env: &[(&str, &str)], script: &str, expect: &str) {
-    let n = AgentNode::start(env).await;
+    let n = AgentNode::start_idle(
+        env,
+        std::time::Duration::from_secs(if script.starts_with("big") { 120 } else { 3 }),
+    )
+    .await;
     let id = n.conv(&[]).await;
     let p = n.prompt(&id, script).await;
     let done = n.ended(&id, &p).await;

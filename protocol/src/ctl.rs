@@ -11,6 +11,7 @@ use crate::agent::{AgentRequest, AgentResponse};
 use crate::capability::{Capability, Role, Scope, SignedCapability};
 use crate::doc::{ConvRequest, ConvResponse};
 use crate::identity::NodeId;
+use crate::pr::{PrRequest, PrResponse};
 use crate::workspace::{WorkspaceRequest, WorkspaceResponse};
 
 /// Longest client name kept.
@@ -71,6 +72,8 @@ pub enum Request {
     Conv(ConvRequest),
     /// Agents answering conversations: cancel, permissions, credentials.
     Agent(AgentRequest),
+    /// Commit, push and open a pull request for a conversation's work.
+    Pr(PrRequest),
 }
 
 impl Request {
@@ -82,6 +85,7 @@ impl Request {
             Request::Workspace(w) => w.required_role(),
             Request::Conv(c) => c.required_role(),
             Request::Agent(a) => a.required_role(),
+            Request::Pr(p) => p.required_role(),
         }
     }
 }
@@ -97,6 +101,7 @@ pub enum Response {
     Workspace(WorkspaceResponse),
     Conv(ConvResponse),
     Agent(AgentResponse),
+    Pr(PrResponse),
 }
 
 /// What `sam status` shows.

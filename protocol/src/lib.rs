@@ -14,6 +14,8 @@ pub mod doc;
 pub mod duration;
 pub mod frame;
 pub mod identity;
+pub mod pr;
+pub mod prov;
 pub mod stream;
 pub mod ticket;
 pub mod workspace;

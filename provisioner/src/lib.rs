@@ -4,18 +4,26 @@
 //! - [`config`]: unified [`Size`]s, per-provider types, locations/zones and API bases.
 //! - [`provider`]: the [`Provider`] trait, [`Vm`], pool labels, [`ProviderError`].
 //! - [`hetzner`], [`scaleway`]: the two clouds over their HTTP APIs (reqwest, rustls).
-//! - [`pool`]: the sans-IO warm-pool policy.
+//! - [`local`]: nodes on this machine as `sam-node` processes (no cloud).
+//! - [`pool`]: the sans-IO warm-pool policy and its IO shell ([`Pool`]: acquire, release, reap).
+//! - [`probe`]: is a node reachable at its ticket (iroh).
 
+pub mod any;
 pub mod config;
 pub mod hetzner;
 mod http;
+pub mod local;
 pub mod pool;
+pub mod probe;
 pub mod provider;
 pub mod scaleway;
 
+pub use any::AnyProvider;
 pub use config::{HetznerConfig, ProvidersConfig, ScalewayConfig, Size, SizeMap, Timing};
 pub use hetzner::Hetzner;
 pub use http::rate_limit_delay;
-pub use pool::{Placement, PoolPolicy};
+pub use local::Local;
+pub use pool::{Acquired, Placement, Pool, PoolError, PoolPolicy, Probe};
+pub use probe::IrohProbe;
 pub use provider::{CreateSpec, PoolState, Provider, ProviderError, Vm};
 pub use scaleway::Scaleway;

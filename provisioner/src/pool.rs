@@ -129,3 +129,14 @@ fn usable_status(vm: &Vm) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+mod shell;
+pub use shell::{Acquired, Pool, PoolError, Probe};
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use sam_protocol::NodeId;
+use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
 use thiserror::Error;
 
 use crate::config::Size;
@@ -232,6 +232,40 @@ pub trait Provider: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<Vm, ProviderError>> + Send;
 
+    /// The user-data that makes a node with `key`, owned by `owner`. Clouds render the
+    /// `sam-bootstrap` script (which needs a `sam-node` release); [`crate::Local`] has its own.
+    fn user_data(
+        &self,
+        key: &SecretKey,
+        owner: &NodeId,
+        release: Option<&sam_bootstrap::NodeRelease>,
+    ) -> Result<String, ProviderError> {
+        let release = release.cloned().ok_or_else(|| {
+            ProviderError::Config(format!(
+                "{}: no sam-node release configured (a URL and its sha256): nothing was created",
+                self.name()
+            ))
+        })?;
+        let mut spec = sam_bootstrap::BootstrapSpec::new(key.clone(), *owner, release);
+        if self.name() == "hetzner" {
+            spec.advertise = sam_bootstrap::Advertise::Detect {
+                metadata_urls: vec![sam_bootstrap::HETZNER_PUBLIC_IPV4_URL.to_owned()],
+            };
+        }
+        sam_bootstrap::render_user_data(&spec).map_err(|e| match e {
+            sam_bootstrap::BootstrapError::TooLarge { size, limit } => {
+                ProviderError::UserDataTooLarge { size, limit }
+            }
+            other => ProviderError::Config(format!("cannot render user-data: {other}")),
+        })
+    }
+
+    /// A ticket to the node on `vm` (no capability: enough for its owner). Clouds: the public
+    /// IPv4 and port 7447, and the NodeId from the `sam-node` label.
+    fn ticket(&self, vm: &Vm) -> Result<Ticket, ProviderError> {
+        cloud_ticket(self.name(), vm)
+    }
+
     /// Marks a server idle (since `now_unix`) or busy.
     fn mark(
         &self,
@@ -242,6 +276,26 @@ pub trait Provider: Send + Sync {
         let labels = with_pool_state(vm.labels.clone(), state, now_unix);
         async move { self.set_labels(&vm.id, &labels).await }
     }
+}
+
+/// The ticket of a cloud VM: `public IPv4:7447` and the NodeId in its labels.
+pub fn cloud_ticket(provider: &'static str, vm: &Vm) -> Result<Ticket, ProviderError> {
+    let malformed = |detail: &str| ProviderError::Malformed {
+        provider,
+        what: format!("server {}", vm.id),
+        detail: detail.to_owned(),
+    };
+    let id = vm
+        .node_id()
+        .ok_or_else(|| malformed("no readable sam-node label: not a SAM node?"))?;
+    let ip = vm
+        .public_ipv4
+        .ok_or_else(|| malformed("no public IPv4 address (yet)"))?;
+    Ok(Ticket::new(NodeAddr {
+        id,
+        direct: vec![SocketAddr::new(ip, sam_bootstrap::DEFAULT_PORT)],
+        relay: None,
+    }))
 }
 
 /// Checks the user-data size before any request.

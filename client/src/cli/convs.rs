@@ -37,6 +37,9 @@ pub enum ConvsCmd {
         agent_cmd: Option<String>,
         #[arg(long)]
         title: Option<String>,
+        /// Permission policy: ask (default), allow-reads, allow-all.
+        #[arg(long)]
+        policy: Option<String>,
     },
     /// List conversations (local replicas, refreshed from reachable nodes).
     Ls {
@@ -57,7 +60,19 @@ pub async fn convs(paths: &ClientPaths, cmd: ConvsCmd) -> Result<Output> {
             agent,
             agent_cmd,
             title,
-        } => new(paths, &workspace, node.as_deref(), &agent, agent_cmd, title).await,
+            policy,
+        } => {
+            new(
+                paths,
+                &workspace,
+                node.as_deref(),
+                &agent,
+                agent_cmd,
+                title,
+                policy,
+            )
+            .await
+        }
         ConvsCmd::Ls { tree, offline } => ls(paths, tree, offline).await,
     }
 }
@@ -89,6 +104,7 @@ pub async fn sync_with_node(
             Err(e @ crate::conn::ConnectError::Unreachable { .. }) => {
                 tracing::info!("{e}");
                 eprintln!("note: {e}");
+                note_reachability(paths, &[(entry.id.clone(), false)]);
                 return Ok(false);
             }
             Err(e) => return Err(e.into()),
@@ -97,6 +113,7 @@ pub async fn sync_with_node(
             .sync_once(conv, |c| replicas.save(c), SYNC_TIMEOUT)
             .await?;
         stream.close(None).await;
+        note_reachability(paths, &[(entry.id.clone(), true)]);
         Ok(true)
     }
     .await;
@@ -111,6 +128,7 @@ async fn new(
     agent: &str,
     agent_cmd: Option<String>,
     title: Option<String>,
+    policy: Option<String>,
 ) -> Result<Output> {
     let book = NodeBook::load(&paths.nodes())?;
     let entry = book.find(node)?.clone();
@@ -129,9 +147,13 @@ async fn new(
         &author,
     )?;
     if let Some(cmd) = agent_cmd {
-        let note = conv.start_message(&author, Role::System)?;
-        conv.append_chunk(&note, &format!("agent command: {cmd}"))?;
-        conv.set_status(&note, Status::Done, None)?;
+        conv.set_agent_cmd(&author, &cmd)?;
+    }
+    if let Some(p) = policy {
+        if sam_protocol::agent::PermissionPolicy::parse(&p).is_none() {
+            bail!("unknown policy {p:?}: use ask, allow-reads or allow-all");
+        }
+        conv.set_policy(&author, &p)?;
     }
     let mut replicas = Replicas::open(paths)?;
     replicas.save(&mut conv)?;
@@ -163,21 +185,38 @@ async fn ls(paths: &ClientPaths, tree: bool, offline: bool) -> Result<Output> {
         }
     }
     rows.sort_by_key(|c| c.created_at());
+    let book = NodeBook::load(&paths.nodes()).unwrap_or_default();
+    let now = crate::now_secs();
+    let down = |c: &Conversation| {
+        book.find(Some(&c.workspace().node))
+            .ok()
+            .and_then(|e| e.unreachable_note(now))
+    };
     let line = |c: &Conversation, depth: usize| {
         let msgs = c.messages();
         let queued = msgs.iter().filter(|m| m.status == Status::Queued).count();
+        let running = msgs
+            .iter()
+            .any(|m| matches!(m.status, Status::Running | Status::Streaming));
+        let state = match down(c) {
+            // Never "working" when nobody can tell: say what we know.
+            Some(note) if running => format!(" · {note}; last seen working"),
+            Some(note) => format!(" · {note}"),
+            None if running => " · working".to_string(),
+            None => String::new(),
+        };
+        let queued = if queued > 0 {
+            format!(", {queued} queued")
+        } else {
+            String::new()
+        };
         format!(
-            "{}{}\t{}\t{}\t{} messages{}",
+            "{}{}\t{}\t{}\t{} messages{queued}{state}",
             "  ".repeat(depth),
             c.id(),
             c.agent(),
             c.title(),
             msgs.len(),
-            if queued > 0 {
-                format!(", {queued} queued")
-            } else {
-                String::new()
-            }
         )
     };
     let mut text = Vec::new();
@@ -210,7 +249,8 @@ async fn ls(paths: &ClientPaths, tree: bool, offline: bool) -> Result<Output> {
                 "id": c.id(), "title": c.title(), "agent": c.agent(),
                 "workspace": c.workspace().id, "node": c.workspace().node,
                 "parent": c.parent().map(|p| p.conversation),
-                "messages": c.messages().len(),
+                "messages": c.message_count(),
+                "node_unreachable": down(c),
             })
         })
         .collect();
@@ -218,6 +258,17 @@ async fn ls(paths: &ClientPaths, tree: bool, offline: bool) -> Result<Output> {
 }
 
 /// Fetches conversations that reachable nodes have and we do not (best effort).
+/// Remembers which nodes answered (for "unreachable since …").
+pub(crate) fn note_reachability(paths: &ClientPaths, status: &[(String, bool)]) {
+    if let Ok(mut book) = NodeBook::load(&paths.nodes()) {
+        let now = crate::now_secs();
+        for (id, ok) in status {
+            book.set_reachable(id, *ok, now);
+        }
+        let _ = book.save(&paths.nodes());
+    }
+}
+
 async fn pull_new(paths: &ClientPaths, replicas: &mut Replicas) {
     let Ok(book) = NodeBook::load(&paths.nodes()) else {
         return;
@@ -226,12 +277,16 @@ async fn pull_new(paths: &ClientPaths, replicas: &mut Replicas) {
     let Ok(ep) = crate::endpoint::bind(&key, None).await else {
         return;
     };
+    let mut status = Vec::new();
     for entry in &book.nodes {
-        if let Err(e) = pull_node(&ep, entry, replicas).await {
+        let r = pull_node(&ep, entry, replicas).await;
+        if let Err(e) = &r {
             eprintln!("note: {}: {e:#}", entry.name);
         }
+        status.push((entry.id.clone(), r.is_ok()));
     }
     ep.close().await;
+    note_reachability(paths, &status);
 }
 
 pub(crate) async fn pull_node(
@@ -315,6 +370,16 @@ pub struct Printer {
 }
 
 impl Printer {
+    /// Like [`Self::show`] for the messages after `after` only (a turn's output).
+    pub fn show_after(&mut self, msgs: &[MessageView], after: &MessageId) {
+        let start = msgs
+            .iter()
+            .position(|m| &m.id == after)
+            .map(|p| p + 1)
+            .unwrap_or(msgs.len());
+        self.show(&msgs[start..]);
+    }
+
     pub fn show(&mut self, msgs: &[MessageView]) {
         use std::io::Write;
         let mut out = std::io::stdout().lock();

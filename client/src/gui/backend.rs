@@ -150,12 +150,16 @@ struct Followed {
     next_try: Instant,
     dirty: bool,
     last_emit: Instant,
+    /// (queued prompts, messages) last told to the sidebar.
+    queued: Option<(usize, usize)>,
 }
 
 /// Results of tasks, back to the actor.
 enum Internal {
     Linked(String, Result<Link>),
     Fetched(Conversation),
+    /// A node stopped answering: links to it are dead even if QUIC has not noticed.
+    NodeDown(String),
 }
 
 struct Actor {
@@ -167,6 +171,8 @@ struct Actor {
     followed: Option<Followed>,
     internal: mpsc::UnboundedSender<Internal>,
     polling: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Input of the open terminal.
+    term: Option<mpsc::UnboundedSender<tasks::TermIn>>,
 }
 
 impl Actor {
@@ -190,6 +196,7 @@ impl Actor {
             followed: None,
             internal,
             polling: Default::default(),
+            term: None,
         };
         actor.refresh();
         let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
@@ -341,7 +348,7 @@ impl Actor {
                 let mid = MessageId::new(message.clone())
                     .map_err(|e| anyhow!("bad message id {message:?}: {e}"))?;
                 self.change(&conv, |c| {
-                    c.answer_permission(&mid, &me, &option)?;
+                    c.answer_permission(&mid, &option, &me)?;
                     Ok(())
                 })
                 .await?;
@@ -434,6 +441,29 @@ impl Actor {
                     ev.emit(Event::Keys(super::keys::view(&paths)))
                 });
             }
+            Command::OpenTerminal {
+                node,
+                workspace,
+                rows,
+                cols,
+            } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.term = Some(tx);
+                let (paths, ev) = (self.paths.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    tasks::terminal(paths, node, workspace, rows, cols, rx, ev).await
+                });
+            }
+            Command::TermInput(bytes) => {
+                if let Some(t) = &self.term {
+                    let _ = t.send(tasks::TermIn::Data(bytes));
+                }
+            }
+            Command::TermResize { rows, cols } => {
+                if let Some(t) = &self.term {
+                    let _ = t.send(tasks::TermIn::Resize { rows, cols });
+                }
+            }
             Command::Desktop { title, body } => {
                 tokio::spawn(tasks::desktop_notification(title, body));
             }
@@ -464,6 +494,7 @@ impl Actor {
             next_try: Instant::now(),
             dirty: true,
             last_emit: Instant::now() - SNAPSHOT_EVERY,
+            queued: None,
         });
         self.snapshot();
         self.dial();
@@ -559,6 +590,19 @@ impl Actor {
                     }
                 }
             }
+            Internal::NodeDown(node) => {
+                if let Some(f) = self.followed.as_mut()
+                    && f.link.is_some()
+                    && f.conv.workspace().node == node
+                {
+                    f.link = None;
+                    f.next_try = Instant::now() + RETRY_EVERY;
+                    self.events.emit(Event::Link {
+                        conv: f.id.clone(),
+                        online: false,
+                    });
+                }
+            }
             Internal::Fetched(mut conv) => {
                 if !self.replicas.contains(&conv.id()) {
                     if let Err(e) = self.replicas.save(&mut conv) {
@@ -629,9 +673,26 @@ impl Actor {
         };
         f.dirty = false;
         f.last_emit = Instant::now();
+        let messages = Arc::new(f.conv.messages());
+        let queued = queued(&messages);
+        if f.queued != Some((queued, messages.len())) {
+            f.queued = Some((queued, messages.len()));
+            let ws = f.conv.workspace();
+            self.events.emit(Event::Conv(ConvSummary {
+                id: f.id.clone(),
+                title: f.conv.title(),
+                agent: f.conv.agent(),
+                node: ws.node,
+                workspace: ws.id,
+                parent: f.conv.parent().map(|p| p.conversation),
+                created_at: f.conv.created_at(),
+                messages: messages.len(),
+                queued,
+            }));
+        }
         self.events.emit(Event::Messages {
             conv: f.id.clone(),
-            messages: Arc::new(f.conv.messages()),
+            messages,
             plan: f.conv.plan(),
         });
     }
@@ -691,9 +752,12 @@ pub fn summary(c: &Conversation) -> ConvSummary {
         parent: c.parent().map(|p| p.conversation),
         created_at: c.created_at(),
         messages: msgs.len(),
-        queued: msgs
-            .iter()
-            .filter(|m| m.status == Status::Queued && m.role == Role::User)
-            .count(),
+        queued: queued(&msgs),
     }
+}
+
+fn queued(msgs: &[sam_crdt::MessageView]) -> usize {
+    msgs.iter()
+        .filter(|m| m.status == Status::Queued && m.role == Role::User)
+        .count()
 }

@@ -105,7 +105,8 @@ fn header(ui: &mut Ui, state: &mut AppState, conv_id: &str, out: &mut Vec<Comman
         } else {
             (Color32::from_rgb(200, 80, 60), "offline")
         };
-        ui.label(RichText::new(format!("● {text}")).color(dot));
+        super::view::dot_colored(ui, dot, text);
+        ui.label(RichText::new(text).color(dot));
         if state.running()
             && ui
                 .button("■ Cancel")
@@ -128,7 +129,7 @@ fn header(ui: &mut Ui, state: &mut AppState, conv_id: &str, out: &mut Vec<Comman
             if let Some((id, title)) = parent {
                 ui.label("forked from");
                 if ui
-                    .link(format!("↰ {title}"))
+                    .link(format!("« {title}"))
                     .on_hover_text("Go to the parent conversation")
                     .clicked()
                 {

@@ -1,37 +1,124 @@
-//! Files, terminal and ports panels.
+//! Terminal, files and ports panels.
 //!
-//! Not implemented yet in the GUI: each panel says so and names the CLI command that
-//! does the job today (`sam files`, `sam shell`, `sam ports` / `sam forward`).
+//! The terminal is a `vt100` screen over `sam/pty/1`. Files/diffs and ports are not
+//! implemented yet in the GUI: those panels say so and name the CLI command that does
+//! the job today (`sam files`, `sam ports` / `sam forward`).
 
-use egui::{RichText, Ui};
+use egui::{FontId, RichText, Ui};
 
-use super::state::{AppState, Panel};
+use super::state::{AppState, Command, Panel};
+use super::terminal::{Term, key_bytes};
 
 /// View state of the panels.
 #[derive(Default)]
-pub struct Panels {}
+pub struct Panels {
+    pub term: Term,
+    term_has_focus: bool,
+}
 
-pub fn show(ui: &mut Ui, panel: Panel, state: &AppState, _panels: &mut Panels) {
+pub fn show(
+    ui: &mut Ui,
+    panel: Panel,
+    state: &mut AppState,
+    panels: &mut Panels,
+    out: &mut Vec<Command>,
+) {
     let ws = state
         .selected_conv()
-        .map(|c| c.workspace.clone())
+        .map(|c| (c.node.clone(), c.workspace.clone()));
+    let ws_name = ws
+        .as_ref()
+        .map(|w| w.1.clone())
         .unwrap_or_else(|| "WORKSPACE".into());
-    let (title, cli) = match panel {
-        Panel::Files => (
+    match panel {
+        Panel::Terminal => terminal(ui, state, panels, ws, out),
+        Panel::Files => not_yet(
+            ui,
             "Files and diffs",
-            format!(
-                "sam files ls {ws} .   ·   sam files diff {ws} .   ·   sam files get {ws} PATH"
+            &format!(
+                "sam files ls {ws_name} .   ·   sam files diff {ws_name} .   ·   sam files get {ws_name} PATH"
             ),
         ),
-        Panel::Terminal => ("Terminal", format!("sam shell {ws}")),
-        Panel::Ports => (
+        Panel::Ports => not_yet(
+            ui,
             "Ports",
-            format!("sam ports {ws} --watch   ·   sam forward {ws} PORT"),
+            &format!("sam ports {ws_name} --watch   ·   sam forward {ws_name} PORT"),
         ),
-        Panel::Chat => return,
-    };
+        Panel::Chat => {}
+    }
+}
+
+fn not_yet(ui: &mut Ui, title: &str, cli: &str) {
     ui.heading(title);
     ui.label(RichText::new("Not implemented yet in the GUI.").strong());
     ui.label("Use the CLI meanwhile:");
     ui.label(RichText::new(cli).monospace());
+}
+
+fn terminal(
+    ui: &mut Ui,
+    state: &mut AppState,
+    panels: &mut Panels,
+    ws: Option<(String, String)>,
+    out: &mut Vec<Command>,
+) {
+    let font = FontId::monospace(13.0);
+    let (cw, ch) = ui.fonts_mut(|f| (f.glyph_width(&font, 'M'), f.row_height(&font)));
+    ui.horizontal(|ui| {
+        ui.heading("Terminal");
+        match &ws {
+            Some((node, workspace)) if !state.term_open => {
+                if ui.button("Open terminal").clicked() {
+                    let avail = ui.available_size();
+                    out.push(Command::OpenTerminal {
+                        node: node.clone(),
+                        workspace: workspace.clone(),
+                        rows: panels.term.rows,
+                        cols: panels.term.cols.max((avail.x / cw.max(1.0)) as u16),
+                    });
+                    state.term_status = format!("opening a terminal in {workspace}…");
+                }
+            }
+            Some(_) => {}
+            None => {
+                ui.label("Pick a conversation: the terminal opens in its workspace.");
+            }
+        }
+        ui.label(RichText::new(&state.term_status).weak());
+    });
+    if !state.term_out.is_empty() {
+        panels.term.feed(&std::mem::take(&mut state.term_out));
+    }
+    // Fit the screen to the panel.
+    let avail = ui.available_size();
+    let rows = ((avail.y - 8.0) / ch.max(1.0)).floor().max(2.0) as u16;
+    let cols = ((avail.x - 8.0) / cw.max(1.0)).floor().max(10.0) as u16;
+    if panels.term.resize(rows, cols) && state.term_open {
+        out.push(Command::TermResize { rows, cols });
+    }
+    let frame = egui::Frame::canvas(ui.style()).inner_margin(4.0);
+    let resp = frame
+        .show(ui, |ui| {
+            ui.spacing_mut().item_spacing.y = 0.0;
+            panels.term.show(ui, &font);
+            ui.allocate_space(ui.available_size());
+        })
+        .response
+        .interact(egui::Sense::click());
+    if resp.clicked() {
+        panels.term_has_focus = true;
+        ui.memory_mut(|m| m.surrender_focus(m.focused().unwrap_or(egui::Id::NULL)));
+    }
+    if ui.memory(|m| m.focused().is_some()) {
+        panels.term_has_focus = false;
+    }
+    if panels.term_has_focus && state.term_open {
+        let app = panels.term.app_cursor();
+        let events = ui.input(|i| i.events.clone());
+        for ev in &events {
+            if let Some(b) = key_bytes(ev, app) {
+                out.push(Command::TermInput(b));
+            }
+        }
+    }
 }

@@ -29,6 +29,8 @@ pub enum Event {
     },
     /// Every local conversation.
     Convs(Vec<ConvSummary>),
+    /// One conversation's row changed (the followed one).
+    Conv(ConvSummary),
     /// The selected conversation's messages (a fresh snapshot).
     Messages {
         conv: String,
@@ -45,6 +47,10 @@ pub enum Event {
     ShareTicket(String),
     /// Where the agent keys are kept, and which are set.
     Keys(KeysView),
+    /// Bytes from the open terminal.
+    TermOutput(Vec<u8>),
+    /// The terminal opened, closed or failed.
+    TermStatus { open: bool, text: String },
     /// Something to tell the user.
     Notice(Notification),
 }
@@ -101,6 +107,18 @@ pub enum Command {
         value: String,
     },
     LoadKeys,
+    /// Attaches to the workspace's terminal (`sam/pty/1`).
+    OpenTerminal {
+        node: String,
+        workspace: String,
+        rows: u16,
+        cols: u16,
+    },
+    TermInput(Vec<u8>),
+    TermResize {
+        rows: u16,
+        cols: u16,
+    },
     /// Shows a desktop notification when a notification service runs.
     Desktop {
         title: String,
@@ -274,6 +292,10 @@ pub struct AppState {
     pub prefs: Prefs,
     pub dialogs: Dialogs,
     pub panel: Panel,
+    /// Terminal output not yet drawn (the view feeds it to its screen).
+    pub term_out: Vec<u8>,
+    pub term_open: bool,
+    pub term_status: String,
 }
 
 impl AppState {
@@ -318,6 +340,10 @@ impl AppState {
                 self.workspaces.insert(node, list);
             }
             Event::Convs(list) => self.convs = list,
+            Event::Conv(c) => match self.convs.iter_mut().find(|o| o.id == c.id) {
+                Some(o) => *o = c,
+                None => self.convs.push(c),
+            },
             Event::Messages {
                 conv,
                 messages,
@@ -341,6 +367,15 @@ impl AppState {
             Event::Shares { node: _, list } => self.shares = list,
             Event::ShareTicket(t) => self.share_ticket = Some(t),
             Event::Keys(k) => self.keys = k,
+            Event::TermOutput(b) => {
+                if self.term_out.len() < 8 << 20 {
+                    self.term_out.extend_from_slice(&b);
+                }
+            }
+            Event::TermStatus { open, text } => {
+                self.term_open = open;
+                self.term_status = text;
+            }
             Event::Notice(n) => fresh.push(n),
         }
         self.notifications.extend(fresh.iter().cloned());

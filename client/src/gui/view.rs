@@ -28,7 +28,7 @@ pub fn show(
         .show(ui, |ui| sidebar(ui, state, out));
     egui::CentralPanel::default().show(ui, |ui| match state.panel {
         Panel::Chat => chat::show(ui, state, chat, out),
-        p => panels::show(ui, p, state, panels),
+        p => panels::show(ui, p, state, panels, out),
     });
     let ctx = ui.ctx().clone();
     connect_dialog(&ctx, state, out);
@@ -83,7 +83,14 @@ fn dot(ui: &mut Ui, reachable: Option<bool>) {
         Some(false) => (Color32::from_rgb(200, 80, 60), "offline"),
         None => (Color32::GRAY, "checking"),
     };
-    ui.label(RichText::new("●").color(c)).on_hover_text(t);
+    dot_colored(ui, c, t);
+}
+
+/// A small filled circle (painted: no font has to carry the glyph).
+pub fn dot_colored(ui: &mut Ui, color: Color32, tooltip: &str) {
+    let (rect, resp) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+    ui.painter().circle_filled(rect.center(), 4.5, color);
+    resp.on_hover_text(tooltip);
 }
 
 fn sidebar(ui: &mut Ui, state: &mut AppState, out: &mut Vec<Command>) {
@@ -141,7 +148,7 @@ fn sidebar(ui: &mut Ui, state: &mut AppState, out: &mut Vec<Command>) {
                     for (depth, id, title, queued) in tree {
                         ui.horizontal(|ui| {
                             ui.add_space(depth as f32 * 14.0);
-                            let mark = if depth > 0 { "↳ " } else { "" };
+                            let mark = if depth > 0 { "» " } else { "" };
                             let q = if queued > 0 {
                                 format!(" ({queued} queued)")
                             } else {
@@ -435,7 +442,7 @@ fn palette_window(ctx: &egui::Context, state: &mut AppState, out: &mut Vec<Comma
         .title_bar(false)
         .show(ctx, |ui| {
             ui.set_width(520.0);
-            let l = ui.label("Command palette");
+            let l = ui.label("Search commands");
             let r = ui
                 .add(
                     egui::TextEdit::singleline(&mut state.palette.query)

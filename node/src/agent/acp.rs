@@ -34,6 +34,7 @@ const TERMINAL_OUTPUT: usize = 1024 * 1024;
 const MAX_TERMINALS: usize = 64;
 
 /// What the runner gets from the agent.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     Update(Box<SessionNotification>),
     Permission(
@@ -136,22 +137,41 @@ fn check_line(line: Vec<u8>) -> std::io::Result<Option<String>> {
     ))
 }
 
+/// Marks the connection ended with `why` unless it already is.
+fn set_ended(tx: &watch::Sender<Option<String>>, why: String) {
+    tx.send_if_modified(|v| {
+        if v.is_none() {
+            *v = Some(why);
+            true
+        } else {
+            false
+        }
+    });
+}
+
 fn incoming(
     stdout: ChildStdout,
+    ended: Arc<watch::Sender<Option<String>>>,
 ) -> impl futures_util::Stream<Item = std::io::Result<String>> + Send + 'static {
     let reader = BufReader::with_capacity(64 * 1024, stdout);
-    futures_util::stream::unfold(Some(reader), |state| async move {
-        let mut r = state?;
-        loop {
-            match read_line(&mut r, MAX_MESSAGE).await {
-                Ok(None) => return None,
-                Ok(Some(line)) => match check_line(line) {
-                    Ok(None) => continue,
-                    Ok(Some(s)) => return Some((Ok(s), Some(r))),
-                    Err(e) => return Some((Err(e), None)),
-                },
-                Err(e) => return Some((Err(e), None)),
-            }
+    futures_util::stream::unfold(Some(reader), move |state| {
+        let ended = ended.clone();
+        async move {
+            let mut r = state?;
+            let e = loop {
+                match read_line(&mut r, MAX_MESSAGE).await {
+                    Ok(None) => return None,
+                    Ok(Some(line)) => match check_line(line) {
+                        Ok(None) => continue,
+                        Ok(Some(s)) => return Some((Ok(s), Some(r))),
+                        Err(e) => break e,
+                    },
+                    Err(e) => break e,
+                }
+            };
+            // The SDK may not end the connection on a transport error: say it here.
+            set_ended(&ended, e.to_string());
+            Some((Err(e), None))
         }
     })
 }
@@ -224,6 +244,7 @@ pub async fn connect(
         terms.clone(),
         terms,
     );
+    let in_end = ended_tx.clone();
     let on_end = ended_tx;
     let driver = async move {
         let result = acp::Client
@@ -339,7 +360,7 @@ pub async fn connect(
                 acp::on_receive_request!(),
             )
             .connect_with(
-                acp::Lines::new(outgoing(stdin), incoming(stdout)),
+                acp::Lines::new(outgoing(stdin), incoming(stdout, in_end)),
                 async move |cx: ConnectionTo<acp::Agent>| {
                     let _ = cx_tx.send(cx);
                     let _ = stop_rx.await;

@@ -401,6 +401,7 @@ impl Runner {
         let mut end = agent.conn.ended.clone();
         let mut last = Instant::now();
         let mut cancel_deadline: Option<Instant> = None;
+        let mut events_open = true;
         let far = Duration::from_secs(86400 * 365);
         let shutdown = self.shared.shutdown.clone();
         let (status, reason, keep_agent) = loop {
@@ -411,9 +412,13 @@ impl Runner {
             };
             tokio::select! {
                 biased;
-                ev = agent.conn.events.recv() => {
+                ev = agent.conn.events.recv(), if events_open => {
                     last = Instant::now();
-                    if let Some(ev) = ev { t.event(ev) }
+                    match ev {
+                        Some(ev) => t.event(ev),
+                        // The connection is gone; `ended` says why.
+                        None => events_open = false,
+                    }
                 }
                 r = &mut res_rx => {
                     while let Ok(ev) = agent.conn.events.try_recv() { t.event(ev) }
@@ -599,7 +604,7 @@ impl Turn {
                     .map(|o| PermissionOption {
                         id: o.option_id.0.to_string(),
                         name: o.name.clone(),
-                        kind: serde_json::to_value(&o.kind)
+                        kind: serde_json::to_value(o.kind)
                             .ok()
                             .and_then(|v| v.as_str().map(str::to_string))
                             .unwrap_or_default(),
@@ -799,7 +804,7 @@ impl Turn {
                 done.push((i, a));
             }
         }
-        done.sort_by(|a, b| b.0.cmp(&a.0));
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (i, a) in done {
             let q = self.perms.remove(i);
             info!(option = %a.option, by = %a.by, "permission answered");

@@ -53,17 +53,18 @@ pub async fn start_node(
 
 impl AgentNode {
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_idle(env, Duration::from_secs(3)).await
+    }
+
+    /// With another idle timeout (slow agents, e.g. one writing 100 MB in a debug build).
+    pub async fn start_idle(env: &[(&str, &str)], idle: Duration) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("workspaces");
         let owner = SecretKey::generate();
         let node_key = SecretKey::generate();
-        let handle = start_node(
-            &dir.path().join("node"),
-            &owner,
-            &node_key,
-            config(&root, env),
-        )
-        .await;
+        let mut cfg = config(&root, env);
+        cfg.idle_timeout = idle;
+        let handle = start_node(&dir.path().join("node"), &owner, &node_key, cfg).await;
         Self {
             dir,
             root,

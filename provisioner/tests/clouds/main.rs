@@ -5,6 +5,7 @@
 mod hetzner;
 mod hetzner_fake;
 mod openapi;
+mod pool;
 mod scaleway;
 mod scaleway_fake;
 mod server;

@@ -45,6 +45,7 @@ pub async fn poll_node(
             Some(client)
         }
         Ok(Err(e)) => {
+            let _ = internal.send(Internal::NodeDown(entry.id.clone()));
             events.emit(Event::NodeStatus {
                 id: entry.id.clone(),
                 reachable: false,
@@ -53,6 +54,7 @@ pub async fn poll_node(
             None
         }
         Err(_) => {
+            let _ = internal.send(Internal::NodeDown(entry.id.clone()));
             events.emit(Event::NodeStatus {
                 id: entry.id.clone(),
                 reachable: false,
@@ -251,4 +253,78 @@ pub async fn desktop_notification(title: String, body: String) {
         Ok(Err(e)) => tracing::info!("no desktop notification: {e}"),
         Err(_) => tracing::info!("no desktop notification: the service did not answer"),
     }
+}
+
+/// Input for the terminal task.
+pub enum TermIn {
+    Data(Vec<u8>),
+    Resize { rows: u16, cols: u16 },
+}
+
+/// Attaches to the workspace's terminal and pumps bytes both ways until either side ends.
+pub async fn terminal(
+    paths: ClientPaths,
+    node: String,
+    workspace: String,
+    rows: u16,
+    cols: u16,
+    mut input: mpsc::UnboundedReceiver<TermIn>,
+    ev: Events,
+) {
+    use sam_protocol::stream::{PtyFrame, PtyOpen, PtyTarget, encode_data};
+    let r = async {
+        let (ep, conn, _) = crate::cli::dial(&paths, Some(&node), sam_protocol::alpn::PTY).await?;
+        let open = PtyOpen {
+            workspace: workspace.clone(),
+            target: PtyTarget::Default,
+            shell: None,
+            cols: cols.max(1),
+            rows: rows.max(1),
+        };
+        let (opened, mut send, mut recv) = crate::streams::open_pty(&conn, &open).await?;
+        ev.emit(Event::TermStatus {
+            open: true,
+            text: format!(
+                "terminal {} in {workspace} · {} attached{}",
+                opened.terminal,
+                opened.attached,
+                if opened.read_only { " · read-only (viewer)" } else { "" }
+            ),
+        });
+        let mut frame = Vec::new();
+        let result: Result<()> = loop {
+            tokio::select! {
+                i = input.recv() => {
+                    frame.clear();
+                    match i {
+                        None => {
+                            PtyFrame::Detach.encode(&mut frame);
+                            let _ = send.write_all(&frame).await;
+                            let _ = send.finish();
+                            break Ok(());
+                        }
+                        Some(TermIn::Data(d)) => encode_data(&d, &mut frame),
+                        Some(TermIn::Resize { rows, cols }) => PtyFrame::Resize { cols, rows }.encode(&mut frame),
+                    }
+                    if let Err(e) = send.write_all(&frame).await {
+                        break Err(anyhow::anyhow!("the terminal stream broke: {e}"));
+                    }
+                }
+                c = recv.read_chunk(64 * 1024) => match c {
+                    Ok(Some(chunk)) => ev.emit(Event::TermOutput(chunk.to_vec())),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(anyhow::anyhow!("the terminal stream broke: {e}")),
+                },
+            }
+        };
+        conn.close(0u32.into(), b"bye");
+        ep.close().await;
+        result
+    }
+    .await;
+    let text = match r {
+        Ok(()) => "terminal closed".to_string(),
+        Err(e) => format!("cannot use the terminal: {e:#}"),
+    };
+    ev.emit(Event::TermStatus { open: false, text });
 }

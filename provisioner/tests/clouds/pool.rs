@@ -1,0 +1,140 @@
+//! The warm pool over the Hetzner fake: state only in labels, spec-valid requests.
+
+use std::time::Duration;
+
+use sam_bootstrap::NodeRelease;
+use sam_protocol::{SecretKey, Ticket};
+use sam_provisioner::pool::now_unix;
+use sam_provisioner::{
+    Hetzner, HetznerConfig, Pool, PoolError, PoolPolicy, PoolState, Probe, Provider, ProviderError,
+    Size,
+};
+
+use crate::fast_timing;
+use crate::hetzner_fake::{self, TOKEN};
+
+/// Every node "answers" (or none does); the fake's IPs are not real.
+struct Answers(bool);
+impl Probe for Answers {
+    async fn reachable(&self, _: &Ticket) -> bool {
+        self.0
+    }
+}
+
+fn pool(base: &str) -> Pool<Hetzner> {
+    let cfg = HetznerConfig {
+        api: base.to_owned(),
+        timing: fast_timing(),
+        ..HetznerConfig::default()
+    };
+    let mut pool = Pool::new(
+        Hetzner::new(TOKEN.to_owned(), cfg).expect("provider"),
+        PoolPolicy {
+            idle_ttl_secs: 60,
+            ..PoolPolicy::default()
+        },
+    );
+    pool.release = Some(NodeRelease {
+        url: "https://releases.example/sam-node".into(),
+        sha256: "0".repeat(64),
+    });
+    pool.ready_timeout = Duration::from_millis(300);
+    pool.probe_interval = Duration::from_millis(20);
+    pool
+}
+
+#[tokio::test]
+async fn acquire_release_reuse_reap() {
+    let (fake, srv) = hetzner_fake::start().await;
+    let pool = pool(&srv.base);
+    let owner = SecretKey::generate().node_id();
+    let first = pool
+        .acquire(Size::Small, &owner, &Answers(true))
+        .await
+        .expect("cold");
+    assert!(!first.reused);
+    assert_eq!(first.vm.machine_type, "cx23");
+    assert_eq!(Some(first.ticket.addr.id), first.vm.node_id());
+    let ip = first.vm.public_ipv4.expect("ip");
+    assert_eq!(first.ticket.addr.direct, vec![(ip, 7447).into()]);
+
+    let idle = pool.release(&first.vm).await.expect("release");
+    assert_eq!(idle.pool_state(), Some(PoolState::Idle));
+    let second = pool
+        .acquire(Size::Small, &owner, &Answers(true))
+        .await
+        .expect("warm");
+    assert!(second.reused);
+    assert_eq!(second.vm.id, first.vm.id);
+    assert_eq!(fake.server_count(), 1);
+
+    pool.release(&second.vm).await.expect("release");
+    assert!(pool.reap(now_unix()).await.expect("reap").is_empty());
+    assert_eq!(
+        pool.reap(now_unix() + 61).await.expect("reap"),
+        vec![first.vm.id.clone()]
+    );
+    assert_eq!(fake.server_count(), 0);
+    srv.assert_clean();
+}
+
+#[tokio::test]
+async fn a_node_that_never_answers_is_deleted() {
+    let (fake, srv) = hetzner_fake::start().await;
+    let pool = pool(&srv.base);
+    let owner = SecretKey::generate().node_id();
+    let err = pool
+        .acquire(Size::Medium, &owner, &Answers(false))
+        .await
+        .expect_err("unreachable");
+    assert!(
+        matches!(err, PoolError::Unreachable { ref cleanup, .. } if cleanup == "deleted"),
+        "{err}"
+    );
+    assert_eq!(fake.server_count(), 0);
+    srv.assert_clean();
+}
+
+#[tokio::test]
+async fn a_warm_node_that_stopped_answering_is_replaced() {
+    let (fake, srv) = hetzner_fake::start().await;
+    let pool = pool(&srv.base);
+    let owner = SecretKey::generate().node_id();
+    let first = pool
+        .acquire(Size::Small, &owner, &Answers(true))
+        .await
+        .expect("cold");
+    pool.release(&first.vm).await.expect("release");
+    let mut pool = pool;
+    pool.warm_timeout = Duration::from_millis(100);
+    // the warm node is dead, and so is every new one
+    let err = pool
+        .acquire(Size::Small, &owner, &Answers(false))
+        .await
+        .expect_err("nothing answers");
+    assert!(matches!(err, PoolError::Unreachable { .. }), "{err}");
+    assert_eq!(fake.server_count(), 0);
+    srv.assert_clean();
+}
+
+#[tokio::test]
+async fn no_release_configured_is_a_clear_error_and_creates_nothing() {
+    let (fake, srv) = hetzner_fake::start().await;
+    let mut pool = pool(&srv.base);
+    pool.release = None;
+    let err = pool
+        .acquire(
+            Size::Small,
+            &SecretKey::generate().node_id(),
+            &Answers(true),
+        )
+        .await
+        .expect_err("no release");
+    assert!(
+        matches!(err, PoolError::Provider(ProviderError::Config(ref m)) if m.contains("release")),
+        "{err}"
+    );
+    assert_eq!(fake.server_count(), 0);
+    let _ = pool.provider.name();
+    srv.assert_clean();
+}
