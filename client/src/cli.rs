@@ -367,9 +367,14 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
                 node,
                 conv,
             } => agent::chat(&paths, conv, workspace, node, a).await,
-            ConvCmds::Prompt { conv, audio, .. } => {
+            ConvCmds::Prompt {
+                conv,
+                audio,
+                follow,
+                ..
+            } => {
                 let audio = audio.context("give the prompt text or --audio FILE.wav")?;
-                voice::prompt_audio(&paths, &conv, &audio).await
+                voice::prompt_audio(&paths, &conv, &audio, follow).await
             }
             ConvCmds::Say { conv, message, out } => {
                 voice::say(&paths, &conv, message.as_deref(), out.as_deref()).await

@@ -193,3 +193,63 @@ pub async fn speak_long(speaker: &dyn Speaker, text: &str) -> Result<Audio, Voic
     }
     out.ok_or_else(|| VoiceError::Audio("nothing to say: the text is empty".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Reports each chunk's length; fails on a chunk that is all silence.
+    struct Counting(Mutex<Vec<f32>>);
+
+    impl Transcriber for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn max_chunk_secs(&self) -> f32 {
+            4.0
+        }
+        fn transcribe<'a>(&'a self, a: &'a Audio) -> BoxFuture<'a, Result<String, VoiceError>> {
+            Box::pin(async move {
+                self.0.lock().expect("lock").push(a.duration_secs());
+                if a.peak() == 0.0 {
+                    return Err(VoiceError::provider("counting", "silence"));
+                }
+                Ok(format!(" part{} ", self.0.lock().expect("lock").len()))
+            })
+        }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn long_recordings_are_chunked_and_kept_on_failure() {
+        let t = Counting(Mutex::new(Vec::new()));
+        let audio = Audio::new(vec![0.1; 8000 * 10], 8000);
+        let text = block_on(transcribe_long(&t, &audio)).expect("ok");
+        assert_eq!(text, "part1 part2 part3");
+        let lens = t.0.lock().expect("lock").clone();
+        assert!(lens.iter().all(|l| *l <= 4.0), "{lens:?}");
+        assert!((lens.iter().sum::<f32>() - 10.0).abs() < 0.01);
+
+        let dir = std::env::temp_dir().join(format!("sam-voice-keep-{}", std::process::id()));
+        let mut with_gap = Audio::new(vec![0.1; 8000 * 3], 8000);
+        with_gap.append(&Audio::silence(4.0, 8000));
+        let e = block_on(transcribe_keeping(&t, &with_gap, &dir)).expect_err("fails");
+        let VoiceError::Kept { saved, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            Audio::read_wav(saved).expect("kept").samples.len(),
+            with_gap.samples.len()
+        );
+        assert!(e.to_string().contains("the recording is kept in"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -210,3 +210,128 @@ fn a_viewer_cannot_prompt() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("collaborator role"), "{err}");
 }
+
+fn test_agent() -> PathBuf {
+    let p = sam_bin().with_file_name("sam-test-agent");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn an_agent_turn_streams_and_a_second_client_answers_its_permission() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let node_home = tmp.path().join("host");
+    let ws_root = tmp.path().join("ws");
+    std::fs::create_dir_all(&ws_root).expect("ws root");
+    let owner = last(&ok(sam(&me, &["id"])));
+    ok(Command::new(node_bin())
+        .env("SAM_HOME", &node_home)
+        .args(["init", "--owner", &owner, "--bind", "127.0.0.1:0"])
+        .output()
+        .expect("init"));
+    let mut child = Command::new(node_bin())
+        .env("SAM_HOME", &node_home)
+        .env("SAM_AGENT_LAUNCHER", "host")
+        .env("SAM_AGENT_HOST_ROOT", &ws_root)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ticket");
+    let _node = NodeProc(child);
+    ok(sam(&me, &["connect", line.trim(), "--name", "box"]));
+    let agent = test_agent();
+    let conv = last(&ok(sam(
+        &me,
+        &[
+            "convs",
+            "new",
+            "--workspace",
+            "w1",
+            "--agent-cmd",
+            agent.to_str().expect("utf8"),
+        ],
+    )));
+
+    // A turn streams to the terminal and ends.
+    let out = ok(sam(
+        &me,
+        &[
+            "prompt",
+            &conv,
+            "say streamed answer; chunks 5; write notes.txt hi",
+            "--follow",
+        ],
+    ));
+    assert!(out.contains("streamed answer"), "{out}");
+    assert!(out.contains("turn done"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(ws_root.join("w1/notes.txt")).expect("the agent wrote the file"),
+        "hi"
+    );
+
+    // A collaborator and a viewer join.
+    let other = tmp.path().join("other");
+    let viewer = tmp.path().join("viewer");
+    for (home, role) in [(&other, "collaborator"), (&viewer, "viewer")] {
+        let id = last(&ok(sam(home, &["id"])));
+        let t = last(&ok(sam(
+            &me,
+            &["share", "box", "--role", role, "--to", &id],
+        )));
+        ok(sam(home, &["join", &t]));
+    }
+
+    // The owner's prompt waits on a permission; the collaborator answers it.
+    let follower = Command::new(sam_bin())
+        .env("SAM_HOME", &me)
+        .env("SAM_BIND", "127.0.0.1:0")
+        .args(["prompt", &conv, "permit; say after the answer", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prompt");
+    let perm = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            ok(sam(&other, &["sync"]));
+            let log = ok(sam(&other, &["--json", "log", &conv]));
+            let v: serde_json::Value = serde_json::from_str(log.trim()).ok()?;
+            v.as_array()?
+                .iter()
+                .rev()
+                .find(|m| m["role"] == "permission" && m["status"] == "running")
+                .and_then(|m| m["id"].as_str().map(String::from))
+        })
+        .expect("a permission request shows up");
+    // The viewer may not answer.
+    let denied = sam(&viewer, &["permit", &conv, &perm, "yes-once"]);
+    assert!(!denied.status.success(), "a viewer answered a permission");
+    let bad = sam(&other, &["permit", &conv, &perm, "no-such-option"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("yes-once"));
+    ok(sam(&other, &["permit", &conv, &perm, "yes-once"]));
+    let out = follower.wait_with_output().expect("prompt ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("after the answer"), "{stdout}");
+    let log = ok(sam(&me, &["log", &conv]));
+    let other_id = last(&ok(sam(&other, &["id"])));
+    assert!(
+        log.contains(&format!("answered yes-once by {}", &other_id[..8])),
+        "{log}"
+    );
+}

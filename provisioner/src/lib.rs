@@ -6,6 +6,7 @@
 //! - [`hetzner`], [`scaleway`]: the two clouds over their HTTP APIs (reqwest, rustls).
 //! - [`local`]: nodes on this machine as `sam-node` processes (no cloud).
 //! - [`pool`]: the sans-IO warm-pool policy and its IO shell ([`Pool`]: acquire, release, reap).
+//! - [`serve`]: the team provisioner on `sam/prov/1` (it owns the nodes, members get capabilities).
 //! - [`probe`]: is a node reachable at its ticket (iroh).
 
 pub mod any;
@@ -17,6 +18,7 @@ pub mod pool;
 pub mod probe;
 pub mod provider;
 pub mod scaleway;
+pub mod serve;
 
 pub use any::AnyProvider;
 pub use config::{HetznerConfig, ProvidersConfig, ScalewayConfig, Size, SizeMap, Timing};

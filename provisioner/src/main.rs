@@ -2,6 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use sam_provisioner::serve::TeamConfig;
+use sam_provisioner::{AnyProvider, IrohProbe, Local, Pool};
 use sam_provisioner::{Hetzner, Provider, ProvidersConfig, Scaleway, Vm};
 
 #[derive(Parser)]
@@ -33,8 +35,13 @@ enum Cmd {
         #[arg(long, value_enum)]
         provider: Cloud,
     },
-    /// Team provisioner on sam/prov/1.
-    Serve,
+    /// Team provisioner on sam/prov/1: holds the cloud token, hands members tickets.
+    /// Files in $SAM_HOME/provisioner (its key; local nodes).
+    Serve {
+        /// Team config (TOML): members, provider, bind, role, [pool], [release].
+        #[arg(long)]
+        team: std::path::PathBuf,
+    },
 }
 
 fn env(name: &str) -> Option<String> {
@@ -90,9 +97,7 @@ fn main() -> Result<()> {
         None => ProvidersConfig::default(),
     };
     match cli.cmd {
-        Cmd::Serve => bail!(
-            "`serve` (team provisioner on sam/prov/1) is not implemented yet: use `sam-provisioner vms` or the `sam` CLI with your own token"
-        ),
+        Cmd::Serve { team } => serve(&team, cfg, cli.json),
         Cmd::Vms { provider } => {
             let rt = tokio::runtime::Runtime::new().context("start tokio")?;
             let vms = rt.block_on(async {
@@ -116,4 +121,86 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn sam_home() -> Result<std::path::PathBuf> {
+    if let Some(h) = std::env::var_os("SAM_HOME").filter(|h| !h.is_empty()) {
+        return Ok(h.into());
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("set SAM_HOME (or HOME)")?;
+    Ok(std::path::PathBuf::from(home).join(".sam"))
+}
+
+fn node_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SAM_NODE_BIN") {
+        return p.into();
+    }
+    if let Ok(me) = std::env::current_exe()
+        && let Some(dir) = me.parent()
+        && dir.join("sam-node").is_file()
+    {
+        return dir.join("sam-node");
+    }
+    "sam-node".into()
+}
+
+fn serve(team: &std::path::Path, mut cfg: ProvidersConfig, json: bool) -> Result<()> {
+    let text = std::fs::read_to_string(team)
+        .with_context(|| format!("cannot read team config {}", team.display()))?;
+    let tc = TeamConfig::from_toml(&text)
+        .with_context(|| format!("invalid team config {}", team.display()))?;
+    let sc = tc.serve_config().map_err(anyhow::Error::msg)?;
+    if sc.members.is_empty() {
+        bail!(
+            "no members in {}: add their NodeIds (`sam id`) to `members`",
+            team.display()
+        );
+    }
+    let dir = sam_home()?.join("provisioner");
+    let key = sam_protocol::SecretKey::load_or_create(&dir.join("identity.key"))
+        .context("load the provisioner key")?;
+    let provider = match tc.provider.as_str() {
+        "local" => AnyProvider::Local(Local::new(dir.join("local"), node_binary())),
+        "hetzner" => {
+            let token =
+                env("HCLOUD_TOKEN").context("set HCLOUD_TOKEN to a Hetzner Cloud API token")?;
+            AnyProvider::Hetzner(Hetzner::new(token, cfg.hetzner)?)
+        }
+        "scaleway" => {
+            let token =
+                env("SCW_SECRET_KEY").context("set SCW_SECRET_KEY to a Scaleway secret key")?;
+            if cfg.scaleway.project_id.is_none() {
+                cfg.scaleway.project_id = env("SCW_DEFAULT_PROJECT_ID");
+            }
+            AnyProvider::Scaleway(Scaleway::new(token, cfg.scaleway)?)
+        }
+        other => bail!("unknown provider {other:?}: use local, hetzner or scaleway"),
+    };
+    let mut pool = Pool::new(provider, tc.pool.clone());
+    pool.release = tc.release.as_ref().map(|r| sam_bootstrap::NodeRelease {
+        url: r.url.clone(),
+        sha256: r.sha256.clone(),
+    });
+    let rt = tokio::runtime::Runtime::new().context("start tokio")?;
+    rt.block_on(async move {
+        let probe_bind = if tc.bind.ip().is_loopback() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let probe = IrohProbe::bind(probe_bind).await.map_err(anyhow::Error::msg)?;
+        let handle = sam_provisioner::serve::serve(pool, key, sc, tc.bind, probe).await?;
+        let ticket = sam_protocol::Ticket::new(handle.addr.clone());
+        if json {
+            println!("{}", serde_json::json!({ "provisioner": handle.addr.id.to_string(), "ticket": ticket.to_string() }));
+        } else {
+            eprintln!("team provisioner {} on sam/prov/1 ({:?})", handle.addr.id.short(), handle.addr.direct);
+            println!("{ticket}");
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        handle.shutdown().await;
+        Ok(())
+    })
 }

@@ -26,8 +26,39 @@ async fn key_if_needed(paths: &ClientPaths, cfg: &VoiceConfig, needed: bool) -> 
         .flatten()
 }
 
-/// `sam prompt CONV --audio FILE.wav`: transcribe, then send as `sam prompt` does.
-pub async fn prompt_audio(paths: &ClientPaths, conv: &str, file: &Path) -> Result<Output> {
+/// `sam prompt CONV --audio FILE.wav [--follow]`: transcribe, then send as `sam prompt`
+/// does with the text.
+pub async fn prompt_audio(
+    paths: &ClientPaths,
+    conv: &str,
+    file: &Path,
+    follow: bool,
+) -> Result<Output> {
+    let text = transcribe_file(paths, file).await?;
+    let mut out = if follow {
+        eprintln!("transcript: {text}");
+        super::agent::prompt_follow(paths, conv, &text).await?
+    } else {
+        if let Ok(doc) = Replicas::open(paths).and_then(|mut r| {
+            let id = r.resolve(conv)?;
+            r.load(&id)
+        }) && let Err(e) = super::agent::send_credentials(paths, &doc).await
+        {
+            eprintln!("note: agent keys not sent: {e:#}");
+        }
+        convs::prompt(paths, conv, &text).await?
+    };
+    if let Some(o) = out.json.as_object_mut() {
+        o.insert("transcript".into(), json!(text));
+    }
+    if !follow {
+        out.text = format!("transcript: {text}\n{}", out.text);
+    }
+    Ok(out)
+}
+
+/// Transcribes a WAV file with the provider set in `voice.toml`.
+pub async fn transcribe_file(paths: &ClientPaths, file: &Path) -> Result<String> {
     let audio = Audio::read_wav(file)?;
     if audio.samples.is_empty() {
         bail!("{} holds no audio", file.display());
@@ -50,12 +81,7 @@ pub async fn prompt_audio(paths: &ClientPaths, conv: &str, file: &Path) -> Resul
             audio.duration_secs()
         );
     }
-    let mut out = convs::prompt(paths, conv, &text).await?;
-    if let Some(o) = out.json.as_object_mut() {
-        o.insert("transcript".into(), json!(text));
-    }
-    out.text = format!("transcript: {text}\n{}", out.text);
-    Ok(out)
+    Ok(text)
 }
 
 /// `sam say CONV [MESSAGE_ID] [--out FILE.wav]`.

@@ -157,7 +157,7 @@ struct Followed {
 /// Results of tasks, back to the actor.
 enum Internal {
     Linked(String, Result<Link>),
-    Fetched(Conversation),
+    Fetched(Box<Conversation>),
     /// A node stopped answering: links to it are dead even if QUIC has not noticed.
     NodeDown(String),
 }
@@ -603,7 +603,8 @@ impl Actor {
                     });
                 }
             }
-            Internal::Fetched(mut conv) => {
+            Internal::Fetched(conv) => {
+                let mut conv = *conv;
                 if !self.replicas.contains(&conv.id()) {
                     if let Err(e) = self.replicas.save(&mut conv) {
                         tracing::warn!("{e:#}");

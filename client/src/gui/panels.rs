@@ -84,6 +84,9 @@ fn terminal(
                 ui.label("Pick a conversation: the terminal opens in its workspace.");
             }
         }
+        if ui.button("Copy screen").clicked() {
+            ui.ctx().copy_text(panels.term.text());
+        }
         ui.label(RichText::new(&state.term_status).weak());
     });
     if !state.term_out.is_empty() {

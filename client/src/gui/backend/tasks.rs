@@ -128,7 +128,7 @@ async fn fetch_missing(
             .sync_once(&mut conv, |_| Ok(()), Duration::from_secs(15))
             .await?;
         stream.close(None).await;
-        let _ = internal.send(Internal::Fetched(conv));
+        let _ = internal.send(Internal::Fetched(Box::new(conv)));
     }
     Ok(())
 }

@@ -1,0 +1,193 @@
+//! The team provisioner on loopback: `sam/prov/1` with the local provider. Members get a
+//! ticket with a capability signed by the provisioner (the nodes' owner); strangers are
+//! refused; a released node is handed to the next member warm.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sam_client::NodeClient;
+use sam_protocol::ctl::{ErrorCode, Request, Response};
+use sam_protocol::prov::{ProvNode, ProvRequest, ProvResponse};
+use sam_protocol::{Role, SecretKey};
+use sam_provisioner::serve::{ServeConfig, request, serve};
+use sam_provisioner::{IrohProbe, Local, Pool, PoolPolicy};
+
+fn node_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-node");
+    assert!(
+        p.is_file(),
+        "{} is missing: cargo build --bins",
+        p.display()
+    );
+    p
+}
+
+fn lo() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn node(resp: ProvResponse) -> ProvNode {
+    match resp {
+        ProvResponse::Node(n) => n,
+        other => panic!("expected a node, got {other:?}"),
+    }
+}
+
+fn code(resp: ProvResponse) -> ErrorCode {
+    match resp {
+        ProvResponse::Error(e) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn members_get_nodes_with_their_own_capability() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let prov_key = SecretKey::generate();
+    let (alice, bob, eve) = (
+        SecretKey::generate(),
+        SecretKey::generate(),
+        SecretKey::generate(),
+    );
+    let pool = Pool::new(
+        Local::new(tmp.path().join("nodes"), node_bin()),
+        PoolPolicy::default(),
+    );
+    let cfg = ServeConfig {
+        members: [alice.node_id(), bob.node_id()].into(),
+        role: Role::Collaborator,
+        capability_ttl_secs: Some(3600),
+    };
+    let probe = IrohProbe::bind(lo()).await.expect("probe");
+    let svc = serve(pool, prov_key.clone(), cfg, lo(), probe)
+        .await
+        .expect("serve");
+
+    let a_ep = sam_client::endpoint::bind(&alice, Some(lo()))
+        .await
+        .expect("ep");
+    let b_ep = sam_client::endpoint::bind(&bob, Some(lo()))
+        .await
+        .expect("ep");
+    let e_ep = sam_client::endpoint::bind(&eve, Some(lo()))
+        .await
+        .expect("ep");
+
+    let got = node(
+        request(
+            &a_ep,
+            &svc.addr,
+            ProvRequest::CreateNode {
+                size: "small".into(),
+            },
+        )
+        .await
+        .expect("create"),
+    );
+    assert!(!got.reused);
+    assert_eq!(got.pool, "busy");
+    let cap = got.ticket.capability.clone().expect("capability");
+    assert_eq!(cap.cap.issuer, prov_key.node_id());
+    // alice is let in with the capability, as a collaborator
+    let client = NodeClient::connect(&a_ep, &got.ticket)
+        .await
+        .expect("connect");
+    assert_eq!(client.welcome.role, Role::Collaborator);
+    assert_eq!(client.welcome.owner, prov_key.node_id());
+    assert!(matches!(
+        client.request(Request::Status).await.expect("status"),
+        Response::Status(_)
+    ));
+    client.close();
+    // the ticket is alice's: bob cannot use it
+    assert!(NodeClient::connect(&b_ep, &got.ticket).await.is_err());
+
+    match request(&a_ep, &svc.addr, ProvRequest::ListNodes)
+        .await
+        .expect("ls")
+    {
+        ProvResponse::Nodes(n) => {
+            assert_eq!(n.iter().map(|n| &n.id).collect::<Vec<_>>(), [&got.id])
+        }
+        other => panic!("{other:?}"),
+    }
+    match request(&b_ep, &svc.addr, ProvRequest::ListNodes)
+        .await
+        .expect("ls")
+    {
+        ProvResponse::Nodes(n) => assert!(n.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // bob may not delete alice's node; nobody asks for a bad size
+    let del = request(
+        &b_ep,
+        &svc.addr,
+        ProvRequest::DeleteNode { id: got.id.clone() },
+    )
+    .await
+    .expect("rm");
+    assert_eq!(code(del), ErrorCode::Forbidden);
+    let bad = request(
+        &b_ep,
+        &svc.addr,
+        ProvRequest::CreateNode {
+            size: "huge".into(),
+        },
+    )
+    .await
+    .expect("bad size");
+    assert_eq!(code(bad), ErrorCode::BadRequest);
+
+    // a stranger is refused before any request
+    let refused = request(&e_ep, &svc.addr, ProvRequest::ListNodes).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // alice releases; bob gets the same node warm, with his own capability
+    let rel = request(
+        &a_ep,
+        &svc.addr,
+        ProvRequest::ReleaseNode { id: got.id.clone() },
+    )
+    .await
+    .expect("release");
+    assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
+    let warm = node(
+        request(
+            &b_ep,
+            &svc.addr,
+            ProvRequest::CreateNode {
+                size: "small".into(),
+            },
+        )
+        .await
+        .expect("create"),
+    );
+    assert!(warm.reused);
+    assert_eq!(warm.id, got.id);
+    let client = NodeClient::connect(&b_ep, &warm.ticket)
+        .await
+        .expect("bob connects");
+    client.close();
+
+    let done = request(
+        &b_ep,
+        &svc.addr,
+        ProvRequest::DeleteNode {
+            id: warm.id.clone(),
+        },
+    )
+    .await
+    .expect("rm");
+    assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("nodes"))
+            .expect("dir")
+            .count(),
+        0
+    );
+
+    for ep in [a_ep, b_ep, e_ep] {
+        ep.close().await;
+    }
+    svc.shutdown().await;
+}

@@ -1,0 +1,462 @@
+//! The team provisioner: `sam/prov/1` over iroh.
+//!
+//! Design: the provisioner has its own key, and it is the **owner** of every node it makes
+//! (the pool is built with the provisioner's NodeId as owner). A node accepts a capability
+//! signed by its owner, so the provisioner can give a member a [`Capability`] for that member's
+//! key on the node it hands out: the member connects with the ticket and is let in as
+//! [`ServeConfig::role`]. Members are NodeIds in the config; anyone else's connection is
+//! closed before a request is read. The cloud token never leaves this process.
+//!
+//! Which member holds which node is a label too (`sam-member`, base32 NodeId), so a restart
+//! loses nothing: no database.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iroh::endpoint::{Connection, VarInt, presets};
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointAddr, TransportAddr};
+use sam_protocol::capability::{Capability, Grantee, Role};
+use sam_protocol::ctl::{ErrorBody, ErrorCode};
+use sam_protocol::frame::{self, HEADER_LEN};
+use sam_protocol::prov::{
+    MAX_PROV_FIELD, MAX_PROV_REQUEST, MAX_PROV_RESPONSE, PROV_VERSION, ProvNode, ProvRequest,
+    ProvRequestFrame, ProvResponse,
+};
+use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::Size;
+use crate::pool::{Pool, now_unix};
+use crate::probe::IrohProbe;
+use crate::provider::{Provider, Vm, node_label, parse_node_label};
+
+/// Label: the member a node was handed to.
+pub const MEMBER_LABEL: &str = "sam-member";
+/// Close code for a peer that is not a member.
+pub const NOT_A_MEMBER: u32 = 403;
+
+/// What the service allows.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Who may ask for nodes.
+    pub members: BTreeSet<NodeId>,
+    /// What a member may do on a node handed to them.
+    pub role: Role,
+    /// How long a member's capability lasts; none: until revoked.
+    pub capability_ttl_secs: Option<u64>,
+}
+
+/// The service failed to start or a member's call failed.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot bind the provisioner endpoint on {bind}: {reason}")]
+    Bind { bind: SocketAddr, reason: String },
+    #[error("cannot reach the provisioner: {0}")]
+    Unreachable(String),
+    #[error("provisioner protocol error: {0}")]
+    Protocol(String),
+}
+
+struct Inner<P> {
+    pool: Pool<P>,
+    key: SecretKey,
+    cfg: ServeConfig,
+    probe: IrohProbe,
+}
+
+/// The `sam/prov/1` handler.
+pub struct ProvHandler<P> {
+    inner: Arc<Inner<P>>,
+}
+
+impl<P> Clone for ProvHandler<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for ProvHandler<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvHandler")
+            .field("id", &self.inner.key.node_id().short())
+            .field("members", &self.inner.cfg.members.len())
+            .finish()
+    }
+}
+
+/// A running service.
+pub struct ServeHandle {
+    router: Router,
+    /// Where members reach it.
+    pub addr: NodeAddr,
+}
+
+impl ServeHandle {
+    pub async fn shutdown(self) {
+        let _ = self.router.shutdown().await;
+    }
+}
+
+/// Starts the service on `bind` with the provisioner's `key`. The pool must make nodes owned
+/// by `key` (see the module docs); `probe` checks that a node answers.
+pub async fn serve<P: Provider + 'static>(
+    pool: Pool<P>,
+    key: SecretKey,
+    cfg: ServeConfig,
+    bind: SocketAddr,
+    probe: IrohProbe,
+) -> Result<ServeHandle, ServeError> {
+    let err = |reason: String| ServeError::Bind { bind, reason };
+    let ep = Endpoint::builder(presets::Minimal)
+        .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
+        .clear_ip_transports()
+        .bind_addr(bind)
+        .map_err(|e| err(e.to_string()))?
+        .alpns(vec![sam_protocol::alpn::PROV.to_vec()])
+        .bind()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut direct: Vec<SocketAddr> = ep
+        .bound_sockets()
+        .into_iter()
+        .map(|a| {
+            if a.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], a.port()))
+            } else {
+                a
+            }
+        })
+        .collect();
+    direct.truncate(sam_protocol::ticket::MAX_DIRECT_ADDRS);
+    let addr = NodeAddr {
+        id: key.node_id(),
+        direct,
+        relay: None,
+    };
+    let handler = ProvHandler {
+        inner: Arc::new(Inner {
+            pool,
+            key,
+            cfg,
+            probe,
+        }),
+    };
+    let router = Router::builder(ep)
+        .accept(sam_protocol::alpn::PROV, handler)
+        .spawn();
+    info!(addrs = ?addr.direct, "team provisioner listening on sam/prov/1");
+    Ok(ServeHandle { router, addr })
+}
+
+impl<P: Provider + 'static> ProtocolHandler for ProvHandler<P> {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = NodeId(*conn.remote_id().as_bytes());
+        if !self.inner.cfg.members.contains(&peer) {
+            warn!(peer = %peer.short(), "not a member: refused");
+            conn.close(
+                VarInt::from_u32(NOT_A_MEMBER),
+                b"not a member of this team provisioner",
+            );
+            return Ok(());
+        }
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let response = match read(&mut recv, MAX_PROV_REQUEST).await {
+                    Ok(frame) => this.handle(peer, frame).await,
+                    Err(e) => error(ErrorCode::BadRequest, format!("malformed request: {e}")),
+                };
+                if let Ok(bytes) = frame::encode(&response) {
+                    let _ = send.write_all(&bytes).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ProvResponse {
+    ProvResponse::Error(ErrorBody::new(code, message))
+}
+
+impl<P: Provider> ProvHandler<P> {
+    async fn handle(&self, peer: NodeId, frame: ProvRequestFrame) -> ProvResponse {
+        if frame.version != PROV_VERSION {
+            return error(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "sam/prov version {} is not supported; this provisioner speaks {PROV_VERSION}",
+                    frame.version
+                ),
+            );
+        }
+        let pool = &self.inner.pool;
+        let result = match frame.request {
+            ProvRequest::CreateNode { size } => {
+                if size.len() > MAX_PROV_FIELD {
+                    return error(ErrorCode::TooLarge, "size name too long");
+                }
+                let size: Size = match size.parse() {
+                    Ok(s) => s,
+                    Err(e) => return error(ErrorCode::BadRequest, e),
+                };
+                self.create(peer, size).await
+            }
+            ProvRequest::ListNodes => match pool.list().await {
+                Ok(vms) => Ok(ProvResponse::Nodes(
+                    vms.iter()
+                        .filter(|vm| member_of(vm) == Some(peer))
+                        .filter_map(|vm| self.node(peer, vm, false).ok())
+                        .collect(),
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            ProvRequest::ReleaseNode { id } | ProvRequest::DeleteNode { id }
+                if id.len() > MAX_PROV_FIELD =>
+            {
+                let _ = id;
+                return error(ErrorCode::TooLarge, "node id too long");
+            }
+            ProvRequest::ReleaseNode { id } => match self.owned(peer, &id).await {
+                Ok(vm) => {
+                    let mut labels = vm.labels.clone();
+                    labels.remove(MEMBER_LABEL);
+                    let vm = Vm { labels, ..vm };
+                    pool.release(&vm)
+                        .await
+                        .map(|_| ProvResponse::Done { id })
+                        .map_err(|e| e.to_string())
+                }
+                Err(resp) => return resp,
+            },
+            ProvRequest::DeleteNode { id } => match self.owned(peer, &id).await {
+                Ok(_) => pool
+                    .provider
+                    .delete(&id)
+                    .await
+                    .map(|_| ProvResponse::Done { id })
+                    .map_err(|e| e.to_string()),
+                Err(resp) => return resp,
+            },
+        };
+        result.unwrap_or_else(|e| {
+            warn!(peer = %peer.short(), "request failed: {e}");
+            error(ErrorCode::Unavailable, e)
+        })
+    }
+
+    async fn create(&self, peer: NodeId, size: Size) -> Result<ProvResponse, String> {
+        let pool = &self.inner.pool;
+        let owner = self.inner.key.node_id();
+        let got = pool
+            .acquire(size, &owner, &self.inner.probe)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut labels: BTreeMap<String, String> = got.vm.labels.clone();
+        labels.insert(MEMBER_LABEL.to_owned(), node_label(&peer));
+        let vm = match pool.provider.set_labels(&got.vm.id, &labels).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = pool.release(&got.vm).await;
+                return Err(e.to_string());
+            }
+        };
+        info!(peer = %peer.short(), vm = %vm.id, reused = got.reused, "node handed out");
+        self.node(peer, &vm, got.reused)
+            .map(ProvResponse::Node)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The VM `id`, when `peer` holds it.
+    async fn owned(&self, peer: NodeId, id: &str) -> Result<Vm, ProvResponse> {
+        let vms = self
+            .inner
+            .pool
+            .list()
+            .await
+            .map_err(|e| error(ErrorCode::Unavailable, e.to_string()))?;
+        let vm = vms
+            .into_iter()
+            .find(|v| v.id == id)
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("no node {id}")))?;
+        if member_of(&vm) != Some(peer) {
+            return Err(error(
+                ErrorCode::Forbidden,
+                format!("node {id} was not handed to you"),
+            ));
+        }
+        Ok(vm)
+    }
+
+    /// The member's view of `vm`, with a fresh capability for them.
+    fn node(
+        &self,
+        peer: NodeId,
+        vm: &Vm,
+        reused: bool,
+    ) -> Result<ProvNode, crate::provider::ProviderError> {
+        let mut ticket: Ticket = self.inner.pool.provider.ticket(vm)?;
+        let key = &self.inner.key;
+        let cap = Capability::new(
+            key.node_id(),
+            ticket.addr.id,
+            Grantee::Key(peer),
+            self.inner.cfg.role,
+            None,
+            now_unix(),
+            self.inner.cfg.capability_ttl_secs,
+        );
+        ticket.capability = Some(cap.sign(key, None));
+        Ok(ProvNode {
+            id: vm.id.clone(),
+            size: vm.size().map(|s| s.to_string()).unwrap_or_default(),
+            pool: vm
+                .pool_state()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
+            ticket,
+            reused,
+        })
+    }
+}
+
+fn member_of(vm: &Vm) -> Option<NodeId> {
+    parse_node_label(vm.labels.get(MEMBER_LABEL)?)
+}
+
+async fn read<T: serde::de::DeserializeOwned>(
+    recv: &mut iroh::endpoint::RecvStream,
+    max: usize,
+) -> Result<T, String> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = frame::payload_len(header, max).map_err(|e| e.to_string())?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    frame::decode(&payload).map_err(|e| e.to_string())
+}
+
+/// A member's side: one request to the provisioner at `addr`, over `ep` (the member's
+/// endpoint, whose key is the member's NodeId).
+pub async fn request(
+    ep: &Endpoint,
+    addr: &NodeAddr,
+    request: ProvRequest,
+) -> Result<ProvResponse, ServeError> {
+    let id = iroh::EndpointId::from_bytes(addr.id.as_bytes())
+        .map_err(|e| ServeError::Unreachable(format!("bad provisioner id: {e}")))?;
+    let target = EndpointAddr::from_parts(id, addr.direct.iter().map(|a| TransportAddr::Ip(*a)));
+    let conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        ep.connect(target, sam_protocol::alpn::PROV),
+    )
+    .await
+    .map_err(|_| ServeError::Unreachable("timed out".into()))?
+    .map_err(|e| ServeError::Unreachable(e.to_string()))?;
+    let refused = |conn: &Connection, e: String| match conn.close_reason() {
+        Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
+            ServeError::Protocol(format!("refused: {}", String::from_utf8_lossy(&c.reason)))
+        }
+        _ => ServeError::Protocol(e),
+    };
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| refused(&conn, e.to_string()))?;
+    let bytes = frame::encode(&ProvRequestFrame::new(request))
+        .map_err(|e| ServeError::Protocol(e.to_string()))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| refused(&conn, e.to_string()))?;
+    let _ = send.finish();
+    let resp = read::<ProvResponse>(&mut recv, MAX_PROV_RESPONSE)
+        .await
+        .map_err(|e| refused(&conn, e));
+    conn.close(0u32.into(), b"done");
+    resp
+}
+
+/// `sam-provisioner serve --team FILE`: the team service's TOML.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    /// `local`, `hetzner` or `scaleway`.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// UDP address of the service.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Members' NodeIds (hex, from `sam id`).
+    pub members: Vec<NodeId>,
+    /// `viewer`, `collaborator` (default) or `owner`.
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// Capability lifetime (s); none: until revoked.
+    #[serde(default)]
+    pub capability_ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub pool: crate::PoolPolicy,
+    /// The `sam-node` release cloud nodes install.
+    #[serde(default)]
+    pub release: Option<Release>,
+}
+
+/// `[release]`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub url: String,
+    pub sha256: String,
+}
+
+fn default_provider() -> String {
+    "local".into()
+}
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7448))
+}
+fn default_role() -> String {
+    "collaborator".into()
+}
+
+impl TeamConfig {
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn serve_config(&self) -> Result<ServeConfig, String> {
+        let role: Role = self.role.parse().map_err(|e| format!("role: {e}"))?;
+        Ok(ServeConfig {
+            members: self.members.iter().copied().collect(),
+            role,
+            capability_ttl_secs: self.capability_ttl_secs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn team_config() {
+        let id = SecretKey::generate().node_id();
+        let cfg = TeamConfig::from_toml(&format!("members = [\"{id}\"]\n")).expect("parse");
+        assert_eq!(cfg.provider, "local");
+        let sc = cfg.serve_config().expect("serve config");
+        assert_eq!(sc.role, Role::Collaborator);
+        assert_eq!(sc.members.len(), 1);
+        assert!(TeamConfig::from_toml("members = [\"nope\"]").is_err());
+        assert!(TeamConfig::from_toml("members = []\nbogus = 1").is_err());
+    }
+}
