@@ -63,7 +63,11 @@ async fn main() -> Result<()> {
         // cold: nothing idle → create (spawn, key, config, address) → probe → connect+status
         let t0 = Instant::now();
         let vms = pool.list().await?;
-        assert!(pool.policy.reusable(&vms, Size::Small, now_unix()).is_empty());
+        assert!(
+            pool.policy
+                .reusable(&vms, Size::Small, now_unix())
+                .is_empty()
+        );
         let t_list = t0.elapsed();
         let t1 = Instant::now();
         let got = pool.create(Size::Small, &owner.node_id(), &probe).await?;

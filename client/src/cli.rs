@@ -53,6 +53,12 @@ pub enum Cmd {
         /// Start the node, print its ticket and exit, leaving the node running.
         #[arg(long)]
         detach: bool,
+        /// Chat in the terminal even when a display is available.
+        #[arg(long)]
+        cli: bool,
+        /// Agent for the chat: claude, codex, gemini, vibe.
+        #[arg(long, default_value = "claude")]
+        agent: String,
     },
     /// Print this peer's NodeId (give it to a node owner to be let in).
     Id,
@@ -270,7 +276,23 @@ impl Output {
 /// Runs one command.
 pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
     match cli.cmd {
-        Cmd::Up { bind, detach } => up::run(&paths, bind, detach, cli.json).await,
+        Cmd::Up {
+            bind,
+            detach,
+            cli: force_cli,
+            agent,
+        } => {
+            let then = if detach {
+                up::Then::Exit
+            } else if !force_cli && up::display_available() {
+                up::Then::Gui
+            } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                up::Then::Chat(agent)
+            } else {
+                up::Then::Wait
+            };
+            up::run(&paths, bind, then, cli.json).await
+        }
         Cmd::Cloud(cmd) => cloud::run(&paths, cmd).await,
         Cmd::Id => {
             let id = paths.identity()?.node_id();

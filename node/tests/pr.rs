@@ -428,7 +428,7 @@ async fn the_fake_refuses_a_request_that_breaks_the_spec() {
     let gh = github::FakeGitHub::start(TOKEN).await;
     gh.add_repo("o/r");
     // `head` and `base` are required by the spec.
-    let out = std::process::Command::new("curl")
+    let out = tokio::process::Command::new("curl")
         .args([
             "-s",
             "-X",
@@ -444,6 +444,7 @@ async fn the_fake_refuses_a_request_that_breaks_the_spec() {
         ])
         .arg(format!("{}/repos/o/r/pulls", gh.url))
         .output()
+        .await
         .expect("curl");
     assert!(String::from_utf8_lossy(&out.stdout).contains("does not match the spec"));
     assert!(!gh.lock().violations.is_empty());

@@ -41,12 +41,33 @@ pub fn node_binary() -> Result<PathBuf> {
     )
 }
 
+/// What `sam up` does once the node is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Then {
+    /// Leave the node running and exit (`--detach`).
+    Exit,
+    /// Open the GUI; closing it stops the node.
+    Gui,
+    /// Chat in the terminal with this agent; Ctrl-D stops the node.
+    Chat(String),
+    /// Keep the node up until Ctrl-C.
+    Wait,
+}
+
+/// A display the GUI can open on.
+pub fn display_available() -> bool {
+    ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
 pub async fn run(
     paths: &ClientPaths,
     bind: Option<SocketAddr>,
-    detach: bool,
+    then: Then,
     json_out: bool,
 ) -> Result<Output> {
+    let detach = then == Then::Exit;
     let key = paths.identity()?;
     let me = key.node_id();
     let node_dir = paths.local_node();
@@ -146,11 +167,39 @@ pub async fn run(
         return Ok(out);
     }
     super::print(&out, json_out);
-    eprintln!("node running; Ctrl-C stops it");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        status = child.wait() => {
-            bail!("the local node exited: {}", status?);
+    match then {
+        Then::Gui => {
+            eprintln!("opening the SAM window (closing it stops the node; `sam up --cli` chats here instead)");
+            let p = paths.clone();
+            if let Err(e) = tokio::task::block_in_place(|| crate::gui::run_gui(p)) {
+                eprintln!("the GUI could not start: {e:#}; `sam up --cli` chats in the terminal");
+            }
+        }
+        Then::Chat(agent) => {
+            if super::agent::credentials_from_env().env.is_empty() {
+                eprintln!(
+                    "note: no agent key in the environment (ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY, MISTRAL_API_KEY): the agent will fail to answer until one is set"
+                );
+            }
+            tokio::select! {
+                r = super::agent::chat(paths, None, None, Some(name.clone()), agent) => {
+                    if let Err(e) = r {
+                        eprintln!("error: {e:#}");
+                    }
+                }
+                status = child.wait() => {
+                    bail!("the local node exited: {}", status?);
+                }
+            }
+        }
+        Then::Wait | Then::Exit => {
+            eprintln!("node running; Ctrl-C stops it");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                status = child.wait() => {
+                    bail!("the local node exited: {}", status?);
+                }
+            }
         }
     }
     if let Some(pid) = child.id() {

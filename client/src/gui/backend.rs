@@ -156,7 +156,7 @@ struct Followed {
 
 /// Results of tasks, back to the actor.
 enum Internal {
-    Linked(String, Result<Link>),
+    Linked(String, Result<Box<Link>>),
     Fetched(Box<Conversation>),
     /// A node stopped answering: links to it are dead even if QUIC has not noticed.
     NodeDown(String),
@@ -559,7 +559,7 @@ impl Actor {
         f.dialling = true;
         let (ep, id, internal) = (self.ep.clone(), f.id.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let link = open_link(&ep, &ticket, &id).await;
+            let link = open_link(&ep, &ticket, &id).await.map(Box::new);
             let _ = internal.send(Internal::Linked(id, link));
         });
     }
@@ -573,7 +573,7 @@ impl Actor {
                 f.dialling = false;
                 match link {
                     Ok(link) => {
-                        f.link = Some(link);
+                        f.link = Some(*link);
                         self.events.emit(Event::Link {
                             conv: id,
                             online: true,
