@@ -20,6 +20,7 @@ pub mod agent;
 pub mod cloud;
 pub mod convs;
 pub mod files;
+pub mod idea;
 pub mod ports;
 pub mod shell;
 pub mod up;
@@ -126,6 +127,39 @@ pub enum Cmd {
         /// The node (optional when only one is known).
         #[arg(long)]
         node: Option<String>,
+    },
+    /// From an idea to a pull request: workspace on `sam/<slug>`, autonomous agent, commit,
+    /// push and PR (GitHub token from GH_TOKEN/GITHUB_TOKEN, `gh auth token` or the keyring).
+    Idea {
+        idea: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long, default_value = "main")]
+        base: String,
+        #[arg(long, default_value = "claude", conflicts_with = "agent_cmd")]
+        agent: String,
+        /// Any ACP agent command instead (the `custom` agent).
+        #[arg(long)]
+        agent_cmd: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        /// local (default: a known node); cloud providers are not wired in yet.
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        size: Option<String>,
+        /// A lightweight workspace (base image, no devcontainer build).
+        #[arg(long)]
+        lightweight: bool,
+    },
+    /// Commit, push and open (or reuse) the PR of a conversation now: a retry.
+    Pr {
+        conv: String,
+        #[arg(long, default_value = "main")]
+        base: String,
+        /// The branch (default: `sam/<slug of the conversation title>`).
+        #[arg(long)]
+        branch: Option<String>,
     },
     /// Workspaces on a node: create, ls, rm, logs, recreate, creds.
     Workspace {
@@ -405,6 +439,31 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             ConvCmds::Export { conv, out } => convs::export(&paths, &conv, &out),
             ConvCmds::Sync => convs::sync_all(&paths).await,
         },
+        Cmd::Idea {
+            idea: text,
+            repo,
+            base,
+            agent,
+            agent_cmd,
+            node,
+            provider,
+            size,
+            lightweight,
+        } => {
+            let args = idea::IdeaArgs {
+                idea: text,
+                repo,
+                base,
+                agent,
+                agent_cmd,
+                node,
+                provider,
+                size,
+                lightweight,
+            };
+            idea::idea(&paths, args).await
+        }
+        Cmd::Pr { conv, base, branch } => idea::pr(&paths, &conv, &base, branch).await,
         Cmd::Workspace { cmd } => workspace::run(&paths, cmd).await,
         Cmd::Shell {
             workspace,

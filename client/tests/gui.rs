@@ -347,3 +347,25 @@ fn gui_connects_prompts_streams_permits_forks_and_runs_the_palette() {
     });
     assert!(h.query_by_label_contains("queued — will send").is_some());
 }
+
+#[test]
+fn terminal_panel_draws_pty_output() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let app = GuiApp::new(ClientPaths::new(tmp.path())).expect("start the gui");
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1100.0, 700.0))
+        .build_ui_state(|ui, app: &mut GuiApp| app.ui(ui), app);
+    h.step();
+    h.get_by_label("Terminal").click();
+    steps(&mut h, 2);
+    {
+        let s = &mut h.state_mut().state;
+        s.term_open = true;
+        s.term_out
+            .extend_from_slice(b"$ echo hi\r\nhi\r\n\x1b[32mgreen\x1b[0m prompt$ ");
+    }
+    steps(&mut h, 2);
+    assert!(h.query_by_label_contains("$ echo hi").is_some());
+    assert!(h.query_by_label_contains("green prompt$").is_some());
+    assert!(h.query_by_label("Copy screen").is_some());
+}

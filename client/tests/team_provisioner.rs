@@ -28,7 +28,7 @@ fn lo() -> SocketAddr {
 
 fn node(resp: ProvResponse) -> ProvNode {
     match resp {
-        ProvResponse::Node(n) => n,
+        ProvResponse::Node(n) => *n,
         other => panic!("expected a node, got {other:?}"),
     }
 }
@@ -190,4 +190,79 @@ async fn members_get_nodes_with_their_own_capability() {
         ep.close().await;
     }
     svc.shutdown().await;
+}
+
+/// `sam-provisioner serve --team FILE` through the binary: prints its ticket, serves a member,
+/// stops on SIGTERM.
+#[tokio::test]
+async fn serve_binary_hands_out_a_node() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-provisioner");
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build --bins",
+        bin.display()
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let alice = SecretKey::generate();
+    let team = tmp.path().join("team.toml");
+    std::fs::write(
+        &team,
+        format!(
+            "provider = \"local\"\nbind = \"127.0.0.1:0\"\nmembers = [\"{}\"]\n",
+            alice.node_id()
+        ),
+    )
+    .expect("team.toml");
+    let mut child = Command::new(&bin)
+        .env("SAM_HOME", tmp.path())
+        .env("SAM_NODE_BIN", node_bin())
+        .args(["serve", "--team"])
+        .arg(&team)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sam-provisioner");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ticket line");
+    let ticket: sam_protocol::Ticket = line.trim().parse().expect("provisioner ticket");
+
+    let ep = sam_client::endpoint::bind(&alice, Some(lo()))
+        .await
+        .expect("ep");
+    let got = node(
+        request(
+            &ep,
+            &ticket.addr,
+            ProvRequest::CreateNode {
+                size: "small".into(),
+            },
+        )
+        .await
+        .expect("create"),
+    );
+    let client = NodeClient::connect(&ep, &got.ticket)
+        .await
+        .expect("connect");
+    assert_eq!(client.welcome.role, Role::Collaborator);
+    client.close();
+    let done = request(&ep, &ticket.addr, ProvRequest::DeleteNode { id: got.id })
+        .await
+        .expect("rm");
+    assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
+    ep.close().await;
+
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    // its key stays, its local nodes are gone
+    assert!(tmp.path().join("provisioner/identity.key").is_file());
+    let left = std::fs::read_dir(tmp.path().join("provisioner/local"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0);
 }

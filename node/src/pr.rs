@@ -131,7 +131,7 @@ impl Prs {
                 .unwrap_or(false);
             let me = self.clone();
             tokio::spawn(async move {
-                me.step(&id, &settings, failed).await;
+                me.step(&id, &settings, failed, false).await;
             });
         }
     }
@@ -181,21 +181,28 @@ impl Prs {
                     })?,
                 };
                 Ok(PrResponse::Outcome(
-                    self.step(&conv, &settings, false).await,
+                    self.step(&conv, &settings, false, true).await,
                 ))
             }
         }
     }
 
     /// One PR step, its outcome written into the conversation.
-    pub async fn step(&self, conv: &str, s: &PrSettings, turn_failed: bool) -> PrOutcome {
+    /// `retry`: asked by a person (`sam pr`): a pushed branch without a PR gets one.
+    pub async fn step(
+        &self,
+        conv: &str,
+        s: &PrSettings,
+        turn_failed: bool,
+        retry: bool,
+    ) -> PrOutcome {
         let l = lock(&self.inner.locks)
             .entry(conv.to_string())
             .or_default()
             .clone();
         let _guard = l.lock().await;
         let outcome = match self.place(conv).await {
-            Ok(place) => self.run(conv, &place, s, turn_failed).await,
+            Ok(place) => self.run(conv, &place, s, turn_failed, retry).await,
             Err(message) => PrOutcome::Failed {
                 stage: "workspace".into(),
                 message,
@@ -265,7 +272,14 @@ impl Prs {
         }
     }
 
-    async fn run(&self, conv: &str, place: &Place, s: &PrSettings, turn_failed: bool) -> PrOutcome {
+    async fn run(
+        &self,
+        conv: &str,
+        place: &Place,
+        s: &PrSettings,
+        turn_failed: bool,
+        retry: bool,
+    ) -> PrOutcome {
         let fail = |stage: &str, message: String, commit: Option<String>| PrOutcome::Failed {
             stage: stage.into(),
             message: redact(&message, &s.token),
@@ -338,7 +352,20 @@ impl Prs {
             .await
             .map(|n| n.trim() != "0")
             .unwrap_or(true);
-        if !dirty && !unpushed {
+        let pushed_ahead = retry
+            && against == format!("origin/{}", s.branch)
+            && place
+                .git_ok(
+                    &[
+                        "rev-list",
+                        "--count",
+                        &format!("origin/{}..{against}", s.base),
+                    ],
+                    &[],
+                )
+                .await
+                .is_ok_and(|n| n.trim() != "0");
+        if !dirty && !unpushed && !pushed_ahead {
             return PrOutcome::NoChanges;
         }
         if turn_failed {
@@ -348,10 +375,22 @@ impl Prs {
                 commit,
             );
         }
-        // 3. Push with a brokered credential.
-        let env = self.push_env(conv, place, s).await;
+        // 3. Push with a brokered credential (a retry of a pushed branch only needs the PR).
+        let env = if unpushed || dirty {
+            self.push_env(conv, place, s).await
+        } else {
+            Vec::new()
+        };
         let refspec = format!("HEAD:refs/heads/{}", s.branch);
-        match place.git(&["push", "-q", "origin", &refspec], &env).await {
+        let push = if unpushed || dirty {
+            place.git(&["push", "-q", "origin", &refspec], &env).await
+        } else {
+            Ok(git::Out {
+                code: 0,
+                text: String::new(),
+            })
+        };
+        match push {
             Ok(o) if o.ok() => {}
             Ok(o) => {
                 let hint = if o.text.contains("rejected") || o.text.contains("protected") {

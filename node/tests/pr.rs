@@ -238,9 +238,14 @@ async fn idea_to_pr_then_a_follow_up_pushes_to_the_same_pr() {
     );
     assert_eq!(s.gh.pulls("o/r").len(), 1);
     assert_eq!(remote_log(&s, "sam/add-a-greeting-file").lines().count(), 3);
-    // Nothing more to do: said clearly.
-    assert_eq!(run(&s, idea).await, PrOutcome::NoChanges);
-    let m = s.n.messages(&s.conv).await;
+    // A turn that changes nothing: said clearly, no PR step.
+    let p = s.n.prompt(&s.conv, "say nothing to change").await;
+    s.n.ended(&s.conv, &p).await;
+    let m =
+        s.n.wait(&s.conv, "the no-change message", |m| {
+            system_texts(m).len() >= 3
+        })
+        .await;
     assert!(system_texts(&m)[2].contains("No changes"), "{m:?}");
     // No secret anywhere on the node: files, the document, the PR.
     assert_no_secret(s.n.dir.path());

@@ -68,7 +68,7 @@ pub struct ProvNode {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProvResponse {
-    Node(ProvNode),
+    Node(Box<ProvNode>),
     Nodes(Vec<ProvNode>),
     Done { id: String },
     Error(ErrorBody),

@@ -28,4 +28,5 @@ pub use local::Local;
 pub use pool::{Acquired, Placement, Pool, PoolError, PoolPolicy, Probe};
 pub use probe::IrohProbe;
 pub use provider::{CreateSpec, PoolState, Provider, ProviderError, Vm};
+pub use sam_bootstrap::NodeRelease;
 pub use scaleway::Scaleway;

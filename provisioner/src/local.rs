@@ -252,6 +252,12 @@ impl Provider for Local {
             return Err(fail(format!("{} exists already", dir.display()), ""));
         }
         fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // the node's key lives inside
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+        }
         let cleanup = |reason: String| {
             let _ = fs::remove_dir_all(&dir);
             fail(reason, " (its directory was removed)")

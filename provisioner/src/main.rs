@@ -199,6 +199,16 @@ fn serve(team: &std::path::Path, mut cfg: ProvidersConfig, json: bool) -> Result
             eprintln!("team provisioner {} on sam/prov/1 ({:?})", handle.addr.id.short(), handle.addr.direct);
             println!("{ticket}");
         }
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
         handle.shutdown().await;
         Ok(())

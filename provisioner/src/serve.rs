@@ -269,7 +269,7 @@ impl<P: Provider> ProvHandler<P> {
         };
         info!(peer = %peer.short(), vm = %vm.id, reused = got.reused, "node handed out");
         self.node(peer, &vm, got.reused)
-            .map(ProvResponse::Node)
+            .map(|n| ProvResponse::Node(Box::new(n)))
             .map_err(|e| e.to_string())
     }
 

@@ -125,6 +125,8 @@ pub struct ProvidersFile {
     pub scaleway: Option<ScalewayEntry>,
     /// `[pool]`: idle time and workspaces per node.
     pub pool: Option<PoolPolicy>,
+    /// `[release]`: the `sam-node` binary cloud nodes install (`url`, `sha256`).
+    pub release: Option<sam_provisioner::serve::Release>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,6 +148,7 @@ impl std::fmt::Debug for ProvidersFile {
             .field("hetzner", &self.hetzner.as_ref().map(|_| "<token>"))
             .field("scaleway", &self.scaleway.as_ref().map(|_| "<token>"))
             .field("pool", &self.pool)
+            .field("release", &self.release)
             .finish()
     }
 }
@@ -398,7 +401,8 @@ async fn create(paths: &ClientPaths, provider: ProviderName, size: Size) -> Resu
         super::up::node_binary()?;
     }
     let owner = paths.identity()?.node_id();
-    let pool = sam_provisioner::Pool::new(p, file.pool.unwrap_or_default());
+    let mut pool = sam_provisioner::Pool::new(p, file.pool.unwrap_or_default());
+    pool.release = file.release.map(|r| sam_bootstrap_release(&r));
     let probe = IrohProbe::bind(probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -418,6 +422,13 @@ async fn create(paths: &ClientPaths, provider: ProviderName, size: Size) -> Resu
             pool.provider.name()
         ),
     ))
+}
+
+fn sam_bootstrap_release(r: &sam_provisioner::serve::Release) -> sam_provisioner::NodeRelease {
+    sam_provisioner::NodeRelease {
+        url: r.url.clone(),
+        sha256: r.sha256.clone(),
+    }
 }
 
 fn probe_bind() -> Result<std::net::SocketAddr> {

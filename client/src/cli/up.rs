@@ -169,7 +169,9 @@ pub async fn run(
     super::print(&out, json_out);
     match then {
         Then::Gui => {
-            eprintln!("opening the SAM window (closing it stops the node; `sam up --cli` chats here instead)");
+            eprintln!(
+                "opening the SAM window (closing it stops the node; `sam up --cli` chats here instead)"
+            );
             let p = paths.clone();
             if let Err(e) = tokio::task::block_in_place(|| crate::gui::run_gui(p)) {
                 eprintln!("the GUI could not start: {e:#}; `sam up --cli` chats in the terminal");

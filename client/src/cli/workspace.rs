@@ -94,7 +94,10 @@ pub async fn run(paths: &ClientPaths, cmd: WorkspaceCmd) -> Result<Output> {
     result
 }
 
-async fn ws(client: &NodeClient, request: WorkspaceRequest) -> Result<WorkspaceResponse> {
+pub(crate) async fn ws(
+    client: &NodeClient,
+    request: WorkspaceRequest,
+) -> Result<WorkspaceResponse> {
     match client.request(Request::Workspace(request)).await? {
         Response::Workspace(w) => Ok(w),
         other => bail!("node answered with something else: {other:?}"),
@@ -286,7 +289,7 @@ pub async fn follow_creation(client: &NodeClient, id: &str) -> Result<WorkspaceI
 }
 
 /// One long poll for a credential request, answered when one comes.
-async fn serve_one_credential(client: &NodeClient) -> Result<()> {
+pub(crate) async fn serve_one_credential(client: &NodeClient) -> Result<()> {
     let WorkspaceResponse::Credential(req) = ws(client, WorkspaceRequest::WaitCredential).await?
     else {
         bail!("node answered a credential poll with something else");

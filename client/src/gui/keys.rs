@@ -145,7 +145,6 @@ mod tests {
 
     #[test]
     fn fallback_file_is_private_and_round_trips() {
-        // SAFETY of the env change: only this test reads SAM_NO_KEYRING in this process.
         let tmp = tempfile::tempdir().expect("tempdir");
         let paths = ClientPaths::new(tmp.path());
         let mut keys = BTreeMap::new();

@@ -49,9 +49,12 @@ pub fn make_repo(root: &Path) {
 
 /// Serves `root` at `http://127.0.0.1:PORT/`; every request needs `Basic <auth>`.
 pub async fn git_server(root: PathBuf, auth: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    git_server_on("127.0.0.1".parse().expect("ip"), root, auth).await
+}
+
+/// [`git_server`] on another local address (the Docker bridge, for containers).
+pub async fn git_server_on(ip: std::net::IpAddr, root: PathBuf, auth: String) -> String {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

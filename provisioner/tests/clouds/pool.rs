@@ -138,3 +138,48 @@ async fn no_release_configured_is_a_clear_error_and_creates_nothing() {
     let _ = pool.provider.name();
     srv.assert_clean();
 }
+
+#[tokio::test]
+async fn scaleway_pool_reuses_by_tags_and_reaps() {
+    use crate::scaleway_fake::{self, PROJECT};
+    let (fake, srv) = scaleway_fake::start().await;
+    let cfg = sam_provisioner::ScalewayConfig {
+        api: srv.base.clone(),
+        project_id: Some(PROJECT.into()),
+        timing: fast_timing(),
+        ..sam_provisioner::ScalewayConfig::default()
+    };
+    let mut pool = Pool::new(
+        sam_provisioner::Scaleway::new(scaleway_fake::TOKEN.to_owned(), cfg).expect("provider"),
+        PoolPolicy {
+            idle_ttl_secs: 60,
+            ..PoolPolicy::default()
+        },
+    );
+    pool.release = Some(NodeRelease {
+        url: "https://releases.example/sam-node".into(),
+        sha256: "0".repeat(64),
+    });
+    pool.probe_interval = Duration::from_millis(20);
+    let owner = SecretKey::generate().node_id();
+    let first = pool
+        .acquire(Size::Medium, &owner, &Answers(true))
+        .await
+        .expect("cold");
+    assert!(!first.reused);
+    assert_eq!(first.vm.machine_type, "DEV1-XL");
+    pool.release(&first.vm).await.expect("release");
+    let second = pool
+        .acquire(Size::Medium, &owner, &Answers(true))
+        .await
+        .expect("warm");
+    assert!(second.reused);
+    assert_eq!(second.vm.id, first.vm.id);
+    pool.release(&second.vm).await.expect("release");
+    assert_eq!(
+        pool.reap(now_unix() + 61).await.expect("reap"),
+        vec![first.vm.id.clone()]
+    );
+    assert_eq!(fake.server_count(), 0);
+    srv.assert_clean();
+}
