@@ -42,7 +42,7 @@ fn conversation(n: usize) -> (Conversation, Vec<MessageView>, Duration) {
     let me = "1111111111111111111111111111111111111111111111111111111111111111";
     let mut c = Conversation::create(
         NewConversation {
-            id: "bench".into(),
+            id: "beec0000".into(),
             title: "ten thousand messages".into(),
             agent: "claude".into(),
             workspace_node: NODE.into(),
@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut app = GuiApp::new(ClientPaths::new(tmp.path()))?;
     app.state.apply(Event::Convs(vec![ConvSummary {
-        id: "bench".into(),
+        id: "beec0000".into(),
         title: "ten thousand messages".into(),
         agent: "claude".into(),
         node: NODE.into(),
@@ -110,9 +110,9 @@ fn main() -> anyhow::Result<()> {
         messages: n,
         queued: 0,
     }]));
-    app.state.select("bench");
+    app.state.select("beec0000");
     app.state.apply(Event::Messages {
-        conv: "bench".into(),
+        conv: "beec0000".into(),
         messages: Arc::new(msgs.clone()),
         plan: vec![],
     });
@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         let msgs = Arc::new(conv.messages());
         snap.0.push(ts.elapsed().as_secs_f64() * 1e3);
         h.state_mut().state.apply(Event::Messages {
-            conv: "bench".into(),
+            conv: "beec0000".into(),
             messages: msgs,
             plan: vec![],
         });

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sam_client::docs::open_stream;
-use sam_crdt::{Conversation, MessageId, NewConversation, Role, Status};
+use sam_crdt::{Conversation, NewConversation, Role, Status};
 use sam_node::{Node, NodeConfig, NodePaths};
 use sam_protocol::SecretKey;
 use tokio::sync::Mutex;

@@ -191,7 +191,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
         "conversation {conv}: agent working (policy allow-all)"
     ));
     // 3. Follow until the node writes the PR outcome; answer credentials meanwhile.
-    let outcome = follow(&ep, &entry.ticket()?, &conv, &client).await;
+    let outcome = follow(paths, &ep, &entry.ticket()?, &conv, &client).await;
     client.close();
     ep.close().await;
     let text = outcome?;
@@ -211,6 +211,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
 
 /// Prints each new message as a step line and returns the first PR outcome the node writes.
 async fn follow(
+    paths: &ClientPaths,
     ep: &iroh::Endpoint,
     ticket: &sam_protocol::Ticket,
     conv: &str,
@@ -218,13 +219,16 @@ async fn follow(
 ) -> Result<String> {
     let mut stream = open_stream(ep, ticket, conv, false).await?;
     let (tx, mut rx) = tokio::sync::watch::channel(None::<String>);
+    let mut replicas = Replicas::open(paths)?;
     let follower = async move {
-        let mut doc = Conversation::new_replica();
+        let mut doc = replicas
+            .load(conv)
+            .unwrap_or_else(|_| Conversation::new_replica());
         let mut shown = 0usize;
-        let r = stream
+        stream
             .follow(
                 &mut doc,
-                |_| Ok(()),
+                |c| replicas.save(c),
                 |c| {
                     let msgs = c.messages();
                     for m in msgs.iter().skip(shown) {
@@ -253,8 +257,7 @@ async fn follow(
                         .unwrap_or(msgs.len());
                 },
             )
-            .await;
-        r
+            .await
     };
     let creds = async {
         loop {

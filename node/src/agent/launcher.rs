@@ -430,9 +430,10 @@ impl Launcher for DockerLauncher {
         let pidfile = format!("/tmp/.sam-proc-{:016x}", rand::random::<u64>());
         let mut cmd = self.exec(true, &cwd, env);
         // A new session (so a new process group) inside the container; its id is written
-        // down so stopping can kill the whole group there.
+        // down so stopping can kill the whole group there. `-w`: `docker exec` runs the
+        // command as a group leader, so plain setsid would fork and exit at once.
         let script = format!("echo $$ > {pidfile}; exec \"$@\"");
-        cmd.args(["setsid", "sh", "-c", &script, "sam-agent"])
+        cmd.args(["setsid", "-w", "sh", "-c", &script, "sam-agent"])
             .args(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
