@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 pub mod openapi;
 
 pub fn spec_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/specs/github-rest.openapi.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../provisioner/specs/github-rest.openapi.json")
 }
 
 /// One pull request the fake holds.
