@@ -45,7 +45,12 @@ fn cpu_rss() -> (f64, f64) {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -68,7 +73,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|d| d.parent())
         .map(|d| d.join("sam-test-agent"))
         .filter(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("build sam-test-agent first: cargo build --release -p sam-node --bins"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("build sam-test-agent first: cargo build --release -p sam-node --bins")
+        })?;
 
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("ws");
@@ -82,9 +89,13 @@ async fn main() -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(120),
         ..AgentsConfig::default()
     };
-    let handle =
-        Node::start_with_agents(NodePaths::new(dir.path().join("node")), cfg, node_key.clone(), agents)
-            .await?;
+    let handle = Node::start_with_agents(
+        NodePaths::new(dir.path().join("node")),
+        cfg,
+        node_key.clone(),
+        agents,
+    )
+    .await?;
     let me = owner.node_id().to_string();
     let mut conv = Conversation::create(
         NewConversation {
@@ -100,7 +111,9 @@ async fn main() -> anyhow::Result<()> {
     conv.set_agent_cmd(&me, &agent.display().to_string())?;
     let id = conv.id();
     let docs = handle.node.docs().clone();
-    docs.insert(conv).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    docs.insert(conv)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Followers record agent → client latency from the stamps in the text.
     let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
@@ -128,28 +141,32 @@ async fn main() -> anyhow::Result<()> {
             let mut agent_msg: Option<MessageId> = None;
             let mut seen = 0usize;
             let _ = stream
-                .follow(&mut replica, |_| Ok(()), |c| {
-                    let now = now_micros();
-                    if agent_msg.is_none() {
-                        agent_msg = c
-                            .messages()
-                            .into_iter()
-                            .find(|m| m.role == Role::Agent)
-                            .map(|m| m.id);
-                    }
-                    let Some(m) = agent_msg.as_ref().and_then(|id| c.message(id)) else {
-                        return;
-                    };
-                    let new = &m.text[seen.min(m.text.len())..];
-                    let mut l = lat.lock().expect("lat");
-                    for stamp in new.split(']').filter_map(|s| s.strip_prefix('[')) {
-                        if let Ok(t) = stamp.parse::<u128>() {
-                            l.push(now.saturating_sub(t) as f64 / 1000.0);
+                .follow(
+                    &mut replica,
+                    |_| Ok(()),
+                    |c| {
+                        let now = now_micros();
+                        if agent_msg.is_none() {
+                            agent_msg = c
+                                .messages()
+                                .into_iter()
+                                .find(|m| m.role == Role::Agent)
+                                .map(|m| m.id);
                         }
-                    }
-                    // Keep any half stamp for the next round.
-                    seen = m.text.rfind(']').map(|i| i + 1).unwrap_or(seen);
-                })
+                        let Some(m) = agent_msg.as_ref().and_then(|id| c.message(id)) else {
+                            return;
+                        };
+                        let new = &m.text[seen.min(m.text.len())..];
+                        let mut l = lat.lock().expect("lat");
+                        for stamp in new.split(']').filter_map(|s| s.strip_prefix('[')) {
+                            if let Ok(t) = stamp.parse::<u128>() {
+                                l.push(now.saturating_sub(t) as f64 / 1000.0);
+                            }
+                        }
+                        // Keep any half stamp for the next round.
+                        seen = m.text.rfind(']').map(|i| i + 1).unwrap_or(seen);
+                    },
+                )
                 .await;
         }));
     }
