@@ -175,12 +175,6 @@ async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
         .expect("sam idea");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let conv = stderr
-        .split("sam pr ")
-        .nth(1)
-        .and_then(|r| r.split('`').next())
-        .unwrap_or("")
-        .to_string();
     assert!(
         out.status.success(),
         "sam idea failed\nstdout: {stdout}\nstderr: {stderr}\nnode log:\n{}",

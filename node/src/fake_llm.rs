@@ -239,16 +239,16 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         api,
         answer: reply.kind.to_string(),
     };
-    if let Some(log) = &state.log {
-        if let Ok(line) = serde_json::to_string(&rec) {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-            {
-                let _ = writeln!(f, "{line}");
-            }
+    if let Some(log) = &state.log
+        && let Ok(line) = serde_json::to_string(&rec)
+    {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
         }
     }
     lock(&state.requests).push(rec);

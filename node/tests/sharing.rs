@@ -308,8 +308,7 @@ async fn history_outlives_the_node_through_a_teammate() {
     };
     let err = sam_client::conn::NodeClient::connect(&sep, &forged)
         .await
-        .err()
-        .expect("self-signed capability refused");
+        .expect_err("self-signed capability refused");
     assert!(err.to_string().contains("not the owner"), "{err}");
     let _ = node_key;
     let _ = server.router.shutdown().await;
