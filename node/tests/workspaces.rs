@@ -3,17 +3,16 @@
 //! this process on the Docker bridge. dockerd must be running and the base image
 //! built (scripts/test.sh does both); when it is not, these tests FAIL.
 
-use std::net::{IpAddr, SocketAddr};
+#[path = "support/git_http.rs"]
+mod git_http;
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
-use hyper_util::rt::TokioIo;
 use iroh::Endpoint;
 use sam_client::conn::{ConnectError, NodeClient};
 use sam_node::workspace::{DEFAULT_BASE_IMAGE, label};
@@ -253,137 +252,14 @@ struct GitServer {
     hits_with_auth: Arc<AtomicUsize>,
 }
 
-/// `git http-backend` behind a tiny HTTP server; with `auth`, Basic auth is required.
+/// `git http-backend` on the Docker bridge (support/git_http.rs); with `auth`, Basic
+/// auth is required.
 async fn git_server(root: PathBuf, auth: Option<&'static str>) -> GitServer {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(bridge_ip(), 0))
-        .await
-        .expect("bind on the docker bridge");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let hits2 = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                break;
-            };
-            let root = root.clone();
-            let hits = hits2.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let root = root.clone();
-                    let hits = hits.clone();
-                    async move { Ok::<_, std::convert::Infallible>(cgi(req, &root, auth, &hits).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let s = git_http::serve(bridge_ip(), root, auth.map(String::from)).await;
     GitServer {
-        url: format!("http://{addr}/repo.git"),
-        hits_with_auth: hits,
+        url: format!("{}/repo.git", s.base),
+        hits_with_auth: s.hits_with_auth,
     }
-}
-
-async fn cgi(
-    req: HttpRequest<hyper::body::Incoming>,
-    root: &Path,
-    auth: Option<&str>,
-    hits: &AtomicUsize,
-) -> HttpResponse<Full<Bytes>> {
-    if let Some(expected) = auth {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if given != format!("Basic {expected}") {
-            let mut r = HttpResponse::new(Full::new(Bytes::from_static(b"auth needed")));
-            *r.status_mut() = StatusCode::UNAUTHORIZED;
-            r.headers_mut().insert(
-                "www-authenticate",
-                "Basic realm=\"test\"".parse().expect("header"),
-            );
-            return r;
-        }
-        hits.fetch_add(1, Ordering::Relaxed);
-    }
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let header = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let (ctype, encoding, proto) = (
-        header("content-type"),
-        header("content-encoding"),
-        header("git-protocol"),
-    );
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let mut child = tokio::process::Command::new("git")
-        .arg("http-backend")
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("REQUEST_METHOD", method)
-        .env("PATH_INFO", path)
-        .env("QUERY_STRING", query)
-        .env("CONTENT_TYPE", ctype)
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", encoding)
-        .env("GIT_PROTOCOL", proto)
-        .env("REMOTE_USER", "sam")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("git http-backend");
-    if let Some(mut stdin) = child.stdin.take() {
-        use tokio::io::AsyncWriteExt;
-        let _ = stdin.write_all(&body).await;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .expect("http-backend output")
-        .stdout;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4))
-        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
-    let Some((end, sep)) = split else {
-        return HttpResponse::new(Full::new(Bytes::from(out)));
-    };
-    let mut r = HttpResponse::new(Full::new(Bytes::copy_from_slice(&out[end + sep..])));
-    for line in String::from_utf8_lossy(&out[..end]).lines() {
-        if let Some((k, v)) = line.split_once(':') {
-            let v = v.trim();
-            if k.eq_ignore_ascii_case("status") {
-                let code = v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(500);
-                *r.status_mut() =
-                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            } else if let (Ok(k), Ok(v)) = (
-                hyper::header::HeaderName::from_bytes(k.as_bytes()),
-                v.parse(),
-            ) {
-                r.headers_mut().insert(k, v);
-            }
-        }
-    }
-    r
 }
 
 // ---------- tests ----------

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -54,15 +56,34 @@ pub async fn git_server(root: PathBuf, auth: String) -> String {
 
 /// [`git_server`] on another local address (the Docker bridge, for containers).
 pub async fn git_server_on(ip: std::net::IpAddr, root: PathBuf, auth: String) -> String {
+    serve(ip, root, Some(auth)).await.base
+}
+
+/// A running test git server.
+pub struct GitServer {
+    /// `http://IP:PORT` (repositories are paths below it).
+    pub base: String,
+    /// Requests that passed Basic auth (0 when no auth is required).
+    pub hits_with_auth: Arc<AtomicUsize>,
+}
+
+/// `git http-backend` for `root` on `ip`; with `auth`, every request needs `Basic <auth>`.
+pub async fn serve(ip: std::net::IpAddr, root: PathBuf, auth: Option<String>) -> GitServer {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let hits2 = hits.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (root, auth) = (root.clone(), auth.clone());
+            let (root, auth, hits) = (root.clone(), auth.clone(), hits2.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let (root, auth) = (root.clone(), auth.clone());
-                    async move { Ok::<_, std::convert::Infallible>(cgi(req, &root, &auth).await) }
+                    let (root, auth, hits) = (root.clone(), auth.clone(), hits.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            cgi(req, &root, auth.as_deref(), &hits).await,
+                        )
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -70,16 +91,19 @@ pub async fn git_server_on(ip: std::net::IpAddr, root: PathBuf, auth: String) ->
             });
         }
     });
-    format!("http://{addr}")
+    GitServer {
+        base: format!("http://{addr}"),
+        hits_with_auth: hits,
+    }
 }
 
 async fn cgi(
     req: HttpRequest<hyper::body::Incoming>,
     root: &Path,
-    auth: &str,
+    auth: Option<&str>,
+    hits: &AtomicUsize,
 ) -> HttpResponse<Full<Bytes>> {
-    {
-        let expected = auth;
+    if let Some(expected) = auth {
         let given = req
             .headers()
             .get("authorization")
@@ -94,6 +118,7 @@ async fn cgi(
             );
             return r;
         }
+        hits.fetch_add(1, Ordering::Relaxed);
     }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
