@@ -40,6 +40,16 @@ impl ProtocolHandler for CtlHandler {
                     let session = session.clone();
                     tokio::spawn(async move {
                         let response = match read_frame::<RequestFrame>(&mut recv, MAX_FRAME).await {
+                            // A long poll whose asker went away (stream stopped, connection
+                            // closed) ends at once: left running, it would claim the next git
+                            // credential request and hand it to nobody.
+                            Ok(frame) if is_long_poll(&frame.request) => tokio::select! {
+                                r = handle(&node, &session, frame) => r,
+                                _ = send.stopped() => {
+                                    debug!(peer = %session.grant.peer.short(), "long poll abandoned by the peer");
+                                    return;
+                                }
+                            },
                             Ok(frame) => handle(&node, &session, frame).await,
                             Err(WireError::Closed) => return,
                             Err(e) => {
@@ -59,6 +69,14 @@ impl ProtocolHandler for CtlHandler {
         }
         Ok(())
     }
+}
+
+/// Requests that wait for something to happen; safe to drop before they answer.
+fn is_long_poll(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Workspace(sam_protocol::workspace::WorkspaceRequest::WaitCredential)
+    )
 }
 
 /// Decides one request (no IO beyond the share file).

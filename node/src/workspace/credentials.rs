@@ -37,6 +37,10 @@ use tracing::{debug, info, warn};
 
 /// How long a `git` inside a container waits for a client to answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
+/// A request handed to a client that has not answered within this time is handed out again
+/// (the client may have gone away with it). Longer than a client's own `git credential fill`
+/// timeout (30 s).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(35);
 /// Largest credential description accepted from a container.
 const MAX_DESCRIPTION: usize = 16 * 1024;
 /// Most credential requests waiting at once (all workspaces).
@@ -56,7 +60,8 @@ pub const SOCKET: &str = "cred.sock";
 struct Pending {
     request: CredentialRequest,
     reply: Option<oneshot::Sender<Option<GitCredential>>>,
-    claimed: bool,
+    /// When it was last handed to a client.
+    claimed: Option<tokio::time::Instant>,
 }
 
 #[derive(Default)]
@@ -106,7 +111,7 @@ impl Broker {
                         path,
                     },
                     reply: Some(tx),
-                    claimed: false,
+                    claimed: None,
                 },
             );
             inner.queue.push_back(id);
@@ -144,14 +149,17 @@ impl Broker {
     fn claim(&self, grant: &Grant) -> Option<CredentialRequest> {
         let mut inner = self.lock();
         let Inner { pending, queue, .. } = &mut *inner;
-        let pos = queue.iter().position(|id| {
-            pending
-                .get(id)
-                .is_some_and(|p| !p.claimed && allowed(grant, &p.request.workspace))
+        // Claimed requests stay queued until answered, so a claim whose client went away
+        // is handed out again once its lease is over.
+        let id = *queue.iter().find(|id| {
+            pending.get(id).is_some_and(|p| {
+                p.reply.is_some()
+                    && p.claimed.is_none_or(|t| t.elapsed() >= CLAIM_LEASE)
+                    && allowed(grant, &p.request.workspace)
+            })
         })?;
-        let id = queue.remove(pos)?;
         let p = pending.get_mut(&id)?;
-        p.claimed = true;
+        p.claimed = Some(tokio::time::Instant::now());
         debug!(id, workspace = %p.request.workspace, peer = %grant.peer.short(), "credential request handed out");
         Some(p.request.clone())
     }
@@ -338,5 +346,38 @@ mod tests {
         let got = asker.await.expect("join").expect("credential");
         assert_eq!(got.username, "u");
         assert!(broker.answer(&owner, req.id, None).is_err());
+    }
+
+    /// A client that took a request and went away (its long poll dropped, its connection
+    /// lost) does not eat it: after the lease the request goes to the next poll.
+    #[tokio::test]
+    async fn an_unanswered_claim_is_handed_out_again_after_its_lease() {
+        let broker = Broker::default();
+        let owner = Grant::owner(NodeId([1; 32]));
+        let b = broker.clone();
+        let asker =
+            tokio::spawn(async move { b.ask("ws1", "http".into(), "h".into(), None).await });
+        let first = broker.wait(&owner).await.expect("a request");
+        assert!(broker.claim(&owner).is_none(), "handed out twice at once");
+        for p in broker.lock().pending.values_mut() {
+            p.claimed = p.claimed.and_then(|t| t.checked_sub(CLAIM_LEASE));
+        }
+        let again = broker.claim(&owner).expect("handed out again");
+        assert_eq!(again.id, first.id);
+        broker
+            .answer(
+                &owner,
+                again.id,
+                Some(GitCredential {
+                    username: "u".into(),
+                    password: "p".into(),
+                }),
+            )
+            .expect("answer");
+        assert_eq!(
+            asker.await.expect("join").expect("credential").password,
+            "p"
+        );
+        assert!(broker.claim(&owner).is_none());
     }
 }
