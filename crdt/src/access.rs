@@ -148,6 +148,21 @@ fn as_req_int(v: Option<Value<'_>>, p: String) -> Result<i64, SchemaError> {
     }
 }
 
+/// An optional integer field: absent or `null` is `None`.
+pub(crate) fn opt_int<D: ReadDoc>(
+    doc: &D,
+    obj: &ObjId,
+    key: &str,
+    path: &str,
+) -> Result<Option<i64>, SchemaError> {
+    let p = join(path, key);
+    match get(doc, obj, key, &p)? {
+        None => Ok(None),
+        Some(Value::Scalar(s)) if matches!(s.as_ref(), ScalarValue::Null) => Ok(None),
+        v => as_req_int(v, p).map(Some),
+    }
+}
+
 fn type_name(t: ObjType) -> &'static str {
     describe(&Value::Object(t))
 }

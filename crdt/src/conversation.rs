@@ -3,6 +3,7 @@
 mod agent;
 mod apply;
 mod fork;
+mod hosts;
 mod messages;
 mod validate;
 

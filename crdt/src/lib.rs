@@ -24,12 +24,12 @@ pub use conversation::Conversation;
 pub use error::{CrdtError, SchemaError};
 pub use ids::{MessageId, validate_doc_id, validate_node_id};
 pub use schema::{
-    MessageView, NewConversation, ParentRef, PermissionAnswer, PermissionOption, PermissionView,
+    Host, HostEnd, MessageView, MoveTo, NewConversation, ParentRef, PermissionAnswer, PermissionOption, PermissionView,
     PlanEntry, Role, SCHEMA_VERSION, ServedBy, Status, ToolCall, ToolCallUpdate, ToolStatus,
     ToolView, WorkspaceRef,
 };
 pub use store::{DocStore, FsyncPolicy, MIN_RELATIVE_COMPACTION_BYTES, StoreOptions};
-pub use sync::{DEFAULT_MAX_SYNC_MESSAGE_BYTES, SyncPeer};
+pub use sync::{DEFAULT_MAX_SYNC_MESSAGE_BYTES, SyncPeer, live_message};
 
 /// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {

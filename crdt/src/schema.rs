@@ -254,3 +254,56 @@ pub struct ServedBy {
 
 /// Token usage counters (`usage` field): name → count.
 pub type Usage = BTreeMap<String, i64>;
+
+string_enum!(
+    /// Why a host stopped serving a conversation (`hosts[i].end`).
+    HostEnd {
+        /// The conversation was moved to another node or workspace (`sam move`).
+        Moved = "moved",
+        /// The workspace was deleted after its documents were flushed to another peer.
+        Removed = "removed",
+        /// The node was unreachable when the conversation moved away: whatever it held that
+        /// was not synced (uncommitted work, an unsynced tail) is lost.
+        Lost = "lost",
+    }
+);
+
+/// One entry of the `hosts` history: which node and workspace served the conversation from
+/// when (see `docs/conversation-schema.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// NodeId (hex) of the node.
+    pub node: String,
+    /// Workspace id on that node.
+    pub workspace: String,
+    /// From when it served, ms since the Unix epoch.
+    pub since: i64,
+    /// Git URL the workspace was made from, if known.
+    pub repo: Option<String>,
+    /// Branch checked out there, if known.
+    pub branch: Option<String>,
+    /// When it stopped serving (ms), once it has.
+    pub ended_at: Option<i64>,
+    /// Why it stopped.
+    pub end: Option<HostEnd>,
+    /// What became of the workspace's uncommitted work when it stopped (free text, e.g.
+    /// `patch in message <id>` or `not recoverable: the node was unreachable`).
+    pub carried: Option<String>,
+}
+
+/// Arguments of [`crate::Conversation::move_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveTo {
+    /// NodeId (hex) of the new node.
+    pub node: String,
+    /// Workspace id on the new node.
+    pub workspace: String,
+    /// Git URL of the new workspace, if known.
+    pub repo: Option<String>,
+    /// Branch of the new workspace, if known.
+    pub branch: Option<String>,
+    /// How the previous host ended.
+    pub end: HostEnd,
+    /// What became of the previous workspace's uncommitted work.
+    pub carried: Option<String>,
+}
