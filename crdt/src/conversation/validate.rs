@@ -43,7 +43,12 @@ pub(crate) fn validate_header<D: ReadDoc>(doc: &D) -> Result<ObjId, SchemaError>
     access::req_obj(doc, &ROOT, "messages", ObjType::List, "")
 }
 
-pub(super) fn node_id<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str, path: &str) -> Result<String, SchemaError> {
+pub(super) fn node_id<D: ReadDoc>(
+    doc: &D,
+    obj: &ObjId,
+    key: &str,
+    path: &str,
+) -> Result<String, SchemaError> {
     let s = access::req_str(doc, obj, key, path)?;
     if ids::is_node_id(&s) {
         Ok(s)
