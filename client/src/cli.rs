@@ -141,11 +141,15 @@ pub enum Cmd {
         /// Any ACP agent command instead (the `custom` agent).
         #[arg(long)]
         agent_cmd: Option<String>,
+        /// A node you have already (`sam nodes`); without it a node comes from --provider's
+        /// warm pool and goes back to it after the PR.
         #[arg(long)]
         node: Option<String>,
-        /// local (default: a known node); cloud providers are not wired in yet.
+        /// Where the node comes from: local (default: a `sam-node` on this machine), hetzner
+        /// or scaleway (`sam provider add`). A warm idle node first, else a new one.
         #[arg(long)]
         provider: Option<String>,
+        /// small (default), medium or large.
         #[arg(long)]
         size: Option<String>,
         /// A lightweight workspace (base image, no devcontainer build).

@@ -3,6 +3,10 @@
 //! fake GitHub API validated against `github-rest.openapi.json`. The scripted agent writes a
 //! file; the node commits, pushes with credentials brokered from `sam`, opens the PR, and
 //! `sam idea` prints its URL last. Needs dockerd, `sam-base:1` and `cargo build --bins`.
+//!
+//! Two ways to get the node: one the user connected (`--node`), and the `local` provider's
+//! warm pool on a fresh `SAM_HOME` (`sam-node` processes on this machine): the first idea
+//! creates a node, the second reuses it warm, each gives it back to the pool after its PR.
 
 #[path = "../../node/tests/support/git_http.rs"]
 mod git_http;
@@ -78,53 +82,134 @@ fn sam(home: &Path, gitconfig: &Path, api: &str) -> tokio::process::Command {
         .env("SAM_GIT_USERNAME", "sam")
         .env("SAM_GIT_PASSWORD", PASSWORD)
         .env("GIT_CONFIG_GLOBAL", gitconfig)
+        // for the nodes the local provider starts
+        .env("SAM_BASE_IMAGE", IMAGE)
+        .env("SAM_NODE_BIN", bin("sam-node"))
         .env_remove("RUST_LOG");
     c
 }
 
-// Ignored in the suite: run alone it passes (about 2 s), but in two full runs of
-// `scripts/test.sh` on a fresh clone the push's credential request was never answered
-// by `sam idea`'s broker loop (90 s wait, then "could not read Username"), cause not yet
-// found. The same push through the container's helper is covered by
-// node/tests/pr_docker.rs. Run it with `cargo test -p sam-client --test idea -- --ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky in the full suite: push credential not answered (see comment)"]
-async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
-    let docker_ok = Command::new("docker").arg("info").output();
-    assert!(
-        docker_ok.is_ok_and(|o| o.status.success()),
-        "dockerd is not reachable: this test needs a running Docker engine"
-    );
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let t0 = Instant::now();
-    build_image(tmp.path());
-    let t_image = t0.elapsed();
-    let repos = tmp.path().join("repos");
-    std::fs::create_dir_all(&repos).expect("mkdir");
-    git_http::make_repo(&repos);
-    let base = git_http::git_server_on(
-        bridge_ip(),
-        repos.clone(),
-        sam_node_base64(format!("sam:{PASSWORD}").as_bytes()),
-    )
-    .await;
-    let repo_url = format!("{base}/o/r.git");
-    let gh = github::FakeGitHub::start(TOKEN).await;
-    gh.add_repo("o/r");
-    let gitconfig = tmp.path().join("gitconfig");
-    std::fs::write(
-        &gitconfig,
-        "[user]\n\tname = Ada Lovelace\n\temail = ada@example.invalid\n",
-    )
-    .expect("gitconfig");
-    let home = tmp.path().join("client");
-    let node_home = tmp.path().join("node");
-    // The node.
-    let id = sam(&home, &gitconfig, &gh.url)
-        .arg("id")
+/// What both tests share: the image, the git server with Basic auth, the fake GitHub API and
+/// the git identity.
+struct Setup {
+    tmp: tempfile::TempDir,
+    repos: PathBuf,
+    git_base: String,
+    gh: github::FakeGitHub,
+    gitconfig: PathBuf,
+    home: PathBuf,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let docker_ok = Command::new("docker").arg("info").output();
+        assert!(
+            docker_ok.is_ok_and(|o| o.status.success()),
+            "dockerd is not reachable: this test needs a running Docker engine"
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        build_image(tmp.path());
+        let repos = tmp.path().join("repos");
+        std::fs::create_dir_all(&repos).expect("mkdir");
+        git_http::make_repo(&repos);
+        let git_base = git_http::git_server_on(
+            bridge_ip(),
+            repos.clone(),
+            sam_node_base64(format!("sam:{PASSWORD}").as_bytes()),
+        )
+        .await;
+        let gh = github::FakeGitHub::start(TOKEN).await;
+        gh.add_repo("o/r");
+        let gitconfig = tmp.path().join("gitconfig");
+        std::fs::write(
+            &gitconfig,
+            "[user]\n\tname = Ada Lovelace\n\temail = ada@example.invalid\n",
+        )
+        .expect("gitconfig");
+        let home = tmp.path().join("client");
+        Self {
+            tmp,
+            repos,
+            git_base,
+            gh,
+            gitconfig,
+            home,
+        }
+    }
+
+    fn repo_url(&self) -> String {
+        format!("{}/o/r.git", self.git_base)
+    }
+
+    fn sam(&self) -> tokio::process::Command {
+        sam(&self.home, &self.gitconfig, &self.gh.url)
+    }
+
+    /// `sam --json idea IDEA --repo URL ARGS…`: (success, JSON or error, stderr).
+    async fn idea(
+        &self,
+        idea: &str,
+        repo: &str,
+        args: &[&str],
+    ) -> (bool, serde_json::Value, String) {
+        let out = self
+            .sam()
+            .args(["--json", "idea", idea, "--repo", repo])
+            .args(["--agent-cmd", "sam-test-agent", "--lightweight"])
+            .args(args)
+            .output()
+            .await
+            .expect("sam idea");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+        assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+        let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("sam idea printed no JSON ({e})\nstdout: {stdout}\nstderr: {stderr}")
+        });
+        (out.status.success(), json, stderr)
+    }
+
+    fn branch_log(&self, branch: &str) -> String {
+        git_http::git(
+            &self.repos.join("o/r.git"),
+            &["log", "--format=%an %s", branch],
+        )
+    }
+}
+
+/// Removes the workspace containers a node made (only that node's, by label).
+fn remove_containers_of(node: &str) {
+    if let Ok(o) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=sam.node={node}")])
         .output()
-        .await
-        .expect("id");
+    {
+        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+fn containers_of(node: &str) -> usize {
+    Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=sam.node={node}")])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
+    let t0 = Instant::now();
+    let s = Setup::new().await;
+    let t_setup = t0.elapsed();
+    let node_home = s.tmp.path().join("node");
+    // The node.
+    let id = s.sam().arg("id").output().await.expect("id");
     let owner = String::from_utf8_lossy(&id.stdout).trim().to_string();
     let init = Command::new(bin("sam-node"))
         .env("SAM_HOME", &node_home)
@@ -142,13 +227,14 @@ async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
         .env("RUST_LOG", "info")
         .arg("run")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(tmp.path().join("node.log")).expect("log file"))
+        .stderr(std::fs::File::create(s.tmp.path().join("node.log")).expect("log file"))
         .kill_on_drop(true)
         .spawn()
         .expect("node");
     let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
     let ticket = lines.next_line().await.expect("line").expect("ticket");
-    let c = sam(&home, &gitconfig, &gh.url)
+    let c = s
+        .sam()
         .args(["connect", ticket.trim(), "--name", "local"])
         .output()
         .await
@@ -156,65 +242,201 @@ async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     // The idea (the scripted agent reads it as its script).
     let t1 = Instant::now();
-    let out = sam(&home, &gitconfig, &gh.url)
-        .args([
-            "idea",
+    let (ok, json, stderr) = s
+        .idea(
             "write greeting.txt hello world",
-            "--repo",
-            &repo_url,
-        ])
-        .args([
-            "--agent-cmd",
-            "sam-test-agent",
-            "--lightweight",
-            "--node",
-            "local",
-        ])
-        .output()
-        .await
-        .expect("sam idea");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "sam idea failed\nstdout: {stdout}\nstderr: {stderr}\nnode log:\n{}",
-        std::fs::read_to_string(tmp.path().join("node.log")).unwrap_or_default()
-    );
+            &s.repo_url(),
+            &["--node", "local"],
+        )
+        .await;
     let took = t1.elapsed();
-    let last = stdout.lines().last().unwrap_or("").trim().to_string();
+    let node_id = json["node"].as_str().unwrap_or("").to_string();
+    let cleanup = Cleanup(vec![node_id.clone()], None);
     assert!(
-        last.ends_with("/o/r/pull/1"),
-        "last line {last:?}\n{stdout}\n{stderr}"
+        ok,
+        "sam idea failed\njson: {json}\nstderr: {stderr}\nnode log:\n{}",
+        std::fs::read_to_string(s.tmp.path().join("node.log")).unwrap_or_default()
     );
-    let pulls = gh.pulls("o/r");
+    let url = json["pr"].as_str().unwrap_or("");
+    assert!(url.ends_with("/o/r/pull/1"), "{json}\n{stderr}");
+    // A node the user named is not the pool's: nothing is released, the workspace stays.
+    assert_eq!(json["released"], false);
+    assert_eq!(json["vm"], serde_json::Value::Null);
+    let pulls = s.gh.pulls("o/r");
     assert_eq!(pulls.len(), 1);
     assert_eq!(pulls[0].head, "sam/write-greeting-txt-hello-world");
     assert_eq!(pulls[0].base, "main");
     assert_eq!(pulls[0].title, "write greeting.txt hello world");
-    let log = git_http::git(
-        &repos.join("o/r.git"),
-        &[
-            "log",
-            "--format=%an %s",
-            "sam/write-greeting-txt-hello-world",
-        ],
-    );
+    let log = s.branch_log("sam/write-greeting-txt-hello-world");
     assert!(log.starts_with("Ada Lovelace write greeting.txt"), "{log}");
-    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
-    gh.assert_clean();
+    s.gh.assert_clean();
     println!(
-        "BENCH sam idea (local node, Docker lightweight workspace, scripted agent): image build {t_image:?}, idea→PR {took:?}\n{stderr}"
+        "BENCH sam idea (known local node, Docker lightweight workspace, scripted agent): setup {t_setup:?}, idea→PR {took:?}\n{stderr}"
     );
     drop(node);
-    // Remove the workspace containers of this test (only ours: made from its image).
-    if let Ok(o) = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("ancestor={IMAGE}")])
-        .output()
-    {
-        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    drop(cleanup);
+}
+
+/// Deletes the pool's nodes and the containers of every node, even when the test fails.
+struct Cleanup(Vec<String>, Option<(PathBuf, PathBuf)>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some((home, pool)) = &self.1
+            && let Ok(entries) = std::fs::read_dir(pool)
+        {
+            for e in entries.flatten().filter(is_node_dir) {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = Command::new(bin("sam"))
+                    .env("SAM_HOME", home)
+                    .env("SAM_NODE_BIN", bin("sam-node"))
+                    .args(["vm", "rm", &id, "--provider", "local"])
+                    .output();
+                remove_containers_of(&id);
+            }
+        }
+        for n in &self.0 {
+            remove_containers_of(n);
         }
     }
+}
+
+/// A node's folder in the local provider's state dir (64 hex digits; `run/` is not one).
+fn is_node_dir(e: &std::fs::DirEntry) -> bool {
+    let name = e.file_name().to_string_lossy().into_owned();
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn steps(json: &serde_json::Value) -> String {
+    json["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    format!(
+                        "  {:<12} {:>7.3} s  (at {:.3} s)  {}",
+                        s["step"].as_str().unwrap_or(""),
+                        s["secs"].as_f64().unwrap_or(0.0),
+                        s["at"].as_f64().unwrap_or(0.0),
+                        s["detail"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// A fresh `SAM_HOME` and the `local` provider: the first idea creates a node, the second
+/// reuses it warm (same node id, no new node); after each PR the workspace is removed and the
+/// node is idle in the pool. A repository that does not exist fails at the workspace step and
+/// gives the node back. The reaper deletes the idle node when its time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
+    let s = Setup::new().await;
+    let pool_dir = s.home.join("provider").join("local");
+    let _cleanup = Cleanup(vec![], Some((s.home.clone(), pool_dir.clone())));
+    let nodes_made = || {
+        std::fs::read_dir(&pool_dir)
+            .map(|d| d.flatten().filter(is_node_dir).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(nodes_made(), 0);
+
+    // 1. Cold: no node anywhere, the pool creates one.
+    let (ok, cold, stderr) = s
+        .idea(
+            "write one.txt first idea",
+            &s.repo_url(),
+            &["--provider", "local"],
+        )
+        .await;
+    assert!(ok, "first idea failed\njson: {cold}\nstderr: {stderr}");
+    assert_eq!(cold["reused"], false, "{cold}");
+    assert_eq!(cold["released"], true, "{cold}\n{stderr}");
+    let vm = cold["vm"].as_str().expect("vm id").to_string();
+    assert_eq!(cold["node"].as_str(), Some(vm.as_str()));
+    assert!(
+        cold["pr"].as_str().unwrap_or("").ends_with("/o/r/pull/1"),
+        "{cold}"
+    );
+    assert!(stderr.contains("first token"), "{stderr}");
+    assert_eq!(nodes_made(), 1);
+    assert_eq!(containers_of(&vm), 0, "the workspace was not removed");
+    let pool = s
+        .sam()
+        .args(["--json", "pool", "ls", "--provider", "local"])
+        .output()
+        .await
+        .expect("pool ls");
+    let pool: serde_json::Value = serde_json::from_slice(&pool.stdout).expect("pool json");
+    assert_eq!(pool[0]["id"], vm.as_str());
+    assert_eq!(pool[0]["pool"], "idle");
+    println!(
+        "BENCH sam idea, local provider, cold (no idle node):\n{}",
+        steps(&cold)
+    );
+
+    // 2. Warm: the same node, taken from the pool.
+    let (ok, warm, stderr) = s
+        .idea(
+            "write two.txt second idea",
+            &s.repo_url(),
+            &["--provider", "local"],
+        )
+        .await;
+    assert!(ok, "second idea failed\njson: {warm}\nstderr: {stderr}");
+    assert_eq!(warm["reused"], true, "{warm}");
+    assert_eq!(warm["vm"].as_str(), Some(vm.as_str()));
+    assert_eq!(warm["released"], true);
+    assert!(
+        warm["pr"].as_str().unwrap_or("").ends_with("/o/r/pull/2"),
+        "{warm}"
+    );
+    assert_eq!(nodes_made(), 1, "a second node was created");
+    assert_eq!(containers_of(&vm), 0);
+    println!(
+        "BENCH sam idea, local provider, warm (idle node reused):\n{}",
+        steps(&warm)
+    );
+    let pulls = s.gh.pulls("o/r");
+    assert_eq!(
+        pulls.iter().map(|p| p.head.as_str()).collect::<Vec<_>>(),
+        [
+            "sam/write-one-txt-first-idea",
+            "sam/write-two-txt-second-idea"
+        ]
+    );
+    assert!(
+        s.branch_log("sam/write-two-txt-second-idea")
+            .starts_with("Ada Lovelace write two.txt")
+    );
+    s.gh.assert_clean();
+
+    // 3. A repository that does not exist: a clear error at the workspace step, the node
+    // goes back to the pool, nothing is left running for it.
+    let missing = format!("{}/o/missing.git", s.git_base);
+    let (ok, err, stderr) = s
+        .idea("write three.txt x", &missing, &["--provider", "local"])
+        .await;
+    assert!(!ok, "{err}");
+    let msg = err["error"].as_str().unwrap_or("");
+    assert!(msg.contains("step 'workspace' failed"), "{msg}\n{stderr}");
+    assert!(stderr.contains("idle in the warm pool"), "{stderr}");
+    assert_eq!(nodes_made(), 1);
+    assert_eq!(containers_of(&vm), 0);
+
+    // 4. The reaper deletes the idle node once its time is up (idle time 0 here).
+    std::fs::write(s.home.join("providers.toml"), "[pool]\nidle_ttl_secs = 0\n").expect("config");
+    let reap = s
+        .sam()
+        .args(["--json", "pool", "reap", "--provider", "local"])
+        .output()
+        .await
+        .expect("reap");
+    let reaped: serde_json::Value = serde_json::from_slice(&reap.stdout).expect("reap json");
+    assert_eq!(reaped[0]["id"], vm.as_str(), "{reaped}");
+    assert_eq!(nodes_made(), 0);
 }
 
 fn sam_node_base64(data: &[u8]) -> String {

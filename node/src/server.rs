@@ -122,7 +122,12 @@ impl Node {
         let workspaces = crate::workspace::Workspaces::new(
             crate::workspace::WorkspaceConfig::new(
                 key.node_id().to_string(),
-                paths.dir.join("run"),
+                // Unix socket paths hold at most 107 bytes: a node whose home is deep (the
+                // local provider's) gets a shorter run folder through SAM_RUN_DIR.
+                std::env::var_os("SAM_RUN_DIR")
+                    .filter(|d| !d.is_empty())
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| paths.dir.join("run")),
             )
             .with_node_config(&cfg),
         );

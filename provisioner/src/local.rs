@@ -100,6 +100,16 @@ impl Local {
         Ok(self.dir.join(node.to_string()))
     }
 
+    /// The node's run folder (credential sockets): `<dir>/run/<first 12 hex of the id>`, short
+    /// because a unix socket path holds at most 107 bytes and the node's home is deep.
+    fn run_dir(&self, vm_dir: &Path) -> PathBuf {
+        let id = vm_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.dir.join("run").join(id.get(..12).unwrap_or(&id))
+    }
+
     fn read_state(dir: &Path) -> Result<VmState, String> {
         let bytes = read_small(&dir.join("vm.json"))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("vm.json: {e}"))
@@ -164,6 +174,7 @@ impl Local {
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = std::process::Command::new(&self.node_bin);
         cmd.env("SAM_HOME", dir)
+            .env("SAM_RUN_DIR", self.run_dir(dir))
             .args(["run", "-v"])
             .stdin(Stdio::null())
             .stdout(log)
@@ -356,6 +367,7 @@ impl Provider for Local {
         if let Ok(state) = Self::read_state(&dir) {
             self.stop(id, state.pid).await;
         }
+        let _ = fs::remove_dir_all(self.run_dir(&dir));
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -393,16 +393,25 @@ pub async fn run(paths: &ClientPaths, cmd: CloudCmd) -> Result<Output> {
     }
 }
 
-async fn create(paths: &ClientPaths, provider: ProviderName, size: Size) -> Result<Output> {
+/// The warm pool of one provider set up here (with this home's pool policy and release).
+pub(crate) fn pool_for(
+    paths: &ClientPaths,
+    provider: ProviderName,
+) -> Result<sam_provisioner::Pool<AnyProvider>> {
     let file = ProvidersFile::load(paths)?;
     let p = file.provider(paths, provider)?;
     if let AnyProvider::Local(_) = p {
         // fail early with the clear message when sam-node is missing
         super::up::node_binary()?;
     }
-    let owner = paths.identity()?.node_id();
     let mut pool = sam_provisioner::Pool::new(p, file.pool.unwrap_or_default());
     pool.release = file.release.map(|r| sam_bootstrap_release(&r));
+    Ok(pool)
+}
+
+async fn create(paths: &ClientPaths, provider: ProviderName, size: Size) -> Result<Output> {
+    let pool = pool_for(paths, provider)?;
+    let owner = paths.identity()?.node_id();
     let probe = IrohProbe::bind(probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -431,7 +440,7 @@ fn sam_bootstrap_release(r: &sam_provisioner::serve::Release) -> sam_provisioner
     }
 }
 
-fn probe_bind() -> Result<std::net::SocketAddr> {
+pub(crate) fn probe_bind() -> Result<std::net::SocketAddr> {
     match env("SAM_BIND") {
         Some(s) => s
             .parse()

@@ -7,18 +7,22 @@
 //! `sam pr CONV` runs the PR step again (after a failure, or by hand).
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
 use sam_crdt::{Conversation, Role as MsgRole};
 use sam_protocol::ctl::{Request, Response};
 use sam_protocol::pr::{GitIdentity, PrOutcome, PrRequest, PrResponse, PrSettings, branch_for};
 use sam_protocol::workspace::{
     CreateWorkspace, WorkspaceRequest, WorkspaceResponse, WorkspaceStatus,
 };
+use sam_provisioner::{AnyProvider, IrohProbe, Pool, Provider, Size, Vm};
 use serde_json::json;
 
+use super::cloud::ProviderName;
 use super::{Output, open};
+use crate::book::NodeBook;
 use crate::conn::NodeClient;
 use crate::docs::{Replicas, open_stream};
 use crate::paths::ClientPaths;
@@ -97,115 +101,417 @@ async fn pr_request(client: &NodeClient, req: PrRequest) -> Result<PrResponse> {
     }
 }
 
-fn step(text: &str) {
-    eprintln!("==> {text}");
+/// The progress display: one line per step on stderr, with the time since the start and the
+/// step's own time; the steps also go into the JSON output (`steps`).
+struct Progress {
+    t0: Instant,
+    last: Instant,
+    steps: Vec<serde_json::Value>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            t0: now,
+            last: now,
+            steps: Vec::new(),
+        }
+    }
+
+    /// A step is done.
+    fn done(&mut self, name: &str, detail: &str) {
+        self.done_at(name, detail, Instant::now());
+    }
+
+    fn done_at(&mut self, name: &str, detail: &str, at: Instant) {
+        let took = at.saturating_duration_since(self.last).as_secs_f64();
+        let total = at.saturating_duration_since(self.t0).as_secs_f64();
+        self.last = at;
+        eprintln!("==> [{total:6.2}s +{took:5.2}s] {name}: {detail}");
+        self.steps
+            .push(json!({ "step": name, "secs": took, "at": total, "detail": detail }));
+    }
+
+    fn note(&self, text: &str) {
+        eprintln!("    {text}");
+    }
+}
+
+/// Where the idea runs: a node the user named, or one taken from a provider's warm pool.
+enum Place {
+    Known,
+    Pooled {
+        pool: Box<Pool<AnyProvider>>,
+        vm: Vm,
+    },
+}
+
+/// Takes a warm node of the size from the provider's pool, or creates one (a failed create is
+/// deleted by the pool), and writes it into the node book.
+async fn acquire(
+    paths: &ClientPaths,
+    provider: &str,
+    size: Size,
+    progress: &mut Progress,
+) -> Result<(Place, String)> {
+    let name = ProviderName::from_str(provider, true).map_err(|_| {
+        anyhow::anyhow!("unknown provider {provider:?}: use local, hetzner or scaleway")
+    })?;
+    let pool = super::cloud::pool_for(paths, name)?;
+    let owner = paths.identity()?.node_id();
+    let probe = IrohProbe::bind(super::cloud::probe_bind()?)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let got = pool.acquire(size, &owner, &probe).await;
+    probe.close().await;
+    let got = got.with_context(|| {
+        format!(
+            "step 'node' failed: no {} node of size {size} (nothing was left running)",
+            pool.provider.name()
+        )
+    })?;
+    let mut book = NodeBook::load(&paths.nodes())?;
+    let entry = book.upsert(&got.ticket, None)?;
+    book.set_owner(&got.ticket.addr.id.to_string(), &owner);
+    book.save(&paths.nodes())?;
+    progress.done(
+        "node",
+        &format!(
+            "{} {} node {} ({entry})",
+            if got.reused {
+                "warm"
+            } else {
+                "new (no idle node)"
+            },
+            pool.provider.name(),
+            got.vm.id
+        ),
+    );
+    Ok((
+        Place::Pooled {
+            pool: Box::new(pool),
+            vm: got.vm,
+        },
+        got.ticket.addr.id.to_string(),
+    ))
 }
 
 /// `sam idea`.
 pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
-    let started = std::time::Instant::now();
+    let mut progress = Progress::new();
     if a.idea.trim().is_empty() {
         bail!("the idea is empty: describe what the agent should do");
     }
-    if let Some(p) = a.provider.as_deref().filter(|p| *p != "local") {
-        bail!(
-            "`sam idea --provider {p}` is not implemented yet: start or connect a node (`sam up`, `sam connect`) and use --node{}",
-            a.size
-                .as_deref()
-                .map(|_| " (--size applies to cloud providers only)")
-                .unwrap_or("")
-        );
+    if a.node.is_some() && (a.provider.is_some() || a.size.is_some()) {
+        bail!("--node uses a node you already have; --provider and --size pick one from a pool");
     }
+    let size: Size = match a.size.as_deref() {
+        Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--size: {e}"))?,
+        None => Size::Small,
+    };
     let token = github_token(paths).await?;
     let identity = git_identity().await?;
     let branch = branch_for(&a.idea);
     let title = title(&a.idea);
-    let (ep, client, entry) = open(paths, a.node.as_deref()).await?;
-    step(&format!("node {} reached", entry.name));
-    // 1. The workspace, on the base branch; the node switches to `branch` for the PR.
+    // 1. The node: the one named, else the pool's.
+    let (place, node) = match a.node.as_deref() {
+        Some(n) => (Place::Known, n.to_string()),
+        None => {
+            acquire(
+                paths,
+                a.provider.as_deref().unwrap_or("local"),
+                size,
+                &mut progress,
+            )
+            .await?
+        }
+    };
+    // 2. Connect by ticket.
+    let (ep, client, entry) = match open(paths, Some(&node)).await {
+        Ok(c) => c,
+        Err(e) => {
+            let fate = match &place {
+                Place::Pooled { pool, vm } => match pool.provider.delete(&vm.id).await {
+                    Ok(()) => format!("; node {} was deleted", vm.id),
+                    Err(d) => format!(
+                        "; deleting node {} failed ({d}): `sam vm rm {}`",
+                        vm.id, vm.id
+                    ),
+                },
+                Place::Known => String::new(),
+            };
+            return Err(e.context(format!("step 'connect' failed{fate}")));
+        }
+    };
+    progress.done(
+        "connect",
+        &format!("node {} reached by its ticket", entry.name),
+    );
+    // 3–6 run with one credential broker for the whole flow (clone and push): a broker loop
+    // that is cancelled while its long poll is open would leave that poll on the node.
+    let mut made = Made::default();
+    let flow = run_flow(
+        paths,
+        &a,
+        &ep,
+        &client,
+        &entry,
+        &branch,
+        &title,
+        identity,
+        token,
+        &mut progress,
+        &mut made,
+    );
+    let result = tokio::select! {
+        r = flow => r,
+        _ = credential_broker(&client) => unreachable!("the credential broker never ends"),
+    };
+    // 7. Release: after the PR (or when no workspace could be made), the workspace goes and
+    // the node goes back to the warm pool. After a later failure the work is kept.
+    let mut released = false;
+    if let Place::Pooled { pool, vm } = &place {
+        if result.is_ok() || !made.ready {
+            released = release(pool, vm, &client, made.workspace.as_deref(), &mut progress).await;
+        } else {
+            progress.note(&format!(
+                "node {} stays busy with the workspace (retry: `sam pr CONV`; give it back: `sam vm release {}`)",
+                vm.id, vm.id
+            ));
+        }
+    }
+    client.close();
+    ep.close().await;
+    let done = result?;
+    progress.done("done", "idea → PR");
+    let (provider, vm_id, reused) = match &place {
+        Place::Pooled { pool, vm } => (
+            Some(pool.provider.name()),
+            Some(vm.id.clone()),
+            Some(
+                progress
+                    .steps
+                    .first()
+                    .is_some_and(|s| s["detail"].as_str().is_some_and(|d| d.starts_with("warm"))),
+            ),
+        ),
+        Place::Known => (None, None, None),
+    };
+    Ok(Output::new(
+        json!({
+            "conversation": done.conv, "workspace": done.workspace, "branch": branch,
+            "pr": done.url, "message": done.text, "node": entry.id, "provider": provider,
+            "vm": vm_id, "reused": reused, "released": released,
+            "steps": progress.steps,
+        }),
+        format!("{}\n{}", done.text, done.url),
+    ))
+}
+
+/// Removes the idea's workspace (if any) and marks the node idle; says what happened.
+async fn release(
+    pool: &Pool<AnyProvider>,
+    vm: &Vm,
+    client: &NodeClient,
+    workspace: Option<&str>,
+    progress: &mut Progress,
+) -> bool {
+    if let Some(id) = workspace {
+        let removed =
+            super::workspace::ws(client, WorkspaceRequest::Remove { id: id.to_string() }).await;
+        if let Err(e) = removed {
+            progress.note(&format!(
+                "workspace {id} could not be removed ({e:#}); node {} stays busy: `sam vm release {}` when done",
+                vm.id, vm.id
+            ));
+            return false;
+        }
+    }
+    match pool.release(vm).await {
+        Ok(vm) => {
+            let left = pool
+                .policy
+                .expires_at(&vm)
+                .map(|t| t.saturating_sub(sam_provisioner::pool::now_unix()))
+                .unwrap_or(0);
+            progress.done(
+                "release",
+                &format!(
+                    "{}node {} idle in the warm pool (deleted after {} min unless reused)",
+                    if workspace.is_some() {
+                        "workspace removed; "
+                    } else {
+                        ""
+                    },
+                    vm.id,
+                    left / 60
+                ),
+            );
+            true
+        }
+        Err(e) => {
+            progress.note(&format!(
+                "could not put node {} back in the pool: {e} (`sam vm release {}`)",
+                vm.id, vm.id
+            ));
+            false
+        }
+    }
+}
+
+/// What the flow has made so far.
+#[derive(Default)]
+struct Made {
+    workspace: Option<String>,
+    /// The workspace is ready: from here on a failure keeps it (and its work).
+    ready: bool,
+}
+
+/// What the flow made.
+struct Done {
+    conv: String,
+    workspace: String,
+    text: String,
+    url: String,
+}
+
+/// Workspace → conversation → prompt → agent → PR. Each failure names its step.
+#[allow(clippy::too_many_arguments)]
+async fn run_flow(
+    paths: &ClientPaths,
+    a: &IdeaArgs,
+    ep: &iroh::Endpoint,
+    client: &NodeClient,
+    entry: &crate::NodeEntry,
+    branch: &str,
+    title: &str,
+    identity: GitIdentity,
+    token: String,
+    progress: &mut Progress,
+    made: &mut Made,
+) -> Result<Done> {
+    // 3. The workspace, on the base branch; the node switches to `branch` for the PR.
     let spec = CreateWorkspace {
         repo: Some(a.repo.clone()),
         branch: Some(a.base.clone()),
         lightweight: a.lightweight,
         name: Some(branch.trim_start_matches("sam/").to_string()),
     };
-    let WorkspaceResponse::Info(info) =
-        super::workspace::ws(&client, WorkspaceRequest::Create(spec)).await?
-    else {
-        bail!("node answered create with something else");
-    };
-    let info = super::workspace::follow_creation(&client, &info.id).await?;
-    if let WorkspaceStatus::Failed { reason, log_tail } = &info.status {
-        bail!(
-            "workspace {} failed: {reason}\n--- last log lines ---\n{log_tail}",
-            info.id
-        );
+    let info = async {
+        let WorkspaceResponse::Info(info) =
+            super::workspace::ws(client, WorkspaceRequest::Create(spec)).await?
+        else {
+            bail!("node answered create with something else");
+        };
+        made.workspace = Some(info.id.clone());
+        let info = super::workspace::creation_logs(client, &info.id).await?;
+        if let WorkspaceStatus::Failed { reason, log_tail } = &info.status {
+            bail!(
+                "workspace {} failed: {reason}\n--- last log lines ---\n{log_tail}",
+                info.id
+            );
+        }
+        Ok(info)
     }
-    step(&format!(
-        "workspace {} ready ({:.1}s)",
-        info.id,
-        started.elapsed().as_secs_f64()
-    ));
-    // 2. The conversation (autonomous policy), PR settings, the prompt.
-    let out = super::convs::convs(
-        paths,
-        super::convs::ConvsCmd::New {
-            workspace: info.id.clone(),
-            node: Some(entry.id.clone()),
-            agent: a.agent.clone(),
-            agent_cmd: a.agent_cmd.clone(),
-            title: Some(title.clone()),
-            policy: Some("allow-all".into()),
-        },
-    )
-    .await?;
-    let conv = out
-        .text
-        .lines()
-        .last()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .context("no conversation id")?
-        .to_string();
-    let settings = PrSettings {
-        repo_url: a.repo.clone(),
-        base: a.base.clone(),
-        branch: branch.clone(),
-        idea: a.idea.clone(),
-        identity,
-        token,
-        api: std::env::var("SAM_GITHUB_API")
-            .ok()
-            .filter(|v| !v.is_empty()),
-    };
-    pr_request(
-        &client,
-        PrRequest::Enable {
-            conv: conv.clone(),
-            settings,
-        },
-    )
-    .await?;
-    super::convs::prompt(paths, &conv, &a.idea).await?;
-    step(&format!(
-        "conversation {conv}: agent working (policy allow-all)"
-    ));
-    // 3. Follow until the node writes the PR outcome; answer credentials meanwhile.
-    let outcome = follow(paths, &ep, &entry.ticket()?, &conv, &client).await;
-    client.close();
-    ep.close().await;
-    let text = outcome?;
+    .await
+    .context("step 'workspace' failed")?;
+    made.ready = true;
+    progress.done(
+        "workspace",
+        &format!(
+            "{} ready on {} (branch {branch} for the PR)",
+            info.id, a.base
+        ),
+    );
+    // 4. The conversation (autonomous policy), PR settings, the prompt.
+    let conv = async {
+        let out = super::convs::convs(
+            paths,
+            super::convs::ConvsCmd::New {
+                workspace: info.id.clone(),
+                node: Some(entry.id.clone()),
+                agent: a.agent.clone(),
+                agent_cmd: a.agent_cmd.clone(),
+                title: Some(title.to_string()),
+                policy: Some("allow-all".into()),
+            },
+        )
+        .await?;
+        let conv = out
+            .text
+            .lines()
+            .last()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .context("no conversation id")?
+            .to_string();
+        let settings = PrSettings {
+            repo_url: a.repo.clone(),
+            base: a.base.clone(),
+            branch: branch.to_string(),
+            idea: a.idea.clone(),
+            identity,
+            token,
+            api: std::env::var("SAM_GITHUB_API")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        };
+        pr_request(
+            client,
+            PrRequest::Enable {
+                conv: conv.clone(),
+                settings,
+            },
+        )
+        .await?;
+        let sent = super::convs::prompt(paths, &conv, &a.idea).await?;
+        if sent.json["sent"] != json!(true) {
+            bail!("the prompt could not be sent to the node (it is queued in {conv})");
+        }
+        Ok::<_, anyhow::Error>(conv)
+    }
+    .await
+    .context("step 'agent' failed (conversation, PR settings or prompt)")?;
+    progress.done(
+        "agent",
+        &format!("conversation {conv}: prompt sent, agent working (policy allow-all)"),
+    );
+    // 5–6. Follow until the node writes the PR outcome.
+    let text = follow(paths, ep, &entry.ticket()?, &conv, progress)
+        .await
+        .with_context(|| {
+            format!(
+                "step 'pr' failed; the work stays in workspace {} (retry: `sam pr {conv}`)",
+                info.id
+            )
+        })?;
     let url = text
         .split_whitespace()
         .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .map(str::to_string);
-    step(&format!("done in {:.1}s", started.elapsed().as_secs_f64()));
-    match url {
-        Some(url) => Ok(Output::new(
-            json!({ "conversation": conv, "workspace": info.id, "branch": branch, "pr": url, "message": text }),
-            format!("{text}\n{url}"),
-        )),
-        None => bail!("{text}"),
+        .map(|u| u.trim_end_matches(['.', ',', ')']).to_string());
+    let Some(url) = url else {
+        bail!(
+            "step 'pr': {text} (workspace {} is kept; prompt again with `sam prompt {conv}`, then `sam pr {conv}`)",
+            info.id
+        );
+    };
+    progress.done("pr", &format!("pull request opened: {url}"));
+    Ok(Done {
+        conv,
+        workspace: info.id,
+        text,
+        url,
+    })
+}
+
+/// Answers the node's git credential requests, one long poll after the other, forever.
+async fn credential_broker(client: &NodeClient) {
+    loop {
+        if let Err(e) = super::workspace::serve_one_credential(client).await {
+            eprintln!("credential broker: {e:#}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -215,11 +521,13 @@ async fn follow(
     ep: &iroh::Endpoint,
     ticket: &sam_protocol::Ticket,
     conv: &str,
-    client: &NodeClient,
+    progress: &mut Progress,
 ) -> Result<String> {
     let mut stream = open_stream(ep, ticket, conv, false).await?;
     let (tx, mut rx) = tokio::sync::watch::channel(None::<String>);
     let mut replicas = Replicas::open(paths)?;
+    let first_token = std::cell::Cell::new(None::<Instant>);
+    let first = &first_token;
     let follower = async move {
         let mut doc = replicas
             .load(conv)
@@ -231,17 +539,26 @@ async fn follow(
                 |c| replicas.save(c),
                 |c| {
                     let msgs = c.messages();
+                    if first.get().is_none()
+                        && msgs.iter().any(|m| {
+                            matches!(m.role, MsgRole::Agent | MsgRole::Thought | MsgRole::Tool)
+                                && (!m.text.is_empty() || m.tool.is_some())
+                        })
+                    {
+                        first.set(Some(Instant::now()));
+                        eprintln!("    (first agent token)");
+                    }
                     for m in msgs.iter().skip(shown) {
                         if m.role == MsgRole::System {
                             let _ = tx.send(Some(m.text.clone()));
                         } else if m.role != MsgRole::User {
-                            let first = m.text.lines().next().unwrap_or("");
-                            let what = m.tool.as_ref().map(|t| t.title.as_str()).unwrap_or(first);
-                            step(&format!(
-                                "{}: {}",
+                            let line = m.text.lines().next().unwrap_or("");
+                            let what = m.tool.as_ref().map(|t| t.title.as_str()).unwrap_or(line);
+                            eprintln!(
+                                "    {}: {}",
                                 m.role.as_str(),
                                 what.chars().take(100).collect::<String>()
-                            ));
+                            );
                         }
                     }
                     // Count only messages that are finished, so streamed text is shown once done.
@@ -259,14 +576,6 @@ async fn follow(
             )
             .await
     };
-    let creds = async {
-        loop {
-            if let Err(e) = super::workspace::serve_one_credential(client).await {
-                eprintln!("credential broker: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
     let wait = async {
         loop {
             if let Some(t) = rx.borrow_and_update().clone() {
@@ -277,14 +586,17 @@ async fn follow(
                 .context("the conversation stream ended")?;
         }
     };
-    tokio::select! {
+    let r = tokio::select! {
         t = wait => t,
         r = follower => match r {
-            Ok(()) => bail!("the node closed the conversation stream before the PR step"),
+            Ok(()) => Err(anyhow::anyhow!("the node closed the conversation stream before the PR step")),
             Err(e) => Err(e.context("following the conversation")),
         },
-        _ = creds => bail!("credential loop ended"),
+    };
+    if let Some(at) = first_token.get() {
+        progress.done_at("first token", "the agent answered", at);
     }
+    r
 }
 
 fn title(idea: &str) -> String {
@@ -327,15 +639,10 @@ pub async fn pr(
             api: std::env::var("SAM_GITHUB_API").ok().filter(|v| !v.is_empty()),
         };
         let run = pr_request(&client, PrRequest::Run { conv: id.clone(), settings: Some(settings) });
-        let creds = async {
-            loop {
-                if let Err(e) = super::workspace::serve_one_credential(&client).await {
-                    eprintln!("credential broker: {e:#}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        let r = tokio::select! {
+            r = run => r?,
+            _ = credential_broker(&client) => unreachable!("the credential broker never ends"),
         };
-        let r = tokio::select! { r = run => r?, _ = creds => bail!("credential loop ended") };
         match r {
             PrResponse::Outcome(PrOutcome::Opened { url, number, reused, branch, commit }) => Ok(Output::new(
                 json!({ "pr": url, "number": number, "reused": reused, "branch": branch, "commit": commit }),

@@ -234,58 +234,61 @@ pub async fn follow_creation(client: &NodeClient, id: &str) -> Result<WorkspaceI
             }
         }
     };
-    let logs = async {
-        let tty = std::io::stderr().is_terminal();
-        let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
-        let mut from = 0;
-        let mut tick = 0usize;
-        loop {
-            let WorkspaceResponse::Logs(l) = ws(
-                client,
-                WorkspaceRequest::Logs {
-                    id: id.to_string(),
-                    from,
-                },
-            )
-            .await?
-            else {
-                bail!("node answered logs with something else");
-            };
-            from = l.next;
-            let mut err = std::io::stderr().lock();
-            for line in &l.lines {
-                if tty {
-                    let _ = write!(err, "\r\x1b[2K");
-                }
-                let _ = writeln!(err, "  {line}");
-            }
-            if !matches!(l.status, WorkspaceStatus::Creating) {
-                if tty {
-                    let _ = write!(err, "\r\x1b[2K");
-                }
-                break;
-            }
-            if tty {
-                tick += 1;
-                let _ = write!(
-                    err,
-                    "\r{} creating workspace {id}",
-                    spinner[tick % spinner.len()]
-                );
-                let _ = err.flush();
-            }
-        }
-        let WorkspaceResponse::Info(info) =
-            ws(client, WorkspaceRequest::Get { id: id.to_string() }).await?
-        else {
-            bail!("node answered get with something else");
-        };
-        Ok(info)
-    };
     tokio::select! {
-        r = logs => r,
+        r = creation_logs(client, id) => r,
         _ = creds => unreachable!("the credential loop never ends"),
     }
+}
+
+/// Shows the creation log until the workspace is no longer `Creating` (without answering
+/// credential requests: the caller does). Returns the final info.
+pub(crate) async fn creation_logs(client: &NodeClient, id: &str) -> Result<WorkspaceInfo> {
+    let tty = std::io::stderr().is_terminal();
+    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let mut from = 0;
+    let mut tick = 0usize;
+    loop {
+        let WorkspaceResponse::Logs(l) = ws(
+            client,
+            WorkspaceRequest::Logs {
+                id: id.to_string(),
+                from,
+            },
+        )
+        .await?
+        else {
+            bail!("node answered logs with something else");
+        };
+        from = l.next;
+        let mut err = std::io::stderr().lock();
+        for line in &l.lines {
+            if tty {
+                let _ = write!(err, "\r\x1b[2K");
+            }
+            let _ = writeln!(err, "  {line}");
+        }
+        if !matches!(l.status, WorkspaceStatus::Creating) {
+            if tty {
+                let _ = write!(err, "\r\x1b[2K");
+            }
+            break;
+        }
+        if tty {
+            tick += 1;
+            let _ = write!(
+                err,
+                "\r{} creating workspace {id}",
+                spinner[tick % spinner.len()]
+            );
+            let _ = err.flush();
+        }
+    }
+    let WorkspaceResponse::Info(info) =
+        ws(client, WorkspaceRequest::Get { id: id.to_string() }).await?
+    else {
+        bail!("node answered get with something else");
+    };
+    Ok(info)
 }
 
 /// One long poll for a credential request, answered when one comes.

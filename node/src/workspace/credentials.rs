@@ -215,6 +215,12 @@ impl Broker {
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
         let path = dir.join(SOCKET);
+        if path.as_os_str().len() > 107 {
+            return Err(std::io::Error::other(format!(
+                "the socket path {} is longer than a unix socket allows (107 bytes): set SAM_RUN_DIR to a shorter folder",
+                path.display()
+            )));
+        }
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
         // The container's user (uid 1000 or any) must be able to connect.
