@@ -163,9 +163,10 @@ impl DocStream {
         None
     }
 
-    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+    async fn next(&mut self) -> Result<Option<Incoming>> {
         match self.inbound.recv().await {
-            Some(Ok(DocFrame::Sync(b))) => Ok(Some(b)),
+            Some(Ok(DocFrame::Sync(b))) => Ok(Some(Incoming::Sync(b))),
+            Some(Ok(DocFrame::Live(b))) => Ok(Some(Incoming::Live(b))),
             Some(Ok(DocFrame::Error(e))) => {
                 Err(anyhow::Error::new(e).context("the node stopped syncing"))
             }
@@ -191,12 +192,12 @@ impl DocStream {
                 {
                     return Ok(());
                 }
-                let Some(bytes) = self.next().await? else {
+                let Some(frame) = self.next().await? else {
                     bail!("the node closed the stream before the sync finished");
                 };
-                theirs = message_heads(&bytes);
-                sync.receive(conv, &bytes)
-                    .context("apply the node's changes")?;
+                let bytes = frame.bytes();
+                theirs = message_heads(bytes);
+                frame.apply(&mut sync, conv)?;
                 persist(conv)?;
             }
         };
@@ -214,13 +215,16 @@ impl DocStream {
         mut on_change: impl FnMut(&mut Conversation),
     ) -> Result<()> {
         let mut sync = SyncPeer::new();
+        let mut push = true;
         loop {
-            self.push(&mut sync, conv).await?;
-            let Some(bytes) = self.next().await? else {
+            if push {
+                self.push(&mut sync, conv).await?;
+            }
+            let Some(frame) = self.next().await? else {
                 return Ok(());
             };
-            sync.receive(conv, &bytes)
-                .context("apply the node's changes")?;
+            // Live batches need no answer unless one was missed.
+            push = !frame.apply(&mut sync, conv)? || matches!(frame, Incoming::Sync(_));
             persist(conv)?;
             on_change(conv);
         }
@@ -232,6 +236,35 @@ impl DocStream {
             let _ = write_frame(&mut self.send, &DocFrame::Error(e)).await;
         }
         let _ = self.send.finish();
+    }
+}
+
+/// A message from the node.
+pub enum Incoming {
+    /// An ordinary sync message: answer it.
+    Sync(Vec<u8>),
+    /// A live batch (see [`DocFrame::Live`]): no answer needed.
+    Live(Vec<u8>),
+}
+
+impl Incoming {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Sync(b) | Self::Live(b) => b,
+        }
+    }
+
+    /// Applies the message; `false` when a live batch found a gap (sync to repair it).
+    pub fn apply(&self, sync: &mut SyncPeer, conv: &mut Conversation) -> Result<bool> {
+        match self {
+            Self::Sync(b) => sync
+                .receive(conv, b)
+                .map(|()| true)
+                .context("apply the node's changes"),
+            Self::Live(b) => sync
+                .receive_live(conv, b)
+                .context("apply the node's live changes"),
+        }
     }
 }
 

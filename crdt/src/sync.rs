@@ -85,8 +85,74 @@ impl SyncPeer {
         self.state = sync::State::new();
     }
 
+    /// Applies a live message from [`live_message`]: the sender's changes since its previous
+    /// batch. Nothing is answered and the sync state only learns that the sender holds
+    /// those heads, so a follower costs the sender nothing per batch.
+    ///
+    /// Returns `false` when a dependency is missing (this peer missed an earlier batch): the
+    /// changes wait in the document's queue and the caller should run ordinary sync
+    /// ([`Self::generate`]) to fetch the gap. Errors as for [`Self::receive`].
+    pub fn receive_live(&mut self, conv: &mut Conversation, bytes: &[u8]) -> Result<bool, CrdtError> {
+        if bytes.len() > self.max_message_bytes {
+            return Err(CrdtError::SyncMessageTooLarge {
+                size: bytes.len(),
+                limit: self.max_message_bytes,
+            });
+        }
+        let msg = sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
+        let heads = msg.heads.clone();
+        // A scratch state: the real one must not think the sender asked for anything.
+        let mut scratch = sync::State::new();
+        conv.receive_sync_message(&mut scratch, msg)?;
+        let complete = heads
+            .iter()
+            .all(|h| conv.doc.get_change_by_hash(h).is_some());
+        if complete {
+            self.state.shared_heads.clone_from(&heads);
+            self.state.their_heads = Some(heads.clone());
+            if self.state.their_need.is_none() {
+                self.state.their_need = Some(Vec::new());
+            }
+            self.state.their_have = Some(vec![sync::Have {
+                last_sync: heads,
+                bloom: sync::BloomFilter::default(),
+            }]);
+        }
+        Ok(complete)
+    }
+
     /// The heads both sides are known to share.
     pub fn shared_heads(&self) -> &[automerge::ChangeHash] {
         &self.state.shared_heads
     }
+}
+
+/// A live message for followers: the changes of `conv` that are not ancestors of `since`
+/// (one chunk per change, so receivers validate only what the changes touch) with the
+/// current heads. `None` when there is nothing new. Encoded once per batch and sent to
+/// every follower; see [`SyncPeer::receive_live`].
+pub fn live_message(conv: &mut Conversation, since: &[automerge::ChangeHash]) -> Option<Vec<u8>> {
+    conv.commit_pending();
+    let heads = conv.doc.get_heads();
+    if heads.as_slice() == since {
+        return None;
+    }
+    let changes: Vec<Vec<u8>> = conv
+        .doc
+        .get_changes(since)
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let msg = sync::Message {
+        heads,
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: changes.into(),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    };
+    Some(msg.encode())
 }

@@ -346,3 +346,111 @@ fn live_nested_updates_reach_the_replica() {
             .is_some()
     );
 }
+
+/// Live batches: a follower applies them without answering, detects a missed batch, and
+/// ordinary sync repairs the gap; its later prompt does not echo the node's changes back.
+#[test]
+fn live_batches_apply_detect_gaps_and_resync() {
+    let mut node = new_conv();
+    let mut client = Conversation::new_replica();
+    let (mut node_peer, mut client_peer) = (SyncPeer::new(), SyncPeer::new());
+    // initial sync with real peers
+    for _ in 0..20 {
+        let a = node_peer.generate(&mut node);
+        if let Some(m) = &a {
+            client_peer.receive(&mut client, m).expect("recv");
+        }
+        let b = client_peer.generate(&mut client);
+        if let Some(m) = &b {
+            node_peer.receive(&mut node, m).expect("recv");
+        }
+        if a.is_none() && b.is_none() {
+            break;
+        }
+    }
+    assert_eq!(client.heads(), node.heads());
+
+    let mut since = node.heads();
+    let m = node.start_message(NODE, Role::Agent).expect("m");
+    let mut batches = Vec::new();
+    for i in 0..5 {
+        node.append_chunk(&m, &format!("{i} ")).expect("c");
+        batches.push(sam_crdt::live_message(&mut node, &since).expect("batch"));
+        since = node.heads();
+    }
+    assert!(sam_crdt::live_message(&mut node, &since).is_none(), "nothing new");
+    // batches 0 and 1 in order: complete
+    assert!(client_peer.receive_live(&mut client, &batches[0]).expect("0"));
+    assert!(client_peer.receive_live(&mut client, &batches[1]).expect("1"));
+    // batch 2 is lost; 3 arrives: a gap
+    assert!(!client_peer.receive_live(&mut client, &batches[3]).expect("3"));
+    assert_ne!(client.heads(), node.heads());
+    // ordinary sync repairs it
+    for _ in 0..20 {
+        let b = client_peer.generate(&mut client);
+        if let Some(msg) = &b {
+            node_peer.receive(&mut node, msg).expect("recv");
+        }
+        let a = node_peer.generate(&mut node);
+        if let Some(msg) = &a {
+            client_peer.receive(&mut client, msg).expect("recv");
+        }
+        if a.is_none() && b.is_none() {
+            break;
+        }
+    }
+    assert_eq!(client.heads(), node.heads());
+    assert_eq!(client.messages(), node.messages());
+    // a duplicate batch is harmless
+    assert!(client_peer.receive_live(&mut client, &batches[4]).expect("dup"));
+    assert_eq!(client.heads(), node.heads());
+
+    // After more live batches, the client's prompt carries only its own change.
+    for i in 0..3 {
+        node.append_chunk(&m, &format!("more {i} ")).expect("c");
+        let b = sam_crdt::live_message(&mut node, &since).expect("batch");
+        since = node.heads();
+        assert!(client_peer.receive_live(&mut client, &b).expect("live"));
+    }
+    client
+        .append_user_message(ALICE, "next", Status::Queued)
+        .expect("q");
+    let msg = client_peer.generate(&mut client).expect("a message");
+    let decoded = automerge::sync::Message::decode(&msg).expect("decode");
+    assert_eq!(decoded.changes.len(), 1, "only the prompt, not the node's chunks");
+    node_peer.receive(&mut node, &msg).expect("recv");
+    assert_eq!(node.queued_prompts().len(), 1);
+}
+
+/// A live batch that breaks the schema is rejected and rolled back like a sync message.
+#[test]
+fn schema_breaking_live_batches_are_rejected() {
+    let mut good = new_conv();
+    let mut doc = Conversation::load(&good.save())
+        .expect("load")
+        .automerge()
+        .clone();
+    let since = doc.get_heads();
+    doc.put(ROOT, "title", 42).expect("put");
+    let batch = automerge::sync::Message {
+        heads: doc.get_heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: doc
+            .get_changes(&since)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect::<Vec<_>>()
+            .into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    }
+    .encode();
+    let before = good.heads();
+    let mut peer = SyncPeer::new();
+    let err = peer.receive_live(&mut good, &batch).expect_err("rejected");
+    assert!(matches!(err, CrdtError::SyncRejected(_)), "{err}");
+    assert_eq!(good.heads(), before, "rolled back");
+    let garbage = peer.receive_live(&mut good, b"not a sync message");
+    assert!(matches!(garbage, Err(CrdtError::SyncDecode(_))));
+}

@@ -10,11 +10,12 @@
 pub mod stream;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use sam_crdt::{Conversation, DocStore, StoreOptions, SyncPeer};
+use sam_crdt::{ChangeHash, Conversation, DocStore, StoreOptions, SyncPeer};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::doc::{ConvSummary, Watcher};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 /// Most commands handled before a flush.
@@ -64,10 +65,25 @@ enum Cmd {
     },
 }
 
+/// What a doc stream forwards to its peer after a durable batch.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// The batch as one live message, encoded once for every follower.
+    Changes(Arc<Vec<u8>>),
+    /// The batch has no live form (a new document arrived): run ordinary sync.
+    Resync,
+}
+
+/// Batches a follower may fall behind before it resyncs the ordinary way.
+const LIVE_BACKLOG: usize = 256;
+
 /// A document opened for a peer.
 pub struct Opened {
     /// Bumped after every durable change.
     pub version: watch::Receiver<u64>,
+    /// Every durable batch, subscribed before the peer's first sync message so that no
+    /// batch falls between the two.
+    pub live: broadcast::Receiver<Live>,
     /// The document's workspace id (for scope checks); empty for a pending create.
     pub workspace: String,
     /// The document does not exist yet; the peer's first sync creates it.
@@ -240,6 +256,45 @@ struct Entry {
     /// Stored on disk (false while a new document is being received).
     stored: bool,
     dirty: bool,
+    live: broadcast::Sender<Live>,
+    /// Heads at the previous live batch.
+    live_heads: Vec<ChangeHash>,
+}
+
+impl Entry {
+    fn new(mut conv: Conversation, stored: bool, dirty: bool) -> Self {
+        let live_heads = if stored && !dirty { conv.heads() } else { Vec::new() };
+        Self {
+            conv,
+            peers: HashMap::new(),
+            watchers: HashMap::new(),
+            version: watch::channel(0).0,
+            stored,
+            dirty,
+            live: broadcast::channel(LIVE_BACKLOG).0,
+            live_heads,
+        }
+    }
+
+    /// Sends the batch just made durable to the followers.
+    fn publish(&mut self, was_stored: bool) {
+        let heads = self.conv.heads();
+        if heads == self.live_heads {
+            return;
+        }
+        if self.live.receiver_count() > 0 {
+            let msg = if was_stored && !self.live_heads.is_empty() {
+                sam_crdt::live_message(&mut self.conv, &self.live_heads)
+            } else {
+                None
+            };
+            let _ = self.live.send(match msg {
+                Some(m) => Live::Changes(Arc::new(m)),
+                None => Live::Resync,
+            });
+        }
+        self.live_heads = heads;
+    }
 }
 
 struct Actor {
@@ -300,17 +355,8 @@ impl Actor {
             let conv = self.store.load(id).map_err(|e| {
                 ErrorBody::new(ErrorCode::Internal, format!("conversation {id}: {e}"))
             })?;
-            self.docs.insert(
-                id.to_string(),
-                Entry {
-                    conv,
-                    peers: HashMap::new(),
-                    watchers: HashMap::new(),
-                    version: watch::channel(0).0,
-                    stored: true,
-                    dirty: false,
-                },
-            );
+            self.docs
+                .insert(id.to_string(), Entry::new(conv, true, false));
         }
         self.docs.get_mut(id).ok_or_else(|| not_found(id))
     }
@@ -331,14 +377,7 @@ impl Actor {
                         Ok(opened(e))
                     }
                     Err(e) if e.code == ErrorCode::NotFound && create => {
-                        let entry = Entry {
-                            conv: Conversation::new_replica(),
-                            peers: HashMap::new(),
-                            watchers: HashMap::new(),
-                            version: watch::channel(0).0,
-                            stored: false,
-                            dirty: false,
-                        };
+                        let entry = Entry::new(Conversation::new_replica(), false, false);
                         let o = opened(&entry);
                         self.docs.insert(id, entry);
                         Ok(o)
@@ -394,17 +433,7 @@ impl Actor {
                         format!("conversation {id} already exists"),
                     )));
                 } else {
-                    self.docs.insert(
-                        id.clone(),
-                        Entry {
-                            conv: *conv,
-                            peers: HashMap::new(),
-                            watchers: HashMap::new(),
-                            version: watch::channel(0).0,
-                            stored: true,
-                            dirty: true,
-                        },
-                    );
+                    self.docs.insert(id.clone(), Entry::new(*conv, true, true));
                     after.push(After::Durable { id, reply });
                 }
             }
@@ -459,10 +488,12 @@ impl Actor {
                 }
                 info!(%id, "new conversation received");
             }
+            let was_stored = e.stored;
             match self.store.append(&mut e.conv) {
                 Ok(_) => {
                     e.stored = true;
                     e.dirty = false;
+                    e.publish(was_stored);
                     e.version.send_modify(|v| *v += 1);
                     let _ = self.changed.send(id.clone());
                 }
@@ -479,6 +510,7 @@ impl Actor {
 fn opened(e: &Entry) -> Opened {
     Opened {
         version: e.version.subscribe(),
+        live: e.live.subscribe(),
         workspace: if e.conv.is_empty() {
             String::new()
         } else {

@@ -259,7 +259,11 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
     // A collaborator sends garbage sync messages, then an oversized frame.
     let (bad, bad_ticket) = n.member(Role::Collaborator);
     let bad_ep = endpoint(&bad).await;
-    for payload in [vec![0x42, 1, 2, 3], vec![0u8; 1000]] {
+    for (frame, expect) in [
+        (DocFrame::Sync(vec![0x42, 1, 2, 3]), "sync rejected"),
+        (DocFrame::Sync(vec![0u8; 1000]), "sync rejected"),
+        (DocFrame::Live(vec![0x42, 1, 2]), "node to peers only"),
+    ] {
         let (conn, _) = sam_client::conn::connect(&bad_ep, &bad_ticket, sam_protocol::alpn::DOC)
             .await
             .expect("connect");
@@ -276,7 +280,7 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
         let _: sam_protocol::stream::OpenReply = sam_client::wire::read_frame(&mut recv, 1 << 16)
             .await
             .expect("reply");
-        sam_client::wire::write_frame(&mut send, &DocFrame::Sync(payload))
+        sam_client::wire::write_frame(&mut send, &frame)
             .await
             .expect("send garbage");
         // The node answers with an error frame (after any sync message of its own).
@@ -284,11 +288,11 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
         for _ in 0..4 {
             match sam_client::wire::read_frame::<DocFrame>(&mut recv, 1 << 24).await {
                 Ok(DocFrame::Error(e)) => {
-                    assert!(e.message.contains("sync rejected"), "{e}");
+                    assert!(e.message.contains(expect), "{e}");
                     got_error = true;
                     break;
                 }
-                Ok(DocFrame::Sync(_)) => continue,
+                Ok(DocFrame::Sync(_) | DocFrame::Live(_)) => continue,
                 Err(_) => break,
             }
         }
@@ -322,7 +326,7 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
                     closed = true;
                     break;
                 }
-                Ok(DocFrame::Sync(_)) => continue,
+                Ok(DocFrame::Sync(_) | DocFrame::Live(_)) => continue,
                 Err(_) => {
                     closed = true;
                     break;

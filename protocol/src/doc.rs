@@ -75,4 +75,9 @@ pub enum DocFrame {
     Sync(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The sender stops syncing this document, and why.
     Error(crate::ctl::ErrorBody),
+    /// Node → peer only: the changes of one durable batch, as an Automerge sync message
+    /// (heads + one chunk per change, no `have`/`need`), encoded once and sent to every
+    /// watcher. The receiver applies it without answering; if it lacks a dependency it falls
+    /// back to ordinary sync messages, which repair any gap.
+    Live(#[serde(with = "crate::bytes")] Vec<u8>),
 }

@@ -619,11 +619,19 @@ impl Actor {
         let Some(fl) = self.followed.as_mut() else {
             return;
         };
+        // Live batches need no answer unless one was missed.
+        let mut answer = true;
         let broke = match f {
-            Some(Ok(DocFrame::Sync(bytes))) => {
+            Some(Ok(frame @ (DocFrame::Sync(_) | DocFrame::Live(_)))) => {
                 let Some(link) = fl.link.as_mut() else { return };
-                match link.sync.receive(&mut fl.conv, &bytes) {
-                    Ok(()) => {
+                let applied = match &frame {
+                    DocFrame::Live(bytes) => link.sync.receive_live(&mut fl.conv, bytes),
+                    DocFrame::Sync(bytes) => link.sync.receive(&mut fl.conv, bytes).map(|()| false),
+                    DocFrame::Error(_) => Ok(false),
+                };
+                match applied {
+                    Ok(complete) => {
+                        answer = !complete;
                         if let Err(e) = self.replicas.save(&mut fl.conv) {
                             self.events
                                 .notice(Level::Error, "Cannot save", format!("{e:#}"));
@@ -646,7 +654,7 @@ impl Actor {
                 conv: fl.id.clone(),
                 online: false,
             });
-        } else {
+        } else if answer {
             self.push().await;
         }
     }

@@ -7,9 +7,10 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::{Role, Scope};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::doc::{DocFrame, DocOpen, MAX_SYNC_FRAME};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
+use crate::docs::Live;
 use crate::server::{Node, Session};
 use crate::streams::{MAX_HEADER, reply, serve_connection};
 use crate::wire::{WireError, read_frame, write_frame};
@@ -125,10 +126,17 @@ async fn serve_stream(
         }
     });
 
+    // Ordinary sync answers the peer's messages (and repairs gaps); every durable batch
+    // after that goes out as one live message shared by all followers, so a follower costs
+    // the document actor nothing per batch.
+    let mut resync = true;
     let result = async {
         loop {
-            while let Some(msg) = docs.generate(&id, peer).await {
-                write_frame(&mut send, &DocFrame::Sync(msg)).await?;
+            if resync {
+                while let Some(msg) = docs.generate(&id, peer).await {
+                    write_frame(&mut send, &DocFrame::Sync(msg)).await?;
+                }
+                resync = false;
             }
             tokio::select! {
                 incoming = in_rx.recv() => match incoming {
@@ -143,6 +151,12 @@ async fn serve_stream(
                             let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
                             break;
                         }
+                        resync = true;
+                    }
+                    Some(Ok(DocFrame::Live(_))) => {
+                        let e = ErrorBody::new(ErrorCode::BadRequest, "live frames go from the node to peers only");
+                        let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
+                        break;
                     }
                     Some(Ok(DocFrame::Error(e))) => {
                         debug!(conv = %id, error = %e, "peer stopped syncing");
@@ -155,11 +169,17 @@ async fn serve_stream(
                         break;
                     }
                 },
-                changed = opened.version.changed() => {
-                    if changed.is_err() {
-                        break;
+                live = opened.live.recv() => match live {
+                    Ok(Live::Changes(msg)) => {
+                        write_frame(&mut send, &DocFrame::Live(msg.to_vec())).await?;
                     }
-                }
+                    Ok(Live::Resync) => resync = true,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        debug!(conv = %id, missed = n, "follower lagged; resyncing");
+                        resync = true;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
             }
         }
         Ok::<(), WireError>(())
