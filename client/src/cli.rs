@@ -22,6 +22,7 @@ pub mod convs;
 pub mod files;
 pub mod idea;
 pub mod ports;
+pub mod relocate;
 pub mod shell;
 pub mod up;
 pub mod voice;
@@ -280,6 +281,30 @@ pub enum ConvCmds {
     },
     /// Push queued prompts and pull news for every local conversation.
     Sync,
+    /// Continue a conversation on another node (same id, history, forks and shares): a new
+    /// workspace from the same repo and branch, the agent seeded from the document.
+    Move {
+        conv: String,
+        /// A node you know (name or id).
+        #[arg(long, conflicts_with = "provider")]
+        node: Option<String>,
+        /// Or a node from this provider's warm pool: local, hetzner, scaleway.
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long, requires = "provider")]
+        size: Option<String>,
+        /// Use this workspace on the new node instead of creating one.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// The repo, when neither the old node nor the document can tell.
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        branch: Option<String>,
+        /// A lightweight workspace (base image, no devcontainer build).
+        #[arg(long)]
+        lightweight: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +467,28 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             ConvCmds::Fork { conv, at } => convs::fork(&paths, &conv, &at).await,
             ConvCmds::Export { conv, out } => convs::export(&paths, &conv, &out),
             ConvCmds::Sync => convs::sync_all(&paths).await,
+            ConvCmds::Move {
+                conv,
+                node,
+                provider,
+                size,
+                workspace,
+                repo,
+                branch,
+                lightweight,
+            } => {
+                let a = relocate::MoveArgs {
+                    conv,
+                    node,
+                    provider,
+                    size,
+                    workspace,
+                    repo,
+                    branch,
+                    lightweight,
+                };
+                relocate::run(&paths, a).await
+            }
         },
         Cmd::Idea {
             idea: text,

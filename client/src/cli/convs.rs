@@ -477,9 +477,12 @@ pub async fn prompt(paths: &ClientPaths, conv: &str, text: &str) -> Result<Outpu
         }
     };
     let note = if reached {
-        "sent to the node"
+        "sent to the node".to_string()
     } else {
-        "queued — will send when the node is reachable (`sam sync`)"
+        format!(
+            "queued — will send when the node is reachable (`sam sync`)\n{}",
+            continue_hint(paths, &doc)
+        )
     };
     Ok(Output::new(
         json!({ "message": msg.to_string(), "conversation": id, "sent": reached }),
@@ -487,9 +490,33 @@ pub async fn prompt(paths: &ClientPaths, conv: &str, text: &str) -> Result<Outpu
     ))
 }
 
+/// How to go on when the conversation's node does not answer: `sam move`.
+fn continue_hint(paths: &ClientPaths, doc: &Conversation) -> String {
+    let node = doc.workspace().node;
+    let book = NodeBook::load(&paths.nodes()).unwrap_or_default();
+    let entry = book.find(Some(&node)).ok();
+    let down = entry
+        .and_then(|e| e.unreachable_note(crate::now_secs()))
+        .unwrap_or_else(|| format!("node {} does not answer", short(&node)));
+    let others: Vec<&str> = book
+        .nodes
+        .iter()
+        .filter(|e| e.id != node)
+        .map(|e| e.name.as_str())
+        .collect();
+    let to = match others.as_slice() {
+        [] => "--provider local".to_string(),
+        [one, ..] => format!("--node {one}"),
+    };
+    format!(
+        "{down}: to continue this conversation elsewhere with its history, run `sam move {} {to}` (the queued prompt goes along)",
+        short(&doc.id())
+    )
+}
+
 /// Refuses to write when this peer only holds a viewer capability for the
 /// conversation's node (the node would refuse the change anyway).
-fn refuse_viewer(paths: &ClientPaths, doc: &Conversation, what: &str) -> Result<()> {
+pub(crate) fn refuse_viewer(paths: &ClientPaths, doc: &Conversation, what: &str) -> Result<()> {
     let book = NodeBook::load(&paths.nodes())?;
     if let Ok(entry) = book.find(Some(&doc.workspace().node))
         && let Ok(t) = entry.ticket()

@@ -8,8 +8,8 @@ use automerge::{ObjId, ObjType, ROOT, ReadDoc};
 
 use super::Conversation;
 use super::validate::node_id;
-use crate::schema::{Host, HostEnd, MoveTo};
-use crate::{CrdtError, SchemaError, access, ids};
+use crate::schema::{Host, HostEnd, MoveTo, Role, Status};
+use crate::{CrdtError, MessageId, SchemaError, access, ids};
 
 /// Longest `repo`, `branch`, `workspace` or `carried` string written.
 pub const MAX_HOST_FIELD: usize = 4096;
@@ -64,6 +64,20 @@ fn check_host(node: &str, workspace: &str) -> Result<(), CrdtError> {
 }
 
 impl Conversation {
+    /// Appends a finished `system` message in one change (`"note"`): SAM telling everyone in
+    /// the conversation what happened (a move, a teardown, how a new agent was seeded).
+    pub fn append_note(&mut self, author: &str, text: &str) -> Result<MessageId, CrdtError> {
+        self.insert_message(
+            author,
+            None,
+            Role::System,
+            text,
+            Status::Done,
+            "note",
+            |_, _| Ok(()),
+        )
+    }
+
     /// The `hosts` history, oldest first (empty for documents that never recorded one: then
     /// `workspace` has served since `created_at`).
     pub fn hosts(&self) -> Vec<Host> {

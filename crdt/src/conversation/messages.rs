@@ -29,7 +29,7 @@ impl Conversation {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn insert_message(
+    pub(super) fn insert_message(
         &mut self,
         author: &str,
         id: Option<MessageId>,

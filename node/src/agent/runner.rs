@@ -105,6 +105,10 @@ struct Prompt {
     policy: PermissionPolicy,
     /// Agent output exists before this prompt (a fresh agent needs context).
     has_history: bool,
+    /// The `hosts` history does not name this node/workspace as the open last entry yet.
+    record_host: bool,
+    /// The conversation was moved here from this host and no agent has run here since.
+    moved_from: Option<sam_crdt::Host>,
 }
 
 struct Runner {
@@ -167,9 +171,14 @@ impl Runner {
     }
 
     async fn next_prompt(&self) -> Result<Option<Prompt>, sam_protocol::ctl::ErrorBody> {
+        let me = self.shared.node_id.clone();
         self.shared
             .docs
-            .read(&self.conv, |c| {
+            .read(&self.conv, move |c| {
+                // Moved to another node (`sam move`): its queued prompts are that node's.
+                if c.workspace().node != me {
+                    return None;
+                }
                 let id = c.queued_prompts().into_iter().next()?;
                 let msgs = c.messages();
                 let pos = msgs.iter().position(|m| m.id == id)?;
@@ -180,9 +189,21 @@ impl Runner {
                             .flatten()
                     })
                 });
+                let here = c.current_host();
+                let hosts = c.hosts();
+                let record_host = !matches!(hosts.last(), Some(h) if h == &here);
+                // The host before this one, when nothing has run here yet.
+                let ran_here = msgs
+                    .iter()
+                    .any(|m| m.author == me && m.created_at >= here.since);
+                let moved_from = (!ran_here && hosts.len() >= 2 && !record_host)
+                    .then(|| hosts[hosts.len() - 2].clone())
+                    .filter(|h| h.node != here.node || h.workspace != here.workspace);
                 Some(Prompt {
                     text: msgs[pos].text.clone(),
                     has_history: msgs[..pos].iter().any(|m| m.role == MsgRole::Agent),
+                    record_host,
+                    moved_from,
                     id,
                     agent: c.agent(),
                     agent_cmd,
@@ -220,6 +241,32 @@ impl Runner {
             cut += 1;
         }
         t[cut..].to_string()
+    }
+
+    /// Writes this node/workspace into the `hosts` history, with the repo and branch of a
+    /// Docker workspace when the node knows them.
+    async fn record_host(&self, workspace: &str) {
+        let (mut repo, mut branch) = (None, None);
+        if matches!(self.shared.config().launcher, super::LauncherMode::Docker)
+            && let Ok(info) = self.shared.workspaces.get(workspace).await
+        {
+            repo = info.repo;
+            branch = info.branch;
+        }
+        let me = self.shared.node_id.clone();
+        let ws = workspace.to_string();
+        let r = self
+            .shared
+            .docs
+            .mutate(&self.conv, move |c| {
+                c.record_host(&me, &me, &ws, repo.as_deref(), branch.as_deref())
+            })
+            .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot record this node in the hosts history"),
+            Err(e) => warn!(error = %e, "cannot record this node in the hosts history"),
+        }
     }
 
     fn tail(&self, conn: &AcpConn) -> String {
@@ -352,12 +399,50 @@ impl Runner {
         {
             self.agent = None;
         }
+        if p.record_host {
+            self.record_host(&p.workspace).await;
+        }
         let mut blocks = Vec::new();
         let mut agent = match self.agent.take() {
             Some(a) => a,
             None => match self.start_agent(&p, &mut w).await {
                 Ok((a, needs_context)) => {
-                    if needs_context {
+                    if let Some(from) = &p.moved_from {
+                        // A new host: say how the new agent knows the conversation.
+                        let context = if needs_context {
+                            self.transcript(p.id.clone()).await
+                        } else {
+                            String::new()
+                        };
+                        if !context.is_empty() {
+                            blocks.push(ContentBlock::Text(TextContent::new(format!(
+                                "The conversation so far (it was moved to this machine and you cannot reload your earlier session):\n\n{context}"
+                            ))));
+                        }
+                        let how = if !context.is_empty() {
+                            "this agent cannot load its earlier session here, so it was given the transcript so far as context"
+                        } else if p.has_history && p.session.as_deref() == Some(a.session.as_str())
+                        {
+                            "the agent reloaded its earlier session with ACP session/load"
+                        } else if p.has_history {
+                            "the agent started a new session and was given no earlier context"
+                        } else {
+                            "the agent started a new session (there was no earlier agent output)"
+                        };
+                        let s = w.slot();
+                        w.send(Op::Start(s, MsgRole::System));
+                        w.send(Op::Chunk(
+                            s,
+                            format!(
+                                "continued on node {} (workspace {}) after a move from node {} (workspace {}): {how}",
+                                short(&self.shared.node_id),
+                                p.workspace,
+                                short(&from.node),
+                                from.workspace
+                            ),
+                        ));
+                        w.send(Op::Status(s, Status::Done, None));
+                    } else if needs_context {
                         let t = self.transcript(p.id.clone()).await;
                         if !t.is_empty() {
                             blocks.push(ContentBlock::Text(TextContent::new(format!(
@@ -835,4 +920,8 @@ impl Turn {
             self.w.send(Op::Status(slot, status, reason));
         }
     }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(10)]
 }

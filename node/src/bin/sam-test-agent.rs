@@ -17,6 +17,7 @@
 //! | `run CMD ARGS…` | `terminal/create`, `wait_for_exit`, `output`, `release` |
 //! | `env NAME` | says whether NAME is set and its length (never the value) |
 //! | `whoami` | says the session id and whether it was loaded |
+//! | `recall WORD` | says `recall WORD: yes` when the blocks before the script (context given to a restarted or moved agent) contain WORD, else `recall WORD: no` |
 //! | `sleep MS` | waits (cancellable) |
 //! | `stderr TEXT` | writes to stderr |
 //! | `stderr-env NAME` | writes NAME=value to stderr (to test redaction) |
@@ -45,6 +46,8 @@ struct Agent {
     loaded: bool,
     cancelled: bool,
     cwd: String,
+    /// Text of the prompt's blocks before the script (context from the client).
+    context: String,
 }
 
 fn main() {
@@ -76,6 +79,7 @@ fn main() {
         loaded: false,
         cancelled: false,
         cwd: String::new(),
+        context: String::new(),
     };
     while let Some(msg) = a.next() {
         let method = msg["method"].as_str().unwrap_or_default().to_string();
@@ -124,6 +128,11 @@ fn main() {
                     .and_then(|blocks| blocks.iter().rev().find_map(|b| b["text"].as_str()))
                     .unwrap_or_default()
                     .to_string();
+                let texts: Vec<&str> = params["prompt"]
+                    .as_array()
+                    .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).collect())
+                    .unwrap_or_default();
+                a.context = texts[..texts.len().saturating_sub(1)].join("\n");
                 a.cancelled = false;
                 for cmd in script.split([';', '\n']) {
                     if a.cancelled {
@@ -355,6 +364,11 @@ impl Agent {
             }
             "whoami" => {
                 let msg = format!("session {} loaded={}", self.session, self.loaded);
+                self.say(&msg);
+            }
+            "recall" => {
+                let hit = !rest.is_empty() && self.context.contains(rest);
+                let msg = format!("recall {rest}: {}", if hit { "yes" } else { "no" });
                 self.say(&msg);
             }
             "sleep" => self.sleep(num(rest, 100)),

@@ -1,0 +1,436 @@
+//! `sam move CONV --node N | --provider P`: continue a conversation on another node.
+//!
+//! The conversation is a document this client holds, so nothing has to come from the old
+//! node. When the old node still answers, it gets a last sync, and its workspace tells the
+//! repo and branch and gives its uncommitted work (`git diff HEAD`, tracked files) to keep in
+//! the document as a patch. When it does not answer, turns it left running are marked
+//! `interrupted` and the document says its uncommitted work was not recoverable.
+//!
+//! Then, on the new node: a workspace from the same repo and branch (or the one named with
+//! `--workspace`), the document pushed there (`sam/doc/1` with `create`) after one `"move"`
+//! change that sets `workspace` and closes/opens `hosts` entries. The new node's agent
+//! runner seeds a new agent from the document (ACP `session/load` when the agent supports
+//! it, else the transcript as context) and says which in the conversation. The id, the
+//! history, the forks and the shares stay as they were.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sam_crdt::{Conversation, Host, HostEnd, MoveTo, Role, Status};
+use sam_protocol::workspace::{
+    CreateWorkspace, FilesOp, FilesResponse, WorkspaceInfo, WorkspaceRequest, WorkspaceResponse,
+    WorkspaceStatus,
+};
+use serde_json::json;
+
+use super::Output;
+use super::convs::note_reachability;
+use super::workspace::{follow_creation, ws};
+use crate::book::{NodeBook, NodeEntry};
+use crate::conn::NodeClient;
+use crate::docs::{Replicas, open_stream};
+use crate::paths::ClientPaths;
+
+/// How long the old node gets to answer before it counts as gone.
+const OLD_NODE_WAIT: Duration = Duration::from_secs(5);
+/// How long one document sync may take.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest patch of uncommitted work kept in the document.
+pub const MAX_PATCH: usize = 256 * 1024;
+
+/// Arguments of `sam move`.
+#[derive(Debug, Clone, Default)]
+pub struct MoveArgs {
+    pub conv: String,
+    /// A node from the node book.
+    pub node: Option<String>,
+    /// Or a node from this provider's warm pool.
+    pub provider: Option<String>,
+    pub size: Option<String>,
+    /// Use this workspace on the new node instead of creating one.
+    pub workspace: Option<String>,
+    /// Repo and branch when the old node and the document cannot tell.
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub lightweight: bool,
+}
+
+/// What the old node could still tell.
+struct OldNode {
+    name: String,
+    reached: bool,
+    /// "node X unreachable since …" when it did not answer.
+    down: Option<String>,
+    info: Option<WorkspaceInfo>,
+    patch: Option<Result<String, String>>,
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(10)]
+}
+
+/// `sam move`.
+pub async fn run(paths: &ClientPaths, a: MoveArgs) -> Result<Output> {
+    let t0 = Instant::now();
+    if a.node.is_some() == a.provider.is_some() {
+        bail!(
+            "say where to: --node N (a node you know, see `sam nodes ls`) or --provider local|hetzner|scaleway (a node from the warm pool)"
+        );
+    }
+    let key = paths.identity()?;
+    let author = key.node_id().to_string();
+    let mut replicas = Replicas::open(paths)?;
+    let id = replicas.resolve(&a.conv)?;
+    let mut doc = replicas.load(&id)?;
+    super::convs::refuse_viewer(paths, &doc, "move it")?;
+    let old = doc.current_host();
+    let ep = crate::endpoint::bind(&key, None).await?;
+    let r = move_with(paths, &ep, &mut replicas, &mut doc, &old, &author, a, t0).await;
+    ep.close().await;
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn move_with(
+    paths: &ClientPaths,
+    ep: &iroh::Endpoint,
+    replicas: &mut Replicas,
+    doc: &mut Conversation,
+    old: &Host,
+    author: &str,
+    a: MoveArgs,
+    t0: Instant,
+) -> Result<Output> {
+    let id = doc.id();
+    // 1. The old node, if it still answers.
+    let gone = visit_old(paths, ep, replicas, doc, old).await;
+    let running: Vec<_> = doc
+        .messages()
+        .into_iter()
+        .filter(|m| match m.role {
+            Role::User => m.status == Status::Running,
+            _ => matches!(m.status, Status::Running | Status::Streaming),
+        })
+        .collect();
+    if gone.reached && !running.is_empty() {
+        bail!(
+            "a turn is running on node {}: wait for it to end or `sam cancel {}`, then move",
+            gone.name,
+            short(&id)
+        );
+    }
+
+    // 2. The new node.
+    let target = match (&a.node, &a.provider) {
+        (Some(n), _) => NodeBook::load(&paths.nodes())?.find(Some(n))?.clone(),
+        (None, Some(p)) => acquire(paths, p, a.size.as_deref()).await?,
+        (None, None) => unreachable!("checked in run"),
+    };
+    if target.id == old.node && a.workspace.as_deref().is_none_or(|w| w == old.workspace) {
+        bail!(
+            "conversation {} is already on node {}: give another node, or --workspace for another workspace there",
+            short(&id),
+            target.name
+        );
+    }
+    let ticket = target.ticket()?;
+    let client = NodeClient::connect(ep, &ticket)
+        .await
+        .with_context(|| format!("node {}", target.name))?;
+
+    // 3. The workspace there: the one named, else a new one from the same repo and branch.
+    let info = gone.info.as_ref();
+    let repo = a
+        .repo
+        .clone()
+        .or_else(|| info.and_then(|i| i.repo.clone()))
+        .or_else(|| old.repo.clone());
+    let branch = a
+        .branch
+        .clone()
+        .or_else(|| info.and_then(|i| i.branch.clone()))
+        .or_else(|| old.branch.clone());
+    let (workspace, created) = match &a.workspace {
+        Some(w) => (w.clone(), false),
+        None if repo.is_some() || info.is_some() => {
+            let spec = CreateWorkspace {
+                repo: repo.clone(),
+                branch: branch.clone(),
+                lightweight: a.lightweight,
+                name: None,
+            };
+            let r = async {
+                let WorkspaceResponse::Info(i) =
+                    ws(&client, WorkspaceRequest::Create(spec)).await?
+                else {
+                    bail!("node answered create with something else");
+                };
+                let i = follow_creation(&client, &i.id).await?;
+                if let WorkspaceStatus::Failed { reason, log_tail } = &i.status {
+                    bail!(
+                        "workspace {} failed: {reason}\n--- last log lines ---\n{log_tail}",
+                        i.id
+                    );
+                }
+                Ok(i.id)
+            }
+            .await;
+            match r {
+                Ok(w) => (w, true),
+                Err(e) => {
+                    client.close();
+                    return Err(e.context(format!(
+                        "creating a workspace on {} for the move (nothing was changed in the conversation)",
+                        target.name
+                    )));
+                }
+            }
+        }
+        None => {
+            client.close();
+            bail!(
+                "cannot tell which repo the workspace of conversation {} was made from (node {} {} and the document does not say): give --repo URL [--branch B], or --workspace ID to use a workspace that exists on {}",
+                short(&id),
+                gone.name,
+                if gone.reached {
+                    "does not know the workspace"
+                } else {
+                    "is unreachable"
+                },
+                target.name
+            );
+        }
+    };
+    client.close();
+
+    // 4. One "move" change (plus notes), saved here first.
+    let mut interrupted = 0;
+    if !gone.reached {
+        let why = format!(
+            "node {} became unreachable during this turn; the conversation moved to node {}",
+            gone.name, target.name
+        );
+        for m in &running {
+            if doc
+                .set_status(&m.id, Status::Interrupted, Some(&why))
+                .is_ok()
+            {
+                interrupted += 1;
+            }
+        }
+    }
+    let carried = match (&gone.patch, gone.reached) {
+        (Some(Ok(patch)), _) => {
+            let note = doc.append_note(
+                author,
+                &format!(
+                    "uncommitted work of workspace {} on node {} when the conversation moved (git diff HEAD: tracked files only; apply it with `git apply`):\n\n```diff\n{patch}```",
+                    old.workspace, gone.name
+                ),
+            )?;
+            Some(format!(
+                "patch in message {note} (tracked files; not applied)"
+            ))
+        }
+        (Some(Err(why)), _) => Some(format!("not carried: {why}")),
+        (None, true) if gone.info.is_some() => Some("nothing uncommitted".to_string()),
+        (None, true) => None,
+        (None, false) => Some(format!(
+            "not recoverable: {}",
+            gone.down
+                .clone()
+                .unwrap_or_else(|| format!("node {} was unreachable", gone.name))
+        )),
+    };
+    doc.move_to(
+        author,
+        &MoveTo {
+            node: target.id.clone(),
+            workspace: workspace.clone(),
+            repo: repo.clone(),
+            branch: branch.clone(),
+            end: if gone.reached {
+                HostEnd::Moved
+            } else {
+                HostEnd::Lost
+            },
+            carried: carried.clone(),
+        },
+    )?;
+    let mut note = format!(
+        "moved from node {} (workspace {}) to node {} (workspace {})",
+        gone.name, old.workspace, target.name, workspace
+    );
+    if let Some(c) = &carried {
+        note.push_str(&format!("; uncommitted work: {c}"));
+    }
+    if interrupted > 0 {
+        note.push_str(&format!(
+            "; {interrupted} message(s) cut off there marked interrupted"
+        ));
+    }
+    doc.append_note(author, &note)?;
+    replicas.save(doc)?;
+
+    // 5. The document to the new node, then (if it answers) to the old one.
+    let sent = async {
+        let mut s = open_stream(ep, &ticket, &id, true).await?;
+        s.sync_once(doc, |c| replicas.save(c), SYNC_TIMEOUT).await?;
+        s.close(None).await;
+        anyhow::Ok(())
+    }
+    .await;
+    note_reachability(paths, &[(target.id.clone(), sent.is_ok())]);
+    if let Err(e) = &sent {
+        eprintln!(
+            "note: the move is saved here but could not be sent to {} yet ({e:#}); `sam sync` sends it",
+            target.name
+        );
+    }
+    if gone.reached
+        && let Ok(entry) = NodeBook::load(&paths.nodes())?.find(Some(&old.node))
+        && let Ok(t) = entry.ticket()
+        && let Ok(mut s) = open_stream(ep, &t, &id, false).await
+    {
+        // The old node learns that it no longer runs this conversation.
+        let _ = s.sync_once(doc, |c| replicas.save(c), SYNC_TIMEOUT).await;
+        s.close(None).await;
+    }
+    let ms = t0.elapsed().as_millis() as u64;
+    let text = format!(
+        "{note}\n{} messages kept{}; the next prompt runs on {}: sam prompt {} \"…\"\n{id}",
+        doc.message_count(),
+        if sent.is_ok() { "" } else { " (not sent yet)" },
+        target.name,
+        short(&id),
+    );
+    Ok(Output::new(
+        json!({
+            "id": id,
+            "from": { "node": old.node, "workspace": old.workspace, "reached": gone.reached },
+            "to": { "node": target.id, "name": target.name, "workspace": workspace, "created": created },
+            "repo": repo, "branch": branch, "carried": carried, "interrupted": interrupted,
+            "sent": sent.is_ok(), "ms": ms,
+        }),
+        text,
+    ))
+}
+
+/// Syncs with the old node one last time and asks it about its workspace.
+async fn visit_old(
+    paths: &ClientPaths,
+    ep: &iroh::Endpoint,
+    replicas: &mut Replicas,
+    doc: &mut Conversation,
+    old: &Host,
+) -> OldNode {
+    let book = NodeBook::load(&paths.nodes()).unwrap_or_default();
+    let mut out = OldNode {
+        name: short(&old.node).to_string(),
+        reached: false,
+        down: None,
+        info: None,
+        patch: None,
+    };
+    let Ok(entry) = book.find(Some(&old.node)).cloned() else {
+        out.down = Some(format!("node {} is not in the node book", out.name));
+        return out;
+    };
+    out.name = entry.name.clone();
+    let Ok(ticket) = entry.ticket() else {
+        return out;
+    };
+    let client = match tokio::time::timeout(OLD_NODE_WAIT, NodeClient::connect(ep, &ticket)).await {
+        Ok(Ok(c)) => c,
+        _ => {
+            note_reachability(paths, &[(entry.id.clone(), false)]);
+            out.down = NodeBook::load(&paths.nodes())
+                .ok()
+                .and_then(|b| b.find(Some(&entry.id)).ok().cloned())
+                .and_then(|e| e.unreachable_note(crate::now_secs()));
+            eprintln!(
+                "note: node {} does not answer; moving from the copy held here",
+                entry.name
+            );
+            return out;
+        }
+    };
+    out.reached = true;
+    note_reachability(paths, &[(entry.id.clone(), true)]);
+    if let Ok(mut s) = open_stream(ep, &ticket, &doc.id(), false).await {
+        if let Err(e) = s.sync_once(doc, |c| replicas.save(c), SYNC_TIMEOUT).await {
+            eprintln!("note: last sync with {} failed: {e:#}", entry.name);
+        }
+        s.close(None).await;
+    }
+    let get = WorkspaceRequest::Get {
+        id: old.workspace.clone(),
+    };
+    if let Ok(WorkspaceResponse::Info(i)) = ws(&client, get).await {
+        if i.status == WorkspaceStatus::Ready {
+            out.patch = uncommitted(&client, &old.workspace).await;
+        }
+        out.info = Some(i);
+    }
+    client.close();
+    out
+}
+
+/// The workspace's uncommitted changes to tracked files, if any.
+async fn uncommitted(client: &NodeClient, workspace: &str) -> Option<Result<String, String>> {
+    let op = WorkspaceRequest::Files {
+        id: workspace.to_string(),
+        op: FilesOp::GitDiff {
+            base: None,
+            path: None,
+        },
+    };
+    match ws(client, op).await {
+        Ok(WorkspaceResponse::Files(FilesResponse::Diff { text, truncated })) => {
+            if text.trim().is_empty() {
+                None
+            } else if truncated || text.len() > MAX_PATCH {
+                Some(Err(format!(
+                    "the diff is larger than {} KiB; it stays in the old workspace until it is deleted",
+                    MAX_PATCH / 1024
+                )))
+            } else {
+                Some(Ok(text))
+            }
+        }
+        Ok(_) => Some(Err("the node answered the diff with something else".into())),
+        Err(e) => Some(Err(format!("git diff failed: {e:#}"))),
+    }
+}
+
+/// A node from the provider's warm pool (or a new one), written into the node book.
+async fn acquire(paths: &ClientPaths, provider: &str, size: Option<&str>) -> Result<NodeEntry> {
+    use clap::ValueEnum;
+    let name = super::cloud::ProviderName::from_str(provider, true).map_err(|_| {
+        anyhow::anyhow!("unknown provider {provider:?}: use local, hetzner or scaleway")
+    })?;
+    let size: sam_provisioner::Size = match size {
+        Some(s) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--size {s:?}: {e}"))?,
+        None => sam_provisioner::Size::Small,
+    };
+    let pool = super::cloud::pool_for(paths, name)?;
+    let owner = paths.identity()?.node_id();
+    let probe = sam_provisioner::IrohProbe::bind(super::cloud::probe_bind()?)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let got = pool.acquire(size, &owner, &probe).await;
+    probe.close().await;
+    let got = got.with_context(|| format!("no {provider} node of size {size} for the move"))?;
+    eprintln!(
+        "{} {provider} node {}",
+        if got.reused { "warm" } else { "new" },
+        got.vm.id
+    );
+    let mut book = NodeBook::load(&paths.nodes())?;
+    let name = book.upsert(&got.ticket, None)?;
+    book.set_owner(&got.ticket.addr.id.to_string(), &owner);
+    book.save(&paths.nodes())?;
+    Ok(book.find(Some(&name))?.clone())
+}

@@ -1,0 +1,335 @@
+//! `sam move` through the real binaries: two `sam-node` processes on loopback iroh, agents
+//! as host processes of `sam-test-agent`. The node under a live conversation is deleted
+//! (process killed, its home removed); the conversation continues on another node with the
+//! same id, its full history, its fork, a new agent seeded from the document, and the
+//! `hosts` history in the document. A move from a node that still answers ends its part
+//! cleanly and the old node stops running the conversation.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use sam_crdt::{Conversation, HostEnd};
+
+fn sam_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let p = sam_bin().with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+fn sam(home: &Path, args: &[&str]) -> Output {
+    Command::new(sam_bin())
+        .env("SAM_HOME", home)
+        .env("SAM_BIND", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run sam")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn last(s: &str) -> String {
+    s.lines().last().unwrap_or_default().trim().to_string()
+}
+
+struct NodeProc(Child);
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sam-node init` + `run` with agents as host processes under `ws_root`; returns the
+/// process, its ticket and its NodeId.
+fn node(home: &Path, owner: &str, ws_root: &Path) -> (NodeProc, String, String) {
+    std::fs::create_dir_all(ws_root).expect("ws root");
+    let init = ok(Command::new(sibling("sam-node"))
+        .env("SAM_HOME", home)
+        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
+        .output()
+        .expect("init"));
+    let _ = init;
+    let mut child = Command::new(sibling("sam-node"))
+        .env("SAM_HOME", home)
+        .env("SAM_AGENT_LAUNCHER", "host")
+        .env("SAM_AGENT_HOST_ROOT", ws_root)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ticket");
+    let ticket: sam_protocol::Ticket = line.trim().parse().expect("ticket");
+    let id = ticket.addr.id.to_string();
+    (NodeProc(child), line.trim().to_string(), id)
+}
+
+fn messages(home: &Path, conv: &str) -> Vec<serde_json::Value> {
+    let log = ok(sam(home, &["--json", "log", conv]));
+    serde_json::from_str::<serde_json::Value>(log.trim())
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Syncs until an agent message contains `needle`; returns every message then.
+fn wait_for_agent(home: &Path, conv: &str, needle: &str) -> Vec<serde_json::Value> {
+    for _ in 0..150 {
+        let _ = sam(home, &["sync"]);
+        let m = messages(home, conv);
+        if m.iter()
+            .any(|x| x["role"] == "agent" && x["text"].as_str().unwrap_or("").contains(needle))
+        {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "no agent message with {needle:?}: {:#?}",
+        messages(home, conv)
+    );
+}
+
+fn doc(home: &Path, conv: &str, tmp: &Path) -> Conversation {
+    let out = tmp.join(format!("{conv}.am"));
+    ok(sam(
+        home,
+        &["export", conv, "--out", out.to_str().expect("utf8")],
+    ));
+    Conversation::load(&std::fs::read(&out).expect("read")).expect("valid document")
+}
+
+#[test]
+fn the_node_is_deleted_under_a_live_conversation_and_it_continues_on_another() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let owner = last(&ok(sam(&me, &["id"])));
+    let (node_a, ticket_a, id_a) = node(&tmp.path().join("a"), &owner, &tmp.path().join("ws-a"));
+    let (_node_b, ticket_b, id_b) = node(&tmp.path().join("b"), &owner, &tmp.path().join("ws-b"));
+    ok(sam(&me, &["connect", &ticket_a, "--name", "a"]));
+    ok(sam(&me, &["connect", &ticket_b, "--name", "b"]));
+    // An agent that cannot `session/load`: a new one must get the transcript.
+    let agent = format!(
+        "env SAM_TEST_AGENT_MODE=no-load {}",
+        sibling("sam-test-agent").display()
+    );
+    let conv = last(&ok(sam(
+        &me,
+        &[
+            "convs",
+            "new",
+            "--node",
+            "a",
+            "--workspace",
+            "w1",
+            "--agent-cmd",
+            &agent,
+        ],
+    )));
+    let out = ok(sam(
+        &me,
+        &["prompt", &conv, "say the password is banana", "--follow"],
+    ));
+    assert!(out.contains("the password is banana"), "{out}");
+    let first = messages(&me, &conv)[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let fork = last(&ok(sam(&me, &["fork", &conv, "--at", &first])));
+
+    // The VM goes away: the process dies and its disk is deleted.
+    drop(node_a);
+    std::fs::remove_dir_all(tmp.path().join("a")).expect("delete node a");
+    std::fs::remove_dir_all(tmp.path().join("ws-a")).expect("delete its workspaces");
+
+    // The prompt is queued, and the CLI says how to continue.
+    let out = ok(sam(&me, &["prompt", &conv, "recall banana; whoami"]));
+    assert!(out.contains("queued"), "{out}");
+    assert!(
+        out.contains(&format!("sam move {}", &conv[..8])) && out.contains("--node b"),
+        "{out}"
+    );
+
+    // Continue on node b.
+    let moved = sam(&me, &["move", &conv, "--node", "b", "--workspace", "w2"]);
+    let stdout = ok(moved);
+    assert_eq!(last(&stdout), conv, "{stdout}");
+    assert!(
+        stdout.contains("moved from node a (workspace w1) to node b (workspace w2)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("not recoverable"), "{stdout}");
+
+    // The queued prompt runs on b; the new agent got the transcript.
+    let m = wait_for_agent(&me, &conv, "recall banana:");
+    let texts: Vec<&str> = m.iter().map(|x| x["text"].as_str().unwrap_or("")).collect();
+    let all = texts.join("\n");
+    assert!(all.contains("recall banana: yes"), "{all}");
+    assert!(all.contains("loaded=false"), "{all}");
+    // Full history, in order, same ids.
+    assert_eq!(m[0]["id"], first.as_str());
+    assert_eq!(m[0]["text"], "say the password is banana");
+    assert!(texts[1].contains("the password is banana"), "{all}");
+    let system: Vec<&str> = m
+        .iter()
+        .filter(|x| x["role"] == "system")
+        .map(|x| x["text"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        system
+            .iter()
+            .any(|t| t.contains("moved from node a") && t.contains("not recoverable")),
+        "{system:?}"
+    );
+    assert!(
+        system.iter().any(|t| t.contains("after a move from node")
+            && t.contains("given the transcript so far as context")),
+        "{system:?}"
+    );
+    let answer = m
+        .iter()
+        .find(|x| x["role"] == "agent" && x["text"].as_str().unwrap_or("").contains("recall"))
+        .expect("answer");
+    assert_eq!(answer["author"], id_b.as_str(), "node b answered");
+
+    // The document: same id, hosts history a (lost) → b (open), workspace on b.
+    let d = doc(&me, &conv, tmp.path());
+    assert_eq!(d.id(), conv);
+    let ws = d.workspace();
+    assert_eq!((ws.node.as_str(), ws.id.as_str()), (id_b.as_str(), "w2"));
+    let hosts = d.hosts();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    assert_eq!(hosts[0].node, id_a);
+    assert_eq!(hosts[0].workspace, "w1");
+    assert_eq!(hosts[0].end, Some(HostEnd::Lost));
+    assert!(hosts[0].ended_at.is_some());
+    assert_eq!(hosts[1].node, id_b);
+    assert_eq!(hosts[1].ended_at, None);
+
+    // The fork still hangs under it, and the listing is honest about where it runs.
+    let tree = ok(sam(&me, &["convs", "ls", "--tree", "--offline"]));
+    let p = tree
+        .lines()
+        .position(|l| l.starts_with(&conv))
+        .expect("parent");
+    let f = tree
+        .lines()
+        .position(|l| l.trim_start().starts_with(&fork))
+        .expect("fork");
+    assert!(f > p, "{tree}");
+    let ls = ok(sam(&me, &["--json", "convs", "ls", "--offline"]));
+    let list: serde_json::Value = serde_json::from_str(ls.trim()).expect("json");
+    let row = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["id"] == conv.as_str())
+        .expect("row");
+    assert_eq!(row["node"], id_b.as_str());
+}
+
+#[test]
+fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let owner = last(&ok(sam(&me, &["id"])));
+    let (_node_a, ticket_a, id_a) = node(&tmp.path().join("a"), &owner, &tmp.path().join("ws-a"));
+    let (_node_b, ticket_b, id_b) = node(&tmp.path().join("b"), &owner, &tmp.path().join("ws-b"));
+    ok(sam(&me, &["connect", &ticket_a, "--name", "a"]));
+    ok(sam(&me, &["connect", &ticket_b, "--name", "b"]));
+    let agent = sibling("sam-test-agent");
+    let conv = last(&ok(sam(
+        &me,
+        &[
+            "convs",
+            "new",
+            "--node",
+            "a",
+            "--workspace",
+            "w1",
+            "--agent-cmd",
+            agent.to_str().expect("utf8"),
+        ],
+    )));
+    ok(sam(&me, &["prompt", &conv, "say first answer", "--follow"]));
+
+    // Without a repo to rebuild from, the move needs a workspace named.
+    let refused = sam(&me, &["move", &conv, "--node", "b"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--repo URL") && err.contains("--workspace"),
+        "{err}"
+    );
+    // Nowhere to go: refused with the reason.
+    let same = sam(&me, &["move", &conv, "--node", "a", "--workspace", "w1"]);
+    assert!(!same.status.success());
+
+    let out = ok(sam(
+        &me,
+        &["--json", "move", &conv, "--node", "b", "--workspace", "w9"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["from"]["reached"], true, "{v}");
+    assert_eq!(v["to"]["node"], id_b.as_str());
+    assert_eq!(v["sent"], true);
+
+    let out = ok(sam(
+        &me,
+        &["prompt", &conv, "whoami; say second answer", "--follow"],
+    ));
+    assert!(out.contains("second answer"), "{out}");
+    let m = wait_for_agent(&me, &conv, "second answer");
+    let all: Vec<&str> = m.iter().map(|x| x["text"].as_str().unwrap_or("")).collect();
+    let all = all.join("\n");
+    // The agent on b reloaded the session the document names (ACP session/load).
+    assert!(all.contains("loaded=true"), "{all}");
+    assert!(
+        all.contains("reloaded its earlier session with ACP session/load"),
+        "{all}"
+    );
+    let second = m
+        .iter()
+        .find(|x| x["role"] == "agent" && x["text"].as_str().unwrap_or("").contains("second"))
+        .expect("second");
+    assert_eq!(second["author"], id_b.as_str());
+    let d = doc(&me, &conv, tmp.path());
+    let hosts = d.hosts();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    assert_eq!(hosts[0].node, id_a);
+    assert_eq!(hosts[0].end, Some(HostEnd::Moved));
+    assert_eq!(hosts[1].node, id_b);
+    assert_eq!(hosts[1].workspace, "w9");
+    // Node a let go: it never started an agent for the second prompt.
+    assert!(
+        !m.iter()
+            .any(|x| x["author"] == id_a.as_str()
+                && x["text"].as_str().unwrap_or("").contains("second")),
+        "{all}"
+    );
+}
