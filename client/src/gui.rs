@@ -11,20 +11,26 @@ use crate::paths::ClientPaths;
 
 pub mod backend;
 mod chat;
+pub mod files;
 pub mod keys;
 pub mod palette;
 mod panels;
+pub mod ports;
 pub mod state;
 mod terminal;
+pub mod tools;
 mod view;
+pub mod voice;
 
 pub use backend::BackendHandle;
 pub use state::{AppState, Command, Event};
+pub use tools::{ToolsHandle, VoiceIo};
 
 /// The app: the state, the backend, and view-only caches.
 pub struct GuiApp {
     pub state: AppState,
     backend: BackendHandle,
+    tools: ToolsHandle,
     paths: ClientPaths,
     chat: chat::ChatCache,
     panels: panels::Panels,
@@ -33,9 +39,16 @@ pub struct GuiApp {
 }
 
 impl GuiApp {
-    /// Starts the backend for `paths`.
+    /// Starts the backend for `paths`, with the microphone and the sound card (or the
+    /// stand-in files named by `SAM_VOICE_INPUT_WAV` / `SAM_VOICE_OUTPUT_WAV`).
     pub fn new(paths: ClientPaths) -> Result<Self> {
+        Self::with_voice(paths, VoiceIo::from_env())
+    }
+
+    /// Starts the backend for `paths` with the given audio input and output.
+    pub fn with_voice(paths: ClientPaths, voice: VoiceIo) -> Result<Self> {
         let backend = BackendHandle::start(paths.clone())?;
+        let tools = ToolsHandle::start(paths.clone(), voice)?;
         let mut state = AppState {
             prefs: load_prefs(&paths),
             ..AppState::default()
@@ -49,6 +62,7 @@ impl GuiApp {
         Ok(Self {
             state,
             backend,
+            tools,
             paths,
             chat: chat::ChatCache::default(),
             panels: panels::Panels::default(),
@@ -66,10 +80,24 @@ impl GuiApp {
         self.backend.send(cmd);
     }
 
-    /// Applies every pending backend event.
+    /// Applies every pending backend and tools event.
     pub fn drain_events(&mut self) {
+        for ev in self.tools.poll() {
+            tools::apply(&mut self.state, ev);
+        }
         for ev in self.backend.poll() {
+            let messages_of = match &ev {
+                Event::Messages { conv, .. } => Some(conv.clone()),
+                _ => None,
+            };
             let fresh = self.state.apply(ev);
+            if let Some(conv) = messages_of
+                && self.state.selected.as_deref() == Some(conv.as_str())
+            {
+                let msgs = self.state.messages.clone();
+                let news = self.state.voice.auto_read_news(&conv, &msgs);
+                self.state.tools_out.extend(news);
+            }
             if self.state.prefs.desktop_notifications {
                 for n in fresh {
                     if n.level != state::Level::Info || n.title == "Agent finished" {
@@ -87,6 +115,7 @@ impl GuiApp {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         self.frames += 1;
         self.backend.set_ctx(ui.ctx());
+        self.tools.set_ctx(ui.ctx());
         self.drain_events();
         let prefs_before = self.state.prefs.clone();
         ui.ctx().set_theme(if self.state.prefs.dark {
@@ -104,6 +133,9 @@ impl GuiApp {
         );
         for cmd in out {
             self.backend.send(cmd);
+        }
+        for cmd in std::mem::take(&mut self.state.tools_out) {
+            self.tools.send(cmd);
         }
         if self.state.prefs != prefs_before {
             save_prefs(&self.paths, &self.state.prefs);

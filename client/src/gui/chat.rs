@@ -7,6 +7,7 @@ use egui_commonmark::{CommonMarkCache, CommonMarkViewer};
 use sam_crdt::{MessageView, Role, Status, ToolStatus};
 
 use super::state::{AppState, Command};
+use super::tools::ToolCmd;
 
 /// Space between rows.
 const GAP: f32 = 6.0;
@@ -107,6 +108,15 @@ fn header(ui: &mut Ui, state: &mut AppState, conv_id: &str, out: &mut Vec<Comman
         };
         super::view::dot_colored(ui, dot, text);
         ui.label(RichText::new(text).color(dot));
+        if ui
+            .checkbox(&mut state.voice.auto_read, "Auto-read new answers")
+            .on_hover_text("Read each new agent answer aloud when it is complete")
+            .changed()
+        {
+            state
+                .tools_out
+                .push(ToolCmd::AutoRead(state.voice.auto_read));
+        }
         if state.running()
             && ui
                 .button("■ Cancel")
@@ -168,6 +178,7 @@ fn prompt_box(ui: &mut Ui, state: &mut AppState, out: &mut Vec<Command>) {
         {
             out.push(cmd);
         }
+        super::voice::mic_controls(ui, &mut state.voice, &mut state.tools_out);
         if let Some(hint) = state.prompt_hint() {
             ui.label(
                 RichText::new(hint)
@@ -176,6 +187,7 @@ fn prompt_box(ui: &mut Ui, state: &mut AppState, out: &mut Vec<Command>) {
             );
         }
     });
+    super::voice::error_line(ui, &mut state.voice);
     ui.add_space(4.0);
 }
 
@@ -208,6 +220,7 @@ fn messages(
     }
     let total = y;
     let me = state.me.clone();
+    let tools = &mut state.tools_out;
     let mut laid = 0;
     egui::ScrollArea::vertical()
         .id_salt(("messages", conv_id))
@@ -230,7 +243,7 @@ fn messages(
                 );
                 let r = ui.scope_builder(
                     egui::UiBuilder::new().max_rect(rect).id_salt(m.id.as_str()),
-                    |ui| row(ui, m, &me, &mut cache.md, conv_id, out),
+                    |ui| row(ui, m, &me, &mut cache.md, conv_id, out, tools),
                 );
                 laid += 1;
                 let sig = signature(m, width);
@@ -297,6 +310,7 @@ fn row(
     md: &mut CommonMarkCache,
     conv: &str,
     out: &mut Vec<Command>,
+    tools: &mut Vec<ToolCmd>,
 ) {
     let dark = ui.visuals().dark_mode;
     let frame = egui::Frame::group(ui.style()).fill(role_color(m.role, dark));
@@ -327,6 +341,15 @@ fn row(
                         conv: conv.to_string(),
                         at: m.id.to_string(),
                     });
+                }
+                if m.role == Role::Agent
+                    && !m.text.trim().is_empty()
+                    && ui
+                        .small_button("▶ Read aloud")
+                        .on_hover_text("Read this answer aloud")
+                        .clicked()
+                {
+                    tools.push(super::voice::speak_message(m));
                 }
             });
         });

@@ -1,8 +1,7 @@
 //! Terminal, files and ports panels.
 //!
-//! The terminal is a `vt100` screen over `sam/pty/1`. Files/diffs and ports are not
-//! implemented yet in the GUI: those panels say so and name the CLI command that does
-//! the job today (`sam files`, `sam ports` / `sam forward`).
+//! The terminal is a `vt100` screen over `sam/pty/1`; files ([`super::files`]) and ports
+//! ([`super::ports`]) work through the tools worker.
 
 use egui::{FontId, RichText, Ui};
 
@@ -32,27 +31,26 @@ pub fn show(
         .unwrap_or_else(|| "WORKSPACE".into());
     match panel {
         Panel::Terminal => terminal(ui, state, panels, ws, out),
-        Panel::Files => not_yet(
-            ui,
-            "Files and diffs",
-            &format!(
-                "sam files ls {ws_name} .   ·   sam files diff {ws_name} .   ·   sam files get {ws_name} PATH"
-            ),
-        ),
-        Panel::Ports => not_yet(
-            ui,
-            "Ports",
-            &format!("sam ports {ws_name} --watch   ·   sam forward {ws_name} PORT"),
-        ),
+        Panel::Files => {
+            let mut attached = false;
+            super::files::show(
+                ui,
+                &mut state.files,
+                ws,
+                &ws_name,
+                &mut state.prompt,
+                &mut attached,
+                &mut state.tools_out,
+            );
+            if attached {
+                state.panel = Panel::Chat;
+            }
+        }
+        Panel::Ports => {
+            super::ports::show(ui, &mut state.ports, ws, &ws_name, &mut state.tools_out)
+        }
         Panel::Chat => {}
     }
-}
-
-fn not_yet(ui: &mut Ui, title: &str, cli: &str) {
-    ui.heading(title);
-    ui.label(RichText::new("Not implemented yet in the GUI.").strong());
-    ui.label("Use the CLI meanwhile:");
-    ui.label(RichText::new(cli).monospace());
 }
 
 fn terminal(

@@ -7,7 +7,11 @@ use std::sync::Arc;
 
 use sam_crdt::{MessageView, PlanEntry, Role, Status};
 
+use super::files::FilesView;
 use super::palette::PaletteState;
+use super::ports::PortsView;
+use super::tools::ToolCmd;
+use super::voice::VoiceView;
 
 /// What the backend tells the UI.
 #[derive(Debug, Clone)]
@@ -272,7 +276,7 @@ impl Default for Prefs {
 pub const AGENTS: &[&str] = &["claude", "codex", "gemini", "vibe"];
 
 /// Everything the view shows.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct AppState {
     pub me: String,
     pub nodes: Vec<NodeView>,
@@ -296,6 +300,12 @@ pub struct AppState {
     pub term_out: Vec<u8>,
     pub term_open: bool,
     pub term_status: String,
+    /// Voice controls and the player bar.
+    pub voice: VoiceView,
+    pub files: FilesView,
+    pub ports: PortsView,
+    /// Commands for the tools worker (files, ports, voice), handed over after each frame.
+    pub tools_out: Vec<ToolCmd>,
 }
 
 impl AppState {

@@ -22,6 +22,10 @@ pub fn show(
         state.palette.cursor = 0;
     }
     egui::Panel::top("top").show(ui, |ui| top_bar(ui, state, out));
+    super::voice::player_bar(ui, &mut state.voice, &mut state.tools_out);
+    if state.panel != Panel::Ports {
+        state.ports.unwatch(&mut state.tools_out);
+    }
     egui::Panel::left("sidebar")
         .resizable(true)
         .default_size(260.0)

@@ -1,0 +1,858 @@
+//! The GUI's second worker: workspace files, ports and forwards, and voice (recording,
+//! transcription, speech and the player). Like the [`super::backend`], an actor on its own
+//! tokio runtime in a background thread: the UI pushes [`ToolCmd`]s into
+//! `AppState::tools_out`, the app hands them over after each frame, and results come back
+//! as [`ToolEvent`]s that wake the UI. Nothing here is awaited by the UI thread.
+//!
+//! Network work opens a fresh connection per request on one shared endpoint, so a slow or
+//! unreachable node never holds up the microphone or the player.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use sam_protocol::workspace::{FileEntry, FilesOp, FilesResponse, PortInfo};
+use tokio::sync::mpsc;
+
+use super::state::AppState;
+use crate::book::NodeBook;
+use crate::paths::ClientPaths;
+use crate::voice::{
+    self, Audio, Clip, DeviceSink, FileSink, InputSource, Player, PlayerEvent, Recorder, Recording,
+    Sink, SpeakerKind, TranscriberKind, VoiceConfig, VoiceError,
+};
+
+/// Largest file the viewer reads (bigger ones: download them).
+pub const VIEW_MAX: u64 = 1 << 20;
+/// Entries listed per directory.
+pub const LIST_LIMIT: u32 = 2000;
+
+/// A workspace: `(node id, workspace id)`.
+pub type Ws = (String, String);
+
+/// What the UI asks the tools worker to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolCmd {
+    /// One directory of a workspace (`""` is the root).
+    List {
+        ws: Ws,
+        path: String,
+    },
+    /// A file's contents for the viewer.
+    Read {
+        ws: Ws,
+        path: String,
+    },
+    /// `git diff` of the working tree against HEAD, or against the merge base with `base`.
+    Diff {
+        ws: Ws,
+        base: Option<String>,
+        path: Option<String>,
+    },
+    /// Uploads a local file or folder into the workspace folder `remote`.
+    Upload {
+        ws: Ws,
+        local: PathBuf,
+        remote: String,
+    },
+    /// Downloads `remote` into the local folder `local`.
+    Download {
+        ws: Ws,
+        remote: String,
+        local: PathBuf,
+    },
+    /// Watches a workspace's listening ports (replaces the previous watch).
+    WatchPorts(Ws),
+    StopPorts,
+    /// Forwards `127.0.0.1:<port or any>` to `port` in the workspace.
+    Forward {
+        ws: Ws,
+        port: u16,
+    },
+    Unforward {
+        port: u16,
+    },
+    /// Starts recording a prompt.
+    RecordStart,
+    /// Stops recording and transcribes.
+    RecordStop,
+    /// Reads a message aloud: `now` plays it at once, else it joins the queue.
+    Speak {
+        id: String,
+        label: String,
+        markdown: String,
+        now: bool,
+    },
+    Player(PlayerCtl),
+    /// Turns "auto-read new answers" on or off (saved in voice.toml).
+    AutoRead(bool),
+}
+
+/// Player buttons.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PlayerCtl {
+    Toggle,
+    Skip,
+    Clear,
+    Speed(f32),
+}
+
+/// What the tools worker reports.
+#[derive(Debug, Clone)]
+pub enum ToolEvent {
+    Listing {
+        ws: Ws,
+        path: String,
+        result: Result<(Vec<FileEntry>, bool), String>,
+    },
+    File {
+        ws: Ws,
+        path: String,
+        result: Result<FileData, String>,
+    },
+    Diff {
+        ws: Ws,
+        title: String,
+        result: Result<(String, bool), String>,
+    },
+    /// An upload or download finished (`what` says which).
+    Transfer {
+        what: String,
+        result: Result<String, String>,
+    },
+    Ports {
+        ws: Ws,
+        result: Result<Vec<PortInfo>, String>,
+    },
+    /// A forward is listening (`Ok(local address)`), failed, or stopped (`None`).
+    Forward {
+        port: u16,
+        state: Option<Result<String, String>>,
+    },
+    /// Voice settings at start.
+    VoiceConfig {
+        auto_read: bool,
+        speed: f32,
+    },
+    Recording(bool),
+    Level(f32),
+    Transcribing,
+    /// The transcript, or why there is none (the recording kept on disk when possible).
+    Transcript(Result<String, String>),
+    /// Speech is being made for a message (`+1`) or is done (`-1`).
+    Synth(i32),
+    Player(PlayerEvent),
+    /// A voice error worth telling the user.
+    VoiceError(String),
+}
+
+/// A file read for the viewer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileData {
+    pub data: Vec<u8>,
+    pub size: u64,
+    pub truncated: bool,
+}
+
+/// Where recordings come from and playback goes: the sound card, or files for headless
+/// machines and tests.
+#[derive(Debug, Clone)]
+pub struct VoiceIo {
+    pub input: InputSource,
+    /// `None`: the sound card; else a WAV file, written in real time.
+    pub output: Option<PathBuf>,
+}
+
+impl VoiceIo {
+    /// The microphone and the sound card, unless `SAM_VOICE_INPUT_WAV` / `SAM_VOICE_OUTPUT_WAV`
+    /// name stand-in files (headless demos and screenshots).
+    pub fn from_env() -> Self {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Self {
+            input: match var("SAM_VOICE_INPUT_WAV") {
+                Some(path) => InputSource::WavFile {
+                    path,
+                    realtime: true,
+                },
+                None => InputSource::Microphone,
+            },
+            output: var("SAM_VOICE_OUTPUT_WAV"),
+        }
+    }
+}
+
+/// Sends events to the UI and wakes it.
+#[derive(Clone)]
+struct Events {
+    tx: std::sync::mpsc::Sender<ToolEvent>,
+    ctx: Arc<OnceLock<egui::Context>>,
+}
+
+impl Events {
+    fn emit(&self, ev: ToolEvent) {
+        let _ = self.tx.send(ev);
+        if let Some(ctx) = self.ctx.get() {
+            ctx.request_repaint();
+        }
+    }
+}
+
+/// The UI's side of the tools worker.
+pub struct ToolsHandle {
+    tx: mpsc::UnboundedSender<ToolCmd>,
+    rx: std::sync::mpsc::Receiver<ToolEvent>,
+    ctx: Arc<OnceLock<egui::Context>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ToolsHandle {
+    pub fn start(paths: ClientPaths, io: VoiceIo) -> Result<Self> {
+        let (tx, cmds) = mpsc::unbounded_channel();
+        let (etx, rx) = std::sync::mpsc::channel();
+        let ctx = Arc::new(OnceLock::new());
+        let events = Events {
+            tx: etx,
+            ctx: ctx.clone(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("sam-gui-tools")
+            .build()
+            .context("start the GUI's tools runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("sam-gui-tools".into())
+            .spawn(move || {
+                rt.block_on(Tools::run(paths, io, events, cmds));
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .context("start the GUI's tools thread")?;
+        Ok(Self {
+            tx,
+            rx,
+            ctx,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn set_ctx(&self, ctx: &egui::Context) {
+        if self.ctx.get().is_none() {
+            let _ = self.ctx.set(ctx.clone());
+        }
+    }
+
+    pub fn send(&self, cmd: ToolCmd) {
+        let _ = self.tx.send(cmd);
+    }
+
+    pub fn poll(&self) -> Vec<ToolEvent> {
+        self.rx.try_iter().collect()
+    }
+}
+
+impl Drop for ToolsHandle {
+    fn drop(&mut self) {
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The actor.
+struct Tools {
+    paths: ClientPaths,
+    io: VoiceIo,
+    events: Events,
+    ep: Option<iroh::Endpoint>,
+    recording: Option<Recording>,
+    player: Option<Arc<Player>>,
+    speed: f32,
+    ports: Option<tokio::task::AbortHandle>,
+    forwards: HashMap<u16, tokio::task::AbortHandle>,
+}
+
+impl Tools {
+    async fn run(
+        paths: ClientPaths,
+        io: VoiceIo,
+        events: Events,
+        mut cmds: mpsc::UnboundedReceiver<ToolCmd>,
+    ) {
+        let cfg = VoiceConfig::load(&paths).unwrap_or_else(|e| {
+            events.emit(ToolEvent::VoiceError(e.to_string()));
+            VoiceConfig::default()
+        });
+        let speed = cfg.speed.unwrap_or(1.0).clamp(
+            *voice::player::SPEED_RANGE.start(),
+            *voice::player::SPEED_RANGE.end(),
+        );
+        events.emit(ToolEvent::VoiceConfig {
+            auto_read: cfg.auto_read,
+            speed,
+        });
+        let mut tools = Tools {
+            paths,
+            io,
+            events,
+            ep: None,
+            recording: None,
+            player: None,
+            speed,
+            ports: None,
+            forwards: HashMap::new(),
+        };
+        while let Some(c) = cmds.recv().await {
+            tools.command(c).await;
+        }
+        if let Some(p) = tools.ports.take() {
+            p.abort();
+        }
+        for (_, f) in tools.forwards.drain() {
+            f.abort();
+        }
+        if let Some(ep) = tools.ep.take() {
+            ep.close().await;
+        }
+    }
+
+    async fn endpoint(&mut self) -> Result<iroh::Endpoint> {
+        if let Some(ep) = &self.ep {
+            return Ok(ep.clone());
+        }
+        let key = self.paths.identity()?;
+        let ep = crate::endpoint::bind(&key, None).await?;
+        self.ep = Some(ep.clone());
+        Ok(ep)
+    }
+
+    async fn command(&mut self, c: ToolCmd) {
+        match c {
+            ToolCmd::List { .. }
+            | ToolCmd::Read { .. }
+            | ToolCmd::Diff { .. }
+            | ToolCmd::Upload { .. }
+            | ToolCmd::Download { .. } => {
+                let ep = self.endpoint().await;
+                let (paths, ev) = (self.paths.clone(), self.events.clone());
+                tokio::spawn(async move { files(ep, paths, ev, c).await });
+            }
+            ToolCmd::WatchPorts(ws) => {
+                if let Some(p) = self.ports.take() {
+                    p.abort();
+                }
+                let ep = self.endpoint().await;
+                let (paths, ev) = (self.paths.clone(), self.events.clone());
+                let task = tokio::spawn(async move { watch_ports(ep, paths, ev, ws).await });
+                self.ports = Some(task.abort_handle());
+            }
+            ToolCmd::StopPorts => {
+                if let Some(p) = self.ports.take() {
+                    p.abort();
+                }
+            }
+            ToolCmd::Forward { ws, port } => {
+                if let Some(old) = self.forwards.remove(&port) {
+                    old.abort();
+                }
+                let ep = self.endpoint().await;
+                let (paths, ev) = (self.paths.clone(), self.events.clone());
+                let task = tokio::spawn(async move {
+                    let r = forward(ep, &paths, &ev, ws, port).await;
+                    let state = match r {
+                        Ok(()) => None,
+                        Err(e) => Some(Err(format!("{e:#}"))),
+                    };
+                    ev.emit(ToolEvent::Forward { port, state });
+                });
+                self.forwards.insert(port, task.abort_handle());
+            }
+            ToolCmd::Unforward { port } => {
+                if let Some(f) = self.forwards.remove(&port) {
+                    f.abort();
+                }
+                self.events.emit(ToolEvent::Forward { port, state: None });
+            }
+            ToolCmd::RecordStart => self.record_start().await,
+            ToolCmd::RecordStop => self.record_stop().await,
+            ToolCmd::Speak {
+                id,
+                label,
+                markdown,
+                now,
+            } => self.speak(id, label, markdown, now),
+            ToolCmd::Player(ctl) => {
+                if let Some(p) = &self.player {
+                    match ctl {
+                        PlayerCtl::Toggle => p.toggle(),
+                        PlayerCtl::Skip => p.skip(),
+                        PlayerCtl::Clear => p.clear(),
+                        PlayerCtl::Speed(s) => {
+                            p.set_speed(s);
+                        }
+                    }
+                }
+                if let PlayerCtl::Speed(s) = ctl {
+                    self.speed = s;
+                    self.save_config(|c| c.speed = Some(s));
+                }
+            }
+            ToolCmd::AutoRead(on) => self.save_config(|c| c.auto_read = on),
+        }
+    }
+
+    fn save_config(&self, change: impl FnOnce(&mut VoiceConfig)) {
+        let r = VoiceConfig::load(&self.paths).and_then(|mut c| {
+            change(&mut c);
+            c.save(&self.paths)
+        });
+        if let Err(e) = r {
+            self.events.emit(ToolEvent::VoiceError(format!(
+                "cannot save voice settings: {e}"
+            )));
+        }
+    }
+
+    async fn record_start(&mut self) {
+        if self.recording.is_some() {
+            return;
+        }
+        let recorder = Recorder::new(self.io.input.clone());
+        let ev = self.events.clone();
+        // Opening a sound card can block: off the runtime's worker.
+        let started = tokio::task::spawn_blocking(move || {
+            recorder.start(move |level| ev.emit(ToolEvent::Level(level)))
+        })
+        .await;
+        match started {
+            Ok(Ok(rec)) => {
+                self.recording = Some(rec);
+                self.events.emit(ToolEvent::Recording(true));
+            }
+            Ok(Err(e)) => {
+                self.events.emit(ToolEvent::Recording(false));
+                self.events
+                    .emit(ToolEvent::Transcript(Err(format!("cannot record: {e}"))));
+            }
+            Err(e) => {
+                self.events.emit(ToolEvent::Recording(false));
+                self.events
+                    .emit(ToolEvent::Transcript(Err(format!("cannot record: {e}"))));
+            }
+        }
+    }
+
+    async fn record_stop(&mut self) {
+        let Some(rec) = self.recording.take() else {
+            return;
+        };
+        self.events.emit(ToolEvent::Recording(false));
+        let audio = match tokio::task::spawn_blocking(move || rec.stop()).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.events.emit(ToolEvent::Transcript(Err(format!(
+                    "the recording failed: {e}"
+                ))));
+                return;
+            }
+        };
+        self.events.emit(ToolEvent::Transcribing);
+        let (paths, ev) = (self.paths.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let r = transcribe(&paths, &audio).await;
+            ev.emit(ToolEvent::Transcript(r));
+        });
+    }
+
+    /// The player, started on first use.
+    fn player(&mut self) -> Result<Arc<Player>, VoiceError> {
+        if let Some(p) = &self.player {
+            return Ok(p.clone());
+        }
+        let sink: Box<dyn Sink> = match &self.io.output {
+            Some(path) => Box::new(Paced::new(FileSink::create(path, 24_000)?)),
+            None => Box::new(DeviceSink::open()?),
+        };
+        let ev = self.events.clone();
+        let p = Arc::new(Player::spawn(sink, move |e| ev.emit(ToolEvent::Player(e)))?);
+        p.set_speed(self.speed);
+        self.player = Some(p.clone());
+        Ok(p)
+    }
+
+    fn speak(&mut self, id: String, label: String, markdown: String, now: bool) {
+        let player = match self.player() {
+            Ok(p) => p,
+            Err(e) => {
+                self.events.emit(ToolEvent::VoiceError(format!(
+                    "cannot play: {e} (set SAM_VOICE_OUTPUT_WAV=FILE.wav to write speech to a file)"
+                )));
+                return;
+            }
+        };
+        let (paths, ev) = (self.paths.clone(), self.events.clone());
+        ev.emit(ToolEvent::Synth(1));
+        tokio::spawn(async move {
+            match speak(&paths, &markdown).await {
+                Ok(audio) => {
+                    let clip = Clip { id, label, audio };
+                    if now {
+                        player.play_now(clip);
+                    } else {
+                        player.enqueue(clip);
+                    }
+                }
+                Err(e) => ev.emit(ToolEvent::VoiceError(format!("cannot read aloud: {e:#}"))),
+            }
+            ev.emit(ToolEvent::Synth(-1));
+        });
+    }
+}
+
+/// The speech API key when a configured provider needs it (a blocking keyring lookup).
+async fn key_if_needed(paths: &ClientPaths, cfg: &VoiceConfig, needed: bool) -> Option<String> {
+    if !needed {
+        return None;
+    }
+    let (paths, url) = (paths.clone(), cfg.openai.base_url.clone());
+    tokio::task::spawn_blocking(move || voice::config::api_key(&paths, &url))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Transcribes a recording with the configured provider. On any failure the recording is
+/// kept in `$SAM_HOME/recordings` and the message says where.
+async fn transcribe(paths: &ClientPaths, audio: &Audio) -> Result<String, String> {
+    if audio.samples.is_empty() {
+        return Err("nothing was recorded".into());
+    }
+    let kept_dir = VoiceConfig::kept_dir(paths);
+    let keep_with = |e: String| match voice::keep(audio, &kept_dir) {
+        Ok(p) => format!("{e} (the recording is kept in {})", p.display()),
+        Err(k) => format!("{e} (and the recording could not be kept: {k})"),
+    };
+    let cfg = VoiceConfig::load(paths).map_err(|e| keep_with(e.to_string()))?;
+    let key = key_if_needed(paths, &cfg, cfg.transcriber == TranscriberKind::Openai).await;
+    let t = cfg.transcriber(key).map_err(|e| keep_with(e.to_string()))?;
+    let text = voice::transcribe_keeping(t.as_ref(), audio, &kept_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    if text.trim().is_empty() {
+        return Err(keep_with(format!(
+            "heard no words in {:.1} s of audio",
+            audio.duration_secs()
+        )));
+    }
+    Ok(text)
+}
+
+/// Speech for a Markdown message with the configured speaker.
+async fn speak(paths: &ClientPaths, markdown: &str) -> Result<Audio> {
+    let text = voice::speakable(markdown);
+    if text.trim().is_empty() {
+        bail!("the message has nothing to read aloud");
+    }
+    let cfg = VoiceConfig::load(paths)?;
+    let key = key_if_needed(paths, &cfg, cfg.speaker == SpeakerKind::Openai).await;
+    let speaker = cfg.speaker(key)?;
+    Ok(voice::speak_long(speaker.as_ref(), &text).await?)
+}
+
+/// A sink that takes as long as the sound would (a file standing in for the sound card:
+/// the player bar shows real progress, pause and skip behave as with speakers).
+struct Paced<S> {
+    inner: S,
+    start: Option<Instant>,
+    written: u64,
+}
+
+impl<S: Sink> Paced<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            start: None,
+            written: 0,
+        }
+    }
+}
+
+impl<S: Sink> Sink for Paced<S> {
+    fn sample_rate(&self) -> u32 {
+        self.inner.sample_rate()
+    }
+
+    fn write(&mut self, samples: &[f32]) -> Result<(), VoiceError> {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        self.inner.write(samples)?;
+        self.written += samples.len() as u64;
+        let due = Duration::from_secs_f64(self.written as f64 / self.sample_rate().max(1) as f64);
+        // Keep ~60 ms ahead, like a sound card's buffer.
+        if let Some(wait) = (start + due).checked_duration_since(Instant::now())
+            && wait > Duration::from_millis(60)
+        {
+            std::thread::sleep(wait - Duration::from_millis(60));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), VoiceError> {
+        self.start = None;
+        self.written = 0;
+        self.inner.flush()
+    }
+}
+
+async fn ctl_client(
+    ep: &iroh::Endpoint,
+    paths: &ClientPaths,
+    node: &str,
+) -> Result<crate::NodeClient> {
+    let book = NodeBook::load(&paths.nodes())?;
+    let entry = book.find(Some(node))?;
+    crate::NodeClient::connect(ep, &entry.ticket()?)
+        .await
+        .with_context(|| format!("node {}", entry.name))
+}
+
+async fn dial(
+    ep: &iroh::Endpoint,
+    paths: &ClientPaths,
+    node: &str,
+    alpn: &[u8],
+) -> Result<iroh::endpoint::Connection> {
+    let book = NodeBook::load(&paths.nodes())?;
+    let entry = book.find(Some(node))?;
+    let (conn, _) = crate::conn::connect(ep, &entry.ticket()?, alpn)
+        .await
+        .with_context(|| format!("node {}", entry.name))?;
+    Ok(conn)
+}
+
+async fn files_request(
+    ep: &iroh::Endpoint,
+    paths: &ClientPaths,
+    ws: &Ws,
+    op: FilesOp,
+) -> Result<FilesResponse> {
+    let client = ctl_client(ep, paths, &ws.0).await?;
+    let r = crate::cli::files::request(&client, &ws.1, op).await;
+    client.close();
+    r
+}
+
+/// Runs one files command and reports the result.
+async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Events, c: ToolCmd) {
+    let ep = match ep {
+        Ok(ep) => Ok(ep),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let err = |e: anyhow::Error| format!("{e:#}");
+    match c {
+        ToolCmd::List { ws, path } => {
+            let result = match &ep {
+                Ok(ep) => list(ep, &paths, &ws, &path).await.map_err(err),
+                Err(e) => Err(e.clone()),
+            };
+            ev.emit(ToolEvent::Listing { ws, path, result });
+        }
+        ToolCmd::Read { ws, path } => {
+            let result = match &ep {
+                Ok(ep) => read(ep, &paths, &ws, &path).await.map_err(err),
+                Err(e) => Err(e.clone()),
+            };
+            ev.emit(ToolEvent::File { ws, path, result });
+        }
+        ToolCmd::Diff { ws, base, path } => {
+            let title = match (&base, &path) {
+                (None, None) => "working tree vs HEAD".to_string(),
+                (Some(b), None) => format!("working tree vs {b}"),
+                (None, Some(p)) => format!("{p} vs HEAD"),
+                (Some(b), Some(p)) => format!("{p} vs {b}"),
+            };
+            let result = match &ep {
+                Ok(ep) => {
+                    match files_request(ep, &paths, &ws, FilesOp::GitDiff { base, path }).await {
+                        Ok(FilesResponse::Diff { text, truncated }) => Ok((text, truncated)),
+                        Ok(other) => Err(format!("unexpected answer to diff: {other:?}")),
+                        Err(e) => Err(err(e)),
+                    }
+                }
+                Err(e) => Err(e.clone()),
+            };
+            ev.emit(ToolEvent::Diff { ws, title, result });
+        }
+        ToolCmd::Upload { ws, local, remote } => {
+            let what = format!("upload of {}", local.display());
+            let result = match &ep {
+                Ok(ep) => async {
+                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
+                    let r = crate::streams::upload(&conn, &ws.1, &local, &remote).await;
+                    conn.close(0u32.into(), b"bye");
+                    let t = r?;
+                    Ok::<_, anyhow::Error>(format!("{} bytes → {}", t.size, t.dest))
+                }
+                .await
+                .map_err(err),
+                Err(e) => Err(e.clone()),
+            };
+            ev.emit(ToolEvent::Transfer { what, result });
+        }
+        ToolCmd::Download { ws, remote, local } => {
+            let what = format!("download of {remote}");
+            let result = match &ep {
+                Ok(ep) => async {
+                    if !local.is_dir() {
+                        bail!("{} is not a folder", local.display());
+                    }
+                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
+                    let r = crate::streams::download(&conn, &ws.1, &remote, &local).await;
+                    conn.close(0u32.into(), b"bye");
+                    let t = r?;
+                    Ok(format!("{} bytes → {}", t.size, t.dest))
+                }
+                .await
+                .map_err(err),
+                Err(e) => Err(e.clone()),
+            };
+            ev.emit(ToolEvent::Transfer { what, result });
+        }
+        _ => {}
+    }
+}
+
+async fn list(
+    ep: &iroh::Endpoint,
+    paths: &ClientPaths,
+    ws: &Ws,
+    path: &str,
+) -> Result<(Vec<FileEntry>, bool)> {
+    let op = FilesOp::List {
+        path: if path.is_empty() {
+            ".".into()
+        } else {
+            path.into()
+        },
+        depth: 0,
+        limit: LIST_LIMIT,
+    };
+    match files_request(ep, paths, ws, op).await? {
+        FilesResponse::List { entries, truncated } => Ok((entries, truncated)),
+        other => Err(anyhow!("unexpected answer to ls: {other:?}")),
+    }
+}
+
+async fn read(ep: &iroh::Endpoint, paths: &ClientPaths, ws: &Ws, path: &str) -> Result<FileData> {
+    let op = FilesOp::Read {
+        path: path.into(),
+        max_bytes: VIEW_MAX,
+    };
+    match files_request(ep, paths, ws, op).await? {
+        FilesResponse::Read {
+            data,
+            size,
+            truncated,
+        } => Ok(FileData {
+            data,
+            size,
+            truncated,
+        }),
+        other => Err(anyhow!("unexpected answer to cat: {other:?}")),
+    }
+}
+
+/// Lists the ports, then reports every change (long polls) until aborted.
+async fn watch_ports(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Events, ws: Ws) {
+    let mut known: Option<Vec<PortInfo>> = None;
+    loop {
+        let r = async {
+            let ep = ep.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+            let client = ctl_client(ep, &paths, &ws.0).await?;
+            let mut ports = crate::cli::ports::list(&client, &ws.1).await?;
+            if known.as_ref() != Some(&ports) {
+                ev.emit(ToolEvent::Ports {
+                    ws: ws.clone(),
+                    result: Ok(ports.clone()),
+                });
+                known = Some(ports.clone());
+            }
+            loop {
+                let now = crate::cli::ports::watch(&client, &ws.1, &ports, 20_000).await?;
+                if now != ports {
+                    ev.emit(ToolEvent::Ports {
+                        ws: ws.clone(),
+                        result: Ok(now.clone()),
+                    });
+                    known = Some(now.clone());
+                    ports = now;
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        }
+        .await;
+        if let Err(e) = r {
+            ev.emit(ToolEvent::Ports {
+                ws: ws.clone(),
+                result: Err(format!("{e:#}")),
+            });
+            known = None;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+/// Listens on 127.0.0.1 (the same port when free, else any) and forwards each connection
+/// to `port` in the workspace until aborted or the node goes away.
+async fn forward(
+    ep: Result<iroh::Endpoint>,
+    paths: &ClientPaths,
+    ev: &Events,
+    ws: Ws,
+    port: u16,
+) -> Result<()> {
+    let ep = ep?;
+    let conn = dial(&ep, paths, &ws.0, sam_protocol::alpn::PORT).await?;
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("cannot listen on 127.0.0.1")?,
+    };
+    let local = listener.local_addr()?;
+    ev.emit(ToolEvent::Forward {
+        port,
+        state: Some(Ok(local.to_string())),
+    });
+    crate::streams::forward(conn, ws.1, port, listener, |e| {
+        tracing::info!("forward: {e}")
+    })
+    .await
+}
+
+/// Applies a tools event to the UI state.
+pub fn apply(state: &mut AppState, ev: ToolEvent) {
+    match ev {
+        ToolEvent::Listing { .. }
+        | ToolEvent::File { .. }
+        | ToolEvent::Diff { .. }
+        | ToolEvent::Transfer { .. } => state.files.apply(ev),
+        ToolEvent::Ports { .. } | ToolEvent::Forward { .. } => state.ports.apply(ev),
+        ToolEvent::Transcript(Ok(text)) => {
+            state.voice.transcribing = false;
+            state.voice.error = None;
+            if !state.prompt.trim().is_empty() && !state.prompt.ends_with(char::is_whitespace) {
+                state.prompt.push(' ');
+            }
+            state.prompt.push_str(text.trim());
+        }
+        ev => state.voice.apply(ev),
+    }
+}

@@ -1,0 +1,274 @@
+//! Voice in the GUI: the microphone controls of the prompt box (toggle and push-to-talk,
+//! a level meter, the transcript put into the prompt for review), the read-aloud button's
+//! command, "auto-read new answers", and the player bar that stays at the bottom of the
+//! window whatever conversation is shown. The work itself is in [`super::tools`].
+
+use egui::{Color32, RichText, Ui};
+use sam_crdt::MessageView;
+
+use super::tools::{PlayerCtl, ToolCmd, ToolEvent};
+use crate::voice::{AutoReader, PlayerEvent, PlayerState};
+
+/// What the voice controls show.
+#[derive(Debug, Default)]
+pub struct VoiceView {
+    pub recording: bool,
+    /// The recording was started by holding the push-to-talk button.
+    pub holding: bool,
+    /// Last level (RMS, 0..1) and the highest of this recording.
+    pub level: f32,
+    pub peak: f32,
+    pub transcribing: bool,
+    /// The last voice error (recording, transcription or playback).
+    pub error: Option<String>,
+    pub player: PlayerState,
+    /// Clips being synthesised.
+    pub synth: usize,
+    /// The player bar has something to show since the player was first used.
+    pub used: bool,
+    pub auto_read: bool,
+    pub speed: f32,
+    /// The conversation the auto-reader follows, and the reader.
+    auto: Option<(String, AutoReader)>,
+}
+
+impl VoiceView {
+    pub fn apply(&mut self, ev: ToolEvent) {
+        match ev {
+            ToolEvent::VoiceConfig { auto_read, speed } => {
+                self.auto_read = auto_read;
+                self.speed = speed;
+            }
+            ToolEvent::Recording(on) => {
+                self.recording = on;
+                if on {
+                    self.peak = 0.0;
+                    self.error = None;
+                } else {
+                    self.holding = false;
+                    self.level = 0.0;
+                }
+            }
+            ToolEvent::Level(l) if self.recording => {
+                self.level = l.clamp(0.0, 1.0);
+                self.peak = self.peak.max(self.level);
+            }
+            ToolEvent::Transcribing => self.transcribing = true,
+            ToolEvent::Transcript(r) => {
+                self.transcribing = false;
+                self.error = r.err();
+            }
+            ToolEvent::Synth(d) => {
+                self.used = true;
+                self.synth = self.synth.saturating_add_signed(d as isize);
+            }
+            ToolEvent::Player(PlayerEvent::State(s)) => {
+                self.used = true;
+                self.speed = s.speed;
+                self.player = s;
+            }
+            ToolEvent::Player(PlayerEvent::Error(e)) => {
+                self.error = Some(format!("playback failed: {e}"));
+            }
+            ToolEvent::Player(_) => {}
+            ToolEvent::VoiceError(e) => self.error = Some(e),
+            _ => {}
+        }
+    }
+
+    /// New finished agent answers of `conv` to read aloud when auto-read is on. The first
+    /// call for a conversation only takes note of what is there (history is not read).
+    pub fn auto_read_news(&mut self, conv: &str, msgs: &[MessageView]) -> Vec<ToolCmd> {
+        match &mut self.auto {
+            Some((c, reader)) if c == conv => {
+                let news = reader.new_answers(msgs);
+                if !self.auto_read {
+                    return Vec::new();
+                }
+                news.into_iter()
+                    .map(|(id, text)| ToolCmd::Speak {
+                        label: label_of(&text),
+                        id: id.to_string(),
+                        markdown: text,
+                        now: false,
+                    })
+                    .collect()
+            }
+            _ => {
+                self.auto = Some((conv.to_string(), AutoReader::new(msgs)));
+                Vec::new()
+            }
+        }
+    }
+
+    fn bar_visible(&self) -> bool {
+        self.used || self.synth > 0 || self.player.current.is_some()
+    }
+}
+
+/// The player bar's short name for a message.
+pub fn label_of(markdown: &str) -> String {
+    let t = crate::voice::speakable(markdown);
+    let first = t.split_whitespace().take(10).collect::<Vec<_>>().join(" ");
+    if first.chars().count() > 60 {
+        format!("{}…", first.chars().take(59).collect::<String>())
+    } else {
+        first
+    }
+}
+
+/// The read-aloud command for one message.
+pub fn speak_message(m: &MessageView) -> ToolCmd {
+    ToolCmd::Speak {
+        id: m.id.to_string(),
+        label: label_of(&m.text),
+        markdown: m.text.clone(),
+        now: true,
+    }
+}
+
+/// Microphone controls under the prompt box.
+pub fn mic_controls(ui: &mut Ui, v: &mut VoiceView, out: &mut Vec<ToolCmd>) {
+    if v.recording && !v.holding {
+        if ui
+            .button("⏹ Stop recording")
+            .on_hover_text("Stop and transcribe into the prompt box")
+            .clicked()
+        {
+            out.push(ToolCmd::RecordStop);
+        }
+    } else if !v.recording {
+        let r = ui
+            .add_enabled(!v.transcribing, egui::Button::new("🎤 Record"))
+            .on_hover_text("Record a prompt (click again to stop)");
+        if r.clicked() {
+            out.push(ToolCmd::RecordStart);
+        }
+    }
+    // Push-to-talk: records while the button is held.
+    let hold = ui
+        .add_enabled(
+            !v.transcribing && (!v.recording || v.holding),
+            egui::Button::new("Hold to talk").sense(egui::Sense::click_and_drag()),
+        )
+        .on_hover_text("Records while you hold the button");
+    let down = hold.is_pointer_button_down_on();
+    if down && !v.recording && !v.holding {
+        v.holding = true;
+        out.push(ToolCmd::RecordStart);
+    } else if !down && v.holding {
+        v.holding = false;
+        out.push(ToolCmd::RecordStop);
+    }
+    if v.recording {
+        // Speech sits around 0.02..0.3 RMS: a square root spreads it over the bar.
+        let shown = v.level.sqrt().clamp(0.0, 1.0);
+        ui.add(
+            egui::ProgressBar::new(shown)
+                .desired_width(120.0)
+                .text("level"),
+        )
+        .on_hover_text("Microphone level");
+        super::view::dot_colored(ui, Color32::from_rgb(220, 70, 60), "recording");
+        ui.label(RichText::new("Recording…").color(Color32::from_rgb(220, 70, 60)));
+        ui.ctx().request_repaint();
+    }
+    if v.transcribing {
+        ui.spinner();
+        ui.label("Transcribing…");
+    }
+}
+
+/// The voice error line, when there is one.
+pub fn error_line(ui: &mut Ui, v: &mut VoiceView) {
+    let Some(e) = v.error.clone() else { return };
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new(format!("Voice: {e}")).color(Color32::from_rgb(220, 80, 70)));
+        if ui.small_button("Dismiss").clicked() {
+            v.error = None;
+        }
+    });
+}
+
+/// The player bar at the bottom of the window (kept across conversations).
+pub fn player_bar(ui: &mut Ui, v: &mut VoiceView, out: &mut Vec<ToolCmd>) {
+    if !v.bar_visible() {
+        return;
+    }
+    egui::Panel::bottom("player").show(ui, |ui| {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("Read aloud").strong());
+            let p = &v.player;
+            let (play_label, tip) = if p.current.is_some() && !p.paused {
+                ("⏸ Pause", "Pause reading")
+            } else {
+                ("▶ Play", "Resume reading")
+            };
+            if ui
+                .add_enabled(p.current.is_some(), egui::Button::new(play_label))
+                .on_hover_text(tip)
+                .clicked()
+            {
+                out.push(ToolCmd::Player(PlayerCtl::Toggle));
+            }
+            if ui
+                .add_enabled(p.current.is_some(), egui::Button::new("⏭ Skip"))
+                .on_hover_text("Skip to the next in the queue")
+                .clicked()
+            {
+                out.push(ToolCmd::Player(PlayerCtl::Skip));
+            }
+            if ui
+                .add_enabled(
+                    p.current.is_some() || !p.queue.is_empty(),
+                    egui::Button::new("Clear queue"),
+                )
+                .clicked()
+            {
+                out.push(ToolCmd::Player(PlayerCtl::Clear));
+            }
+            let mut speed = if v.speed > 0.0 { v.speed } else { 1.0 };
+            let l = ui.label("Speed");
+            let r = ui
+                .add(
+                    egui::Slider::new(&mut speed, crate::voice::player::SPEED_RANGE)
+                        .step_by(0.25)
+                        .suffix("×"),
+                )
+                .labelled_by(l.id);
+            if r.changed() {
+                v.speed = speed;
+                out.push(ToolCmd::Player(PlayerCtl::Speed(speed)));
+            }
+            match &p.current {
+                Some((_, label)) => {
+                    let state = if p.paused { "Paused" } else { "Playing" };
+                    ui.label(format!("{state}: {label}"));
+                    if p.duration_secs > 0.0 {
+                        ui.add(
+                            egui::ProgressBar::new(
+                                (p.position_secs / p.duration_secs).clamp(0.0, 1.0),
+                            )
+                            .desired_width(140.0)
+                            .text(format!("{:.0} / {:.0} s", p.position_secs, p.duration_secs)),
+                        );
+                    }
+                }
+                None if v.synth > 0 => {
+                    ui.spinner();
+                    ui.label("Preparing speech…");
+                }
+                None => {
+                    ui.label(RichText::new("Nothing playing").weak());
+                }
+            }
+            if !p.queue.is_empty() {
+                ui.menu_button(format!("Queue ({})", p.queue.len()), |ui| {
+                    for (_, label) in &p.queue {
+                        ui.label(label);
+                    }
+                });
+            }
+        });
+    });
+}
