@@ -142,7 +142,11 @@ async fn members_get_nodes_with_their_own_capability() {
     let refused = request(&e_ep, &svc.addr, ProvRequest::ListNodes).await;
     assert!(refused.is_err(), "{refused:?}");
 
-    // alice releases; bob gets the same node warm, with his own capability
+    // alice releases; bob gets the same node warm, with his own capability, and alice's
+    // capability is revoked on the node: her old ticket and her open connection stop working
+    let alice_live = NodeClient::connect(&a_ep, &got.ticket)
+        .await
+        .expect("alice connects before the release");
     let rel = request(
         &a_ep,
         &svc.addr,
@@ -167,6 +171,25 @@ async fn members_get_nodes_with_their_own_capability() {
     let client = NodeClient::connect(&b_ep, &warm.ticket)
         .await
         .expect("bob connects");
+    assert_ne!(
+        warm.ticket.capability.as_ref().map(|c| c.cap.id),
+        got.ticket.capability.as_ref().map(|c| c.cap.id)
+    );
+    match NodeClient::connect(&a_ep, &got.ticket).await {
+        Err(sam_client::conn::ConnectError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Unauthorized, "{e}")
+        }
+        other => panic!("alice's old ticket still opens the node: {other:?}"),
+    }
+    assert!(
+        alice_live.request(Request::Status).await.is_err(),
+        "alice's open connection survived the release"
+    );
+    // bob's capability is not touched by alice's revocation
+    assert!(matches!(
+        client.request(Request::Status).await.expect("bob's status"),
+        Response::Status(_)
+    ));
     client.close();
 
     let done = request(

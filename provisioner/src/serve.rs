@@ -35,6 +35,9 @@ use crate::provider::{Provider, Vm, node_label, parse_node_label};
 
 /// Label: the member a node was handed to.
 pub const MEMBER_LABEL: &str = "sam-member";
+/// The id of the capability the holder got (32 hex digits), revoked on the node when the node
+/// is released, so the next holder's node is not open to the previous one.
+pub const CAPABILITY_LABEL: &str = "sam-cap";
 /// Close code for a peer that is not a member.
 pub const NOT_A_MEMBER: u32 = 403;
 
@@ -63,6 +66,8 @@ pub enum ServeError {
 struct Inner<P> {
     pool: Pool<P>,
     key: SecretKey,
+    /// The provisioner's own endpoint (its key owns the nodes): revocations go through it.
+    ep: Endpoint,
     cfg: ServeConfig,
     probe: IrohProbe,
 }
@@ -142,6 +147,7 @@ pub async fn serve<P: Provider + 'static>(
         inner: Arc::new(Inner {
             pool,
             key,
+            ep: ep.clone(),
             cfg,
             probe,
         }),
@@ -224,15 +230,7 @@ impl<P: Provider> ProvHandler<P> {
                 return error(ErrorCode::TooLarge, "node id too long");
             }
             ProvRequest::ReleaseNode { id } => match self.owned(peer, &id).await {
-                Ok(vm) => {
-                    let mut labels = vm.labels.clone();
-                    labels.remove(MEMBER_LABEL);
-                    let vm = Vm { labels, ..vm };
-                    pool.release(&vm)
-                        .await
-                        .map(|_| ProvResponse::Done { id })
-                        .map_err(|e| e.to_string())
-                }
+                Ok(vm) => self.release(vm).await.map(|_| ProvResponse::Done { id }),
                 Err(resp) => return resp,
             },
             ProvRequest::DeleteNode { id } => match self.owned(peer, &id).await {
@@ -260,6 +258,13 @@ impl<P: Provider> ProvHandler<P> {
             .map_err(|e| e.to_string())?;
         let mut labels: BTreeMap<String, String> = got.vm.labels.clone();
         labels.insert(MEMBER_LABEL.to_owned(), node_label(&peer));
+        // One capability id per hand-out: every ticket this member gets for the node carries
+        // it, so one revocation on release covers them all.
+        let cap_id = self.capability(peer, owner).id; // only its fresh random id
+        labels.insert(
+            CAPABILITY_LABEL.to_owned(),
+            data_encoding::HEXLOWER.encode(&cap_id),
+        );
         let vm = match pool.provider.set_labels(&got.vm.id, &labels).await {
             Ok(vm) => vm,
             Err(e) => {
@@ -303,15 +308,10 @@ impl<P: Provider> ProvHandler<P> {
     ) -> Result<ProvNode, crate::provider::ProviderError> {
         let mut ticket: Ticket = self.inner.pool.provider.ticket(vm)?;
         let key = &self.inner.key;
-        let cap = Capability::new(
-            key.node_id(),
-            ticket.addr.id,
-            Grantee::Key(peer),
-            self.inner.cfg.role,
-            None,
-            now_unix(),
-            self.inner.cfg.capability_ttl_secs,
-        );
+        let mut cap = self.capability(peer, ticket.addr.id);
+        if let Some(id) = capability_of(vm) {
+            cap.id = id;
+        }
         ticket.capability = Some(cap.sign(key, None));
         Ok(ProvNode {
             id: vm.id.clone(),
@@ -326,8 +326,116 @@ impl<P: Provider> ProvHandler<P> {
     }
 }
 
+impl<P> ProvHandler<P> {
+    /// A capability for `peer` on `node` (unsigned), with a fresh random id.
+    fn capability(&self, peer: NodeId, node: NodeId) -> Capability {
+        Capability::new(
+            self.inner.key.node_id(),
+            node,
+            Grantee::Key(peer),
+            self.inner.cfg.role,
+            None,
+            now_unix(),
+            self.inner.cfg.capability_ttl_secs,
+        )
+    }
+}
+
 fn member_of(vm: &Vm) -> Option<NodeId> {
     parse_node_label(vm.labels.get(MEMBER_LABEL)?)
+}
+
+fn capability_of(vm: &Vm) -> Option<[u8; 16]> {
+    let hex = vm.labels.get(CAPABILITY_LABEL)?;
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(hex.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+impl<P: Provider> ProvHandler<P> {
+    /// Back to the pool for the next member: the holder's capability is revoked on the node
+    /// first (which also closes the holder's open connections); a node where that fails is
+    /// deleted rather than handed to someone else.
+    async fn release(&self, vm: Vm) -> Result<(), String> {
+        let pool = &self.inner.pool;
+        if let Some(cap) = capability_of(&vm) {
+            let revoked = match pool.provider.ticket(&vm) {
+                Ok(ticket) => revoke_on_node(&self.inner.ep, &ticket, cap, &self.inner.key).await,
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = revoked {
+                warn!(vm = %vm.id, "cannot revoke the holder's capability ({e}): deleting the node instead of pooling it");
+                return pool
+                    .provider
+                    .delete(&vm.id)
+                    .await
+                    .map_err(|d| format!("revoking the holder's capability failed ({e}) and deleting the node failed too ({d})"));
+            }
+            info!(vm = %vm.id, "holder's capability revoked");
+        }
+        let mut labels = vm.labels.clone();
+        labels.remove(MEMBER_LABEL);
+        labels.remove(CAPABILITY_LABEL);
+        let vm = Vm { labels, ..vm };
+        pool.release(&vm)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Revokes capability `id` on the ticket's node, as its owner (`key`), over `sam/ctl/1`.
+async fn revoke_on_node(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    id: [u8; 16],
+    key: &SecretKey,
+) -> Result<(), String> {
+    use sam_protocol::ctl::{Hello, HelloReply, Request, RequestFrame, Response};
+    let addr = crate::probe::endpoint_addr(ticket).ok_or("bad node address")?;
+    let work = async {
+        let conn = ep
+            .connect(addr, sam_protocol::alpn::CTL)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let exchange = |msg: Vec<u8>| {
+            let conn = conn.clone();
+            async move {
+                let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(&msg).await.map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                Ok::<_, String>(recv)
+            }
+        };
+        let hello = Hello {
+            protocol_version: sam_protocol::PROTOCOL_VERSION,
+            capability: None,
+            invite_secret: None,
+            client: "sam-provisioner".into(),
+        };
+        let mut recv = exchange(frame::encode(&hello).map_err(|e| e.to_string())?).await?;
+        match read::<HelloReply>(&mut recv, frame::MAX_FRAME).await? {
+            HelloReply::Welcome(w) if w.owner == key.node_id() => {}
+            HelloReply::Welcome(_) => return Err("the node has another owner".to_owned()),
+            HelloReply::Refused(e) => return Err(format!("refused: {e}")),
+        }
+        let req = RequestFrame {
+            version: sam_protocol::PROTOCOL_VERSION,
+            request: Request::Revoke { id },
+        };
+        let mut recv = exchange(frame::encode(&req).map_err(|e| e.to_string())?).await?;
+        let answer = read::<Response>(&mut recv, frame::MAX_FRAME).await;
+        conn.close(0u32.into(), b"done");
+        match answer? {
+            Response::Error(e) => Err(format!("node: {e}")),
+            _ => Ok(()),
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), work)
+        .await
+        .map_err(|_| "timed out".to_owned())?
 }
 
 async fn read<T: serde::de::DeserializeOwned>(
