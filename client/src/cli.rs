@@ -24,6 +24,7 @@ pub mod idea;
 pub mod ports;
 pub mod relocate;
 pub mod shell;
+pub mod teardown;
 pub mod up;
 pub mod voice;
 pub mod workspace;

@@ -8,6 +8,7 @@ use sam_protocol::ctl::{
 };
 use sam_protocol::doc::{ConvRequest, ConvResponse};
 use sam_protocol::frame::MAX_FRAME;
+use sam_protocol::workspace::WorkspaceRequest;
 use tracing::{debug, warn};
 
 use crate::server::{Node, Session};
@@ -163,6 +164,12 @@ async fn handle_inner(
         Request::Revoke { id } => {
             node.revoke(id).map_err(internal)?;
             Response::Ok
+        }
+        Request::Workspace(
+            WorkspaceRequest::Remove { id } | WorkspaceRequest::Teardown { id, force: false },
+        ) => Response::Workspace(crate::teardown::remove_workspace(node, &id, false).await?),
+        Request::Workspace(WorkspaceRequest::Teardown { id, force: true }) => {
+            Response::Workspace(crate::teardown::remove_workspace(node, &id, true).await?)
         }
         Request::Workspace(w) => Response::Workspace(node.workspaces().handle(grant, w).await?),
         Request::Conv(ConvRequest::List) => {

@@ -53,6 +53,12 @@ enum Cmd {
     List {
         reply: oneshot::Sender<Vec<ConvSummary>>,
     },
+    /// Peers known to hold every change of a document (graceful teardown).
+    InSync {
+        id: String,
+        nudge: bool,
+        reply: oneshot::Sender<Result<Vec<sam_protocol::NodeId>, ErrorBody>>,
+    },
     Insert {
         conv: Box<Conversation>,
         reply: oneshot::Sender<Result<(), ErrorBody>>,
@@ -232,6 +238,22 @@ impl DocHost {
         self.call(|reply| Cmd::List { reply })
             .await
             .unwrap_or_default()
+    }
+
+    /// The peers connected on `sam/doc/1` to `id` that are known to hold every change of it:
+    /// their last sync message announced exactly this node's heads. With `nudge`, every
+    /// stream of the document also runs an ordinary sync round now, so followers that only
+    /// received live batches (which they do not answer) announce their heads; ask again a
+    /// moment later to see them.
+    pub async fn peers_in_sync(
+        &self,
+        id: &str,
+        nudge: bool,
+    ) -> Result<Vec<sam_protocol::NodeId>, ErrorBody> {
+        let id = id.to_string();
+        self.call(|reply| Cmd::InSync { id, nudge, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
     }
 }
 
@@ -449,6 +471,29 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
+            Cmd::InSync { id, nudge, reply } => {
+                let r = self.entry(&id).map(|e| {
+                    let mut ours = e.conv.heads();
+                    ours.sort();
+                    let mut peers: Vec<sam_protocol::NodeId> = e
+                        .peers
+                        .iter()
+                        .filter(|(_, s)| {
+                            let mut h = s.shared_heads().to_vec();
+                            h.sort();
+                            !ours.is_empty() && h == ours
+                        })
+                        .filter_map(|(p, _)| e.watchers.get(p).map(|w| w.peer))
+                        .collect();
+                    peers.sort();
+                    peers.dedup();
+                    if nudge {
+                        let _ = e.live.send(Live::Resync);
+                    }
+                    peers
+                });
+                let _ = reply.send(r);
+            }
             Cmd::List { reply } => {
                 let ids = self.store.list().unwrap_or_default();
                 let mut out = Vec::new();

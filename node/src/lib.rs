@@ -19,6 +19,7 @@ pub mod pty;
 pub mod server;
 pub mod shares;
 pub mod streams;
+pub mod teardown;
 pub mod tickets;
 pub mod wire;
 pub mod workspace;

@@ -259,7 +259,8 @@ impl Workspaces {
             WorkspaceRequest::Create(spec) => self.create(spec).await.map(WorkspaceResponse::Info),
             WorkspaceRequest::List => self.list().await.map(WorkspaceResponse::List),
             WorkspaceRequest::Get { id } => self.get(&id).await.map(WorkspaceResponse::Info),
-            WorkspaceRequest::Remove { id } => {
+            // The ctl handler runs the graceful teardown first (crate::teardown).
+            WorkspaceRequest::Remove { id } | WorkspaceRequest::Teardown { id, .. } => {
                 self.remove(&id).await?;
                 Ok(WorkspaceResponse::Removed { id })
             }

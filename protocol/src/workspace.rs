@@ -55,6 +55,14 @@ pub enum WorkspaceRequest {
         request: u64,
         answer: Option<GitCredential>,
     },
+    /// Deletes a workspace gracefully: first every conversation of the workspace must be
+    /// held, in sync, by another peer connected on `sam/doc/1` (else the node refuses with
+    /// the list, unless `force`); the deletion is then recorded in those conversations.
+    /// `Remove { id }` is `Teardown { id, force: false }`.
+    Teardown {
+        id: String,
+        force: bool,
+    },
 }
 
 /// Longest wait of a `Logs` long poll.
@@ -78,7 +86,7 @@ impl WorkspaceRequest {
             | WorkspaceRequest::Recreate { .. }
             | WorkspaceRequest::WaitCredential
             | WorkspaceRequest::AnswerCredential { .. } => Role::Collaborator,
-            WorkspaceRequest::Remove { .. } => Role::Owner,
+            WorkspaceRequest::Remove { .. } | WorkspaceRequest::Teardown { .. } => Role::Owner,
         }
     }
 
@@ -87,6 +95,7 @@ impl WorkspaceRequest {
         match self {
             WorkspaceRequest::Get { id }
             | WorkspaceRequest::Remove { id }
+            | WorkspaceRequest::Teardown { id, .. }
             | WorkspaceRequest::Ports { id }
             | WorkspaceRequest::WatchPorts { id, .. }
             | WorkspaceRequest::Files { id, .. }

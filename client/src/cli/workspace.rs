@@ -54,6 +54,10 @@ pub enum WorkspaceCmd {
         id: String,
         #[arg(long)]
         node: Option<String>,
+        /// Delete even when some of its conversations are held by no other peer (what only
+        /// the node had is lost).
+        #[arg(long)]
+        force: bool,
     },
     /// Show a workspace's creation log.
     Logs {
@@ -87,8 +91,13 @@ pub async fn run(paths: &ClientPaths, cmd: WorkspaceCmd) -> Result<Output> {
         | WorkspaceCmd::Recreate { node, .. }
         | WorkspaceCmd::Creds { node } => node.clone(),
     };
-    let (ep, client, _entry) = open(paths, node.as_deref()).await?;
-    let result = run_on(&client, cmd).await;
+    let (ep, client, entry) = open(paths, node.as_deref()).await?;
+    let result = match cmd {
+        WorkspaceCmd::Rm { id, force, .. } => {
+            super::teardown::rm(paths, &ep, &client, &entry, &id, force).await
+        }
+        cmd => run_on(&client, cmd).await,
+    };
     client.close();
     ep.close().await;
     result
@@ -156,8 +165,15 @@ async fn run_on(client: &NodeClient, cmd: WorkspaceCmd) -> Result<Output> {
                 .join("\n");
             Ok(Output::new(serde_json::to_value(&list)?, text))
         }
-        WorkspaceCmd::Rm { id, .. } => {
-            ws(client, WorkspaceRequest::Remove { id: id.clone() }).await?;
+        WorkspaceCmd::Rm { id, force, .. } => {
+            ws(
+                client,
+                WorkspaceRequest::Teardown {
+                    id: id.clone(),
+                    force,
+                },
+            )
+            .await?;
             Ok(Output::new(json!({ "removed": id }), id))
         }
         WorkspaceCmd::Recreate { id, .. } => {

@@ -1,0 +1,96 @@
+//! `sam workspace rm ID [--force]`: graceful teardown from the client's side.
+//!
+//! The node deletes a workspace only when every conversation it serves is held, in sync,
+//! by another peer connected on `sam/doc/1` (`node/src/teardown.rs`). So the client first
+//! brings its own replica of each of them up to date and keeps those streams open while it
+//! asks: the client that deletes a workspace takes the history with it. The node says which
+//! conversations nobody holds when it refuses; `--force` deletes anyway.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sam_crdt::Conversation;
+use sam_protocol::ctl::{Request, Response};
+use sam_protocol::doc::{ConvRequest, ConvResponse};
+use sam_protocol::workspace::{WorkspaceRequest, WorkspaceResponse};
+use serde_json::json;
+
+use super::Output;
+use super::workspace::ws;
+use crate::book::NodeEntry;
+use crate::conn::NodeClient;
+use crate::docs::{DocStream, Replicas, open_stream};
+use crate::paths::ClientPaths;
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Flushes the workspace's conversations here, then asks the node to delete it.
+pub async fn rm(
+    paths: &ClientPaths,
+    ep: &iroh::Endpoint,
+    client: &NodeClient,
+    entry: &NodeEntry,
+    id: &str,
+    force: bool,
+) -> Result<Output> {
+    let Response::Conv(ConvResponse::List(list)) =
+        client.request(Request::Conv(ConvRequest::List)).await?
+    else {
+        bail!("unexpected answer to the conversation list");
+    };
+    let convs: Vec<String> = list
+        .into_iter()
+        .filter(|s| s.workspace == id)
+        .map(|s| s.id)
+        .collect();
+    let ticket = entry.ticket()?;
+    let mut replicas = Replicas::open(paths)?;
+    // Held open until the node answered: they are what makes this client a peer in sync.
+    let mut open: Vec<DocStream> = Vec::new();
+    let mut failed = Vec::new();
+    for conv in &convs {
+        let r = async {
+            let mut doc = if replicas.contains(conv) {
+                replicas.load(conv)?
+            } else {
+                Conversation::new_replica()
+            };
+            let mut s = open_stream(ep, &ticket, conv, false).await?;
+            s.sync_once(&mut doc, |c| replicas.save(c), SYNC_TIMEOUT)
+                .await?;
+            replicas.save(&mut doc)?;
+            anyhow::Ok(s)
+        }
+        .await;
+        match r {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                eprintln!("note: could not bring conversation {conv} here: {e:#}");
+                failed.push(conv.clone());
+            }
+        }
+    }
+    let r = ws(
+        client,
+        WorkspaceRequest::Teardown {
+            id: id.to_string(),
+            force,
+        },
+    )
+    .await;
+    for s in open {
+        s.close(None).await;
+    }
+    let removed = match r.with_context(|| format!("workspace {id} on {}", entry.name))? {
+        WorkspaceResponse::Removed { id } => id,
+        other => bail!("node answered the removal with something else: {other:?}"),
+    };
+    let kept = convs.len() - failed.len();
+    Ok(Output::new(
+        json!({ "removed": removed, "conversations": convs, "held_here": kept, "forced": force }),
+        format!(
+            "workspace {removed} deleted; {kept} of its {} conversation(s) are held here\n{removed}",
+            convs.len()
+        ),
+    ))
+}
