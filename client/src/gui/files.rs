@@ -334,7 +334,7 @@ fn tree(ui: &mut Ui, v: &mut FilesView, ws: &Ws, dir: &str, depth: usize, out: &
             match e.kind {
                 FileKind::Dir => {
                     let open = v.expanded.contains(&e.path);
-                    let icon = if open { "▾ 🗁" } else { "▸ 🗀" };
+                    let icon = if open { "⏷ 🗁" } else { "⏵ 🗀" };
                     if ui
                         .selectable_label(false, format!("{icon} {name}"))
                         .clicked()

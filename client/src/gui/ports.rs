@@ -156,7 +156,7 @@ fn row(ui: &mut Ui, v: &mut PortsView, ws: &Ws, port: u16, out: &mut Vec<ToolCmd
             }
             Some(Fwd::Live(addr)) => {
                 let url = format!("http://{addr}");
-                ui.label(format!("→ {addr}"));
+                ui.label(format!("at {addr}"));
                 ui.hyperlink_to("open", &url);
                 if ui.small_button("Copy address").clicked() {
                     ui.ctx().copy_text(addr.clone());

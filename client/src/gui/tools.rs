@@ -697,7 +697,7 @@ async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Events, c: To
                     let r = crate::streams::upload(&conn, &ws.1, &local, &remote).await;
                     conn.close(0u32.into(), b"bye");
                     let t = r?;
-                    Ok::<_, anyhow::Error>(format!("{} bytes → {}", t.size, t.dest))
+                    Ok::<_, anyhow::Error>(format!("{} bytes, now at {}", t.size, t.dest))
                 }
                 .await
                 .map_err(err),
@@ -716,7 +716,7 @@ async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Events, c: To
                     let r = crate::streams::download(&conn, &ws.1, &remote, &local).await;
                     conn.close(0u32.into(), b"bye");
                     let t = r?;
-                    Ok(format!("{} bytes → {}", t.size, t.dest))
+                    Ok(format!("{} bytes, now at {}", t.size, t.dest))
                 }
                 .await
                 .map_err(err),
