@@ -224,5 +224,13 @@ async fn docker_workspace_commits_pushes_with_the_container_helper_and_opens_the
     assert!(log.starts_with("Grace Hopper Add a feature file"), "{log}");
     assert_eq!(gh.pulls("o/r")[0].head, "sam/add-a-feature-file");
     gh.assert_clean();
-    ws(&c, WorkspaceRequest::Remove { id: info.id }).await;
+    // Clean-up: nobody else holds the conversation, so the graceful teardown needs force.
+    ws(
+        &c,
+        WorkspaceRequest::Teardown {
+            id: info.id,
+            force: true,
+        },
+    )
+    .await;
 }

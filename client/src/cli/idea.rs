@@ -273,7 +273,16 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
     let mut released = false;
     if let Place::Pooled { pool, vm } = &place {
         if result.is_ok() || !made.ready {
-            released = release(pool, vm, &client, made.workspace.as_deref(), &mut progress).await;
+            let at = (paths, &ep, &entry);
+            released = release(
+                pool,
+                vm,
+                &client,
+                at,
+                made.workspace.as_deref(),
+                &mut progress,
+            )
+            .await;
         } else {
             progress.note(&format!(
                 "node {} stays busy with the workspace (retry: `sam pr CONV`; give it back: `sam vm release {}`)",
@@ -314,12 +323,15 @@ async fn release(
     pool: &Pool<AnyProvider>,
     vm: &Vm,
     client: &NodeClient,
+    (paths, ep, entry): (&ClientPaths, &iroh::Endpoint, &crate::book::NodeEntry),
     workspace: Option<&str>,
     progress: &mut Progress,
 ) -> bool {
     if let Some(id) = workspace {
+        // Graceful teardown: the node deletes the workspace once its conversation is held
+        // here in sync.
         let removed =
-            super::workspace::ws(client, WorkspaceRequest::Remove { id: id.to_string() }).await;
+            super::teardown::remove_keeping_history(paths, ep, client, entry, id, false).await;
         if let Err(e) = removed {
             progress.note(&format!(
                 "workspace {id} could not be removed ({e:#}); node {} stays busy: `sam vm release {}` when done",

@@ -24,7 +24,7 @@ use crate::paths::ClientPaths;
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Flushes the workspace's conversations here, then asks the node to delete it.
+/// `sam workspace rm`.
 pub async fn rm(
     paths: &ClientPaths,
     ep: &iroh::Endpoint,
@@ -33,6 +33,27 @@ pub async fn rm(
     id: &str,
     force: bool,
 ) -> Result<Output> {
+    let (convs, kept) = remove_keeping_history(paths, ep, client, entry, id, force).await?;
+    Ok(Output::new(
+        json!({ "removed": id, "conversations": convs, "held_here": kept, "forced": force }),
+        format!(
+            "workspace {id} deleted; {kept} of its {} conversation(s) are held here\n{id}",
+            convs.len()
+        ),
+    ))
+}
+
+/// Brings this client's replicas of the workspace's conversations up to date, holds their
+/// streams open while the node deletes the workspace (so this client is a peer in sync), and
+/// returns the conversations and how many are held here. Errors carry the node's reason.
+pub(crate) async fn remove_keeping_history(
+    paths: &ClientPaths,
+    ep: &iroh::Endpoint,
+    client: &NodeClient,
+    entry: &NodeEntry,
+    id: &str,
+    force: bool,
+) -> Result<(Vec<String>, usize)> {
     let Response::Conv(ConvResponse::List(list)) =
         client.request(Request::Conv(ConvRequest::List)).await?
     else {
@@ -81,16 +102,10 @@ pub async fn rm(
     for s in open {
         s.close(None).await;
     }
-    let removed = match r.with_context(|| format!("workspace {id} on {}", entry.name))? {
-        WorkspaceResponse::Removed { id } => id,
+    match r.with_context(|| format!("workspace {id} on {}", entry.name))? {
+        WorkspaceResponse::Removed { .. } => {}
         other => bail!("node answered the removal with something else: {other:?}"),
-    };
+    }
     let kept = convs.len() - failed.len();
-    Ok(Output::new(
-        json!({ "removed": removed, "conversations": convs, "held_here": kept, "forced": force }),
-        format!(
-            "workspace {removed} deleted; {kept} of its {} conversation(s) are held here\n{removed}",
-            convs.len()
-        ),
-    ))
+    Ok((convs, kept))
 }
