@@ -21,6 +21,8 @@ section "System packages"
 ensure_apt ca-certificates gcc libc6-dev git
 # `sam gui` (glow + winit load these at run time) and its Xvfb smoke test with a screenshot.
 ensure_apt xvfb imagemagick libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
+# GUI snapshot images (client/tests/gui_snapshots.rs): wgpu on the CPU via Mesa's lavapipe.
+ensure_apt mesa-vulkan-drivers
 # Voice: cpal/rodio link ALSA; the voice tests speak with espeak-ng and measure the audio with sox.
 ensure_apt libasound2-dev pkg-config espeak-ng sox
 echo "ok"
