@@ -4,7 +4,7 @@
 //! window whatever conversation is shown. The work itself is in [`super::tools`].
 
 use egui::{Color32, RichText, Ui};
-use sam_crdt::MessageView;
+use sam_crdt::{MessageView, Role, Status};
 
 use super::tools::{PlayerCtl, ToolCmd, ToolEvent};
 use crate::voice::{AutoReader, PlayerEvent, PlayerState};
@@ -79,12 +79,14 @@ impl VoiceView {
     /// New finished agent answers of `conv` to read aloud when auto-read is on. The first
     /// call for a conversation only takes note of what is there (history is not read).
     pub fn auto_read_news(&mut self, conv: &str, msgs: &[MessageView]) -> Vec<ToolCmd> {
+        if !self.auto_read {
+            // Off: nothing to track; turning it on starts from what is there then.
+            self.auto = None;
+            return Vec::new();
+        }
         match &mut self.auto {
             Some((c, reader)) if c == conv => {
                 let news = reader.new_answers(msgs);
-                if !self.auto_read {
-                    return Vec::new();
-                }
                 news.into_iter()
                     .map(|(id, text)| ToolCmd::Speak {
                         label: label_of(&text),
@@ -95,7 +97,14 @@ impl VoiceView {
                     .collect()
             }
             _ => {
-                self.auto = Some((conv.to_string(), AutoReader::new(msgs)));
+                // What is there is heard already, except answers still being written:
+                // those are read when they finish.
+                let heard: Vec<MessageView> = msgs
+                    .iter()
+                    .filter(|m| !(m.role == Role::Agent && in_flight(m.status)))
+                    .cloned()
+                    .collect();
+                self.auto = Some((conv.to_string(), AutoReader::new(&heard)));
                 Vec::new()
             }
         }
@@ -104,6 +113,10 @@ impl VoiceView {
     fn bar_visible(&self) -> bool {
         self.used || self.synth > 0 || self.player.current.is_some()
     }
+}
+
+fn in_flight(s: Status) -> bool {
+    matches!(s, Status::Queued | Status::Running | Status::Streaming)
 }
 
 /// The player bar's short name for a message.
@@ -271,4 +284,70 @@ pub fn player_bar(ui: &mut Ui, v: &mut VoiceView, out: &mut Vec<ToolCmd>) {
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sam_crdt::MessageId;
+
+    fn m(i: u32, role: Role, status: Status, text: &str) -> MessageView {
+        MessageView {
+            id: MessageId::new(format!("{i:032x}")).expect("id"),
+            role,
+            author: "a".into(),
+            created_at: 0,
+            text: text.into(),
+            status,
+            reason: None,
+            tool: None,
+            permission: None,
+        }
+    }
+
+    fn spoken(cmds: &[ToolCmd]) -> Vec<String> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                ToolCmd::Speak { markdown, now, .. } => {
+                    assert!(!now, "auto-read queues, it does not interrupt");
+                    Some(markdown.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_read_reads_new_answers_once_and_never_the_history() {
+        let mut v = VoiceView::default();
+        let mut msgs = vec![
+            m(1, Role::User, Status::Done, "q"),
+            m(2, Role::Agent, Status::Done, "old answer"),
+            m(3, Role::Agent, Status::Streaming, "being written"),
+        ];
+        // Off: nothing, whatever finishes.
+        assert!(v.auto_read_news("c", &msgs).is_empty());
+        v.auto_read = true;
+        assert!(
+            v.auto_read_news("c", &msgs).is_empty(),
+            "opening reads nothing"
+        );
+        msgs[2].status = Status::Done;
+        msgs[2].text = "being written, now **done**".into();
+        msgs.push(m(4, Role::Agent, Status::Streaming, "next"));
+        assert_eq!(
+            spoken(&v.auto_read_news("c", &msgs)),
+            vec!["being written, now **done**".to_string()],
+            "the answer in flight when auto-read started is read when done"
+        );
+        assert!(v.auto_read_news("c", &msgs).is_empty(), "once");
+        // Another conversation starts from its own present.
+        let other = vec![m(9, Role::Agent, Status::Done, "elsewhere")];
+        assert!(v.auto_read_news("d", &other).is_empty());
+        msgs[3].status = Status::Done;
+        assert!(
+            v.auto_read_news("c", &msgs).is_empty(),
+            "switching back starts afresh: the history is not read"
+        );
+    }
 }
