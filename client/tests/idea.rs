@@ -388,7 +388,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert!(ok, "second idea failed\njson: {warm}\nstderr: {stderr}");
     assert_eq!(warm["reused"], true, "{warm}");
     assert_eq!(warm["vm"].as_str(), Some(vm.as_str()));
-    assert_eq!(warm["released"], true);
+    assert_eq!(warm["released"], true, "{warm}\n{stderr}");
     assert!(
         warm["pr"].as_str().unwrap_or("").ends_with("/o/r/pull/2"),
         "{warm}"
