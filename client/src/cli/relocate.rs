@@ -33,6 +33,9 @@ use crate::paths::ClientPaths;
 
 /// How long the old node gets to answer before it counts as gone.
 const OLD_NODE_WAIT: Duration = Duration::from_secs(5);
+/// The wait when the node book already says the node is unreachable (every attempt since
+/// some time failed).
+const OLD_NODE_RECHECK: Duration = Duration::from_millis(1500);
 /// How long one document sync may take.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 /// The largest patch of uncommitted work kept in the document.
@@ -86,7 +89,9 @@ pub async fn run(paths: &ClientPaths, a: MoveArgs) -> Result<Output> {
     let old = doc.current_host();
     let ep = crate::endpoint::bind(&key, None).await?;
     let r = move_with(paths, &ep, &mut replicas, &mut doc, &old, &author, a, t0).await;
-    ep.close().await;
+    // A dead old node's connection attempt would hold a graceful close for seconds; the
+    // document is saved and sent already.
+    let _ = tokio::time::timeout(Duration::from_millis(500), ep.close()).await;
     r
 }
 
@@ -224,13 +229,11 @@ async fn move_with(
             let note = doc.append_note(
                 author,
                 &format!(
-                    "uncommitted work of workspace {} on node {} when the conversation moved (git diff HEAD: tracked files only; apply it with `git apply`):\n\n```diff\n{patch}```",
+                    "uncommitted work of workspace {} on node {} when the conversation moved (git diff HEAD: tracked files only; the new node applies it with `git apply` before its agent's first turn there):\n\n```diff\n{patch}```",
                     old.workspace, gone.name
                 ),
             )?;
-            Some(format!(
-                "patch in message {note} (tracked files; not applied)"
-            ))
+            Some(format!("patch in message {note} (tracked files)"))
         }
         (Some(Err(why)), _) => Some(format!("not carried: {why}")),
         (None, true) if gone.info.is_some() => Some("nothing uncommitted".to_string()),
@@ -340,7 +343,13 @@ async fn visit_old(
     let Ok(ticket) = entry.ticket() else {
         return out;
     };
-    let client = match tokio::time::timeout(OLD_NODE_WAIT, NodeClient::connect(ep, &ticket)).await {
+    // A node every attempt has failed to reach since some time gets one short last chance.
+    let wait = if entry.unreachable_since.is_some() {
+        OLD_NODE_RECHECK
+    } else {
+        OLD_NODE_WAIT
+    };
+    let client = match tokio::time::timeout(wait, NodeClient::connect(ep, &ticket)).await {
         Ok(Ok(c)) => c,
         _ => {
             note_reachability(paths, &[(entry.id.clone(), false)]);

@@ -109,6 +109,8 @@ struct Prompt {
     record_host: bool,
     /// The conversation was moved here from this host and no agent has run here since.
     moved_from: Option<sam_crdt::Host>,
+    /// The uncommitted work the move carried as a patch (`hosts[i].carried` names the note).
+    carried_patch: Option<String>,
 }
 
 struct Runner {
@@ -199,7 +201,9 @@ impl Runner {
                 let moved_from = (!ran_here && hosts.len() >= 2 && !record_host)
                     .then(|| hosts[hosts.len() - 2].clone())
                     .filter(|h| h.node != here.node || h.workspace != here.workspace);
+                let carried_patch = moved_from.as_ref().and_then(|h| carried_patch(c, h));
                 Some(Prompt {
+                    carried_patch,
                     text: msgs[pos].text.clone(),
                     has_history: msgs[..pos].iter().any(|m| m.role == MsgRole::Agent),
                     record_host,
@@ -266,6 +270,38 @@ impl Runner {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "cannot record this node in the hosts history"),
             Err(e) => warn!(error = %e, "cannot record this node in the hosts history"),
+        }
+    }
+
+    /// Applies a carried patch in the workspace (`git apply`, through the agent's launcher).
+    async fn apply_patch(&self, agent: &Agent, patch: &str) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        let argv: Vec<String> = ["git", "apply", "--whitespace=nowarn", "-"]
+            .map(String::from)
+            .to_vec();
+        let root = agent.launcher.root();
+        let mut proc = agent
+            .launcher
+            .spawn(&argv, &[], &root)
+            .map_err(|e| e.to_string())?;
+        if let Some(mut stdin) = proc.stdin.take() {
+            stdin
+                .write_all(patch.as_bytes())
+                .await
+                .map_err(|e| format!("write the patch: {e}"))?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), proc.child.wait())
+            .await
+            .map_err(|_| "git apply did not finish within 60 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(format!(
+                "git apply: {status}: {}",
+                proc.stderr.text(&[]).trim()
+            ))
         }
     }
 
@@ -409,6 +445,13 @@ impl Runner {
                 Ok((a, needs_context)) => {
                     if let Some(from) = &p.moved_from {
                         // A new host: say how the new agent knows the conversation.
+                        let applied = match &p.carried_patch {
+                            Some(patch) => match self.apply_patch(&a, patch).await {
+                                Ok(()) => "; the uncommitted work carried from there was applied (git apply)".to_string(),
+                                Err(e) => format!("; the uncommitted work carried from there could not be applied ({e}): it stays in the note above"),
+                            },
+                            None => String::new(),
+                        };
                         let context = if needs_context {
                             self.transcript(p.id.clone()).await
                         } else {
@@ -434,7 +477,7 @@ impl Runner {
                         w.send(Op::Chunk(
                             s,
                             format!(
-                                "continued on node {} (workspace {}) after a move from node {} (workspace {}): {how}",
+                                "continued on node {} (workspace {}) after a move from node {} (workspace {}): {how}{applied}",
                                 short(&self.shared.node_id),
                                 p.workspace,
                                 short(&from.node),
@@ -924,4 +967,18 @@ impl Turn {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
+}
+
+/// The patch a move carried from `from`, when its `carried` names a note holding one.
+fn carried_patch(c: &sam_crdt::Conversation, from: &sam_crdt::Host) -> Option<String> {
+    let id = from
+        .carried
+        .as_deref()?
+        .strip_prefix("patch in message ")?
+        .split_whitespace()
+        .next()?;
+    let note = c.message(&MessageId::new(id).ok()?)?;
+    let body = note.text.split_once("```diff\n")?.1;
+    let end = body.rfind("```")?;
+    Some(body[..end].to_string())
 }
