@@ -344,6 +344,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert_eq!(nodes_made(), 0);
 
     // 1. Cold: no node anywhere, the pool creates one.
+    let t_cold = Instant::now();
     let (ok, cold, stderr) = s
         .idea(
             "write one.txt first idea",
@@ -351,6 +352,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
             &["--provider", "local"],
         )
         .await;
+    let t_cold = t_cold.elapsed();
     assert!(ok, "first idea failed\njson: {cold}\nstderr: {stderr}");
     assert_eq!(cold["reused"], false, "{cold}");
     assert_eq!(cold["released"], true, "{cold}\n{stderr}");
@@ -373,11 +375,12 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert_eq!(pool[0]["id"], vm.as_str());
     assert_eq!(pool[0]["pool"], "idle");
     println!(
-        "BENCH sam idea, local provider, cold (no idle node):\n{}",
+        "BENCH sam idea, local provider, cold (no idle node), process {t_cold:?}:\n{}",
         steps(&cold)
     );
 
     // 2. Warm: the same node, taken from the pool.
+    let t_warm = Instant::now();
     let (ok, warm, stderr) = s
         .idea(
             "write two.txt second idea",
@@ -385,6 +388,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
             &["--provider", "local"],
         )
         .await;
+    let t_warm = t_warm.elapsed();
     assert!(ok, "second idea failed\njson: {warm}\nstderr: {stderr}");
     assert_eq!(warm["reused"], true, "{warm}");
     assert_eq!(warm["vm"].as_str(), Some(vm.as_str()));
@@ -396,7 +400,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert_eq!(nodes_made(), 1, "a second node was created");
     assert_eq!(containers_of(&vm), 0);
     println!(
-        "BENCH sam idea, local provider, warm (idle node reused):\n{}",
+        "BENCH sam idea, local provider, warm (idle node reused), process {t_warm:?}:\n{}",
         steps(&warm)
     );
     let pulls = s.gh.pulls("o/r");
