@@ -463,3 +463,48 @@ fn sam_node_base64(data: &[u8]) -> String {
     }
     out
 }
+
+/// Bad arguments fail before anything is made, each with a message that says what to do.
+/// (No Docker needed: nothing gets that far.)
+#[tokio::test]
+async fn sam_idea_bad_arguments_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("client");
+    let gitconfig = tmp.path().join("gitconfig");
+    std::fs::write(
+        &gitconfig,
+        "[user]\n\tname = A\n\temail = a@example.invalid\n",
+    )
+    .expect("gitconfig");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--provider", "nope"], "unknown provider \"nope\""),
+        (&["--provider", "hetzner"], "sam provider add hetzner"),
+        (&["--provider", "scaleway"], "sam provider add scaleway"),
+        (&["--size", "huge"], "--size"),
+        (
+            &["--node", "n1", "--provider", "local"],
+            "--node uses a node you already have",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = sam(&home, &gitconfig, "http://127.0.0.1:9")
+            .env_remove("HCLOUD_TOKEN")
+            .env_remove("SCW_SECRET_KEY")
+            .args([
+                "idea",
+                "write a.txt x",
+                "--repo",
+                "http://127.0.0.1:9/o/r.git",
+            ])
+            .args(*args)
+            .output()
+            .await
+            .expect("sam idea");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Nothing was created anywhere.
+    assert!(!home.join("provider").join("local").exists());
+}
