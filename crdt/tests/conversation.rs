@@ -545,3 +545,19 @@ fn buffered_chunks_of_interleaved_messages_commit_as_one_change() {
     assert_eq!(c.message(&a).expect("a").text, "Hello, world");
     assert_eq!(c.automerge().clone().get_changes(&[]).len(), 6);
 }
+
+#[test]
+fn message_text_from_reads_the_tail() {
+    let mut c = new_conv();
+    let m = c.start_message(NODE, Role::Agent).expect("m");
+    c.append_chunk(&m, "héllo ").expect("c");
+    c.commit_pending();
+    c.append_chunk(&m, "wörld").expect("c");
+    let full = c.message(&m).expect("m").text;
+    assert_eq!(full, "héllo wörld");
+    let (tail, len) = c.message_text_from(&m, 6).expect("tail");
+    assert_eq!((tail.as_str(), len), ("wörld", 11));
+    assert_eq!(c.message_text_from(&m, 0).expect("all").0, full);
+    assert_eq!(c.message_text_from(&m, 99).expect("none").0, "");
+    assert!(c.message_text_from(&MessageId::random(), 0).is_none());
+}

@@ -378,12 +378,27 @@ fn live_batches_apply_detect_gaps_and_resync() {
         batches.push(sam_crdt::live_message(&mut node, &since).expect("batch"));
         since = node.heads();
     }
-    assert!(sam_crdt::live_message(&mut node, &since).is_none(), "nothing new");
+    assert!(
+        sam_crdt::live_message(&mut node, &since).is_none(),
+        "nothing new"
+    );
     // batches 0 and 1 in order: complete
-    assert!(client_peer.receive_live(&mut client, &batches[0]).expect("0"));
-    assert!(client_peer.receive_live(&mut client, &batches[1]).expect("1"));
+    assert!(
+        client_peer
+            .receive_live(&mut client, &batches[0])
+            .expect("0")
+    );
+    assert!(
+        client_peer
+            .receive_live(&mut client, &batches[1])
+            .expect("1")
+    );
     // batch 2 is lost; 3 arrives: a gap
-    assert!(!client_peer.receive_live(&mut client, &batches[3]).expect("3"));
+    assert!(
+        !client_peer
+            .receive_live(&mut client, &batches[3])
+            .expect("3")
+    );
     assert_ne!(client.heads(), node.heads());
     // ordinary sync repairs it
     for _ in 0..20 {
@@ -402,7 +417,11 @@ fn live_batches_apply_detect_gaps_and_resync() {
     assert_eq!(client.heads(), node.heads());
     assert_eq!(client.messages(), node.messages());
     // a duplicate batch is harmless
-    assert!(client_peer.receive_live(&mut client, &batches[4]).expect("dup"));
+    assert!(
+        client_peer
+            .receive_live(&mut client, &batches[4])
+            .expect("dup")
+    );
     assert_eq!(client.heads(), node.heads());
 
     // After more live batches, the client's prompt carries only its own change.
@@ -417,7 +436,11 @@ fn live_batches_apply_detect_gaps_and_resync() {
         .expect("q");
     let msg = client_peer.generate(&mut client).expect("a message");
     let decoded = automerge::sync::Message::decode(&msg).expect("decode");
-    assert_eq!(decoded.changes.len(), 1, "only the prompt, not the node's chunks");
+    assert_eq!(
+        decoded.changes.len(),
+        1,
+        "only the prompt, not the node's chunks"
+    );
     node_peer.receive(&mut node, &msg).expect("recv");
     assert_eq!(node.queued_prompts().len(), 1);
 }

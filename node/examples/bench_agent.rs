@@ -153,18 +153,24 @@ async fn main() -> anyhow::Result<()> {
                                 .find(|m| m.role == Role::Agent)
                                 .map(|m| m.id);
                         }
-                        let Some(m) = agent_msg.as_ref().and_then(|id| c.message(id)) else {
+                        // Read only the new tail (as a streaming view would).
+                        let Some((new, len)) = agent_msg
+                            .as_ref()
+                            .and_then(|id| c.message_text_from(id, seen))
+                        else {
                             return;
                         };
-                        let new = &m.text[seen.min(m.text.len())..];
                         let mut l = lat.lock().expect("lat");
                         for stamp in new.split(']').filter_map(|s| s.strip_prefix('[')) {
                             if let Ok(t) = stamp.parse::<u128>() {
                                 l.push(now.saturating_sub(t) as f64 / 1000.0);
                             }
                         }
-                        // Keep any half stamp for the next round.
-                        seen = m.text.rfind(']').map(|i| i + 1).unwrap_or(seen);
+                        // Keep any half stamp for the next round (stamps are ASCII).
+                        seen = match new.rfind(']') {
+                            Some(i) => len - (new.len() - i - 1),
+                            None => seen,
+                        };
                     },
                 )
                 .await;

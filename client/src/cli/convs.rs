@@ -451,10 +451,22 @@ fn render(m: &MessageView) -> String {
 }
 
 fn message_json(m: &MessageView) -> serde_json::Value {
+    let tool = m.tool.as_ref().map(|t| {
+        json!({
+            "kind": t.kind, "title": t.title, "status": t.status.as_str(),
+            "locations": t.locations,
+        })
+    });
+    let permission = m.permission.as_ref().map(|p| {
+        json!({
+            "options": p.options.iter().map(|o| json!({"id": o.id, "name": o.name, "kind": o.kind})).collect::<Vec<_>>(),
+            "chosen": p.chosen.as_ref().map(|a| json!({"option": a.option, "by": a.by, "at": a.at})),
+        })
+    });
     json!({
         "id": m.id.to_string(), "role": m.role.as_str(), "author": m.author,
         "created_at": m.created_at, "status": m.status.as_str(), "text": m.text,
-        "reason": m.reason,
+        "reason": m.reason, "tool": tool, "permission": permission,
     })
 }
 

@@ -401,6 +401,26 @@ impl Conversation {
             .map(|(v, text)| self.with_buffered(v, &text))
     }
 
+    /// The text of message `id` from character `from` on, and its length in characters: a
+    /// follower of a streaming message reads only the new tail, in O(log n + tail).
+    pub fn message_text_from(&self, id: &MessageId, from: usize) -> Option<(String, usize)> {
+        let entry = self.index.get(id)?;
+        let len = automerge::ReadDoc::length(&self.doc, &entry.text);
+        let mut out = String::new();
+        for item in automerge::ReadDoc::list_range(&self.doc, &entry.text, from.min(len)..) {
+            if let automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) = item.value {
+                out.push_str(&s);
+            }
+        }
+        let mut total = len;
+        if let Some(b) = self.buffered_chunks(&entry.text) {
+            let skip = from.saturating_sub(len);
+            out.extend(b.chars().skip(skip));
+            total += b.chars().count();
+        }
+        Some((out, total))
+    }
+
     fn with_buffered(&self, mut v: MessageView, text: &ObjId) -> MessageView {
         if let Some(s) = self.buffered_chunks(text) {
             v.text.push_str(s);
