@@ -333,3 +333,91 @@ fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
         "{all}"
     );
 }
+
+fn docker_ready() {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "this test needs a running dockerd and the sam-base:1 image (bootstrap/images)"
+    );
+}
+
+#[test]
+fn sam_workspace_rm_takes_the_history_along_and_records_the_teardown() {
+    docker_ready();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let owner = last(&ok(sam(&me, &["id"])));
+    let home = tmp.path().join("n");
+    ok(Command::new(sibling("sam-node"))
+        .env("SAM_HOME", &home)
+        .args(["init", "--owner", &owner, "--bind", "127.0.0.1:0"])
+        .output()
+        .expect("init"));
+    let mut child = Command::new(sibling("sam-node"))
+        .env("SAM_HOME", &home)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ticket");
+    let _node = NodeProc(child);
+    ok(sam(&me, &["connect", line.trim(), "--name", "n"]));
+    let name = format!("td{}", std::process::id());
+    let ws = last(&ok(sam(
+        &me,
+        &["workspace", "create", "--lightweight", "--name", &name],
+    )));
+    let conv = last(&ok(sam(
+        &me,
+        &["convs", "new", "--workspace", &ws, "--title", "keep me"],
+    )));
+    // Another client's conversation in the same workspace: this client never had it.
+    let other = tmp.path().join("other");
+    let other_id = last(&ok(sam(&other, &["id"])));
+    let t = last(&ok(sam(
+        &me,
+        &["share", "n", "--role", "collaborator", "--to", &other_id],
+    )));
+    ok(sam(&other, &["join", &t]));
+    let theirs = last(&ok(sam(
+        &other,
+        &["convs", "new", "--workspace", &ws, "--title", "theirs"],
+    )));
+
+    let out = ok(sam(&me, &["--json", "workspace", "rm", &ws]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["removed"], ws.as_str(), "{v}");
+    assert_eq!(v["held_here"], 2, "{v}");
+    let gone = ok(Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=sam.workspace={ws}"),
+        ])
+        .output()
+        .expect("docker ps"));
+    assert!(gone.trim().is_empty(), "container left: {gone}");
+    // Both conversations are here, and (after a sync) say the workspace is gone.
+    for c in [&conv, &theirs] {
+        ok(sam(&me, &["sync"]));
+        let d = doc(&me, c, tmp.path());
+        assert_eq!(d.hosts().last().and_then(|h| h.end), Some(HostEnd::Removed));
+        assert!(
+            d.messages().iter().any(|m| m
+                .text
+                .contains("was deleted after this conversation was flushed to")),
+            "{:?}",
+            d.messages()
+        );
+    }
+}

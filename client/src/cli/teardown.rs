@@ -77,8 +77,18 @@ pub(crate) async fn remove_keeping_history(
                 Conversation::new_replica()
             };
             let mut s = open_stream(ep, &ticket, conv, false).await?;
-            s.sync_once(&mut doc, |c| replicas.save(c), SYNC_TIMEOUT)
-                .await?;
+            s.sync_once(
+                &mut doc,
+                |c| {
+                    if c.is_empty() {
+                        Ok(())
+                    } else {
+                        replicas.save(c)
+                    }
+                },
+                SYNC_TIMEOUT,
+            )
+            .await?;
             replicas.save(&mut doc)?;
             anyhow::Ok(s)
         }
