@@ -18,6 +18,8 @@ pub struct PoolPolicy {
     pub max_workspaces_small: usize,
     pub max_workspaces_medium: usize,
     pub max_workspaces_large: usize,
+    /// How long a new node has to answer at its ticket before it is deleted (s). Default 5 min.
+    pub ready_timeout_secs: u64,
 }
 
 impl Default for PoolPolicy {
@@ -27,6 +29,7 @@ impl Default for PoolPolicy {
             max_workspaces_small: 2,
             max_workspaces_medium: 4,
             max_workspaces_large: 8,
+            ready_timeout_secs: 300,
         }
     }
 }

@@ -61,13 +61,13 @@ pub struct Pool<P> {
 }
 
 impl<P: Provider> Pool<P> {
-    /// Defaults: 5 min to come up, 5 s for a warm node, a probe every 500 ms.
+    /// Defaults: the policy's time to come up (5 min), 5 s for a warm node, a probe every 500 ms.
     pub fn new(provider: P, policy: PoolPolicy) -> Self {
         Self {
             provider,
+            ready_timeout: Duration::from_secs(policy.ready_timeout_secs),
             policy,
             release: None,
-            ready_timeout: Duration::from_secs(300),
             warm_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_millis(500),
         }

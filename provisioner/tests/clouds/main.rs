@@ -4,6 +4,7 @@
 
 mod hetzner;
 mod hetzner_fake;
+mod idea_cli;
 mod openapi;
 mod pool;
 mod scaleway;
