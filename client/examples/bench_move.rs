@@ -10,7 +10,10 @@
 //! - `gone`: node `a` was killed (its disk deleted); the prompt was queued offline; `sam move
 //!   --node b` (a second local node).
 //! - `alive`: node `a` still answers; `sam move --node b`, then `sam prompt`.
-//! - `pool`: node `a` killed; `sam move --provider local` (a warm node from the local pool).
+//! - `pool`: node `a` killed; `sam move --provider local` with an empty pool (a new node).
+//! - `warm`: the same with an idle node in the local pool (`sam vm create` + `release` first).
+//!
+//! `bench_move [ROUNDS] [SCENARIO,…]` runs only the scenarios named.
 //!
 //! Also prints the document size with and without the `hosts` history.
 
@@ -139,7 +142,14 @@ fn round(rig: &Rig, scenario: &str, i: usize, history: usize) -> Result<Round> {
     let me = base.join("me");
     let owner = last(&rig.sam(&me, &["id"])?);
     let (node_a, ticket_a) = rig.start_node(&base.join("a"), &owner, &base.join("ws-a"))?;
-    let node_b = if scenario == "pool" {
+    if scenario == "warm" {
+        let out = rig.sam(&me, &["--json", "vm", "create", "--provider", "local"])?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        let id = v["id"].as_str().context("vm id")?.to_string();
+        rig.sam(&me, &["vm", "release", &id, "--provider", "local"])?;
+    }
+    let pooled = matches!(scenario, "pool" | "warm");
+    let node_b = if pooled {
         None
     } else {
         let (p, t) = rig.start_node(&base.join("b"), &owner, &base.join("ws-b"))?;
@@ -171,7 +181,7 @@ fn round(rig: &Rig, scenario: &str, i: usize, history: usize) -> Result<Round> {
             ],
         )?;
     }
-    let to: Vec<&str> = if scenario == "pool" {
+    let to: Vec<&str> = if pooled {
         vec!["--provider", "local"]
     } else {
         vec!["--node", "b"]
@@ -211,7 +221,7 @@ fn round(rig: &Rig, scenario: &str, i: usize, history: usize) -> Result<Round> {
     }
     let (stamp, _seen) = first_token(rig, &me, &conv, msgs_before)?;
     drop(node_b);
-    if scenario == "pool" {
+    if pooled {
         // Delete the pool's nodes (sam-node processes under this home).
         let ls = rig.sam(&me, &["--json", "vm", "ls", "--provider", "local"])?;
         let v: serde_json::Value = serde_json::from_str(ls.trim()).unwrap_or_default();
@@ -298,7 +308,16 @@ fn main() -> Result<()> {
         "| scenario | rounds | `sam move` wall time (median) | move start → first token on the new node (median) |"
     );
     println!("|---|---:|---:|---:|");
-    for scenario in ["alive", "gone", "pool"] {
+    let only: Option<Vec<String>> = std::env::args()
+        .nth(2)
+        .map(|s| s.split(',').map(String::from).collect());
+    for scenario in ["alive", "gone", "pool", "warm"] {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|x| x == scenario))
+        {
+            continue;
+        }
         let mut mv = Vec::new();
         let mut ft = Vec::new();
         for i in 0..rounds {
