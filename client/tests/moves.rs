@@ -421,3 +421,81 @@ fn sam_workspace_rm_takes_the_history_along_and_records_the_teardown() {
         );
     }
 }
+
+#[test]
+fn a_conversation_moves_to_a_node_from_the_local_pool() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let owner = last(&ok(sam(&me, &["id"])));
+    let (node_a, ticket_a, _) = node(&tmp.path().join("a"), &owner, &tmp.path().join("ws-a"));
+    ok(sam(&me, &["connect", &ticket_a, "--name", "a"]));
+    let agent = sibling("sam-test-agent");
+    let conv = last(&ok(sam(
+        &me,
+        &[
+            "convs",
+            "new",
+            "--workspace",
+            "w1",
+            "--agent-cmd",
+            agent.to_str().expect("utf8"),
+        ],
+    )));
+    ok(sam(
+        &me,
+        &["prompt", &conv, "say before the move", "--follow"],
+    ));
+    drop(node_a);
+    // The pool's node runs agents as host processes too (it inherits this environment).
+    let pool_ws = tmp.path().join("ws-pool");
+    std::fs::create_dir_all(&pool_ws).expect("pool ws");
+    let run = |args: &[&str]| {
+        Command::new(sam_bin())
+            .env("SAM_HOME", &me)
+            .env("SAM_BIND", "127.0.0.1:0")
+            .env("SAM_AGENT_LAUNCHER", "host")
+            .env("SAM_AGENT_HOST_ROOT", &pool_ws)
+            .env("SAM_NODE_BIN", sibling("sam-node"))
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .expect("run sam")
+    };
+    let out = ok(run(&[
+        "--json",
+        "move",
+        &conv,
+        "--provider",
+        "local",
+        "--workspace",
+        "w2",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["from"]["reached"], false, "{v}");
+    let new_node = v["to"]["node"].as_str().expect("node").to_string();
+    let result = std::panic::catch_unwind(|| {
+        ok(sam(&me, &["prompt", &conv, "say after the move"]));
+        let m = wait_for_agent(&me, &conv, "after the move");
+        let answer = m
+            .iter()
+            .find(|x| x["role"] == "agent" && x["text"] == "after the move")
+            .expect("answer");
+        assert_eq!(answer["author"], new_node.as_str());
+        assert!(
+            m.iter().any(|x| x["text"] == "before the move"),
+            "history kept"
+        );
+    });
+    // The pool's node is a process under this home: delete it whatever happened.
+    let ls = run(&["--json", "vm", "ls", "--provider", "local"]);
+    let vms: serde_json::Value =
+        serde_json::from_slice(&ls.stdout).unwrap_or(serde_json::Value::Null);
+    for vm in vms.as_array().cloned().unwrap_or_default() {
+        if let Some(id) = vm["id"].as_str() {
+            let _ = run(&["vm", "rm", id, "--provider", "local"]);
+        }
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
