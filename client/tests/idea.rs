@@ -430,7 +430,45 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert_eq!(nodes_made(), 1);
     assert_eq!(containers_of(&vm), 0);
 
-    // 4. The reaper deletes the idle node once its time is up (idle time 0 here).
+    // 4. Ctrl-C while the workspace is being made: it is removed, the node goes back idle.
+    let mut child = s
+        .sam()
+        .args(["idea", "write four.txt x", "--repo", &s.repo_url()])
+        .args(["--agent-cmd", "sam-test-agent", "--lightweight"])
+        .args(["--provider", "local"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sam idea");
+    let mut err_lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = String::new();
+    while let Some(line) = err_lines.next_line().await.expect("read stderr") {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("] connect:") {
+            let pid = child.id().expect("pid").to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .expect("kill")
+                    .success()
+            );
+            break;
+        }
+    }
+    while let Some(line) = err_lines.next_line().await.expect("read stderr") {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let status = child.wait().await.expect("wait");
+    assert!(!status.success(), "{seen}");
+    assert!(seen.contains("interrupted"), "{seen}");
+    assert!(seen.contains("idle in the warm pool"), "{seen}");
+    assert_eq!(containers_of(&vm), 0, "{seen}");
+    assert_eq!(nodes_made(), 1);
+
+    // 5. The reaper deletes the idle node once its time is up (idle time 0 here).
     std::fs::write(s.home.join("providers.toml"), "[pool]\nidle_ttl_secs = 0\n").expect("config");
     let reap = s
         .sam()

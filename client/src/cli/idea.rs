@@ -163,11 +163,33 @@ async fn acquire(
     let probe = IrohProbe::bind(super::cloud::probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
-    let got = pool.acquire(size, &owner, &probe).await;
-    probe.close().await;
+    // The pool works in its own task, so a Ctrl-C never cuts a create in half: the node being
+    // made is finished, then given back to the pool.
+    let mut task = tokio::spawn(async move {
+        let got = pool.acquire(size, &owner, &probe).await;
+        probe.close().await;
+        (pool, got)
+    });
+    let (pool, got) = tokio::select! {
+        r = &mut task => r.context("the pool task failed")?,
+        _ = tokio::signal::ctrl_c() => {
+            progress.note("interrupted: finishing the node being made, then giving it back (Ctrl-C again to leave now)");
+            let (pool, got) = tokio::select! {
+                r = &mut task => r.context("the pool task failed")?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted at step 'node': a node may be left, see `sam vm ls` and `sam vm rm`"),
+            };
+            if let Ok(got) = got {
+                match pool.release(&got.vm).await {
+                    Ok(_) => progress.note(&format!("node {} is idle in the warm pool", got.vm.id)),
+                    Err(e) => progress.note(&format!("node {} could not be given back ({e}): `sam vm rm {}`", got.vm.id, got.vm.id)),
+                }
+            }
+            bail!("interrupted at step 'node'");
+        }
+    };
     let got = got.with_context(|| {
         format!(
-            "step 'node' failed: no {} node of size {size} (nothing was left running)",
+            "step 'node' failed: no {} node of size {size}",
             pool.provider.name()
         )
     })?;
@@ -267,22 +289,20 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
     let result = tokio::select! {
         r = flow => r,
         _ = credential_broker(&client) => unreachable!("the credential broker never ends"),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
     };
     // 7. Release: after the PR (or when no workspace could be made), the workspace goes and
     // the node goes back to the warm pool. After a later failure the work is kept.
     let mut released = false;
     if let Place::Pooled { pool, vm } = &place {
         if result.is_ok() || !made.ready {
+            // Interrupted while the create request was on its way: find it by its name.
+            let workspace = match made.workspace.clone() {
+                Some(id) => Some(id),
+                None => workspace_named(&client, branch.trim_start_matches("sam/")).await,
+            };
             let at = (paths, &ep, &entry);
-            released = release(
-                pool,
-                vm,
-                &client,
-                at,
-                made.workspace.as_deref(),
-                &mut progress,
-            )
-            .await;
+            released = release(pool, vm, &client, at, workspace.as_deref(), &mut progress).await;
         } else {
             progress.note(&format!(
                 "node {} stays busy with the workspace (retry: `sam pr CONV`; give it back: `sam vm release {}`)",
@@ -328,6 +348,20 @@ async fn release(
     progress: &mut Progress,
 ) -> bool {
     if let Some(id) = workspace {
+        // A workspace still being made (interrupted) is let finish first: removing it
+        // half-made can leave its container behind. Its clone may need credentials meanwhile.
+        let finished = tokio::select! {
+            r = until_made(client, id) => r,
+            _ = credential_broker(client) => unreachable!("the credential broker never ends"),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        if let Err(e) = finished {
+            progress.note(&format!(
+                "workspace {id} is still being made ({e:#}); node {} stays busy: `sam workspace rm {id}` and `sam vm release {}` later",
+                vm.id, vm.id
+            ));
+            return false;
+        }
         // Graceful teardown: the node deletes the workspace once its conversation is held
         // here in sync.
         let removed =
@@ -369,6 +403,38 @@ async fn release(
             ));
             false
         }
+    }
+}
+
+/// Waits (at most 2 min) until the workspace is no longer `Creating`.
+async fn until_made(client: &NodeClient, id: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut said = false;
+    loop {
+        let WorkspaceResponse::Info(info) =
+            super::workspace::ws(client, WorkspaceRequest::Get { id: id.to_string() }).await?
+        else {
+            bail!("node answered get with something else");
+        };
+        if !matches!(info.status, WorkspaceStatus::Creating) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not ready after 2 min");
+        }
+        if !said {
+            eprintln!("    waiting for workspace {id} to be made before removing it");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The id of the node's workspace called `name`, if there is one.
+async fn workspace_named(client: &NodeClient, name: &str) -> Option<String> {
+    match super::workspace::ws(client, WorkspaceRequest::List).await {
+        Ok(WorkspaceResponse::List(all)) => all.into_iter().find(|w| w.name == name).map(|w| w.id),
+        _ => None,
     }
 }
 
