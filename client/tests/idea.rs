@@ -462,6 +462,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
         seen.push('\n');
     }
     let status = child.wait().await.expect("wait");
+    println!("interrupted sam idea:\n{seen}");
     assert!(!status.success(), "{seen}");
     assert!(seen.contains("interrupted"), "{seen}");
     assert!(seen.contains("idle in the warm pool"), "{seen}");
