@@ -499,3 +499,71 @@ fn a_conversation_moves_to_a_node_from_the_local_pool() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn pool_shrink_brings_the_nodes_conversations_here_before_deleting_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let owner_out = ok(sam(&me, &["id"]));
+    let _ = owner_out;
+    std::fs::write(me.join("providers.toml"), "[pool]\nidle_ttl_secs = 0\n").expect("config");
+    let run = |home: &Path, args: &[&str]| {
+        Command::new(sam_bin())
+            .env("SAM_HOME", home)
+            .env("SAM_BIND", "127.0.0.1:0")
+            .env("SAM_NODE_BIN", sibling("sam-node"))
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .expect("run sam")
+    };
+    let out = ok(run(&me, &["--json", "vm", "create", "--provider", "local"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let vm = v["id"].as_str().expect("id").to_string();
+    let ticket = v["ticket"].as_str().expect("ticket").to_string();
+    let result = std::panic::catch_unwind(|| {
+        ok(sam(&me, &["connect", &ticket, "--name", "p"]));
+        let mine = last(&ok(sam(&me, &["convs", "new", "--workspace", "w1"])));
+        // A teammate's conversation on that node, never seen here.
+        let other = tmp.path().join("other");
+        let other_id = last(&ok(sam(&other, &["id"])));
+        let t = last(&ok(sam(
+            &me,
+            &["share", "p", "--role", "collaborator", "--to", &other_id],
+        )));
+        ok(sam(&other, &["join", &t]));
+        let theirs = last(&ok(sam(
+            &other,
+            &["convs", "new", "--workspace", "w2", "--title", "theirs"],
+        )));
+        ok(sam(
+            &other,
+            &["prompt", &theirs, "only on the node and with them"],
+        ));
+        ok(run(&me, &["vm", "release", &vm, "--provider", "local"]));
+        let out = ok(run(&me, &["--json", "pool", "reap", "--provider", "local"]));
+        let reaped: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        assert_eq!(reaped[0]["id"], vm.as_str(), "{reaped}");
+        // Both conversations are held here now, with the teammate's prompt.
+        let log = ok(sam(&me, &["log", &theirs]));
+        assert!(log.contains("only on the node and with them"), "{log}");
+        ok(sam(&me, &["log", &mine]));
+    });
+    let ls = run(&me, &["--json", "vm", "ls", "--provider", "local"]);
+    let vms: serde_json::Value =
+        serde_json::from_slice(&ls.stdout).unwrap_or(serde_json::Value::Null);
+    let left: Vec<String> = vms
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v["id"].as_str().map(String::from))
+        .collect();
+    for id in &left {
+        let _ = run(&me, &["vm", "rm", id, "--provider", "local"]);
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(left.is_empty(), "the reaped node is still listed: {left:?}");
+}

@@ -171,6 +171,9 @@ async fn handle_inner(
         Request::Workspace(WorkspaceRequest::Teardown { id, force: true }) => {
             Response::Workspace(crate::teardown::remove_workspace(node, &id, true).await?)
         }
+        Request::Workspace(WorkspaceRequest::Drain) => {
+            Response::Workspace(crate::teardown::drain(node).await?)
+        }
         Request::Workspace(w) => Response::Workspace(node.workspaces().handle(grant, w).await?),
         Request::Conv(ConvRequest::List) => {
             let visible = node

@@ -8,7 +8,9 @@
 //! Followers that only received live batches are asked to announce their heads first (one
 //! ordinary sync round), and the node waits up to [`FLUSH_WAIT`] for one of them.
 //! `sam workspace rm` keeps a doc stream open for each conversation of the workspace while it
-//! asks, so the client that deletes a workspace is such a peer itself.
+//! asks, so the client that deletes a workspace is such a peer itself. [`drain`] asks the
+//! same of every conversation a node still serves before the node itself is deleted (`sam
+//! pool reap`).
 
 use std::time::Duration;
 
@@ -76,6 +78,51 @@ pub async fn flush(docs: &DocHost, convs: &[String], wait: Duration) -> Vec<Flus
         });
     }
     out
+}
+
+/// Before the node itself goes (pool shrink): every conversation it still serves (its
+/// `workspace` names this node and that host's `hosts` entry is open) must be held in sync
+/// by another peer. Deletes nothing.
+pub async fn drain(node: &Node) -> Result<WorkspaceResponse, ErrorBody> {
+    let docs = node.docs();
+    let me = node.id().to_string();
+    let mut convs = Vec::new();
+    for s in docs.list().await {
+        let me2 = me.clone();
+        let serving = docs
+            .read(&s.id, move |c| {
+                let h = c.current_host();
+                h.node == me2 && h.ended_at.is_none()
+            })
+            .await;
+        if serving == Ok(true) {
+            convs.push(s.id);
+        }
+    }
+    let alone: Vec<String> = flush(docs, &convs, FLUSH_WAIT)
+        .await
+        .into_iter()
+        .filter(|f| f.peers.is_empty())
+        .map(|f| f.conv)
+        .collect();
+    if !alone.is_empty() {
+        let mut named: Vec<String> = alone.iter().take(MAX_NAMED).cloned().collect();
+        if alone.len() > MAX_NAMED {
+            named.push(format!("and {} more", alone.len() - MAX_NAMED));
+        }
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "node {} should not be deleted yet: {} conversation(s) it serves ({}) are not held in sync by any other peer. Open them on another device (`sam sync`), move them (`sam move CONV --node N`), or delete the machine anyway (`sam vm rm ID`)",
+                node.id().short(),
+                alone.len(),
+                named.join(", ")
+            ),
+        ));
+    }
+    Ok(WorkspaceResponse::Drained {
+        conversations: convs.len() as u32,
+    })
 }
 
 /// Deletes `workspace` when every conversation it serves is flushed to another peer (or

@@ -264,6 +264,10 @@ impl Workspaces {
                 self.remove(&id).await?;
                 Ok(WorkspaceResponse::Removed { id })
             }
+            WorkspaceRequest::Drain => Err(ErrorBody::new(
+                ErrorCode::Internal,
+                "a drain is answered by the ctl handler (crate::teardown)",
+            )),
             WorkspaceRequest::Logs { id, from } => {
                 self.logs(&id, from).await.map(WorkspaceResponse::Logs)
             }

@@ -238,3 +238,62 @@ async fn force_deletes_without_a_replica_and_says_so_and_viewers_cannot() {
     c.close();
     ep.close().await;
 }
+
+async fn drain(n: &TestNode) -> Result<Response, ConnectError> {
+    let ep = harness::endpoint(&n.owner).await;
+    let c = NodeClient::connect(&ep, &n.handle.ticket())
+        .await
+        .expect("ctl");
+    let r = c.request(Request::Workspace(WorkspaceRequest::Drain)).await;
+    c.close();
+    ep.close().await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_drained_only_when_what_it_serves_is_held_elsewhere() {
+    let n = TestNode::start().await;
+    // Nothing served: drained at once.
+    assert!(matches!(
+        drain(&n).await,
+        Ok(Response::Workspace(WorkspaceResponse::Drained {
+            conversations: 0
+        }))
+    ));
+    let conv = conv_in(&n, "w-live").await;
+    let done = conv_in(&n, "w-gone").await;
+    // A conversation whose workspace was torn down already does not count.
+    let me = n.node_key.node_id().to_string();
+    n.handle
+        .node
+        .docs()
+        .mutate(&done, move |c| {
+            c.end_host(&me, &me, "w-gone", HostEnd::Removed, None)
+        })
+        .await
+        .expect("mutate")
+        .expect("end");
+    let e = match drain(&n).await {
+        Err(ConnectError::Remote(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+    assert!(
+        e.message.contains(&conv) && !e.message.contains(&done),
+        "{e}"
+    );
+    // Held by a follower: drained.
+    let (key, ticket) = n.member(Role::Viewer);
+    let ep = harness::endpoint(&key).await;
+    let mut stream = open_stream(&ep, &ticket, &conv, false).await.expect("open");
+    let mut c = Conversation::new_replica();
+    stream.sync_once(&mut c, |_| Ok(()), T).await.expect("sync");
+    assert!(matches!(
+        drain(&n).await,
+        Ok(Response::Workspace(WorkspaceResponse::Drained {
+            conversations: 1
+        }))
+    ));
+    stream.close(None).await;
+    ep.close().await;
+}

@@ -63,6 +63,10 @@ pub enum WorkspaceRequest {
         id: String,
         force: bool,
     },
+    /// Before the node itself is deleted (pool shrink): answered `Drained` when every
+    /// conversation this node still serves is held in sync by another peer connected on
+    /// `sam/doc/1` (else refused with the list). Deletes nothing.
+    Drain,
 }
 
 /// Longest wait of a `Logs` long poll.
@@ -86,7 +90,9 @@ impl WorkspaceRequest {
             | WorkspaceRequest::Recreate { .. }
             | WorkspaceRequest::WaitCredential
             | WorkspaceRequest::AnswerCredential { .. } => Role::Collaborator,
-            WorkspaceRequest::Remove { .. } | WorkspaceRequest::Teardown { .. } => Role::Owner,
+            WorkspaceRequest::Remove { .. }
+            | WorkspaceRequest::Teardown { .. }
+            | WorkspaceRequest::Drain => Role::Owner,
         }
     }
 
@@ -104,7 +110,8 @@ impl WorkspaceRequest {
             WorkspaceRequest::Create(_)
             | WorkspaceRequest::List
             | WorkspaceRequest::WaitCredential
-            | WorkspaceRequest::AnswerCredential { .. } => None,
+            | WorkspaceRequest::AnswerCredential { .. }
+            | WorkspaceRequest::Drain => None,
         }
     }
 }
@@ -134,6 +141,10 @@ pub enum WorkspaceResponse {
     Credential(Option<CredentialRequest>),
     /// Answer to `AnswerCredential`.
     CredentialAnswered,
+    /// Answer to `Drain`: how many conversations this node serves (all held elsewhere).
+    Drained {
+        conversations: u32,
+    },
 }
 
 /// A slice of a workspace's creation log.

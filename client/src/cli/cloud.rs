@@ -376,18 +376,30 @@ pub async fn run(paths: &ClientPaths, cmd: CloudCmd) -> Result<Output> {
             let file = ProvidersFile::load(paths)?;
             let policy = file.pool.clone().unwrap_or_default();
             let mut gone = Vec::new();
+            let mut kept = 0;
             for p in file.providers(paths, provider)? {
                 let name = p.name();
                 let pool = sam_provisioner::Pool::new(p, policy.clone());
-                for id in pool
-                    .reap(now_unix())
-                    .await
-                    .with_context(|| format!("reap {name}"))?
-                {
-                    gone.push(json!({ "provider": name, "id": id }));
+                // Graceful teardown: each expired node is asked first (super::teardown).
+                let vms = pool.list().await.with_context(|| format!("reap {name}"))?;
+                for vm in pool.policy.expired(&vms, now_unix()) {
+                    if let Err(e) = super::teardown::drain_node(paths, &pool.provider, vm).await {
+                        eprintln!("node {} kept: {e:#}", vm.id);
+                        kept += 1;
+                        continue;
+                    }
+                    sam_provisioner::Provider::delete(&pool.provider, &vm.id)
+                        .await
+                        .with_context(|| format!("reap {name}: delete {}", vm.id))?;
+                    gone.push(json!({ "provider": name, "id": vm.id }));
                 }
             }
-            let text = format!("{} idle machine(s) deleted", gone.len());
+            let mut text = format!("{} idle machine(s) deleted", gone.len());
+            if kept > 0 {
+                text.push_str(&format!(
+                    "; {kept} kept: they serve conversations no other peer holds (see above)"
+                ));
+            }
             Ok(Output::new(json!(gone), text))
         }
     }

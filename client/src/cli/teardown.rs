@@ -54,19 +54,45 @@ pub(crate) async fn remove_keeping_history(
     id: &str,
     force: bool,
 ) -> Result<(Vec<String>, usize)> {
+    let ticket = entry.ticket()?;
+    let (convs, open, failed) =
+        hold_conversations(paths, ep, client, &ticket, |s| s.workspace == id).await?;
+    let r = ws(
+        client,
+        WorkspaceRequest::Teardown {
+            id: id.to_string(),
+            force,
+        },
+    )
+    .await;
+    for s in open {
+        s.close(None).await;
+    }
+    match r.with_context(|| format!("workspace {id} on {}", entry.name))? {
+        WorkspaceResponse::Removed { .. } => {}
+        other => bail!("node answered the removal with something else: {other:?}"),
+    }
+    let kept = convs.len() - failed.len();
+    Ok((convs, kept))
+}
+
+/// Brings this client's replicas of the node's conversations that `pick` selects up to date
+/// and returns their streams, still open: while they are, this client is a peer in sync for
+/// each of them. Also returns every picked conversation and the ones that failed.
+async fn hold_conversations(
+    paths: &ClientPaths,
+    ep: &iroh::Endpoint,
+    client: &NodeClient,
+    ticket: &sam_protocol::Ticket,
+    pick: impl Fn(&sam_protocol::doc::ConvSummary) -> bool,
+) -> Result<(Vec<String>, Vec<DocStream>, Vec<String>)> {
     let Response::Conv(ConvResponse::List(list)) =
         client.request(Request::Conv(ConvRequest::List)).await?
     else {
         bail!("unexpected answer to the conversation list");
     };
-    let convs: Vec<String> = list
-        .into_iter()
-        .filter(|s| s.workspace == id)
-        .map(|s| s.id)
-        .collect();
-    let ticket = entry.ticket()?;
+    let convs: Vec<String> = list.into_iter().filter(|s| pick(s)).map(|s| s.id).collect();
     let mut replicas = Replicas::open(paths)?;
-    // Held open until the node answered: they are what makes this client a peer in sync.
     let mut open: Vec<DocStream> = Vec::new();
     let mut failed = Vec::new();
     for conv in &convs {
@@ -76,7 +102,7 @@ pub(crate) async fn remove_keeping_history(
             } else {
                 Conversation::new_replica()
             };
-            let mut s = open_stream(ep, &ticket, conv, false).await?;
+            let mut s = open_stream(ep, ticket, conv, false).await?;
             s.sync_once(
                 &mut doc,
                 |c| {
@@ -101,21 +127,47 @@ pub(crate) async fn remove_keeping_history(
             }
         }
     }
-    let r = ws(
-        client,
-        WorkspaceRequest::Teardown {
-            id: id.to_string(),
-            force,
-        },
-    )
+    Ok((convs, open, failed))
+}
+
+/// Asks a pooled node whether it may be deleted (every conversation it serves is held in
+/// sync elsewhere), after bringing the conversations this client may read here. A node that
+/// does not answer cannot be asked and holds nothing anyone can reach: it may go.
+pub(crate) async fn drain_node(
+    paths: &ClientPaths,
+    provider: &sam_provisioner::AnyProvider,
+    vm: &sam_provisioner::Vm,
+) -> Result<()> {
+    let ticket = sam_provisioner::Provider::ticket(provider, vm)
+        .map_err(|e| anyhow::anyhow!("no ticket for node {}: {e}", vm.id))?;
+    let ep = crate::endpoint::bind(&paths.identity()?, None).await?;
+    let r = async {
+        let client =
+            match tokio::time::timeout(Duration::from_secs(5), NodeClient::connect(&ep, &ticket))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                _ => {
+                    eprintln!(
+                        "note: node {} does not answer; deleting it without asking",
+                        vm.id
+                    );
+                    return Ok(());
+                }
+            };
+        // Its conversations come here first (held open while it answers), like `rm`.
+        let (_, open, _) = hold_conversations(paths, &ep, &client, &ticket, |_| true).await?;
+        let r = ws(&client, WorkspaceRequest::Drain).await;
+        for s in open {
+            s.close(None).await;
+        }
+        client.close();
+        match r? {
+            WorkspaceResponse::Drained { .. } => Ok(()),
+            other => bail!("node answered the drain with something else: {other:?}"),
+        }
+    }
     .await;
-    for s in open {
-        s.close(None).await;
-    }
-    match r.with_context(|| format!("workspace {id} on {}", entry.name))? {
-        WorkspaceResponse::Removed { .. } => {}
-        other => bail!("node answered the removal with something else: {other:?}"),
-    }
-    let kept = convs.len() - failed.len();
-    Ok((convs, kept))
+    let _ = tokio::time::timeout(Duration::from_millis(500), ep.close()).await;
+    r
 }
