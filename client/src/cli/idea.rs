@@ -138,6 +138,36 @@ impl Progress {
     }
 }
 
+/// Ctrl-C presses since `sam idea` started. One listener for the whole command, so a press
+/// between two steps is not lost (a fresh `ctrl_c()` only sees later ones).
+struct Interrupts(tokio::sync::watch::Receiver<u32>);
+
+impl Interrupts {
+    fn start() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        Self(rx)
+    }
+
+    /// Resolves at the next press, at once when one came unseen.
+    async fn next(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether a press came unseen (and marks it seen).
+    fn pressed(&mut self) -> bool {
+        let p = self.0.has_changed().unwrap_or(false);
+        self.0.mark_unchanged();
+        p
+    }
+}
+
 /// Where the idea runs: a node the user named, or one taken from a provider's warm pool.
 enum Place {
     Known,
@@ -154,6 +184,7 @@ async fn acquire(
     provider: &str,
     size: Size,
     progress: &mut Progress,
+    intr: &mut Interrupts,
 ) -> Result<(Place, String)> {
     let name = ProviderName::from_str(provider, true).map_err(|_| {
         anyhow::anyhow!("unknown provider {provider:?}: use local, hetzner or scaleway")
@@ -163,6 +194,9 @@ async fn acquire(
     let probe = IrohProbe::bind(super::cloud::probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
+    if intr.pressed() {
+        bail!("interrupted before step 'node'");
+    }
     // The pool works in its own task, so a Ctrl-C never cuts a create in half: the node being
     // made is finished, then given back to the pool.
     let mut task = tokio::spawn(async move {
@@ -172,11 +206,11 @@ async fn acquire(
     });
     let (pool, got) = tokio::select! {
         r = &mut task => r.context("the pool task failed")?,
-        _ = tokio::signal::ctrl_c() => {
+        _ = intr.next() => {
             progress.note("interrupted: finishing the node being made, then giving it back (Ctrl-C again to leave now)");
             let (pool, got) = tokio::select! {
                 r = &mut task => r.context("the pool task failed")?,
-                _ = tokio::signal::ctrl_c() => bail!("interrupted at step 'node': a node may be left, see `sam vm ls` and `sam vm rm`"),
+                _ = intr.next() => bail!("interrupted at step 'node': a node may be left, see `sam vm ls` and `sam vm rm`"),
             };
             if let Ok(got) = got {
                 match pool.release(&got.vm).await {
@@ -232,6 +266,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
         Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--size: {e}"))?,
         None => Size::Small,
     };
+    let mut intr = Interrupts::start();
     let token = github_token(paths).await?;
     let identity = git_identity().await?;
     let branch = branch_for(&a.idea);
@@ -245,6 +280,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
                 a.provider.as_deref().unwrap_or("local"),
                 size,
                 &mut progress,
+                &mut intr,
             )
             .await?
         }
@@ -289,7 +325,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
     let result = tokio::select! {
         r = flow => r,
         _ = credential_broker(&client) => unreachable!("the credential broker never ends"),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+        _ = intr.next() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
     };
     // 7. Release: after the PR (or when no workspace could be made), the workspace goes and
     // the node goes back to the warm pool. After a later failure the work is kept.
@@ -302,7 +338,16 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
                 None => workspace_named(&client, branch.trim_start_matches("sam/")).await,
             };
             let at = (paths, &ep, &entry);
-            released = release(pool, vm, &client, at, workspace.as_deref(), &mut progress).await;
+            released = release(
+                pool,
+                vm,
+                &client,
+                at,
+                workspace.as_deref(),
+                &mut progress,
+                &mut intr,
+            )
+            .await;
         } else {
             progress.note(&format!(
                 "node {} stays busy with the workspace (retry: `sam pr CONV`; give it back: `sam vm release {}`)",
@@ -346,6 +391,7 @@ async fn release(
     (paths, ep, entry): (&ClientPaths, &iroh::Endpoint, &crate::book::NodeEntry),
     workspace: Option<&str>,
     progress: &mut Progress,
+    intr: &mut Interrupts,
 ) -> bool {
     if let Some(id) = workspace {
         // A workspace still being made (interrupted) is let finish first: removing it
@@ -353,7 +399,7 @@ async fn release(
         let finished = tokio::select! {
             r = until_made(client, id) => r,
             _ = credential_broker(client) => unreachable!("the credential broker never ends"),
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = intr.next() => Err(anyhow::anyhow!("interrupted")),
         };
         if let Err(e) = finished {
             progress.note(&format!(
