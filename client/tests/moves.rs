@@ -162,8 +162,33 @@ fn the_node_is_deleted_under_a_live_conversation_and_it_continues_on_another() {
         .to_string();
     let fork = last(&ok(sam(&me, &["fork", &conv, "--at", &first])));
 
-    // The VM goes away: the process dies and its disk is deleted.
+    // A long turn is streaming when the VM goes away: the process dies and its disk is
+    // deleted.
+    let mut follower = Command::new(sam_bin())
+        .env("SAM_HOME", &me)
+        .env("SAM_BIND", "127.0.0.1:0")
+        .args(["prompt", &conv, "chunks 2000 20", "--follow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prompt");
+    let cut = (0..300)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = sam(&me, &["sync"]);
+            messages(&me, &conv).into_iter().find(|m| {
+                m["role"] == "agent"
+                    && m["status"] == "streaming"
+                    && m["text"].as_str().unwrap_or("").contains("c3 ")
+            })
+        })
+        .expect("the long turn streams")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     drop(node_a);
+    let _ = follower.kill();
+    let _ = follower.wait();
     std::fs::remove_dir_all(tmp.path().join("a")).expect("delete node a");
     std::fs::remove_dir_all(tmp.path().join("ws-a")).expect("delete its workspaces");
 
@@ -184,6 +209,21 @@ fn the_node_is_deleted_under_a_live_conversation_and_it_continues_on_another() {
         "{stdout}"
     );
     assert!(stdout.contains("not recoverable"), "{stdout}");
+
+    // The turn cut off with node a is interrupted, not "streaming" for ever.
+    let cut_msg = messages(&me, &conv)
+        .into_iter()
+        .find(|m| m["id"] == cut.as_str())
+        .expect("cut message");
+    assert_eq!(cut_msg["status"], "interrupted", "{cut_msg}");
+    assert!(
+        cut_msg["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("became unreachable during this turn"),
+        "{cut_msg}"
+    );
+    assert!(stdout.contains("marked interrupted"), "{stdout}");
 
     // The queued prompt runs on b; the new agent got the transcript.
     let m = wait_for_agent(&me, &conv, "recall banana:");
