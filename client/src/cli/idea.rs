@@ -174,6 +174,8 @@ enum Place {
     Pooled {
         pool: Box<Pool<AnyProvider>>,
         vm: Vm,
+        /// Taken warm from the pool rather than created.
+        reused: bool,
     },
 }
 
@@ -248,6 +250,7 @@ async fn acquire(
         Place::Pooled {
             pool: Box::new(pool),
             vm: got.vm,
+            reused: got.reused,
         },
         got.ticket.addr.id.to_string(),
     ))
@@ -290,7 +293,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
         Ok(c) => c,
         Err(e) => {
             let fate = match &place {
-                Place::Pooled { pool, vm } => match pool.provider.delete(&vm.id).await {
+                Place::Pooled { pool, vm, .. } => match pool.provider.delete(&vm.id).await {
                     Ok(()) => format!("; node {} was deleted", vm.id),
                     Err(d) => format!(
                         "; deleting node {} failed ({d}): `sam vm rm {}`",
@@ -330,7 +333,7 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
     // 7. Release: after the PR (or when no workspace could be made), the workspace goes and
     // the node goes back to the warm pool. After a later failure the work is kept.
     let mut released = false;
-    if let Place::Pooled { pool, vm } = &place {
+    if let Place::Pooled { pool, vm, .. } = &place {
         if result.is_ok() || !made.ready {
             // Interrupted while the create request was on its way: find it by its name.
             let workspace = match made.workspace.clone() {
@@ -360,15 +363,10 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
     let done = result?;
     progress.done("done", "idea → PR");
     let (provider, vm_id, reused) = match &place {
-        Place::Pooled { pool, vm } => (
+        Place::Pooled { pool, vm, reused } => (
             Some(pool.provider.name()),
             Some(vm.id.clone()),
-            Some(
-                progress
-                    .steps
-                    .first()
-                    .is_some_and(|s| s["detail"].as_str().is_some_and(|d| d.starts_with("warm"))),
-            ),
+            Some(*reused),
         ),
         Place::Known => (None, None, None),
     };
