@@ -157,6 +157,10 @@ pub enum Cmd {
         /// A lightweight workspace (base image, no devcontainer build).
         #[arg(long)]
         lightweight: bool,
+        /// Keep the workspace after the PR for follow-up prompts (a pool node stays busy until
+        /// `sam vm release`).
+        #[arg(long)]
+        keep: bool,
     },
     /// Commit, push and open (or reuse) the PR of a conversation now: a retry.
     Pr {
@@ -501,6 +505,7 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             provider,
             size,
             lightweight,
+            keep,
         } => {
             let args = idea::IdeaArgs {
                 idea: text,
@@ -512,6 +517,7 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
                 provider,
                 size,
                 lightweight,
+                keep,
             };
             idea::idea(&paths, args).await
         }

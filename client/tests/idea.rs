@@ -469,7 +469,47 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert_eq!(containers_of(&vm), 0, "{seen}");
     assert_eq!(nodes_made(), 1);
 
-    // 5. The reaper deletes the idle node once its time is up (idle time 0 here).
+    // 5. --keep: the PR is opened, the workspace stays for follow-ups, the node stays busy
+    // until `sam vm release`.
+    let (ok, kept, stderr) = s
+        .idea(
+            "write five.txt kept",
+            &s.repo_url(),
+            &["--provider", "local", "--keep"],
+        )
+        .await;
+    assert!(ok, "kept idea failed\njson: {kept}\nstderr: {stderr}");
+    assert_eq!(kept["reused"], true, "{kept}");
+    assert_eq!(kept["released"], false, "{kept}");
+    assert!(
+        kept["pr"]
+            .as_str()
+            .is_some_and(|u| u.contains("/o/r/pull/")),
+        "{kept}"
+    );
+    assert_eq!(containers_of(&vm), 1, "{stderr}");
+    let pool = s
+        .sam()
+        .args(["--json", "pool", "ls", "--provider", "local"])
+        .output()
+        .await
+        .expect("pool ls");
+    let pool: serde_json::Value = serde_json::from_slice(&pool.stdout).expect("pool json");
+    assert_eq!(pool[0]["pool"], "busy");
+    let rel = s
+        .sam()
+        .args(["vm", "release", &vm, "--provider", "local"])
+        .output()
+        .await
+        .expect("release");
+    assert!(
+        rel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rel.stderr)
+    );
+    remove_containers_of(&vm);
+
+    // 6. The reaper deletes the idle node once its time is up (idle time 0 here).
     std::fs::write(s.home.join("providers.toml"), "[pool]\nidle_ttl_secs = 0\n").expect("config");
     let reap = s
         .sam()

@@ -39,6 +39,8 @@ pub struct IdeaArgs {
     pub provider: Option<String>,
     pub size: Option<String>,
     pub lightweight: bool,
+    /// Keep the workspace (and a pool node busy) after the PR, for follow-up prompts.
+    pub keep: bool,
 }
 
 /// The GitHub token: `GH_TOKEN`, `GITHUB_TOKEN`, `gh auth token`, then the OS keyring.
@@ -334,7 +336,12 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
     // the node goes back to the warm pool. After a later failure the work is kept.
     let mut released = false;
     if let Place::Pooled { pool, vm, .. } = &place {
-        if result.is_ok() || !made.ready {
+        if result.is_ok() && a.keep {
+            progress.note(&format!(
+                "--keep: workspace and node {} stay for follow-up prompts (`sam prompt CONV`, then `sam pr CONV`); `sam vm release {}` when done",
+                vm.id, vm.id
+            ));
+        } else if result.is_ok() || !made.ready {
             // Interrupted while the create request was on its way: find it by its name.
             let workspace = match made.workspace.clone() {
                 Some(id) => Some(id),
