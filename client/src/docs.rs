@@ -82,6 +82,8 @@ impl Replicas {
 pub struct DocStream {
     send: SendStream,
     inbound: mpsc::Receiver<Result<DocFrame, WireError>>,
+    /// A frame read while merging live batches, handled next.
+    peeked: Option<Result<DocFrame, WireError>>,
     reader: tokio::task::JoinHandle<()>,
     /// Keeps the connection open.
     _conn: iroh::endpoint::Connection,
@@ -118,7 +120,7 @@ pub async fn open_stream(
 
 impl DocStream {
     fn new(conn: iroh::endpoint::Connection, send: SendStream, mut recv: RecvStream) -> Self {
-        let (tx, inbound) = mpsc::channel(4);
+        let (tx, inbound) = mpsc::channel(INBOUND_FRAMES);
         let reader = tokio::spawn(async move {
             loop {
                 let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
@@ -131,6 +133,7 @@ impl DocStream {
         Self {
             send,
             inbound,
+            peeked: None,
             reader,
             _conn: conn,
         }
@@ -163,10 +166,29 @@ impl DocStream {
         None
     }
 
+    /// The next message; consecutive live batches already here come as one (applied with
+    /// one walk of the document instead of one each).
     async fn next(&mut self) -> Result<Option<Incoming>> {
-        match self.inbound.recv().await {
+        let frame = match self.peeked.take() {
+            Some(f) => Some(f),
+            None => self.inbound.recv().await,
+        };
+        match frame {
+            Some(Ok(DocFrame::Live(b))) => {
+                let mut lives = vec![b];
+                while lives.len() < MAX_MERGED {
+                    match self.inbound.try_recv() {
+                        Ok(Ok(DocFrame::Live(b))) => lives.push(b),
+                        Ok(other) => {
+                            self.peeked = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(Some(Incoming::Live(lives)))
+            }
             Some(Ok(DocFrame::Sync(b))) => Ok(Some(Incoming::Sync(b))),
-            Some(Ok(DocFrame::Live(b))) => Ok(Some(Incoming::Live(b))),
             Some(Ok(DocFrame::Error(e))) => {
                 Err(anyhow::Error::new(e).context("the node stopped syncing"))
             }
@@ -195,8 +217,7 @@ impl DocStream {
                 let Some(frame) = self.next().await? else {
                     bail!("the node closed the stream before the sync finished");
                 };
-                let bytes = frame.bytes();
-                theirs = message_heads(bytes);
+                theirs = frame.heads();
                 frame.apply(&mut sync, conv)?;
                 persist(conv)?;
             }
@@ -243,14 +264,21 @@ impl DocStream {
 pub enum Incoming {
     /// An ordinary sync message: answer it.
     Sync(Vec<u8>),
-    /// A live batch (see [`DocFrame::Live`]): no answer needed.
-    Live(Vec<u8>),
+    /// Consecutive live batches (see [`DocFrame::Live`]): no answer needed.
+    Live(Vec<Vec<u8>>),
 }
 
+/// Frames read ahead from the node (each at most `MAX_SYNC_FRAME`).
+const INBOUND_FRAMES: usize = 16;
+/// Most live batches merged into one apply.
+const MAX_MERGED: usize = 64;
+
 impl Incoming {
-    fn bytes(&self) -> &[u8] {
+    /// The heads the node announced last in this message.
+    fn heads(&self) -> Option<Vec<sam_crdt::ChangeHash>> {
         match self {
-            Self::Sync(b) | Self::Live(b) => b,
+            Self::Sync(b) => message_heads(b),
+            Self::Live(b) => b.last().and_then(|b| message_heads(b)),
         }
     }
 
@@ -262,7 +290,7 @@ impl Incoming {
                 .map(|()| true)
                 .context("apply the node's changes"),
             Self::Live(b) => sync
-                .receive_live(conv, b)
+                .receive_live_batches(conv, b)
                 .context("apply the node's live changes"),
         }
     }

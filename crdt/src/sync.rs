@@ -92,15 +92,49 @@ impl SyncPeer {
     /// Returns `false` when a dependency is missing (this peer missed an earlier batch): the
     /// changes wait in the document's queue and the caller should run ordinary sync
     /// ([`Self::generate`]) to fetch the gap. Errors as for [`Self::receive`].
-    pub fn receive_live(&mut self, conv: &mut Conversation, bytes: &[u8]) -> Result<bool, CrdtError> {
-        if bytes.len() > self.max_message_bytes {
-            return Err(CrdtError::SyncMessageTooLarge {
-                size: bytes.len(),
-                limit: self.max_message_bytes,
-            });
+    pub fn receive_live(
+        &mut self,
+        conv: &mut Conversation,
+        bytes: &[u8],
+    ) -> Result<bool, CrdtError> {
+        self.receive_live_batches(conv, std::slice::from_ref(&bytes))
+    }
+
+    /// Applies several consecutive live messages as one: Automerge's apply of remote
+    /// changes walks the whole object they touch, so a follower that fell behind catches up
+    /// with one walk instead of one per message. Same result and errors as applying them
+    /// one by one with [`Self::receive_live`].
+    pub fn receive_live_batches<B: AsRef<[u8]>>(
+        &mut self,
+        conv: &mut Conversation,
+        batches: &[B],
+    ) -> Result<bool, CrdtError> {
+        if batches.is_empty() {
+            return Ok(true);
         }
-        let msg = sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
-        let heads = msg.heads.clone();
+        let mut heads = Vec::new();
+        let mut changes: Vec<Vec<u8>> = Vec::new();
+        for bytes in batches {
+            let bytes = bytes.as_ref();
+            if bytes.len() > self.max_message_bytes {
+                return Err(CrdtError::SyncMessageTooLarge {
+                    size: bytes.len(),
+                    limit: self.max_message_bytes,
+                });
+            }
+            let msg =
+                sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
+            heads = msg.heads;
+            changes.extend(msg.changes.iter().map(<[u8]>::to_vec));
+        }
+        let msg = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: changes.into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        };
         // A scratch state: the real one must not think the sender asked for anything.
         let mut scratch = sync::State::new();
         conv.receive_sync_message(&mut scratch, msg)?;

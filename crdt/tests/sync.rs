@@ -477,3 +477,43 @@ fn schema_breaking_live_batches_are_rejected() {
     let garbage = peer.receive_live(&mut good, b"not a sync message");
     assert!(matches!(garbage, Err(CrdtError::SyncDecode(_))));
 }
+
+/// Consecutive live batches applied as one give the same document; a merged run that
+/// starts after a gap reports it.
+#[test]
+fn merged_live_batches_equal_one_by_one() {
+    let mut node = new_conv();
+    let base = node.save();
+    let mut since = node.heads();
+    let m = node.start_message(NODE, Role::Agent).expect("m");
+    let mut batches = Vec::new();
+    for i in 0..6 {
+        node.append_chunk(&m, &format!("{i} ")).expect("c");
+        batches.push(sam_crdt::live_message(&mut node, &since).expect("batch"));
+        since = node.heads();
+    }
+    let mut merged = Conversation::load(&base).expect("load");
+    let mut peer = SyncPeer::new();
+    assert!(
+        peer.receive_live_batches(&mut merged, &batches)
+            .expect("merged")
+    );
+    assert_eq!(merged.heads(), node.heads());
+    assert_eq!(merged.messages(), node.messages());
+
+    let mut gap = Conversation::load(&base).expect("load");
+    let mut peer = SyncPeer::new();
+    assert!(
+        peer.receive_live_batches(&mut gap, &batches[..2])
+            .expect("first two")
+    );
+    assert!(
+        !peer
+            .receive_live_batches(&mut gap, &batches[3..])
+            .expect("after a gap")
+    );
+    assert!(
+        peer.receive_live_batches(&mut gap, &[] as &[Vec<u8>])
+            .expect("nothing")
+    );
+}
