@@ -587,3 +587,53 @@ async fn sam_idea_bad_arguments_are_clear_errors() {
     // Nothing was created anywhere.
     assert!(!home.join("provider").join("local").exists());
 }
+
+/// The agent crashes mid-turn after writing a file: `sam idea` ends with the node's clear
+/// status (work committed in the workspace, not pushed), the node stays busy with the
+/// workspace, and `sam pr CONV` then pushes that same commit and opens the PR: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sam_idea_agent_crash_keeps_the_commit_for_sam_pr() {
+    let s = Setup::new().await;
+    let pool_dir = s.home.join("provider").join("local");
+    let _cleanup = Cleanup(vec![], Some((s.home.clone(), pool_dir)));
+    let (ok, err, stderr) = s
+        .idea(
+            "write crash.txt partial work\ncrash on purpose",
+            &s.repo_url(),
+            &["--provider", "local"],
+        )
+        .await;
+    assert!(!ok, "{err}\n{stderr}");
+    let msg = err["error"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("step 'pr'"), "{msg}\n{stderr}");
+    assert!(msg.contains("did not finish"), "{msg}");
+    assert!(msg.contains("kept in commit"), "{msg}");
+    assert!(stderr.contains("stays busy"), "{stderr}");
+    assert!(s.gh.pulls("o/r").is_empty());
+    let conv = msg
+        .split("sam pr ")
+        .nth(1)
+        .and_then(|r| r.split(['`', ' ', ')']).next())
+        .expect("conversation id in the message")
+        .to_string();
+    // The retry pushes the kept commit and opens the PR.
+    let out = s
+        .sam()
+        .args(["--json", "pr", &conv])
+        .output()
+        .await
+        .expect("sam pr");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains(TOKEN) && !stdout.contains(PASSWORD));
+    let pulls = s.gh.pulls("o/r");
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0].head, "sam/write-crash-txt-partial-work");
+    let log = s.branch_log("sam/write-crash-txt-partial-work");
+    assert!(log.starts_with("Ada Lovelace "), "{log}");
+    s.gh.assert_clean();
+}

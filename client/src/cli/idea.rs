@@ -678,7 +678,7 @@ async fn follow(
                         eprintln!("    (first agent token)");
                     }
                     for m in msgs.iter().skip(shown) {
-                        if m.role == MsgRole::System {
+                        if m.role == MsgRole::System && is_pr_outcome(&m.text) {
                             let _ = tx.send(Some(m.text.clone()));
                         } else if m.role != MsgRole::User {
                             let line = m.text.lines().next().unwrap_or("");
@@ -726,6 +726,19 @@ async fn follow(
         progress.done_at("first token", "the agent answered", at);
     }
     r
+}
+
+/// Whether a system message is the node's PR outcome (the texts of `sam_node::pr::describe`);
+/// other system messages (an agent restarted, a move) are progress.
+fn is_pr_outcome(text: &str) -> bool {
+    [
+        "Pull request #",
+        "Pushed ",
+        "No changes in the workspace",
+        "Pull request step failed",
+    ]
+    .iter()
+    .any(|p| text.starts_with(p))
 }
 
 fn title(idea: &str) -> String {
