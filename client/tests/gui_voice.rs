@@ -183,6 +183,45 @@ fn record_review_transcript_and_send() {
 }
 
 #[test]
+fn push_to_talk_records_while_the_button_is_held() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    let base = fake_server(transcription_handler);
+    write_settings(&home, &base);
+    let conv = conversation(&home, "Hello.");
+    let mic = tmp.path().join("mic.wav");
+    tone(3.0, 16_000).write_wav(&mic).expect("wav");
+    let mut h = app(&home, &mic, &tmp.path().join("out.wav"), &conv);
+    let at = h.get_by_label("Hold to talk").rect().center();
+    h.hover_at(at);
+    h.event(egui::Event::PointerButton {
+        pos: at,
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: egui::Modifiers::NONE,
+    });
+    wait_until(&mut h, "recording while held", |h| {
+        let v = &h.state().state.voice;
+        v.recording && v.holding && v.peak > 0.1
+    });
+    steps(&mut h, 3);
+    assert!(
+        h.state().state.voice.recording,
+        "still recording while held"
+    );
+    h.event(egui::Event::PointerButton {
+        pos: at,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
+    });
+    wait_until(&mut h, "the transcript after release", |h| {
+        h.state().state.prompt == "heard 3 seconds"
+    });
+    assert!(!h.state().state.voice.recording && !h.state().state.voice.holding);
+}
+
+#[test]
 fn failed_transcription_shows_the_error_and_keeps_the_audio() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let home = tmp.path().join("home");

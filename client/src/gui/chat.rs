@@ -9,6 +9,8 @@ use sam_crdt::{MessageView, Role, Status, ToolStatus};
 use super::state::{AppState, Command};
 use super::tools::ToolCmd;
 
+mod pieces;
+
 /// Space between rows.
 const GAP: f32 = 6.0;
 
@@ -444,11 +446,35 @@ fn body(
             }
         }
         _ => {
-            if m.text.is_empty() && matches!(m.status, Status::Running | Status::Streaming) {
+            let streaming = matches!(m.status, Status::Running | Status::Streaming);
+            if m.text.is_empty() && streaming {
                 ui.spinner();
+            } else if streaming && m.text.len() > pieces::MAX_PIECE {
+                streaming_text(ui, md, &m.text);
             } else {
                 CommonMarkViewer::new().show(ui, md, &m.text);
             }
         }
+    }
+}
+
+/// A long message still streaming: stable pieces (see [`pieces`]), so only the growing
+/// tail is laid out again each frame.
+fn streaming_text(ui: &mut Ui, md: &mut CommonMarkCache, text: &str) {
+    for (i, (piece, kind)) in pieces::pieces(text, pieces::MAX_PIECE)
+        .into_iter()
+        .enumerate()
+    {
+        ui.push_id(i, |ui| match kind {
+            pieces::Kind::Markdown => {
+                CommonMarkViewer::new().show(ui, md, piece);
+            }
+            pieces::Kind::Plain => {
+                ui.label(piece.trim_end_matches('\n'));
+            }
+            pieces::Kind::Code => {
+                ui.label(RichText::new(piece.trim_end_matches('\n')).monospace());
+            }
+        });
     }
 }

@@ -13,6 +13,8 @@ use crate::voice::{AutoReader, PlayerEvent, PlayerState};
 #[derive(Debug, Default)]
 pub struct VoiceView {
     pub recording: bool,
+    /// A recording was asked for and has not started (or failed) yet.
+    pub starting: bool,
     /// The recording was started by holding the push-to-talk button.
     pub holding: bool,
     /// Last level (RMS, 0..1) and the highest of this recording.
@@ -41,21 +43,22 @@ impl VoiceView {
             }
             ToolEvent::Recording(on) => {
                 self.recording = on;
+                self.starting = false;
                 if on {
-                    self.peak = 0.0;
                     self.error = None;
                 } else {
-                    self.holding = false;
                     self.level = 0.0;
                 }
             }
-            ToolEvent::Level(l) if self.recording => {
+            // Levels may come before the worker says the recording started.
+            ToolEvent::Level(l) if self.recording || self.starting => {
                 self.level = l.clamp(0.0, 1.0);
                 self.peak = self.peak.max(self.level);
             }
             ToolEvent::Transcribing => self.transcribing = true,
             ToolEvent::Transcript(r) => {
                 self.transcribing = false;
+                self.starting = false;
                 self.error = r.err();
             }
             ToolEvent::Synth(d) => {
@@ -110,6 +113,13 @@ impl VoiceView {
         }
     }
 
+    /// A recording is being asked for: the meter starts from zero.
+    fn start(&mut self) {
+        self.starting = true;
+        self.level = 0.0;
+        self.peak = 0.0;
+    }
+
     fn bar_visible(&self) -> bool {
         self.used || self.synth > 0 || self.player.current.is_some()
     }
@@ -142,32 +152,43 @@ pub fn speak_message(m: &MessageView) -> ToolCmd {
 
 /// Microphone controls under the prompt box.
 pub fn mic_controls(ui: &mut Ui, v: &mut VoiceView, out: &mut Vec<ToolCmd>) {
-    if v.recording && !v.holding {
-        if ui
-            .button("⏹ Stop recording")
-            .on_hover_text("Stop and transcribe into the prompt box")
+    // Both buttons always take the same places (and stable ids), so a press held on
+    // "Hold to talk" stays on it while the row changes.
+    ui.push_id("mic-toggle", |ui| {
+        if v.recording && !v.holding {
+            if ui
+                .button("⏹ Stop recording")
+                .on_hover_text("Stop and transcribe into the prompt box")
+                .clicked()
+            {
+                out.push(ToolCmd::RecordStop);
+            }
+        } else if ui
+            .add_enabled(
+                !v.transcribing && !v.recording,
+                egui::Button::new("🎤 Record"),
+            )
+            .on_hover_text("Record a prompt (click again to stop)")
             .clicked()
         {
-            out.push(ToolCmd::RecordStop);
-        }
-    } else if !v.recording {
-        let r = ui
-            .add_enabled(!v.transcribing, egui::Button::new("🎤 Record"))
-            .on_hover_text("Record a prompt (click again to stop)");
-        if r.clicked() {
+            v.start();
             out.push(ToolCmd::RecordStart);
         }
-    }
+    });
     // Push-to-talk: records while the button is held.
     let hold = ui
-        .add_enabled(
-            !v.transcribing && (!v.recording || v.holding),
-            egui::Button::new("Hold to talk").sense(egui::Sense::click_and_drag()),
-        )
-        .on_hover_text("Records while you hold the button");
+        .push_id("mic-hold", |ui| {
+            ui.add_enabled(
+                v.holding || (!v.transcribing && !v.recording),
+                egui::Button::new("Hold to talk").sense(egui::Sense::click_and_drag()),
+            )
+            .on_hover_text("Records while you hold the button")
+        })
+        .inner;
     let down = hold.is_pointer_button_down_on();
-    if down && !v.recording && !v.holding {
+    if down && !v.recording && !v.holding && !v.transcribing {
         v.holding = true;
+        v.start();
         out.push(ToolCmd::RecordStart);
     } else if !down && v.holding {
         v.holding = false;
