@@ -161,6 +161,14 @@ fn the_node_is_deleted_under_a_live_conversation_and_it_continues_on_another() {
         .expect("id")
         .to_string();
     let fork = last(&ok(sam(&me, &["fork", &conv, "--at", &first])));
+    // A teammate holds the conversation too (shared on node a).
+    let mate = tmp.path().join("mate");
+    let mate_id = last(&ok(sam(&mate, &["id"])));
+    let t = last(&ok(sam(
+        &me,
+        &["share", &conv, "--role", "viewer", "--to", &mate_id],
+    )));
+    ok(sam(&mate, &["join", &t, "--name", "a"]));
 
     // A long turn is streaming when the VM goes away: the process dies and its disk is
     // deleted.
@@ -209,6 +217,9 @@ fn the_node_is_deleted_under_a_live_conversation_and_it_continues_on_another() {
         "{stdout}"
     );
     assert!(stdout.contains("not recoverable"), "{stdout}");
+
+    // Node a's shares could not be read: the CLI says to share again.
+    assert!(stdout.contains("share the conversation again"), "{stdout}");
 
     // The turn cut off with node a is interrupted, not "streaming" for ever.
     let cut_msg = messages(&me, &conv)
@@ -271,6 +282,21 @@ fn the_node_is_deleted_under_a_live_conversation_and_it_continues_on_another() {
     assert_eq!(hosts[1].node, id_b);
     assert_eq!(hosts[1].ended_at, None);
 
+    // The teammate's copy still names dead node a; a share on node b brings the move.
+    let t = last(&ok(sam(
+        &me,
+        &["share", &conv, "--role", "viewer", "--to", &mate_id],
+    )));
+    ok(sam(&mate, &["join", &t, "--name", "b"]));
+    let theirs = messages(&mate, &conv);
+    assert!(
+        theirs.iter().any(|x| x["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("recall banana: yes")),
+        "{theirs:?}"
+    );
+
     // The fork still hangs under it, and the listing is honest about where it runs.
     let tree = ok(sam(&me, &["convs", "ls", "--tree", "--offline"]));
     let p = tree
@@ -317,6 +343,14 @@ fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
         ],
     )));
     ok(sam(&me, &["prompt", &conv, "say first answer", "--follow"]));
+    // A teammate has this conversation shared with them (scoped to it) on node a.
+    let mate = tmp.path().join("mate");
+    let mate_id = last(&ok(sam(&mate, &["id"])));
+    let t = last(&ok(sam(
+        &me,
+        &["share", &conv, "--role", "collaborator", "--to", &mate_id],
+    )));
+    ok(sam(&mate, &["join", &t, "--name", "a"]));
 
     // Without a repo to rebuild from, the move needs a workspace named.
     let refused = sam(&me, &["move", &conv, "--node", "b"]);
@@ -338,6 +372,14 @@ fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
     assert_eq!(v["from"]["reached"], true, "{v}");
     assert_eq!(v["to"]["node"], id_b.as_str());
     assert_eq!(v["sent"], true);
+    // The share moved too: the teammate joins the new node with the ticket printed for them
+    // and sees the same conversation there.
+    let shares = v["shares"].as_array().cloned().unwrap_or_default();
+    assert_eq!(shares.len(), 1, "{v}");
+    assert_eq!(shares[0]["grantee"], mate_id.as_str());
+    assert_eq!(shares[0]["role"], "collaborator");
+    let new_ticket = shares[0]["ticket"].as_str().expect("ticket").to_string();
+    ok(sam(&mate, &["join", &new_ticket, "--name", "b"]));
 
     let out = ok(sam(
         &me,
@@ -365,6 +407,14 @@ fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
     assert_eq!(hosts[0].end, Some(HostEnd::Moved));
     assert_eq!(hosts[1].node, id_b);
     assert_eq!(hosts[1].workspace, "w9");
+    // The teammate reads the whole conversation from node b and may prompt there.
+    let theirs = wait_for_agent(&mate, &conv, "second answer");
+    assert!(
+        theirs.iter().any(|x| x["text"] == "first answer"),
+        "{theirs:?}"
+    );
+    ok(sam(&mate, &["prompt", &conv, "say from the teammate"]));
+    wait_for_agent(&me, &conv, "from the teammate");
     // Node a let go: it never started an agent for the second prompt.
     assert!(
         !m.iter()

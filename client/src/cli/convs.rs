@@ -317,16 +317,30 @@ pub(crate) async fn pull_from(
         bail!("unexpected answer to the conversation list");
     };
     client.close();
-    let missing: Vec<_> = list
-        .into_iter()
-        .filter(|s| !replicas.contains(&s.id))
-        .collect();
+    let (present, missing): (Vec<_>, Vec<_>) =
+        list.into_iter().partition(|s| replicas.contains(&s.id));
     let count = missing.len();
     for summary in missing {
         let mut conv = Conversation::new_replica();
         let mut stream = open_stream(ep, &ticket, &summary.id, false).await?;
         stream
             .sync_once(&mut conv, |_| Ok(()), SYNC_TIMEOUT)
+            .await?;
+        stream.close(None).await;
+        replicas.save(&mut conv)?;
+    }
+    // Conversations held here whose copy on this peer names another workspace: moved (`sam
+    // move`) while this replica could not hear of it (e.g. its old node is gone).
+    for summary in present {
+        let Ok(mut conv) = replicas.load(&summary.id) else {
+            continue;
+        };
+        if conv.workspace().id == summary.workspace {
+            continue;
+        }
+        let mut stream = open_stream(ep, &ticket, &summary.id, false).await?;
+        stream
+            .sync_once(&mut conv, |c| replicas.save(c), SYNC_TIMEOUT)
             .await?;
         stream.close(None).await;
         replicas.save(&mut conv)?;

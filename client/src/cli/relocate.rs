@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sam_crdt::{Conversation, Host, HostEnd, MoveTo, Role, Status};
+use sam_protocol::capability::{Capability, Grantee, Scope};
+use sam_protocol::ctl::{Request, Response, ShareInfo};
 use sam_protocol::workspace::{
     CreateWorkspace, FilesOp, FilesResponse, WorkspaceInfo, WorkspaceRequest, WorkspaceResponse,
     WorkspaceStatus,
@@ -66,6 +68,8 @@ struct OldNode {
     down: Option<String>,
     info: Option<WorkspaceInfo>,
     patch: Option<Result<String, String>>,
+    /// The old node's shares (only its owner may list them).
+    shares: Option<Vec<ShareInfo>>,
 }
 
 fn short(s: &str) -> &str {
@@ -299,9 +303,39 @@ async fn move_with(
         let _ = s.sync_once(doc, |c| replicas.save(c), SYNC_TIMEOUT).await;
         s.close(None).await;
     }
+    // Shares of this conversation (or its old workspace) on the old node: the same grant on
+    // the new node, as tickets for the grantees.
+    let mut shares = Vec::new();
+    let mut share_text = String::new();
+    match (&gone.shares, sent.is_ok()) {
+        (Some(list), true) => {
+            let r = carry_shares(paths, ep, &ticket, &id, &old.workspace, list).await;
+            for (grantee, role, t) in &r.carried {
+                share_text.push_str(&format!(
+                    "\nshare for {} as {role} carried to {}: send them this ticket (`sam join <ticket>`):\n{t}",
+                    short(grantee),
+                    target.name
+                ));
+                shares.push(json!({ "grantee": grantee, "role": role, "ticket": t }));
+            }
+            for n in &r.notes {
+                share_text.push_str(&format!("\nnote: {n}"));
+            }
+        }
+        (None, _) if gone.reached => share_text.push_str(&format!(
+            "\nnote: shares on node {} were not carried (only its owner can list them)",
+            gone.name
+        )),
+        (None, _) => share_text.push_str(&format!(
+            "\nnote: shares on node {} could not be read (it is unreachable): share the conversation again with `sam share {} --role R --to ID`",
+            gone.name,
+            short(&id)
+        )),
+        (Some(_), false) => {}
+    }
     let ms = t0.elapsed().as_millis() as u64;
     let text = format!(
-        "{note}\n{} messages kept{}; the next prompt runs on {}: sam prompt {} \"…\"\n{id}",
+        "{note}{share_text}\n{} messages kept{}; the next prompt runs on {}: sam prompt {} \"…\"\n{id}",
         doc.message_count(),
         if sent.is_ok() { "" } else { " (not sent yet)" },
         target.name,
@@ -313,7 +347,7 @@ async fn move_with(
             "from": { "node": old.node, "workspace": old.workspace, "reached": gone.reached },
             "to": { "node": target.id, "name": target.name, "workspace": workspace, "created": created },
             "repo": repo, "branch": branch, "carried": carried, "interrupted": interrupted,
-            "sent": sent.is_ok(), "ms": ms,
+            "sent": sent.is_ok(), "ms": ms, "shares": shares,
         }),
         text,
     ))
@@ -334,6 +368,7 @@ async fn visit_old(
         down: None,
         info: None,
         patch: None,
+        shares: None,
     };
     let Ok(entry) = book.find(Some(&old.node)).cloned() else {
         out.down = Some(format!("node {} is not in the node book", out.name));
@@ -380,6 +415,9 @@ async fn visit_old(
             out.patch = uncommitted(&client, &old.workspace).await;
         }
         out.info = Some(i);
+    }
+    if let Ok(Response::Shares(list)) = client.request(Request::ListShares).await {
+        out.shares = Some(list);
     }
     client.close();
     out
@@ -442,4 +480,102 @@ async fn acquire(paths: &ClientPaths, provider: &str, size: Option<&str>) -> Res
     book.set_owner(&got.ticket.addr.id.to_string(), &owner);
     book.save(&paths.nodes())?;
     Ok(book.find(Some(&name))?.clone())
+}
+
+/// What [`carry_shares`] did.
+struct Carried {
+    /// (grantee NodeId, role, ticket for the new node)
+    carried: Vec<(String, String, String)>,
+    notes: Vec<String>,
+}
+
+/// Re-issues, on the new node, the old node's live shares of this conversation (or of its
+/// old workspace, narrowed to the conversation): same grantee, role and expiry.
+async fn carry_shares(
+    paths: &ClientPaths,
+    ep: &iroh::Endpoint,
+    ticket: &sam_protocol::Ticket,
+    conv: &str,
+    old_workspace: &str,
+    list: &[ShareInfo],
+) -> Carried {
+    let mut out = Carried {
+        carried: Vec::new(),
+        notes: Vec::new(),
+    };
+    let now = crate::now_secs();
+    let key = match paths.identity() {
+        Ok(k) => k,
+        Err(e) => {
+            out.notes.push(format!("shares not carried: {e:#}"));
+            return out;
+        }
+    };
+    let picked: Vec<&ShareInfo> = list
+        .iter()
+        .filter(|s| !s.revoked && s.capability.expires_at.is_none_or(|e| e > now))
+        .filter(|s| match &s.capability.scope {
+            Some(Scope::Conversation(c)) => c == conv,
+            Some(Scope::Workspace(w)) => w == old_workspace,
+            None => false,
+        })
+        .collect();
+    if picked.is_empty() {
+        return out;
+    }
+    let client = match NodeClient::connect(ep, ticket).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.notes
+                .push(format!("shares not carried: the new node: {e}"));
+            return out;
+        }
+    };
+    let proof = ticket
+        .capability
+        .clone()
+        .filter(|c| c.cap.role == sam_protocol::Role::Owner);
+    for s in picked {
+        let grantee = match (&s.capability.grantee, s.redeemed_by) {
+            (Grantee::Key(k), _) => *k,
+            (Grantee::Invite(_), Some(k)) => k,
+            (Grantee::Invite(_), None) => {
+                out.notes.push(format!(
+                    "an invite not used yet ({}) was not carried: invite them again on the new node",
+                    s.capability.id_hex()
+                ));
+                continue;
+            }
+        };
+        let cap = Capability::new(
+            key.node_id(),
+            ticket.addr.id,
+            Grantee::Key(grantee),
+            s.capability.role,
+            Some(Scope::Conversation(conv.to_string())),
+            now,
+            s.capability.expires_at.map(|e| e.saturating_sub(now)),
+        )
+        .sign(&key, proof.clone());
+        match client.request(Request::RegisterShare(cap.clone())).await {
+            Ok(_) => {
+                let t = sam_protocol::Ticket {
+                    addr: ticket.addr.clone(),
+                    capability: Some(cap),
+                    invite_secret: None,
+                };
+                out.carried.push((
+                    grantee.to_string(),
+                    s.capability.role.as_str().to_string(),
+                    t.to_string(),
+                ));
+            }
+            Err(e) => out.notes.push(format!(
+                "the share for {} was not carried: {e}",
+                grantee.short()
+            )),
+        }
+    }
+    client.close();
+    out
 }
