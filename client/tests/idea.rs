@@ -301,6 +301,35 @@ impl Drop for Cleanup {
     }
 }
 
+/// No file under `dir` contains the planted GitHub token or git password.
+fn assert_no_secret_under(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && let Ok(bytes) = std::fs::read(&path)
+            {
+                files += 1;
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(
+                    !text.contains(TOKEN) && !text.contains(PASSWORD),
+                    "a secret is in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 5, "only {files} files under {}", dir.display());
+}
+
 /// A node's folder in the local provider's state dir (64 hex digits; `run/` is not one).
 fn is_node_dir(e: &std::fs::DirEntry) -> bool {
     let name = e.file_name().to_string_lossy().into_owned();
@@ -508,6 +537,10 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
         String::from_utf8_lossy(&rel.stderr)
     );
     remove_containers_of(&vm);
+
+    // No secret reached the node's files (config, logs, conversation store) or the client's
+    // (other than the user's own 0600 files, which hold none here: the token is in the env).
+    assert_no_secret_under(&s.home);
 
     // 6. The reaper deletes the idle node once its time is up (idle time 0 here).
     std::fs::write(s.home.join("providers.toml"), "[pool]\nidle_ttl_secs = 0\n").expect("config");
