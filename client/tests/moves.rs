@@ -115,6 +115,23 @@ fn wait_for_agent(home: &Path, conv: &str, needle: &str) -> Vec<serde_json::Valu
     );
 }
 
+/// Processes whose working directory is under `dir` (agents of a host launcher).
+fn agents_in(dir: &Path) -> usize {
+    let Ok(dir) = dir.canonicalize() else {
+        return 0;
+    };
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .filter(|e| {
+                    std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(&dir))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn doc(home: &Path, conv: &str, tmp: &Path) -> Conversation {
     let out = tmp.join(format!("{conv}.am"));
     ok(sam(
@@ -364,6 +381,11 @@ fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
     let same = sam(&me, &["move", &conv, "--node", "a", "--workspace", "w1"]);
     assert!(!same.status.success());
 
+    // Node a keeps the agent of the first turn, idle.
+    assert!(
+        agents_in(&tmp.path().join("ws-a")) >= 1,
+        "no agent on node a"
+    );
     let out = ok(sam(
         &me,
         &["--json", "move", &conv, "--node", "b", "--workspace", "w9"],
@@ -379,6 +401,16 @@ fn a_move_from_a_live_node_reloads_the_session_and_the_old_node_lets_go() {
     assert_eq!(shares[0]["grantee"], mate_id.as_str());
     assert_eq!(shares[0]["role"], "collaborator");
     let new_ticket = shares[0]["ticket"].as_str().expect("ticket").to_string();
+    // Node a stops the agent it kept for the conversation.
+    let ws_a = tmp.path().join("ws-a");
+    let stopped = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        agents_in(&ws_a) == 0
+    });
+    assert!(
+        stopped,
+        "node a still runs an agent for the moved conversation"
+    );
     ok(sam(&mate, &["join", &new_ticket, "--name", "b"]));
 
     let out = ok(sam(

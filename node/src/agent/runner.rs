@@ -145,7 +145,12 @@ impl Runner {
                     self.turn(p, &mut version).await;
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if self.agent.is_some() && self.moved_away().await {
+                        info!("the conversation moved to another node; stopping its agent here");
+                        self.agent = None;
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot read the conversation");
                     return;
@@ -245,6 +250,16 @@ impl Runner {
             cut += 1;
         }
         t[cut..].to_string()
+    }
+
+    /// Whether the conversation now names another node (`sam move`).
+    async fn moved_away(&self) -> bool {
+        let me = self.shared.node_id.clone();
+        self.shared
+            .docs
+            .read(&self.conv, move |c| c.workspace().node != me)
+            .await
+            .unwrap_or(false)
     }
 
     /// Writes this node/workspace into the `hosts` history, with the repo and branch of a
