@@ -310,3 +310,80 @@ fn play_button_reads_an_answer_aloud_into_the_player_bar() {
     assert!((2.0..15.0).contains(&secs), "duration {secs}");
     assert!(played.rms() > 0.02, "rms {}", played.rms());
 }
+
+/// A new user sets the speech server and its key in Settings (no files edited by hand),
+/// then records a prompt: the key from the Settings dialog reaches the server.
+#[test]
+fn voice_settings_and_key_from_the_settings_dialog() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let base = fake_server(transcription_handler);
+    let conv = conversation(&home, "Hello.");
+    let mic = tmp.path().join("mic.wav");
+    tone(1.0, 16_000).write_wav(&mic).expect("wav");
+    let mut h = app(&home, &mic, &tmp.path().join("out.wav"), &conv);
+    h.get_by_label("⚙ Settings").click();
+    wait_until(&mut h, "the voice settings", |h| {
+        h.query_by_label("API base URL").is_some()
+    });
+    // Empty the two fields, then type as a user would.
+    {
+        let f = h.state_mut().state.voice.settings.as_mut().expect("form");
+        f.base_url.clear();
+        f.transcription_model.clear();
+    }
+    steps(&mut h, 1);
+    for (label, text) in [
+        ("API base URL", base.as_str()),
+        ("Transcription model", "whisper-test"),
+    ] {
+        h.get_by_label(label).focus();
+        h.step();
+        h.get_by_label(label).type_text(text);
+        h.step();
+    }
+    steps(&mut h, 1);
+    h.get_by_label("Save voice settings").click();
+    wait_until(
+        &mut h,
+        "saved",
+        |h| matches!(&h.state().state.voice.settings_status, Some(Ok(s)) if s.starts_with("saved in")),
+    );
+    let toml = std::fs::read_to_string(home.join("voice.toml")).expect("voice.toml");
+    assert!(
+        toml.contains(&format!("base_url = \"{base}\""))
+            && toml.contains("transcription_model = \"whisper-test\""),
+        "{toml}"
+    );
+
+    // The speech key, through the same form as the agent keys.
+    h.get_by_label("Variable").click();
+    steps(&mut h, 2);
+    h.get_by_label("SAM_VOICE_API_KEY").click();
+    steps(&mut h, 2);
+    assert_eq!(h.state().state.dialogs.key_name, "SAM_VOICE_API_KEY");
+    h.get_by_label("Key").focus();
+    h.step();
+    h.get_by_label("Key").type_text("test-key");
+    steps(&mut h, 1);
+    h.get_by_label("Save key").click();
+    wait_until(&mut h, "the key is stored", |h| {
+        h.state()
+            .state
+            .keys
+            .keys
+            .iter()
+            .any(|(k, set)| k == "SAM_VOICE_API_KEY" && *set)
+    });
+    // Close the dialog (its window's × button) and record.
+    h.state_mut().state.dialogs.settings = false;
+    steps(&mut h, 2);
+
+    h.get_by_label("🎤 Record").click();
+    wait_until(&mut h, "recording", |h| h.state().state.voice.recording);
+    h.get_by_label("⏹ Stop recording").click();
+    wait_until(&mut h, "the transcript, with the key accepted", |h| {
+        h.state().state.prompt == "heard 1 seconds"
+    });
+}

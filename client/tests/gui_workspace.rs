@@ -167,6 +167,19 @@ fn http_get(addr: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// A file dropped on the window (as the windowing layer would hand it over).
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
 #[test]
 fn files_and_ports_panels_against_a_real_workspace() {
     docker_ready();
@@ -277,7 +290,11 @@ setsid nohup python3 -m http.server 8123 >/dev/null 2>&1 < /dev/null &
     // Upload a local file to the workspace root.
     let local = tmp.path().join("notes.txt");
     std::fs::write(&local, "uploaded from the gui\n").expect("local file");
-    type_into(&mut h, "Upload local path", local.to_str().expect("utf8"));
+    type_into(
+        &mut h,
+        "Upload (or drop files here) local path",
+        local.to_str().expect("utf8"),
+    );
     h.get_by_label("Upload").click();
     wait_until(
         &mut h,
@@ -287,6 +304,23 @@ setsid nohup python3 -m http.server 8123 >/dev/null 2>&1 < /dev/null &
     assert_eq!(sh(&container, "cat notes.txt"), "uploaded from the gui\n");
     wait_until(&mut h, "the new file in the tree", |h| {
         h.query_by_label("🗋 notes.txt").is_some()
+    });
+
+    // Drag and drop a file onto the window.
+    let dropped = tmp.path().join("dropped.md");
+    std::fs::write(&dropped, "# dropped\n").expect("dropped file");
+    h.state_mut().state.files.status = None;
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(dropped.clone())));
+    wait_until(
+        &mut h,
+        "the dropped file is uploaded",
+        |h| matches!(&h.state().state.files.status, Some(Ok(s)) if s.contains("dropped.md") && s.contains("now at")),
+    );
+    assert_eq!(sh(&container, "cat dropped.md"), "# dropped\n");
+    wait_until(&mut h, "the dropped file in the tree", |h| {
+        h.query_by_label("🗋 dropped.md").is_some()
     });
 
     // Open a.txt, download it to a folder, attach it to the prompt.

@@ -212,6 +212,24 @@ pub fn show(
         return;
     };
     v.follow(&ws, out);
+    // Files dropped on the window while the panel shows are uploaded.
+    let dropped: Vec<std::path::PathBuf> = ui.ctx().input(|i| {
+        i.raw
+            .dropped_files
+            .iter()
+            .map(|f| f.path().to_path_buf())
+            .filter(|p| p.is_absolute())
+            .collect()
+    });
+    for local in dropped {
+        let to = v.upload_to.trim();
+        out.push(ToolCmd::Upload {
+            ws: ws.clone(),
+            local,
+            remote: if to.is_empty() { ".".into() } else { to.into() },
+        });
+        v.status = Some(Ok("uploading…".into()));
+    }
     ui.horizontal_wrapped(|ui| {
         ui.label(RichText::new(format!("workspace {ws_name}")).weak());
         if ui.button("⟳ Refresh").clicked() {
@@ -245,7 +263,7 @@ pub fn show(
         }
     });
     ui.horizontal_wrapped(|ui| {
-        let l = ui.label("Upload local path");
+        let l = ui.label("Upload (or drop files here) local path");
         ui.add(
             egui::TextEdit::singleline(&mut v.upload_from)
                 .hint_text("/home/me/notes.txt")

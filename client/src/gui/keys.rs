@@ -13,12 +13,14 @@ use crate::paths::ClientPaths;
 /// The keyring service name.
 const SERVICE: &str = "sam";
 
-/// API key variables of the agents SAM knows.
+/// API key variables of the agents SAM knows, then the speech API's key (voice: read by
+/// `voice::config::api_key` from the same keyring service or file, never sent to agents).
 pub const KEY_NAMES: &[&str] = &[
     "ANTHROPIC_API_KEY",
     "OPENAI_API_KEY",
     "GEMINI_API_KEY",
     "MISTRAL_API_KEY",
+    crate::voice::config::API_KEY_NAME,
 ];
 
 /// The variables an agent reads.

@@ -88,6 +88,8 @@ pub enum ToolCmd {
     Player(PlayerCtl),
     /// Turns "auto-read new answers" on or off (saved in voice.toml).
     AutoRead(bool),
+    LoadVoiceSettings,
+    SaveVoiceSettings(super::voice::VoiceForm),
 }
 
 /// Player buttons.
@@ -146,6 +148,11 @@ pub enum ToolEvent {
     Player(PlayerEvent),
     /// A voice error worth telling the user.
     VoiceError(String),
+    /// The voice settings form, and the outcome of a save when this answers one.
+    VoiceSettings {
+        form: super::voice::VoiceForm,
+        saved: Option<Result<String, String>>,
+    },
 }
 
 /// A file read for the viewer.
@@ -405,6 +412,36 @@ impl Tools {
                 }
             }
             ToolCmd::AutoRead(on) => self.save_config(|c| c.auto_read = on),
+            ToolCmd::LoadVoiceSettings => match VoiceConfig::load(&self.paths) {
+                Ok(c) => self.events.emit(ToolEvent::VoiceSettings {
+                    form: super::voice::VoiceForm::of(&c),
+                    saved: None,
+                }),
+                Err(e) => self.events.emit(ToolEvent::VoiceSettings {
+                    form: super::voice::VoiceForm::of(&VoiceConfig::default()),
+                    saved: Some(Err(format!("{e} (saving writes a fresh file)"))),
+                }),
+            },
+            ToolCmd::SaveVoiceSettings(form) => {
+                let path = VoiceConfig::path(&self.paths);
+                let r = VoiceConfig::load(&self.paths)
+                    .or_else(|_| Ok::<_, VoiceError>(VoiceConfig::default()))
+                    .and_then(|mut c| {
+                        form.apply_to(&mut c);
+                        c.save(&self.paths).map(|()| c)
+                    });
+                let (form, saved) = match r {
+                    Ok(c) => (
+                        super::voice::VoiceForm::of(&c),
+                        Ok(format!("saved in {}", path.display())),
+                    ),
+                    Err(e) => (form, Err(format!("cannot save: {e}"))),
+                };
+                self.events.emit(ToolEvent::VoiceSettings {
+                    form,
+                    saved: Some(saved),
+                });
+            }
         }
     }
 

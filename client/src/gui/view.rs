@@ -307,8 +307,13 @@ fn settings_dialog(ctx: &egui::Context, state: &mut AppState, out: &mut Vec<Comm
                 &mut state.prefs.desktop_notifications,
                 "Desktop notifications",
             );
+            ui.separator();
+            super::voice::settings_section(ui, &mut state.voice, &mut state.tools_out);
         });
     state.dialogs.settings &= open;
+    if !state.dialogs.settings {
+        state.voice.settings_closed();
+    }
 }
 
 fn share_dialog(ctx: &egui::Context, state: &mut AppState, out: &mut Vec<Command>) {

@@ -7,7 +7,9 @@ use egui::{Color32, RichText, Ui};
 use sam_crdt::{MessageView, Role, Status};
 
 use super::tools::{PlayerCtl, ToolCmd, ToolEvent};
-use crate::voice::{AutoReader, PlayerEvent, PlayerState};
+use crate::voice::{
+    AutoReader, PlayerEvent, PlayerState, SpeakerKind, TranscriberKind, VoiceConfig,
+};
 
 /// What the voice controls show.
 #[derive(Debug, Default)]
@@ -30,8 +32,62 @@ pub struct VoiceView {
     pub used: bool,
     pub auto_read: bool,
     pub speed: f32,
+    /// The voice settings form (loaded when Settings opens) and the last save's outcome.
+    pub settings: Option<VoiceForm>,
+    pub settings_status: Option<Result<String, String>>,
+    settings_asked: bool,
     /// The conversation the auto-reader follows, and the reader.
     auto: Option<(String, AutoReader)>,
+}
+
+/// The voice part of the Settings dialog (what `voice.toml` holds that people change).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoiceForm {
+    pub transcriber: TranscriberKind,
+    pub speaker: SpeakerKind,
+    pub base_url: String,
+    pub transcription_model: String,
+    pub speech_voice: String,
+    pub program: String,
+    pub model: String,
+    pub espeak_voice: String,
+    pub wpm: u32,
+}
+
+impl VoiceForm {
+    pub fn of(c: &VoiceConfig) -> Self {
+        Self {
+            transcriber: c.transcriber,
+            speaker: c.speaker,
+            base_url: c.openai.base_url.clone(),
+            transcription_model: c.openai.transcription_model.clone(),
+            speech_voice: c.openai.voice.clone(),
+            program: c.command.program.display().to_string(),
+            model: c
+                .command
+                .model
+                .as_ref()
+                .map(|m| m.display().to_string())
+                .unwrap_or_default(),
+            espeak_voice: c.espeak.voice.clone(),
+            wpm: c.espeak.wpm,
+        }
+    }
+
+    /// Writes the form into `c` (the rest of `c` is kept).
+    pub fn apply_to(&self, c: &mut VoiceConfig) {
+        c.transcriber = self.transcriber;
+        c.speaker = self.speaker;
+        c.openai.base_url = self.base_url.trim().to_string();
+        c.openai.transcription_model = self.transcription_model.trim().to_string();
+        c.openai.voice = self.speech_voice.trim().to_string();
+        c.command.program = self.program.trim().into();
+        c.command.model = Some(self.model.trim())
+            .filter(|m| !m.is_empty())
+            .map(Into::into);
+        c.espeak.voice = self.espeak_voice.trim().to_string();
+        c.espeak.wpm = self.wpm.clamp(80, 450);
+    }
 }
 
 impl VoiceView {
@@ -75,6 +131,10 @@ impl VoiceView {
             }
             ToolEvent::Player(_) => {}
             ToolEvent::VoiceError(e) => self.error = Some(e),
+            ToolEvent::VoiceSettings { form, saved } => {
+                self.settings = Some(form);
+                self.settings_status = saved;
+            }
             _ => {}
         }
     }
@@ -118,6 +178,13 @@ impl VoiceView {
         self.starting = true;
         self.level = 0.0;
         self.peak = 0.0;
+    }
+
+    /// The Settings dialog closed: load the file again next time it opens.
+    pub fn settings_closed(&mut self) {
+        self.settings = None;
+        self.settings_status = None;
+        self.settings_asked = false;
     }
 
     fn bar_visible(&self) -> bool {
@@ -304,6 +371,93 @@ pub fn player_bar(ui: &mut Ui, v: &mut VoiceView, out: &mut Vec<ToolCmd>) {
                 });
             }
         });
+    });
+}
+
+/// The Voice section of the Settings dialog.
+pub fn settings_section(ui: &mut Ui, v: &mut VoiceView, out: &mut Vec<ToolCmd>) {
+    ui.heading("Voice");
+    let Some(f) = v.settings.as_mut() else {
+        if !v.settings_asked {
+            v.settings_asked = true;
+            out.push(ToolCmd::LoadVoiceSettings);
+        }
+        ui.spinner();
+        return;
+    };
+    egui::ComboBox::from_label("Speech to text")
+        .selected_text(match f.transcriber {
+            TranscriberKind::Openai => "OpenAI-compatible API",
+            TranscriberKind::Command => "Local command (whisper.cpp)",
+        })
+        .show_ui(ui, |ui| {
+            ui.selectable_value(
+                &mut f.transcriber,
+                TranscriberKind::Openai,
+                "OpenAI-compatible API",
+            );
+            ui.selectable_value(
+                &mut f.transcriber,
+                TranscriberKind::Command,
+                "Local command (whisper.cpp)",
+            );
+        });
+    egui::ComboBox::from_label("Read aloud with")
+        .selected_text(match f.speaker {
+            SpeakerKind::Espeak => "espeak-ng (offline)",
+            SpeakerKind::Openai => "OpenAI-compatible API",
+        })
+        .show_ui(ui, |ui| {
+            ui.selectable_value(&mut f.speaker, SpeakerKind::Espeak, "espeak-ng (offline)");
+            ui.selectable_value(&mut f.speaker, SpeakerKind::Openai, "OpenAI-compatible API");
+        });
+    egui::Grid::new("voice-settings")
+        .num_columns(2)
+        .show(ui, |ui| {
+            let field = |ui: &mut Ui, label: &str, value: &mut String| {
+                let l = ui.label(label);
+                ui.add(egui::TextEdit::singleline(value).desired_width(280.0))
+                    .labelled_by(l.id);
+                ui.end_row();
+            };
+            if f.transcriber == TranscriberKind::Openai || f.speaker == SpeakerKind::Openai {
+                field(ui, "API base URL", &mut f.base_url);
+            }
+            if f.transcriber == TranscriberKind::Openai {
+                field(ui, "Transcription model", &mut f.transcription_model);
+            } else {
+                field(ui, "Transcriber program", &mut f.program);
+                field(ui, "Model file", &mut f.model);
+            }
+            if f.speaker == SpeakerKind::Openai {
+                field(ui, "Speech voice", &mut f.speech_voice);
+            } else {
+                field(ui, "espeak-ng voice", &mut f.espeak_voice);
+                let l = ui.label("Words per minute");
+                ui.add(egui::Slider::new(&mut f.wpm, 80..=450))
+                    .labelled_by(l.id);
+                ui.end_row();
+            }
+        });
+    ui.label(
+        RichText::new(
+            "The speech API key is SAM_VOICE_API_KEY above (servers on this machine need none).",
+        )
+        .weak(),
+    );
+    ui.horizontal(|ui| {
+        if ui.button("Save voice settings").clicked() {
+            out.push(ToolCmd::SaveVoiceSettings(f.clone()));
+        }
+        match &v.settings_status {
+            Some(Ok(t)) => {
+                ui.label(RichText::new(t).weak());
+            }
+            Some(Err(e)) => {
+                ui.label(RichText::new(e).color(Color32::from_rgb(220, 80, 70)));
+            }
+            None => {}
+        }
     });
 }
 
