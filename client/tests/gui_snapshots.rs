@@ -15,9 +15,10 @@ use sam_client::ClientPaths;
 use sam_client::gui::GuiApp;
 use sam_client::gui::files::{Dir, FilesView, Shown};
 use sam_client::gui::ports::{Fwd, PortsView};
-use sam_client::gui::state::{ConvSummary, NodeView, Panel, WorkspaceRow};
+use sam_client::gui::state::{ConvSummary, KeysView, NodeView, Panel, WorkspaceRow};
 use sam_client::gui::tools::FileData;
-use sam_client::voice::PlayerState;
+use sam_client::gui::voice::VoiceForm;
+use sam_client::voice::{PlayerState, VoiceConfig};
 use sam_crdt::{
     MessageId, MessageView, PermissionOption, PermissionView, PlanEntry, Role, Status, ToolStatus,
     ToolView,
@@ -353,4 +354,27 @@ fn snapshot_terminal_and_palette() {
     }
     settle(&mut h);
     h.snapshot("palette");
+}
+
+#[test]
+fn snapshot_settings_with_voice() {
+    let mut h = harness(egui::vec2(1100.0, 760.0));
+    open_conversation(&mut h);
+    {
+        let s = &mut h.state_mut().state;
+        s.dialogs.settings = true;
+        s.keys = KeysView {
+            storage: "No keyring service is running: keys are kept in ~/.sam/agent-keys.toml with mode 0600.".into(),
+            keys: vec![
+                ("ANTHROPIC_API_KEY".into(), true),
+                ("OPENAI_API_KEY".into(), false),
+                ("GEMINI_API_KEY".into(), false),
+                ("MISTRAL_API_KEY".into(), false),
+                ("SAM_VOICE_API_KEY".into(), false),
+            ],
+        };
+        s.voice.settings = Some(VoiceForm::of(&VoiceConfig::default()));
+    }
+    settle(&mut h);
+    h.snapshot("settings");
 }

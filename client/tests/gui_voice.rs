@@ -248,6 +248,14 @@ fn failed_transcription_shows_the_error_and_keeps_the_audio() {
         "the error is on screen"
     );
     assert!(h.state().state.prompt.is_empty());
+    assert!(
+        h.state()
+            .state
+            .notifications
+            .iter()
+            .any(|n| n.title == "Transcription failed" && n.body.contains("model overloaded")),
+        "a notification too"
+    );
     let kept: Vec<_> = std::fs::read_dir(home.join("recordings"))
         .expect("recordings kept")
         .flatten()

@@ -890,6 +890,20 @@ pub fn apply(state: &mut AppState, ev: ToolEvent) {
             }
             state.prompt.push_str(text.trim());
         }
-        ev => state.voice.apply(ev),
+        ev => {
+            // Voice failures also go to the notifications (the prompt box may not show).
+            let failure = match &ev {
+                ToolEvent::Transcript(Err(e)) => Some(("Transcription failed", e.clone())),
+                ToolEvent::VoiceError(e) => Some(("Voice", e.clone())),
+                ToolEvent::Player(PlayerEvent::Error(e)) => Some(("Playback failed", e.clone())),
+                _ => None,
+            };
+            if let Some((title, body)) = failure {
+                state.apply(super::state::Event::Notice(
+                    super::state::Notification::new(super::state::Level::Error, title, body),
+                ));
+            }
+            state.voice.apply(ev);
+        }
     }
 }
