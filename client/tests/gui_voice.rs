@@ -395,3 +395,227 @@ fn voice_settings_and_key_from_the_settings_dialog() {
         h.state().state.prompt == "heard 1 seconds"
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// The whole story against a real node: record, review, send, and hear the answer.
+
+fn sam(home: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sam"))
+        .env("SAM_HOME", home)
+        .env("SAM_BIND", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run sam");
+    assert!(
+        out.status.success(),
+        "sam {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+struct NodeProc(std::process::Child);
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(home: &Path, owner: &str) -> (NodeProc, String) {
+    use std::io::BufRead;
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-node");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        bin.display()
+    );
+    let init = std::process::Command::new(&bin)
+        .env("SAM_HOME", home)
+        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
+        .output()
+        .expect("init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut child = std::process::Command::new(&bin)
+        .env("SAM_HOME", home)
+        .arg("run")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run node");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ticket");
+    (NodeProc(child), line.trim().to_string())
+}
+
+/// Syncs the teammate's replica with the node once.
+fn sync(
+    rt: &tokio::runtime::Runtime,
+    ep: &iroh::Endpoint,
+    team: &ClientPaths,
+    doc: &mut Conversation,
+    id: &str,
+) {
+    let book = sam_client::NodeBook::load(&team.nodes()).expect("book");
+    let ticket = book.find(None).expect("node").ticket().expect("ticket");
+    rt.block_on(async {
+        let mut s = sam_client::docs::open_stream(ep, &ticket, id, false)
+            .await
+            .expect("open doc stream");
+        s.sync_once(doc, |_| Ok(()), Duration::from_secs(10))
+            .await
+            .expect("sync");
+        s.close(None).await;
+    });
+}
+
+#[test]
+fn speak_a_prompt_to_a_real_node_and_hear_the_answer_read_aloud() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("me");
+    let team_home = tmp.path().join("team");
+    let me = ClientPaths::new(home.clone());
+    let owner = me.identity().expect("identity").node_id().to_string();
+    let (_node, ticket) = start_node(&tmp.path().join("node"), &owner);
+    sam(&home, &["connect", &ticket, "--name", "box"]);
+    let base = fake_server(transcription_handler);
+    write_settings(&home, &base);
+    // A teammate plays the agent (as the node's agent runner would write).
+    let team = ClientPaths::new(team_home.clone());
+    let team_id = team.identity().expect("identity").node_id().to_string();
+    let out = sam(
+        &home,
+        &[
+            "--json",
+            "share",
+            "box",
+            "--role",
+            "collaborator",
+            "--to",
+            &team_id,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    sam(
+        &team_home,
+        &[
+            "join",
+            v["ticket"].as_str().expect("ticket"),
+            "--name",
+            "box",
+        ],
+    );
+
+    // A new conversation on the node, made in the replica and opened in the app.
+    let node_id = sam_client::NodeBook::load(&me.nodes())
+        .expect("book")
+        .find(Some("box"))
+        .expect("node")
+        .id
+        .clone();
+    let conv = "0123abcd-0000-4000-8000-0000000e2e01".to_string();
+    let mut doc = Conversation::create(
+        NewConversation {
+            id: conv.clone(),
+            title: "spoken".into(),
+            agent: "custom".into(),
+            workspace_node: node_id,
+            workspace_id: "w1".into(),
+            created_at: 1,
+        },
+        &owner,
+    )
+    .expect("create");
+    Replicas::open(&me)
+        .expect("replicas")
+        .save(&mut doc)
+        .expect("save");
+    let mic = tmp.path().join("mic.wav");
+    tone(2.0, 16_000).write_wav(&mic).expect("wav");
+    let speakers = tmp.path().join("speakers.wav");
+    let io = VoiceIo {
+        input: InputSource::WavFile {
+            path: mic,
+            realtime: false,
+        },
+        output: Some(speakers.clone()),
+    };
+    let app = GuiApp::with_voice(me.clone(), io).expect("start");
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_ui_state(|ui, app: &mut GuiApp| app.ui(ui), app);
+    wait_until(&mut h, "the conversation in the sidebar", |h| {
+        h.query_by_label("spoken").is_some()
+    });
+    steps(&mut h, 2);
+    h.get_by_label("spoken").click();
+    wait_until(&mut h, "linked to the node", |h| h.state().state.online);
+    steps(&mut h, 3);
+    h.get_by_label("Auto-read new answers").click();
+    steps(&mut h, 2);
+    assert!(h.state().state.voice.auto_read);
+
+    // Speak, review, send.
+    h.get_by_label("🎤 Record").click();
+    wait_until(&mut h, "recording", |h| h.state().state.voice.recording);
+    h.get_by_label("⏹ Stop recording").click();
+    wait_until(&mut h, "the transcript", |h| {
+        h.state().state.prompt == "heard 2 seconds"
+    });
+    h.get_by_label("Send").click();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let key = team.identity().expect("identity");
+    let ep = rt
+        .block_on(sam_client::endpoint::bind(&key, "127.0.0.1:0".parse().ok()))
+        .expect("bind");
+    let mut doc = Conversation::new_replica();
+    let t0 = Instant::now();
+    loop {
+        h.step();
+        sync(&rt, &ep, &team, &mut doc, &conv);
+        if doc
+            .messages()
+            .iter()
+            .any(|m| m.role == Role::User && m.text == "heard 2 seconds")
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the node never got the spoken prompt"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The answer streams in; once done it is read aloud without a click.
+    let agent = doc.start_message(&team_id, Role::Agent).expect("answer");
+    doc.append_chunk(&agent, "All done. The **tests** pass now.")
+        .expect("chunk");
+    sync(&rt, &ep, &team, &mut doc, &conv);
+    doc.set_status(&agent, Status::Done, None).expect("done");
+    sync(&rt, &ep, &team, &mut doc, &conv);
+    wait_until(&mut h, "the answer is read aloud", |h| {
+        h.query_by_label_contains("Playing: All done").is_some()
+    });
+    wait_until(&mut h, "to the end", |h| {
+        let v = &h.state().state.voice;
+        v.player.current.is_none() && v.synth == 0
+    });
+    drop(h);
+    rt.block_on(ep.close());
+    let played = Audio::read_wav(&speakers).expect("speakers");
+    assert!(
+        (1.0..8.0).contains(&played.duration_secs()) && played.rms() > 0.02,
+        "{} s, rms {}",
+        played.duration_secs(),
+        played.rms()
+    );
+}
