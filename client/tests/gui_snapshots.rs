@@ -117,8 +117,25 @@ fn messages() -> Vec<MessageView> {
     ]
 }
 
+/// Fails with the fix when no Vulkan driver can render on the CPU.
+fn renderer_ready() {
+    let icds = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+    let found = icds.iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+        })
+    });
+    assert!(
+        found || std::env::var_os("VK_ICD_FILENAMES").is_some(),
+        "the snapshot tests render with wgpu on Mesa's lavapipe (CPU Vulkan), which is not installed: \
+         apt-get install mesa-vulkan-drivers (scripts/test.sh does)"
+    );
+}
+
 /// The app on an empty home, its backend settled, then the hand-built state.
 fn harness(size: egui::Vec2) -> Harness<'static, GuiApp> {
+    renderer_ready();
     let home = tempfile::tempdir().expect("tempdir").keep();
     let app = GuiApp::new(ClientPaths::new(home)).expect("start");
     let mut h = Harness::builder()
