@@ -10,19 +10,21 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use sam_protocol::workspace::{FileEntry, FilesOp, FilesResponse, PortInfo};
+use anyhow::{Context, Result};
+use sam_protocol::workspace::{FileEntry, PortInfo};
 use tokio::sync::mpsc;
 
 use super::state::AppState;
-use crate::book::NodeBook;
 use crate::paths::ClientPaths;
 use crate::voice::{
-    self, Audio, Clip, DeviceSink, FileSink, InputSource, Player, PlayerEvent, Recorder, Recording,
-    Sink, SpeakerKind, TranscriberKind, VoiceConfig, VoiceError,
+    self, Clip, DeviceSink, FileSink, InputSource, Player, PlayerEvent, Recorder, Recording, Sink,
+    VoiceConfig, VoiceError,
 };
+
+mod remote;
+mod speech;
 
 /// Largest file the viewer reads (bigger ones: download them).
 pub const VIEW_MAX: u64 = 1 << 20;
@@ -349,7 +351,7 @@ impl Tools {
             | ToolCmd::Download { .. } => {
                 let ep = self.endpoint().await;
                 let (paths, ev) = (self.paths.clone(), self.events.clone());
-                tokio::spawn(async move { files(ep, paths, ev, c).await });
+                tokio::spawn(async move { remote::files(ep, paths, ev, c).await });
             }
             ToolCmd::WatchPorts(ws) => {
                 if let Some(p) = self.ports.take() {
@@ -357,7 +359,8 @@ impl Tools {
                 }
                 let ep = self.endpoint().await;
                 let (paths, ev) = (self.paths.clone(), self.events.clone());
-                let task = tokio::spawn(async move { watch_ports(ep, paths, ev, ws).await });
+                let task =
+                    tokio::spawn(async move { remote::watch_ports(ep, paths, ev, ws).await });
                 self.ports = Some(task.abort_handle());
             }
             ToolCmd::StopPorts => {
@@ -372,7 +375,7 @@ impl Tools {
                 let ep = self.endpoint().await;
                 let (paths, ev) = (self.paths.clone(), self.events.clone());
                 let task = tokio::spawn(async move {
-                    let r = forward(ep, &paths, &ev, ws, port).await;
+                    let r = remote::forward(ep, &paths, &ev, ws, port).await;
                     let state = match r {
                         Ok(()) => None,
                         Err(e) => Some(Err(format!("{e:#}"))),
@@ -503,7 +506,7 @@ impl Tools {
         self.events.emit(ToolEvent::Transcribing);
         let (paths, ev) = (self.paths.clone(), self.events.clone());
         tokio::spawn(async move {
-            let r = transcribe(&paths, &audio).await;
+            let r = speech::transcribe(&paths, &audio).await;
             ev.emit(ToolEvent::Transcript(r));
         });
     }
@@ -514,7 +517,7 @@ impl Tools {
             return Ok(p.clone());
         }
         let sink: Box<dyn Sink> = match &self.io.output {
-            Some(path) => Box::new(Paced::new(FileSink::create(path, 24_000)?)),
+            Some(path) => Box::new(speech::Paced::new(FileSink::create(path, 24_000)?)),
             None => Box::new(DeviceSink::open()?),
         };
         let ev = self.events.clone();
@@ -537,7 +540,7 @@ impl Tools {
         let (paths, ev) = (self.paths.clone(), self.events.clone());
         ev.emit(ToolEvent::Synth(1));
         tokio::spawn(async move {
-            match speak(&paths, &markdown).await {
+            match speech::speak(&paths, &markdown).await {
                 Ok(audio) => {
                     let clip = Clip { id, label, audio };
                     if now {
@@ -551,327 +554,6 @@ impl Tools {
             ev.emit(ToolEvent::Synth(-1));
         });
     }
-}
-
-/// The speech API key when a configured provider needs it (a blocking keyring lookup).
-async fn key_if_needed(paths: &ClientPaths, cfg: &VoiceConfig, needed: bool) -> Option<String> {
-    if !needed {
-        return None;
-    }
-    let (paths, url) = (paths.clone(), cfg.openai.base_url.clone());
-    tokio::task::spawn_blocking(move || voice::config::api_key(&paths, &url))
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Transcribes a recording with the configured provider. On any failure the recording is
-/// kept in `$SAM_HOME/recordings` and the message says where.
-async fn transcribe(paths: &ClientPaths, audio: &Audio) -> Result<String, String> {
-    if audio.samples.is_empty() {
-        return Err("nothing was recorded".into());
-    }
-    let kept_dir = VoiceConfig::kept_dir(paths);
-    let keep_with = |e: String| match voice::keep(audio, &kept_dir) {
-        Ok(p) => format!("{e} (the recording is kept in {})", p.display()),
-        Err(k) => format!("{e} (and the recording could not be kept: {k})"),
-    };
-    let cfg = VoiceConfig::load(paths).map_err(|e| keep_with(e.to_string()))?;
-    let key = key_if_needed(paths, &cfg, cfg.transcriber == TranscriberKind::Openai).await;
-    let t = cfg.transcriber(key).map_err(|e| keep_with(e.to_string()))?;
-    let text = voice::transcribe_keeping(t.as_ref(), audio, &kept_dir)
-        .await
-        .map_err(|e| e.to_string())?;
-    if text.trim().is_empty() {
-        return Err(keep_with(format!(
-            "heard no words in {:.1} s of audio",
-            audio.duration_secs()
-        )));
-    }
-    Ok(text)
-}
-
-/// Speech for a Markdown message with the configured speaker.
-async fn speak(paths: &ClientPaths, markdown: &str) -> Result<Audio> {
-    let text = voice::speakable(markdown);
-    if text.trim().is_empty() {
-        bail!("the message has nothing to read aloud");
-    }
-    let cfg = VoiceConfig::load(paths)?;
-    let key = key_if_needed(paths, &cfg, cfg.speaker == SpeakerKind::Openai).await;
-    let speaker = cfg.speaker(key)?;
-    Ok(voice::speak_long(speaker.as_ref(), &text).await?)
-}
-
-/// A sink that takes as long as the sound would (a file standing in for the sound card:
-/// the player bar shows real progress, pause and skip behave as with speakers).
-struct Paced<S> {
-    inner: S,
-    start: Option<Instant>,
-    written: u64,
-}
-
-impl<S: Sink> Paced<S> {
-    fn new(inner: S) -> Self {
-        Self {
-            inner,
-            start: None,
-            written: 0,
-        }
-    }
-}
-
-impl<S: Sink> Sink for Paced<S> {
-    fn sample_rate(&self) -> u32 {
-        self.inner.sample_rate()
-    }
-
-    fn write(&mut self, samples: &[f32]) -> Result<(), VoiceError> {
-        let start = *self.start.get_or_insert_with(Instant::now);
-        self.inner.write(samples)?;
-        self.written += samples.len() as u64;
-        let due = Duration::from_secs_f64(self.written as f64 / self.sample_rate().max(1) as f64);
-        // Keep ~60 ms ahead, like a sound card's buffer.
-        if let Some(wait) = (start + due).checked_duration_since(Instant::now())
-            && wait > Duration::from_millis(60)
-        {
-            std::thread::sleep(wait - Duration::from_millis(60));
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), VoiceError> {
-        self.start = None;
-        self.written = 0;
-        self.inner.flush()
-    }
-}
-
-async fn ctl_client(
-    ep: &iroh::Endpoint,
-    paths: &ClientPaths,
-    node: &str,
-) -> Result<crate::NodeClient> {
-    let book = NodeBook::load(&paths.nodes())?;
-    let entry = book.find(Some(node))?;
-    crate::NodeClient::connect(ep, &entry.ticket()?)
-        .await
-        .with_context(|| format!("node {}", entry.name))
-}
-
-async fn dial(
-    ep: &iroh::Endpoint,
-    paths: &ClientPaths,
-    node: &str,
-    alpn: &[u8],
-) -> Result<iroh::endpoint::Connection> {
-    let book = NodeBook::load(&paths.nodes())?;
-    let entry = book.find(Some(node))?;
-    let (conn, _) = crate::conn::connect(ep, &entry.ticket()?, alpn)
-        .await
-        .with_context(|| format!("node {}", entry.name))?;
-    Ok(conn)
-}
-
-async fn files_request(
-    ep: &iroh::Endpoint,
-    paths: &ClientPaths,
-    ws: &Ws,
-    op: FilesOp,
-) -> Result<FilesResponse> {
-    let client = ctl_client(ep, paths, &ws.0).await?;
-    let r = crate::cli::files::request(&client, &ws.1, op).await;
-    client.close();
-    r
-}
-
-/// Runs one files command and reports the result.
-async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Events, c: ToolCmd) {
-    let ep = match ep {
-        Ok(ep) => Ok(ep),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    let err = |e: anyhow::Error| format!("{e:#}");
-    match c {
-        ToolCmd::List { ws, path } => {
-            let result = match &ep {
-                Ok(ep) => list(ep, &paths, &ws, &path).await.map_err(err),
-                Err(e) => Err(e.clone()),
-            };
-            ev.emit(ToolEvent::Listing { ws, path, result });
-        }
-        ToolCmd::Read { ws, path } => {
-            let result = match &ep {
-                Ok(ep) => read(ep, &paths, &ws, &path).await.map_err(err),
-                Err(e) => Err(e.clone()),
-            };
-            ev.emit(ToolEvent::File { ws, path, result });
-        }
-        ToolCmd::Diff { ws, base, path } => {
-            let title = match (&base, &path) {
-                (None, None) => "working tree vs HEAD".to_string(),
-                (Some(b), None) => format!("working tree vs {b}"),
-                (None, Some(p)) => format!("{p} vs HEAD"),
-                (Some(b), Some(p)) => format!("{p} vs {b}"),
-            };
-            let result = match &ep {
-                Ok(ep) => {
-                    match files_request(ep, &paths, &ws, FilesOp::GitDiff { base, path }).await {
-                        Ok(FilesResponse::Diff { text, truncated }) => Ok((text, truncated)),
-                        Ok(other) => Err(format!("unexpected answer to diff: {other:?}")),
-                        Err(e) => Err(err(e)),
-                    }
-                }
-                Err(e) => Err(e.clone()),
-            };
-            ev.emit(ToolEvent::Diff { ws, title, result });
-        }
-        ToolCmd::Upload { ws, local, remote } => {
-            let what = format!("upload of {}", local.display());
-            let result = match &ep {
-                Ok(ep) => async {
-                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
-                    let r = crate::streams::upload(&conn, &ws.1, &local, &remote).await;
-                    conn.close(0u32.into(), b"bye");
-                    let t = r?;
-                    Ok::<_, anyhow::Error>(format!("{} bytes, now at {}", t.size, t.dest))
-                }
-                .await
-                .map_err(err),
-                Err(e) => Err(e.clone()),
-            };
-            ev.emit(ToolEvent::Transfer { what, result });
-        }
-        ToolCmd::Download { ws, remote, local } => {
-            let what = format!("download of {remote}");
-            let result = match &ep {
-                Ok(ep) => async {
-                    if !local.is_dir() {
-                        bail!("{} is not a folder", local.display());
-                    }
-                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
-                    let r = crate::streams::download(&conn, &ws.1, &remote, &local).await;
-                    conn.close(0u32.into(), b"bye");
-                    let t = r?;
-                    Ok(format!("{} bytes, now at {}", t.size, t.dest))
-                }
-                .await
-                .map_err(err),
-                Err(e) => Err(e.clone()),
-            };
-            ev.emit(ToolEvent::Transfer { what, result });
-        }
-        _ => {}
-    }
-}
-
-async fn list(
-    ep: &iroh::Endpoint,
-    paths: &ClientPaths,
-    ws: &Ws,
-    path: &str,
-) -> Result<(Vec<FileEntry>, bool)> {
-    let op = FilesOp::List {
-        path: if path.is_empty() {
-            ".".into()
-        } else {
-            path.into()
-        },
-        depth: 0,
-        limit: LIST_LIMIT,
-    };
-    match files_request(ep, paths, ws, op).await? {
-        FilesResponse::List { entries, truncated } => Ok((entries, truncated)),
-        other => Err(anyhow!("unexpected answer to ls: {other:?}")),
-    }
-}
-
-async fn read(ep: &iroh::Endpoint, paths: &ClientPaths, ws: &Ws, path: &str) -> Result<FileData> {
-    let op = FilesOp::Read {
-        path: path.into(),
-        max_bytes: VIEW_MAX,
-    };
-    match files_request(ep, paths, ws, op).await? {
-        FilesResponse::Read {
-            data,
-            size,
-            truncated,
-        } => Ok(FileData {
-            data,
-            size,
-            truncated,
-        }),
-        other => Err(anyhow!("unexpected answer to cat: {other:?}")),
-    }
-}
-
-/// Lists the ports, then reports every change (long polls) until aborted.
-async fn watch_ports(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Events, ws: Ws) {
-    let mut known: Option<Vec<PortInfo>> = None;
-    loop {
-        let r = async {
-            let ep = ep.as_ref().map_err(|e| anyhow!("{e:#}"))?;
-            let client = ctl_client(ep, &paths, &ws.0).await?;
-            let mut ports = crate::cli::ports::list(&client, &ws.1).await?;
-            if known.as_ref() != Some(&ports) {
-                ev.emit(ToolEvent::Ports {
-                    ws: ws.clone(),
-                    result: Ok(ports.clone()),
-                });
-                known = Some(ports.clone());
-            }
-            loop {
-                let now = crate::cli::ports::watch(&client, &ws.1, &ports, 20_000).await?;
-                if now != ports {
-                    ev.emit(ToolEvent::Ports {
-                        ws: ws.clone(),
-                        result: Ok(now.clone()),
-                    });
-                    known = Some(now.clone());
-                    ports = now;
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), anyhow::Error>(())
-        }
-        .await;
-        if let Err(e) = r {
-            ev.emit(ToolEvent::Ports {
-                ws: ws.clone(),
-                result: Err(format!("{e:#}")),
-            });
-            known = None;
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-}
-
-/// Listens on 127.0.0.1 (the same port when free, else any) and forwards each connection
-/// to `port` in the workspace until aborted or the node goes away.
-async fn forward(
-    ep: Result<iroh::Endpoint>,
-    paths: &ClientPaths,
-    ev: &Events,
-    ws: Ws,
-    port: u16,
-) -> Result<()> {
-    let ep = ep?;
-    let conn = dial(&ep, paths, &ws.0, sam_protocol::alpn::PORT).await?;
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(l) => l,
-        Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .context("cannot listen on 127.0.0.1")?,
-    };
-    let local = listener.local_addr()?;
-    ev.emit(ToolEvent::Forward {
-        port,
-        state: Some(Ok(local.to_string())),
-    });
-    crate::streams::forward(conn, ws.1, port, listener, |e| {
-        tracing::info!("forward: {e}")
-    })
-    .await
 }
 
 /// Applies a tools event to the UI state.
