@@ -1,9 +1,11 @@
 //! `sam gui`: the native app (eframe/egui).
 //!
 //! Three layers, as in the style guide: a [`backend`] actor on tokio in a background
-//! thread (all networking and files), a plain [`state::AppState`] updated only from
+//! thread (nodes, conversations, terminal), a plain [`state::AppState`] updated only from
 //! backend events, and view functions that read the state and emit
-//! [`state::Command`]s. The UI thread never awaits.
+//! [`state::Command`]s. A second actor, [`tools`], does the workspace files, ports and
+//! forwards, and voice (recording, transcription, speech, the player); the view queues its
+//! [`tools::ToolCmd`]s in `AppState::tools_out`. The UI thread never awaits.
 
 use anyhow::{Result, anyhow};
 
