@@ -309,6 +309,10 @@ pub enum ConvCmds {
         /// A lightweight workspace (base image, no devcontainer build).
         #[arg(long)]
         lightweight: bool,
+        /// Leave the old workspace's uncommitted work out of the document (a carried patch
+        /// is readable by everyone who may read the conversation, viewers included).
+        #[arg(long)]
+        no_carry: bool,
     },
 }
 
@@ -481,6 +485,7 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
                 repo,
                 branch,
                 lightweight,
+                no_carry,
             } => {
                 let a = relocate::MoveArgs {
                     conv,
@@ -491,6 +496,7 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
                     repo,
                     branch,
                     lightweight,
+                    no_carry,
                 };
                 relocate::run(&paths, a).await
             }

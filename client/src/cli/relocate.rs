@@ -3,7 +3,8 @@
 //! The conversation is a document this client holds, so nothing has to come from the old
 //! node. When the old node still answers, it gets a last sync, and its workspace tells the
 //! repo and branch and gives its uncommitted work (`git diff HEAD`, tracked files) to keep in
-//! the document as a patch. When it does not answer, turns it left running are marked
+//! the document as a patch (readable by everyone who may read the conversation, viewers
+//! included: `--no-carry` leaves it out). When it does not answer, turns it left running are marked
 //! `interrupted` and the document says its uncommitted work was not recoverable.
 //!
 //! Then, on the new node: a workspace from the same repo and branch (or the one named with
@@ -58,6 +59,8 @@ pub struct MoveArgs {
     pub repo: Option<String>,
     pub branch: Option<String>,
     pub lightweight: bool,
+    /// Do not carry the old workspace's uncommitted work into the document.
+    pub no_carry: bool,
 }
 
 /// What the old node could still tell.
@@ -112,7 +115,7 @@ async fn move_with(
 ) -> Result<Output> {
     let id = doc.id();
     // 1. The old node, if it still answers.
-    let gone = visit_old(paths, ep, replicas, doc, old).await;
+    let gone = visit_old(paths, ep, replicas, doc, old, !a.no_carry).await;
     let running: Vec<_> = doc
         .messages()
         .into_iter()
@@ -133,7 +136,7 @@ async fn move_with(
     let target = match (&a.node, &a.provider) {
         (Some(n), _) => NodeBook::load(&paths.nodes())?.find(Some(n))?.clone(),
         (None, Some(p)) => acquire(paths, p, a.size.as_deref()).await?,
-        (None, None) => unreachable!("checked in run"),
+        (None, None) => bail!("say where to: --node N or --provider P"),
     };
     if target.id == old.node && a.workspace.as_deref().is_none_or(|w| w == old.workspace) {
         bail!(
@@ -160,7 +163,16 @@ async fn move_with(
         .or_else(|| info.and_then(|i| i.branch.clone()))
         .or_else(|| old.branch.clone());
     let (workspace, created) = match &a.workspace {
-        Some(w) => (w.clone(), false),
+        Some(w) => {
+            let get = WorkspaceRequest::Get { id: w.clone() };
+            if let Err(e) = ws(&client, get).await {
+                eprintln!(
+                    "note: node {} does not list workspace {w} ({e:#}); its agents need it there (a node that runs agents on the host uses it as a folder name)",
+                    target.name
+                );
+            }
+            (w.clone(), false)
+        }
         None if repo.is_some() || info.is_some() => {
             let spec = CreateWorkspace {
                 repo: repo.clone(),
@@ -240,6 +252,7 @@ async fn move_with(
             Some(format!("patch in message {note} (tracked files)"))
         }
         (Some(Err(why)), _) => Some(format!("not carried: {why}")),
+        (None, true) if a.no_carry => Some("not carried (--no-carry)".to_string()),
         (None, true) if gone.info.is_some() => Some("nothing uncommitted".to_string()),
         (None, true) => None,
         (None, false) => Some(format!(
@@ -360,6 +373,7 @@ async fn visit_old(
     replicas: &mut Replicas,
     doc: &mut Conversation,
     old: &Host,
+    carry: bool,
 ) -> OldNode {
     let book = NodeBook::load(&paths.nodes()).unwrap_or_default();
     let mut out = OldNode {
@@ -411,7 +425,7 @@ async fn visit_old(
         id: old.workspace.clone(),
     };
     if let Ok(WorkspaceResponse::Info(i)) = ws(&client, get).await {
-        if i.status == WorkspaceStatus::Ready {
+        if i.status == WorkspaceStatus::Ready && carry {
             out.patch = uncommitted(&client, &old.workspace).await;
         }
         out.info = Some(i);
