@@ -17,6 +17,11 @@ use crate::ids::{self, node_id_bytes};
 use crate::schema::{NewConversation, ParentRef, SCHEMA_VERSION, WorkspaceRef};
 use crate::{CrdtError, MessageId, SchemaError};
 
+/// Streamed text goes on in a new Text segment (`more`) once the last one holds this many
+/// characters: Automerge applies a remote change by walking the whole object it touches,
+/// so bounded segments keep a follower's cost per live batch flat however long the answer.
+pub const SEGMENT_CHARS: usize = 2048;
+
 /// Where a message lives in the document (ObjIds are stable for the life of the document).
 #[derive(Debug, Clone)]
 pub(crate) struct MsgEntry {
@@ -289,12 +294,34 @@ impl Conversation {
     fn flush_chunks(&mut self) {
         for (text, chunk) in std::mem::take(&mut self.chunks) {
             let end = automerge::ReadDoc::length(&self.doc, &text);
-            if let Err(e) = self.doc.splice_text(&text, end, 0, &chunk) {
+            let target = if end >= SEGMENT_CHARS {
+                self.new_segment(&text).unwrap_or(text)
+            } else {
+                text
+            };
+            let end = automerge::ReadDoc::length(&self.doc, &target);
+            if let Err(e) = self.doc.splice_text(&target, end, 0, &chunk) {
                 // The Text objects of indexed messages are never deleted, so this cannot
                 // happen; do not lose the chunk silently.
                 tracing::error!("dropping {} bytes of streamed text: {e}", chunk.len());
             }
         }
+    }
+
+    /// Starts a new Text segment in the `more` list of the message whose last segment is
+    /// `tail`, and makes it the message's tail. `None` for a message without `more`
+    /// (written before segments existed: it keeps one Text).
+    fn new_segment(&mut self, tail: &ObjId) -> Option<ObjId> {
+        use automerge::ReadDoc;
+        let msg = self.by_obj.get(tail)?.clone();
+        let (_, more) = self.doc.get(&msg, "more").ok()??;
+        let at = self.doc.length(&more);
+        let seg = self.doc.insert_object(&more, at, ObjType::Text).ok()?;
+        self.by_obj.insert(seg.clone(), msg.clone());
+        if let Some(e) = self.index.values_mut().find(|e| e.obj == msg) {
+            e.text = seg.clone();
+        }
+        Some(seg)
     }
 
     /// Buffers `chunk` for the end of `text` (see the `chunks` field).

@@ -20,13 +20,13 @@ mod store;
 mod sync;
 
 pub use automerge::ChangeHash;
-pub use conversation::Conversation;
+pub use conversation::{Conversation, SEGMENT_CHARS};
 pub use error::{CrdtError, SchemaError};
 pub use ids::{MessageId, validate_doc_id, validate_node_id};
 pub use schema::{
-    Host, HostEnd, MessageView, MoveTo, NewConversation, ParentRef, PermissionAnswer, PermissionOption, PermissionView,
-    PlanEntry, Role, SCHEMA_VERSION, ServedBy, Status, ToolCall, ToolCallUpdate, ToolStatus,
-    ToolView, WorkspaceRef,
+    Host, HostEnd, MessageView, MoveTo, NewConversation, ParentRef, PermissionAnswer,
+    PermissionOption, PermissionView, PlanEntry, Role, SCHEMA_VERSION, ServedBy, Status, ToolCall,
+    ToolCallUpdate, ToolStatus, ToolView, WorkspaceRef,
 };
 pub use store::{DocStore, FsyncPolicy, MIN_RELATIVE_COMPACTION_BYTES, StoreOptions};
 pub use sync::{DEFAULT_MAX_SYNC_MESSAGE_BYTES, SyncPeer, live_message};

@@ -517,3 +517,68 @@ fn merged_live_batches_equal_one_by_one() {
             .expect("nothing")
     );
 }
+
+/// A long streamed answer goes into bounded Text segments; replicas following it live (and
+/// by ordinary sync, and after a reload) read the same text, and a follower's tail read
+/// crosses segment boundaries.
+#[test]
+fn long_answers_stream_into_segments_that_replicas_follow() {
+    let mut node = new_conv();
+    let base = node.save();
+    let mut live = Conversation::load(&base).expect("load");
+    let mut live_peer = SyncPeer::new();
+    let mut since = node.heads();
+    let m = node.start_message(NODE, Role::Agent).expect("m");
+    let mut expected = String::new();
+    for i in 0..1500 {
+        let chunk = format!("{i:05} ");
+        expected.push_str(&chunk);
+        node.append_chunk(&m, &chunk).expect("c");
+        if i % 7 == 0 {
+            let b = sam_crdt::live_message(&mut node, &since).expect("batch");
+            since = node.heads();
+            assert!(live_peer.receive_live(&mut live, &b).expect("live"));
+        }
+    }
+    let b = sam_crdt::live_message(&mut node, &since).expect("batch");
+    assert!(live_peer.receive_live(&mut live, &b).expect("live"));
+    assert!(
+        expected.len() > 3 * sam_crdt::SEGMENT_CHARS,
+        "spans several segments"
+    );
+    assert_eq!(node.message(&m).expect("m").text, expected);
+    assert_eq!(live.message(&m).expect("m").text, expected);
+    let (more, _) = {
+        use automerge::ReadDoc;
+        let doc = node.automerge();
+        let (_, msgs) = doc.get(ROOT, "messages").expect("g").expect("msgs");
+        let (_, msg) = doc.get(&msgs, 0).expect("g").expect("msg");
+        doc.get(&msg, "more").expect("g").expect("more")
+    };
+    let _ = more;
+    // Appending on the follower after a segment it received goes to the new tail.
+    live.append_chunk(&m, "!").expect("append on replica");
+    assert!(live.message(&m).expect("m").text.ends_with("!"));
+    // Tail reads across segment boundaries.
+    let from = sam_crdt::SEGMENT_CHARS - 3;
+    let (tail, len) = node.message_text_from(&m, from).expect("tail");
+    assert_eq!(len, expected.chars().count());
+    assert_eq!(tail, expected[from..]);
+    // Ordinary sync and a reload give the same text.
+    let mut fresh = Conversation::new_replica();
+    sync_pair(&mut node, &mut fresh).expect("sync");
+    assert_eq!(fresh.message(&m).expect("m").text, expected);
+    let reloaded = Conversation::load(&node.save()).expect("reload");
+    assert_eq!(reloaded.message(&m).expect("m").text, expected);
+}
+
+/// A peer that puts a non-Text element into a message's `more` list is rejected.
+#[test]
+fn a_bad_text_segment_is_rejected() {
+    let err = evil_peer_sync(|d| {
+        let msg = first_msg(d);
+        let (_, more) = d.get(&msg, "more").expect("g").expect("more");
+        d.insert(&more, 0, 42).expect("insert");
+    });
+    assert!(err.to_string().contains("more"), "{err}");
+}

@@ -3,7 +3,7 @@
 //! chunks/s into the document, agent → client latency per chunk (p50/p99), and the
 //! process CPU time and RSS while streaming.
 //!
-//! `cargo build --release -p sam-node --bins && cargo run --release -p sam-node --example bench_agent -- [--chunks 100000] [--followers 10]`
+//! `cargo build --release -p sam-node --bins && cargo run --release -p sam-node --example bench_agent -- [--chunks 100000] [--followers 10] [--rate CHUNKS_PER_S]`
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +68,8 @@ fn cpu_rss() -> (f64, f64) {
 async fn main() -> anyhow::Result<()> {
     let chunks = arg("--chunks", 100_000);
     let followers = arg("--followers", 10);
+    // Chunks per second from the agent; 0 = as fast as it can.
+    let rate = arg("--rate", 0);
     let agent = std::env::current_exe()?
         .parent()
         .and_then(|d| d.parent())
@@ -183,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     let me2 = me.clone();
     let prompt = docs
         .mutate(&id, move |c| {
-            c.append_user_message(&me2, &format!("stamps {chunks}"), Status::Queued)
+            c.append_user_message(&me2, &format!("stamps {chunks} {rate}"), Status::Queued)
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))??;
@@ -205,8 +207,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let took = t0.elapsed();
     let (cpu1, _) = cpu_rss();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every follower must see every chunk: wait for the stragglers (they are the p99).
+    let expected = chunks * followers;
+    let t_wait = Instant::now();
+    while lat.lock().expect("lat").len() < expected && t_wait.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut l = lat.lock().expect("lat").clone();
+    if l.len() < expected {
+        println!("warning: {} of {expected} samples arrived within 120 s after the turn", l.len());
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("| measure | result | target |");
     println!("|---|---|---|");

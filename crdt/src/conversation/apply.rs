@@ -227,8 +227,14 @@ impl Conversation {
         }
         for obj in dirty {
             let (view, text) = validate::read_message(&self.doc, &obj, "messages[?]", false)?;
-            match self.index.get(&view.id) {
-                Some(e) if e.obj == obj => {}
+            match self.index.get_mut(&view.id) {
+                Some(e) if e.obj == obj => {
+                    // A new segment from a peer becomes the tail.
+                    if e.text != text {
+                        e.text = text.clone();
+                        self.by_obj.insert(text, obj);
+                    }
+                }
                 Some(_) => {
                     return Err(SchemaError::new(
                         "messages[?].id",

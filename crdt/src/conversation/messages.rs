@@ -59,6 +59,8 @@ impl Conversation {
             if !text.is_empty() {
                 c.doc.splice_text(&t, 0, 0, text)?;
             }
+            // Created with the message, so two writers never race to create it.
+            c.doc.put_object(&obj, "more", ObjType::List)?;
             c.doc.put(&obj, "status", status.as_str())?;
             extra(c, &obj)?;
             Ok(MsgEntry { obj, text: t })
@@ -404,17 +406,37 @@ impl Conversation {
     /// The text of message `id` from character `from` on, and its length in characters: a
     /// follower of a streaming message reads only the new tail, in O(log n + tail).
     pub fn message_text_from(&self, id: &MessageId, from: usize) -> Option<(String, usize)> {
+        use automerge::ReadDoc;
         let entry = self.index.get(id)?;
-        let len = automerge::ReadDoc::length(&self.doc, &entry.text);
-        let mut out = String::new();
-        for item in automerge::ReadDoc::list_range(&self.doc, &entry.text, from.min(len)..) {
-            if let automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) = item.value {
-                out.push_str(&s);
+        let mut segments = Vec::new();
+        if let Ok(Some((_, t))) = self.doc.get(&entry.obj, "text") {
+            segments.push(t);
+        }
+        if let Ok(Some((_, more))) = self.doc.get(&entry.obj, "more") {
+            for i in 0..self.doc.length(&more) {
+                if let Ok(Some((_, seg))) = self.doc.get(&more, i) {
+                    segments.push(seg);
+                }
             }
         }
-        let mut total = len;
+        let mut out = String::new();
+        let mut start = 0usize;
+        for seg in &segments {
+            let len = self.doc.length(seg);
+            if from < start + len {
+                for item in self.doc.list_range(seg, from.saturating_sub(start)..) {
+                    if let automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) =
+                        item.value
+                    {
+                        out.push_str(&s);
+                    }
+                }
+            }
+            start += len;
+        }
+        let mut total = start;
         if let Some(b) = self.buffered_chunks(&entry.text) {
-            let skip = from.saturating_sub(len);
+            let skip = from.saturating_sub(start);
             out.extend(b.chars().skip(skip));
             total += b.chars().count();
         }

@@ -223,7 +223,8 @@ pub(crate) fn validate_messages<D: ReadDoc>(
 }
 
 /// Reads and checks one message. With `with_text == false` Text objects are checked for
-/// their type only and returned empty (cheap: no O(length) read).
+/// their type only and returned empty (cheap: no O(length) read). Also returns the Text
+/// object that streamed chunks go to (the last segment).
 pub(crate) fn read_message<D: ReadDoc>(
     doc: &D,
     obj: &ObjId,
@@ -236,11 +237,23 @@ pub(crate) fn read_message<D: ReadDoc>(
     let author = node_id_f(&f, "author", path)?;
     let created_at = f.req_int("created_at", path)?;
     let text_obj = f.req_obj("text", ObjType::Text, path)?;
-    let text = if with_text {
+    let mut text = if with_text {
         access::text(doc, &text_obj, &join(path, "text"))?
     } else {
         String::new()
     };
+    // Streamed text continues in `more` (Text segments, see the schema doc).
+    let mut tail = text_obj;
+    if let Some(more) = f.opt_obj("more", ObjType::List, path)? {
+        let more_path = join(path, "more");
+        for i in 0..doc.length(&more) {
+            let seg = access::list_obj(doc, &more, i, ObjType::Text, &more_path)?;
+            if with_text {
+                text.push_str(&access::text(doc, &seg, &format!("{more_path}[{i}]"))?);
+            }
+            tail = seg;
+        }
+    }
     let status = enum_field_f(&f, "status", path, Status::parse, Status::expected())?;
     let reason = f.opt_str("reason", path)?;
     let tool = match f.opt_obj("tool", ObjType::Map, path)? {
@@ -275,7 +288,7 @@ pub(crate) fn read_message<D: ReadDoc>(
             tool,
             permission,
         },
-        text_obj,
+        tail,
     ))
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `say TEXT` | one agent message chunk |
 //! | `chunks N [DELAY_MS]` | N chunks `cI ` (stops early on `session/cancel`) |
-//! | `stamps N` | N chunks `[MICROS]` carrying the send time (benchmarks) |
+//! | `stamps N [RATE]` | N chunks `[MICROS]` carrying the send time, RATE per second or as fast as possible (benchmarks) |
 //! | `think TEXT` | a thought chunk |
 //! | `tool KIND TITLE…` | a tool call, an update with output, then completed |
 //! | `plan` | a plan of two entries |
@@ -270,7 +270,17 @@ impl Agent {
                 }
             }
             "stamps" => {
-                for _ in 0..num(rest, 10) {
+                // `stamps N [RATE]`: N chunks, as fast as possible or RATE per second.
+                let (n, rate) = rest.split_once(' ').unwrap_or((rest, ""));
+                let rate = rate.trim().parse::<u64>().ok().filter(|r| *r > 0);
+                let t0 = Instant::now();
+                for i in 0..num(n, 10) {
+                    if let Some(r) = rate {
+                        let due = t0 + Duration::from_micros(i * 1_000_000 / r);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     self.say(&format!("[{}]", now_micros()));
                 }
             }
