@@ -20,7 +20,10 @@ fn main() {
     )
     .expect("create");
     let m = node.start_message(NODE, Role::Agent).expect("m");
-    let prior: usize = std::env::var("PRIOR").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let prior: usize = std::env::var("PRIOR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     for i in 0..prior {
         node.append_chunk(&m, &format!("{i:07};")).expect("c");
         node.commit_pending();

@@ -210,13 +210,15 @@ async fn main() -> anyhow::Result<()> {
     // Every follower must see every chunk: wait for the stragglers (they are the p99).
     let expected = chunks * followers;
     let t_wait = Instant::now();
-    while lat.lock().expect("lat").len() < expected && t_wait.elapsed() < Duration::from_secs(120)
-    {
+    while lat.lock().expect("lat").len() < expected && t_wait.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut l = lat.lock().expect("lat").clone();
     if l.len() < expected {
-        println!("warning: {} of {expected} samples arrived within 120 s after the turn", l.len());
+        println!(
+            "warning: {} of {expected} samples arrived within 120 s after the turn",
+            l.len()
+        );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("| measure | result | target |");

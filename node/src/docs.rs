@@ -285,7 +285,11 @@ struct Entry {
 
 impl Entry {
     fn new(mut conv: Conversation, stored: bool, dirty: bool) -> Self {
-        let live_heads = if stored && !dirty { conv.heads() } else { Vec::new() };
+        let live_heads = if stored && !dirty {
+            conv.heads()
+        } else {
+            Vec::new()
+        };
         Self {
             conv,
             peers: HashMap::new(),
