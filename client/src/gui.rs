@@ -14,6 +14,7 @@ use crate::paths::ClientPaths;
 pub mod backend;
 mod chat;
 pub mod files;
+pub mod idea;
 pub mod keys;
 pub mod palette;
 mod panels;
@@ -87,6 +88,9 @@ impl GuiApp {
         for ev in self.tools.poll() {
             tools::apply(&mut self.state, ev);
         }
+        for cmd in std::mem::take(&mut self.state.backend_out) {
+            self.backend.send(cmd);
+        }
         for ev in self.backend.poll() {
             let messages_of = match &ev {
                 Event::Messages { conv, .. } => Some(conv.clone()),
@@ -133,6 +137,7 @@ impl GuiApp {
             &mut self.panels,
             &mut out,
         );
+        out.append(&mut self.state.backend_out);
         for cmd in out {
             self.backend.send(cmd);
         }

@@ -96,6 +96,31 @@ pub async fn git_identity() -> Result<GitIdentity> {
     }
 }
 
+tokio::task_local! {
+    /// Where progress lines also go while `sam idea` runs inside [`with_progress`] (the GUI).
+    static PROGRESS: tokio::sync::mpsc::UnboundedSender<String>;
+}
+
+/// Runs `fut` (e.g. [`idea`]) with every progress line also sent to `tx`, as printed.
+pub async fn with_progress<F: std::future::Future>(
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    fut: F,
+) -> F::Output {
+    PROGRESS.scope(tx, fut).await
+}
+
+/// Prints a progress line on stderr, and hands it to the [`with_progress`] listener.
+fn say(line: String) {
+    eprintln!("{line}");
+    listener_line(line);
+}
+
+/// Hands a line printed elsewhere (e.g. a workspace's creation log) to the
+/// [`with_progress`] listener, if any.
+pub(crate) fn listener_line(line: String) {
+    let _ = PROGRESS.try_with(|tx| tx.send(line));
+}
+
 async fn pr_request(client: &NodeClient, req: PrRequest) -> Result<PrResponse> {
     match client.request(Request::Pr(req)).await? {
         Response::Pr(p) => Ok(p),
@@ -130,13 +155,13 @@ impl Progress {
         let took = at.saturating_duration_since(self.last).as_secs_f64();
         let total = at.saturating_duration_since(self.t0).as_secs_f64();
         self.last = at;
-        eprintln!("==> [{total:6.2}s +{took:5.2}s] {name}: {detail}");
+        say(format!("==> [{total:6.2}s +{took:5.2}s] {name}: {detail}"));
         self.steps
             .push(json!({ "step": name, "secs": took, "at": total, "detail": detail }));
     }
 
     fn note(&self, text: &str) {
-        eprintln!("    {text}");
+        say(format!("    {text}"));
     }
 }
 
@@ -474,7 +499,9 @@ async fn until_made(client: &NodeClient, id: &str) -> Result<()> {
             bail!("not ready after 2 min");
         }
         if !said {
-            eprintln!("    waiting for workspace {id} to be made before removing it");
+            say(format!(
+                "    waiting for workspace {id} to be made before removing it"
+            ));
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -675,7 +702,7 @@ async fn follow(
                         })
                     {
                         first.set(Some(Instant::now()));
-                        eprintln!("    (first agent token)");
+                        say("    (first agent token)".into());
                     }
                     for m in msgs.iter().skip(shown) {
                         if m.role == MsgRole::System && is_pr_outcome(&m.text) {
@@ -683,11 +710,11 @@ async fn follow(
                         } else if m.role != MsgRole::User {
                             let line = m.text.lines().next().unwrap_or("");
                             let what = m.tool.as_ref().map(|t| t.title.as_str()).unwrap_or(line);
-                            eprintln!(
+                            say(format!(
                                 "    {}: {}",
                                 m.role.as_str(),
                                 what.chars().take(100).collect::<String>()
-                            );
+                            ));
                         }
                     }
                     // Count only messages that are finished, so streamed text is shown once done.

@@ -282,6 +282,7 @@ pub(crate) async fn creation_logs(client: &NodeClient, id: &str) -> Result<Works
                 let _ = write!(err, "\r\x1b[2K");
             }
             let _ = writeln!(err, "  {line}");
+            super::idea::listener_line(format!("  {line}"));
         }
         if !matches!(l.status, WorkspaceStatus::Creating) {
             if tty {

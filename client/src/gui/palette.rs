@@ -17,6 +17,7 @@ pub struct PaletteState {
 pub enum Action {
     Connect,
     NewConv,
+    NewIdea,
     NewConvIn { node: String, workspace: String },
     OpenConv(String),
     Settings,
@@ -40,6 +41,7 @@ pub fn items(state: &AppState) -> Vec<Item> {
     let mut out: Vec<Item> = [
         ("Connect to a node…", Action::Connect),
         ("New conversation…", Action::NewConv),
+        ("New idea…", Action::NewIdea),
         ("Settings", Action::Settings),
         ("Share node…", Action::Share),
         ("Notifications", Action::Notifications),
@@ -135,6 +137,11 @@ impl AppState {
             }
             Action::NewConv => {
                 self.open_new_conv(None, None);
+                None
+            }
+            Action::NewIdea => {
+                let agent = self.prefs.default_agent.clone();
+                self.idea.open(&agent);
                 None
             }
             Action::NewConvIn { node, workspace } => {

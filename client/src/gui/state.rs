@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sam_crdt::{MessageView, PlanEntry, Role, Status};
 
 use super::files::FilesView;
+use super::idea::IdeaView;
 use super::palette::PaletteState;
 use super::ports::PortsView;
 use super::tools::ToolCmd;
@@ -306,6 +307,10 @@ pub struct AppState {
     pub ports: PortsView,
     /// Commands for the tools worker (files, ports, voice), handed over after each frame.
     pub tools_out: Vec<ToolCmd>,
+    /// The "New idea" dialog and its run.
+    pub idea: IdeaView,
+    /// Commands for the backend made outside the view (e.g. when an idea ends).
+    pub backend_out: Vec<Command>,
 }
 
 impl AppState {

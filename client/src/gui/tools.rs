@@ -92,6 +92,11 @@ pub enum ToolCmd {
     AutoRead(bool),
     LoadVoiceSettings,
     SaveVoiceSettings(super::voice::VoiceForm),
+    /// Runs `sam idea` (numbered `run`): progress and the end come as [`ToolEvent::Idea`].
+    Idea {
+        run: u64,
+        req: Box<super::idea::IdeaRequest>,
+    },
 }
 
 /// Player buttons.
@@ -154,6 +159,11 @@ pub enum ToolEvent {
     VoiceSettings {
         form: super::voice::VoiceForm,
         saved: Option<Result<String, String>>,
+    },
+    /// Progress or the end of an idea run.
+    Idea {
+        run: u64,
+        ev: super::idea::IdeaEvent,
     },
 }
 
@@ -390,6 +400,12 @@ impl Tools {
                 }
                 self.events.emit(ToolEvent::Forward { port, state: None });
             }
+            ToolCmd::Idea { run, req } => {
+                let (paths, ev) = (self.paths.clone(), self.events.clone());
+                // The flow's future is not `Send` (it follows the conversation with local
+                // state): it runs on a blocking thread of this runtime, driven by its handle.
+                tokio::task::spawn_blocking(move || run_idea(paths, ev, run, *req));
+            }
             ToolCmd::RecordStart => self.record_start().await,
             ToolCmd::RecordStop => self.record_stop().await,
             ToolCmd::Speak {
@@ -556,9 +572,37 @@ impl Tools {
     }
 }
 
+/// Runs `sam idea` to its end on this (blocking) thread; progress lines go to the UI as
+/// they are printed.
+fn run_idea(paths: ClientPaths, events: Events, run: u64, req: super::idea::IdeaRequest) {
+    use super::idea::IdeaEvent;
+    let rt = tokio::runtime::Handle::current();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let ev = events.clone();
+    let forward = rt.spawn(async move {
+        while let Some(line) = rx.recv().await {
+            ev.emit(ToolEvent::Idea {
+                run,
+                ev: IdeaEvent::Step(line),
+            });
+        }
+    });
+    let result = rt.block_on(crate::cli::idea::with_progress(
+        tx,
+        crate::cli::idea::idea(&paths, req.into_args()),
+    ));
+    // Every step line before the end.
+    let _ = rt.block_on(forward);
+    events.emit(ToolEvent::Idea {
+        run,
+        ev: IdeaEvent::Done(result.map(|o| o.json).map_err(|e| format!("{e:#}"))),
+    });
+}
+
 /// Applies a tools event to the UI state.
 pub fn apply(state: &mut AppState, ev: ToolEvent) {
     match ev {
+        ToolEvent::Idea { run, ev } => super::idea::apply(state, run, ev),
         ToolEvent::Listing { .. }
         | ToolEvent::File { .. }
         | ToolEvent::Diff { .. }

@@ -1,5 +1,5 @@
 //! The window: top bar, sidebar (nodes, workspaces, conversation tree), the main panel,
-//! dialogs (connect, new conversation, settings, share, notifications), the command
+//! dialogs (connect, new conversation, new idea, settings, share, notifications), the command
 //! palette and toasts. Reads [`AppState`], pushes [`Command`]s.
 
 use egui::{Color32, RichText, Ui};
@@ -39,6 +39,7 @@ pub fn show(
     new_conv_dialog(&ctx, state, out);
     settings_dialog(&ctx, state, out);
     share_dialog(&ctx, state, out);
+    super::idea::dialog(&ctx, state);
     notifications_dialog(&ctx, state);
     palette_window(&ctx, state, out);
     toasts(&ctx, state);
@@ -104,6 +105,14 @@ fn sidebar(ui: &mut Ui, state: &mut AppState, out: &mut Vec<Command>) {
         }
         if ui.button("New conversation").clicked() {
             state.open_new_conv(None, None);
+        }
+        if ui
+            .button("New idea")
+            .on_hover_text("From an idea to a pull request: a workspace, an agent, a PR (sam idea)")
+            .clicked()
+        {
+            let agent = state.prefs.default_agent.clone();
+            state.idea.open(&agent);
         }
     });
     ui.separator();
