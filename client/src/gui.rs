@@ -19,6 +19,7 @@ pub mod keys;
 pub mod palette;
 mod panels;
 pub mod ports;
+pub mod relocate;
 pub mod state;
 mod terminal;
 pub mod tools;

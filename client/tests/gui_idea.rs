@@ -4,6 +4,10 @@
 //! unreachable repository runs `sam idea`'s flow on the tools worker, shows its progress
 //! lines live and ends with the failed step in the dialog and a notification.
 //!
+//! "Continue on another node…": a conversation whose node was killed is moved from its
+//! header button to a second node (`sam move`'s flow on the tools worker), and followed
+//! live there.
+//!
 //! The second test needs dockerd and the `sam-base:1` image (or `SAM_BASE_IMAGE`): the
 //! workspace step clones inside a container, and `cargo build --bins`.
 
@@ -291,4 +295,131 @@ fn idea_start_with_an_unreachable_repo_shows_the_failed_step() {
             let _ = sam(&me_home, &["workspace", "rm", id, "--force"]);
         }
     }
+}
+
+#[test]
+fn a_conversation_of_an_unreachable_node_continues_on_another() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me_home = tmp.path().join("me");
+    let me = ClientPaths::new(&me_home);
+    let owner = me.identity().expect("identity").node_id().to_string();
+    let (node_a, ticket_a) = start_node(&tmp.path().join("a"), &owner);
+    let (_node_b, ticket_b) = start_node(&tmp.path().join("b"), &owner);
+    ok(sam(&me_home, &["connect", &ticket_a, "--name", "a"]));
+    ok(sam(&me_home, &["connect", &ticket_b, "--name", "b"]));
+    let out = ok(sam(
+        &me_home,
+        &[
+            "convs",
+            "new",
+            "--node",
+            "a",
+            "--workspace",
+            "w1",
+            "--title",
+            "moving test",
+        ],
+    ));
+    let conv = out
+        .lines()
+        .last()
+        .expect("conversation id")
+        .trim()
+        .to_string();
+    drop(node_a);
+
+    let mut h = harness(&me);
+    wait_until(&mut h, "node a is seen offline", 60, |h| {
+        let s = &h.state().state;
+        s.nodes
+            .iter()
+            .any(|n| n.name == "a" && n.reachable == Some(false))
+            && s.nodes
+                .iter()
+                .any(|n| n.name == "b" && n.reachable == Some(true))
+            && s.convs.iter().any(|c| c.id == conv)
+    });
+    let id_a = h
+        .state()
+        .state
+        .nodes
+        .iter()
+        .find(|n| n.name == "a")
+        .expect("a")
+        .id
+        .clone();
+    let id_b = h
+        .state()
+        .state
+        .nodes
+        .iter()
+        .find(|n| n.name == "b")
+        .expect("b")
+        .id
+        .clone();
+    assert!(
+        h.query_by_label("Continue on another node…").is_none(),
+        "nothing selected yet"
+    );
+    h.get_by_label("moving test").click();
+    steps(&mut h, 3);
+    assert_eq!(h.state().state.selected.as_deref(), Some(conv.as_str()));
+    let actions: Vec<_> = sam_client::gui::palette::items(&h.state().state)
+        .into_iter()
+        .map(|i| i.action)
+        .collect();
+    assert!(
+        actions.contains(&sam_client::gui::palette::Action::MoveConv),
+        "the palette offers the move too"
+    );
+    h.get_by_label("Continue on another node…").click();
+    steps(&mut h, 3);
+    assert!(
+        h.query_by_label("Node: a (offline)").is_none(),
+        "not back to its own node"
+    );
+    h.get_by_label("Node: b (reachable)").click();
+    type_into(
+        &mut h,
+        "Workspace on the new node (optional; default: a new one)",
+        "w2",
+    );
+    h.get_by_label("Move").click();
+    steps(&mut h, 2);
+    assert!(h.state().state.moving.running.is_some(), "the move started");
+    assert!(shown(&h, "Moving (sam move)"), "the running status");
+    wait_until(&mut h, "the end of the move", 120, |h| {
+        h.state().state.moving.outcome.is_some()
+    });
+    let outcome = h.state().state.moving.outcome.clone();
+    assert_eq!(
+        outcome,
+        Some(Ok("Moved to b (workspace w2)".to_string())),
+        "notifications: {:?}",
+        h.state().state.notifications
+    );
+    steps(&mut h, 2);
+    assert!(
+        h.query_all_by_label("Moved to b (workspace w2)").count() >= 2,
+        "in the dialog and as a toast"
+    );
+    // The sidebar lists it under node b now; nothing left to move.
+    wait_until(&mut h, "the conversation is on node b", 60, |h| {
+        h.state()
+            .state
+            .convs
+            .iter()
+            .any(|c| c.id == conv && c.node == id_b)
+    });
+    assert_ne!(id_a, id_b);
+    // Followed again at its new node: the header says so and the link comes up.
+    wait_until(&mut h, "the conversation is live on node b", 60, |h| {
+        h.state().state.online
+    });
+    assert!(shown(&h, "workspace w2 on b"), "the header");
+    steps(&mut h, 2);
+    assert!(
+        h.query_by_label("Continue on another node…").is_none(),
+        "its node answers"
+    );
 }

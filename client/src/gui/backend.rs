@@ -331,6 +331,13 @@ impl Actor {
                 });
             }
             Command::Select(id) => self.select(&id)?,
+            Command::Reopen(id) => {
+                if self.followed.as_ref().is_some_and(|f| f.id == id) {
+                    self.followed = None;
+                }
+                self.emit_convs();
+                self.select(&id)?;
+            }
             Command::Prompt { conv, text } => {
                 let me = self.me.clone();
                 self.change(&conv, |c| {

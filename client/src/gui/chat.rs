@@ -110,6 +110,14 @@ fn header(ui: &mut Ui, state: &mut AppState, conv_id: &str, out: &mut Vec<Comman
         };
         super::view::dot_colored(ui, dot, text);
         ui.label(RichText::new(text).color(dot));
+        if super::relocate::node_down(state)
+            && ui
+                .button("Continue on another node…")
+                .on_hover_text("Its node does not answer: move the conversation (sam move)")
+                .clicked()
+        {
+            state.moving.open(conv_id);
+        }
         if ui
             .checkbox(&mut state.voice.auto_read, "Auto-read new answers")
             .on_hover_text("Read each new agent answer aloud when it is complete")

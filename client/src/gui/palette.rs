@@ -18,7 +18,12 @@ pub enum Action {
     Connect,
     NewConv,
     NewIdea,
-    NewConvIn { node: String, workspace: String },
+    /// Moves the selected conversation off its unreachable node.
+    MoveConv,
+    NewConvIn {
+        node: String,
+        workspace: String,
+    },
     OpenConv(String),
     Settings,
     Share,
@@ -59,6 +64,12 @@ pub fn items(state: &AppState) -> Vec<Item> {
         action: a,
     })
     .collect();
+    if super::relocate::node_down(state) {
+        out.push(Item {
+            label: "Continue on another node…".into(),
+            action: Action::MoveConv,
+        });
+    }
     for c in &state.convs {
         out.push(Item {
             label: format!("Conversation: {} ({})", c.title, c.agent),
@@ -142,6 +153,12 @@ impl AppState {
             Action::NewIdea => {
                 let agent = self.prefs.default_agent.clone();
                 self.idea.open(&agent);
+                None
+            }
+            Action::MoveConv => {
+                if let Some(id) = self.selected.clone() {
+                    self.moving.open(&id);
+                }
                 None
             }
             Action::NewConvIn { node, workspace } => {

@@ -11,6 +11,7 @@ use super::files::FilesView;
 use super::idea::IdeaView;
 use super::palette::PaletteState;
 use super::ports::PortsView;
+use super::relocate::MoveView;
 use super::tools::ToolCmd;
 use super::voice::VoiceView;
 
@@ -71,6 +72,9 @@ pub enum Command {
     },
     /// Follow this conversation (load it, sync it live).
     Select(String),
+    /// Follow it again from the local replica, changed by another path (a move): drops the
+    /// in-memory copy and its link.
+    Reopen(String),
     Prompt {
         conv: String,
         text: String,
@@ -309,6 +313,8 @@ pub struct AppState {
     pub tools_out: Vec<ToolCmd>,
     /// The "New idea" dialog and its run.
     pub idea: IdeaView,
+    /// The "Continue on another node" dialog and its run.
+    pub moving: MoveView,
     /// Commands for the backend made outside the view (e.g. when an idea ends).
     pub backend_out: Vec<Command>,
 }

@@ -97,6 +97,11 @@ pub enum ToolCmd {
         run: u64,
         req: Box<super::idea::IdeaRequest>,
     },
+    /// Runs `sam move` (numbered `run`): the end comes as [`ToolEvent::Move`].
+    Move {
+        run: u64,
+        req: Box<super::relocate::MoveRequest>,
+    },
 }
 
 /// Player buttons.
@@ -164,6 +169,11 @@ pub enum ToolEvent {
     Idea {
         run: u64,
         ev: super::idea::IdeaEvent,
+    },
+    /// The end of a move: `sam move`'s JSON output, or the error.
+    Move {
+        run: u64,
+        result: Result<serde_json::Value, String>,
     },
 }
 
@@ -406,6 +416,17 @@ impl Tools {
                 // state): it runs on a blocking thread of this runtime, driven by its handle.
                 tokio::task::spawn_blocking(move || run_idea(paths, ev, run, *req));
             }
+            ToolCmd::Move { run, req } => {
+                let (paths, ev) = (self.paths.clone(), self.events.clone());
+                tokio::task::spawn_blocking(move || {
+                    let rt = tokio::runtime::Handle::current();
+                    let r = rt.block_on(crate::cli::relocate::run(&paths, req.into_args()));
+                    ev.emit(ToolEvent::Move {
+                        run,
+                        result: r.map(|o| o.json).map_err(|e| format!("{e:#}")),
+                    });
+                });
+            }
             ToolCmd::RecordStart => self.record_start().await,
             ToolCmd::RecordStop => self.record_stop().await,
             ToolCmd::Speak {
@@ -603,6 +624,7 @@ fn run_idea(paths: ClientPaths, events: Events, run: u64, req: super::idea::Idea
 pub fn apply(state: &mut AppState, ev: ToolEvent) {
     match ev {
         ToolEvent::Idea { run, ev } => super::idea::apply(state, run, ev),
+        ToolEvent::Move { run, result } => super::relocate::apply(state, run, result),
         ToolEvent::Listing { .. }
         | ToolEvent::File { .. }
         | ToolEvent::Diff { .. }

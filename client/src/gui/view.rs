@@ -40,6 +40,7 @@ pub fn show(
     settings_dialog(&ctx, state, out);
     share_dialog(&ctx, state, out);
     super::idea::dialog(&ctx, state);
+    super::relocate::dialog(&ctx, state);
     notifications_dialog(&ctx, state);
     palette_window(&ctx, state, out);
     toasts(&ctx, state);
