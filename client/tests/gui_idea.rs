@@ -8,8 +8,19 @@
 //! header button to a second node (`sam move`'s flow on the tools worker), and followed
 //! live there.
 //!
-//! The second test needs dockerd and the `sam-base:1` image (or `SAM_BASE_IMAGE`): the
-//! workspace step clones inside a container, and `cargo build --bins`.
+//! The whole flow to a pull request runs from the dialog too, against a git server with
+//! Basic auth and the fake GitHub API (as `client/tests/idea.rs`): the PR URL shows in the
+//! dialog and as a notification, and the idea's conversation opens.
+//!
+//! All but the validation test need dockerd and the `sam-base:1` image (workspaces are
+//! containers), and `cargo build --workspace --bins`. Tests that need a GitHub token and a
+//! git identity in the environment run their GUI side in a child process of this binary
+//! (the crate forbids `unsafe`, so no `set_var`).
+
+#[path = "../../node/tests/support/git_http.rs"]
+mod git_http;
+#[path = "../../node/tests/support/github.rs"]
+mod github;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,6 +32,12 @@ use egui_kittest::kittest::Queryable;
 use sam_client::ClientPaths;
 use sam_client::gui::GuiApp;
 use sam_client::gui::idea::{Outcome, Place};
+
+/// Planted secrets of the PR test (made up; checked never to show in the window).
+const TOKEN: &str = "ghp_PLANTED_gui_idea_token_77777";
+const PASSWORD: &str = "gui-idea-PLANTED-pw";
+/// `sam-base:1` plus the scripted agent (as `client/tests/idea.rs` builds it).
+const IMAGE: &str = "sam-idea-test:1";
 
 fn sam_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sam"))
@@ -68,6 +85,10 @@ impl Drop for NodeProc {
 
 /// Inits and runs a node owned by `owner`; returns it and its ticket.
 fn start_node(home: &Path, owner: &str) -> (NodeProc, String) {
+    start_node_with(home, owner, &[])
+}
+
+fn start_node_with(home: &Path, owner: &str, env: &[(&str, &str)]) -> (NodeProc, String) {
     ok(Command::new(node_bin())
         .env("SAM_HOME", home)
         .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
@@ -75,6 +96,7 @@ fn start_node(home: &Path, owner: &str) -> (NodeProc, String) {
         .expect("init"));
     let mut child = Command::new(node_bin())
         .env("SAM_HOME", home)
+        .envs(env.iter().copied())
         .arg("run")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -163,6 +185,10 @@ fn shown(h: &H<'_>, text: &str) -> bool {
 
 /// Ctrl+K, "idea", the "New idea…" entry: the dialog is open with its defaults.
 fn open_from_palette(h: &mut H<'_>) {
+    open_from_palette_agent(h, "claude");
+}
+
+fn open_from_palette_agent(h: &mut H<'_>, agent: &str) {
     assert!(!shown(h, "Repository URL"), "the dialog starts closed");
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::K);
     steps(h, 2);
@@ -184,7 +210,7 @@ fn open_from_palette(h: &mut H<'_>) {
     assert!(shown(h, "Provider: local"));
     let f = h.state().state.idea.form.clone().expect("the form");
     assert_eq!(f.base, "main");
-    assert_eq!(f.agent, "claude", "the default agent of the settings");
+    assert_eq!(f.agent, agent, "the default agent of the settings");
     assert_eq!(f.place, Place::Provider("local".into()));
 }
 
@@ -238,6 +264,8 @@ fn idea_start_with_an_unreachable_repo_shows_the_failed_step() {
     wait_until(&mut h, "the node is known", 30, |h| {
         !h.state().state.nodes.is_empty()
     });
+    // The failed workspace is kept by the flow (for a retry): its container goes at the end.
+    let _containers = Containers(h.state().state.nodes[0].id.clone());
     open_from_palette(&mut h);
     type_into(&mut h, "Idea", "Fix the typo in the README\n\nIt says teh.");
     // Nothing listens on port 9 (discard): the clone fails.
@@ -286,15 +314,6 @@ fn idea_start_with_an_unreachable_repo_shows_the_failed_step() {
     );
     assert!(!shown(&h, "PR opened"));
     assert!(!shown(&h, "Running ("), "no spinner once done");
-
-    // The failed workspace is left for a retry by the flow; clean it up here.
-    let out = ok(sam(&me_home, &["--json", "workspace", "ls"]));
-    let list: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
-    for w in list.as_array().into_iter().flatten() {
-        if let Some(id) = w["id"].as_str() {
-            let _ = sam(&me_home, &["workspace", "rm", id, "--force"]);
-        }
-    }
 }
 
 #[test]
@@ -421,5 +440,221 @@ fn a_conversation_of_an_unreachable_node_continues_on_another() {
     assert!(
         h.query_by_label("Continue on another node…").is_none(),
         "its node answers"
+    );
+}
+
+/// Removes a node's workspace containers when dropped (also when the test fails).
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        remove_containers_of(&self.0);
+    }
+}
+
+/// Removes the workspace containers a node made (only that node's, by label).
+fn remove_containers_of(node: &str) {
+    if let Ok(o) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=sam.node={node}")])
+        .output()
+    {
+        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+fn bridge_ip() -> std::net::IpAddr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let cidr = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)?
+                .to_string();
+            cidr.split('/').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The whole flow from the dialog: a real node on Docker (a lightweight workspace with the
+/// scripted agent), a git server with Basic auth and the fake GitHub API. The servers run in
+/// this process; the GUI runs in a child with the token, git credentials and identity in its
+/// environment. Needs dockerd, `sam-base:1` and `cargo build --workspace --bins`.
+#[test]
+fn idea_runs_to_a_pull_request_and_opens_its_conversation() {
+    if std::env::var_os("SAM_GUI_IDEA_PR_CHILD").is_some() {
+        return pr_child();
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The image with the scripted agent.
+    let ctx = tmp.path().join("image");
+    std::fs::create_dir_all(&ctx).expect("mkdir");
+    std::fs::copy(
+        sam_bin().with_file_name("sam-test-agent"),
+        ctx.join("sam-test-agent"),
+    )
+    .expect("copy sam-test-agent (cargo build --workspace --bins)");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM sam-base:1\nCOPY sam-test-agent /usr/local/bin/sam-test-agent\n",
+    )
+    .expect("dockerfile");
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(&ctx)
+        .output()
+        .expect("docker build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let repos = tmp.path().join("repos");
+    std::fs::create_dir_all(&repos).expect("mkdir");
+    git_http::make_repo(&repos);
+    let git_base = rt.block_on(git_http::git_server_on(
+        bridge_ip(),
+        repos.clone(),
+        base64(format!("sam:{PASSWORD}").as_bytes()),
+    ));
+    let gh = rt.block_on(github::FakeGitHub::start(TOKEN));
+    gh.add_repo("o/r");
+    let gitconfig = tmp.path().join("gitconfig");
+    std::fs::write(
+        &gitconfig,
+        "[user]\n\tname = Ada Lovelace\n\temail = ada@example.invalid\n",
+    )
+    .expect("gitconfig");
+    let status = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "idea_runs_to_a_pull_request_and_opens_its_conversation",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SAM_GUI_IDEA_PR_CHILD", "1")
+        .env("SAM_GUI_IDEA_TMP", tmp.path())
+        .env("SAM_GUI_IDEA_REPO", format!("{git_base}/o/r.git"))
+        .env("GH_TOKEN", TOKEN)
+        .env("SAM_GITHUB_API", &gh.url)
+        .env("SAM_GIT_USERNAME", "sam")
+        .env("SAM_GIT_PASSWORD", PASSWORD)
+        .env("SAM_NO_KEYRING", "1")
+        .env("GIT_CONFIG_GLOBAL", &gitconfig)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("RUST_LOG")
+        .status()
+        .expect("run the test binary");
+    assert!(status.success(), "the GUI side failed: {status}");
+    let pulls = gh.pulls("o/r");
+    assert_eq!(pulls.len(), 1, "one pull request");
+    assert_eq!(pulls[0].head, "sam/write-greeting-txt-hello-world");
+    assert_eq!(pulls[0].base, "main");
+    let log = git_http::git(
+        &repos.join("o/r.git"),
+        &[
+            "log",
+            "--format=%an %s",
+            "sam/write-greeting-txt-hello-world",
+        ],
+    );
+    assert!(log.starts_with("Ada Lovelace write greeting.txt"), "{log}");
+    gh.assert_clean();
+}
+
+/// The GUI side of the PR test (in the child process).
+fn pr_child() {
+    let tmp = PathBuf::from(std::env::var_os("SAM_GUI_IDEA_TMP").expect("tmp"));
+    let repo = std::env::var("SAM_GUI_IDEA_REPO").expect("repo");
+    let me_home = tmp.join("me");
+    let me = ClientPaths::new(&me_home);
+    let owner = me.identity().expect("identity").node_id().to_string();
+    let (_node, ticket) = start_node_with(&tmp.join("node"), &owner, &[("SAM_BASE_IMAGE", IMAGE)]);
+    ok(sam(&me_home, &["connect", &ticket, "--name", "box"]));
+    // The settings' default agent is the custom one (an ACP command).
+    std::fs::write(me_home.join("gui.toml"), "default_agent = \"custom\"\n").expect("prefs");
+
+    let mut h = harness(&me);
+    wait_until(&mut h, "the node is known", 30, |h| {
+        !h.state().state.nodes.is_empty()
+    });
+    let _containers = Containers(h.state().state.nodes[0].id.clone());
+    open_from_palette_agent(&mut h, "custom");
+    // The scripted agent reads the idea as its script.
+    type_into(&mut h, "Idea", "write greeting.txt hello world");
+    type_into(&mut h, "Repository URL", &repo);
+    type_into(&mut h, "Agent command", "sam-test-agent");
+    h.get_by_label("Node: box").click();
+    h.get_by_label("Lightweight workspace (base image, no devcontainer)")
+        .click();
+    steps(&mut h, 2);
+    h.get_by_label("Start").click();
+    steps(&mut h, 2);
+    assert!(h.state().state.idea.running.is_some(), "the run started");
+    wait_until(&mut h, "the end of the run", 300, |h| {
+        h.state().state.idea.outcome.is_some()
+    });
+    let s = &h.state().state;
+    let Some(Outcome::Opened { url, conv, .. }) = s.idea.outcome.clone() else {
+        panic!(
+            "expected a PR, got {:?}\nsteps: {:#?}",
+            s.idea.outcome, s.idea.steps
+        );
+    };
+    assert!(url.ends_with("/o/r/pull/1"), "{url}");
+    let conv = conv.expect("the idea's conversation");
+    assert!(
+        s.idea
+            .steps
+            .iter()
+            .any(|l| l.contains("pr: pull request opened")),
+        "{:#?}",
+        s.idea.steps
+    );
+    steps(&mut h, 2);
+    let opened = format!("PR opened: {url}");
+    assert!(
+        h.query_all_by_label(&opened).count() >= 2,
+        "in the dialog and as a toast"
+    );
+    assert!(
+        h.query_by_label("Open the pull request").is_some(),
+        "the link"
+    );
+    // The idea's conversation is open, and listed in the sidebar.
+    assert_eq!(h.state().state.selected.as_deref(), Some(conv.as_str()));
+    wait_until(&mut h, "the conversation in the sidebar", 30, |h| {
+        h.state().state.convs.iter().any(|c| c.id == conv)
+    });
+    assert!(
+        !shown(&h, TOKEN) && !shown(&h, PASSWORD),
+        "no secret on screen"
     );
 }
