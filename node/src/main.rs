@@ -110,6 +110,9 @@ fn run(paths: NodePaths, json: bool) -> Result<()> {
     let _ = NodeConfig::load(&paths.config())?;
     let rt = tokio::runtime::Runtime::new().context("start tokio")?;
     rt.block_on(async move {
+        // Listen before the ticket is printed: whoever started us may stop us right after
+        // reading it, and SIGTERM must still shut down cleanly then.
+        let mut stop = StopSignals::register();
         let handle = sam_node::Node::start(paths).await?;
         let ticket = handle.ticket();
         if json {
@@ -119,31 +122,60 @@ fn run(paths: NodePaths, json: bool) -> Result<()> {
             eprintln!("owner ticket (connect with `sam connect <ticket>`):");
             println!("{ticket}");
         }
-        wait_for_signal().await;
+        stop.wait().await;
         eprintln!("shutting down");
         handle.shutdown().await
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), registered up front.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
