@@ -35,6 +35,23 @@ use_target_dir() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SAM_ROOT/target}"
 }
 
+# disk_report: free space where the build and Docker write, and the target dir's size.
+# A full disk shows up as a linker killed by SIGBUS or a failed image build, so the
+# numbers are printed before and after the build, and a low reading is said out loud.
+disk_report() {
+    local dir free_kb
+    mkdir -p "$CARGO_TARGET_DIR"
+    for dir in "$CARGO_TARGET_DIR" /var/lib/docker "${TMPDIR:-/tmp}"; do
+        [ -d "$dir" ] || continue
+        free_kb=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+        echo "free under $dir: $((free_kb / 1024 / 1024)) GiB"
+        if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+            echo "warning: less than 8 GiB free under $dir; the build and the images need about 6 GiB"
+        fi
+    done
+    echo "target dir: $(du -sh "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1)"
+}
+
 _SAM_APT_UPDATED=0
 
 # ensure_apt PKG...: installs the Debian packages that are not installed yet.

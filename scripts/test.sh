@@ -15,6 +15,7 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rust
 cargo --version
 rustc --version
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+disk_report
 
 section "System packages"
 # Build dependencies of the workspace: a C compiler and linker for -sys crates, git for tests.
@@ -54,4 +55,5 @@ cargo build --workspace --bins
 section "Test: cargo test --workspace"
 cargo test --workspace "$@"
 
+disk_report
 section "All tests passed"

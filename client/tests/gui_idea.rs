@@ -17,10 +17,8 @@
 //! git identity in the environment run their GUI side in a child process of this binary
 //! (the crate forbids `unsafe`, so no `set_var`).
 
-#[path = "../../node/tests/support/git_http.rs"]
-mod git_http;
-#[path = "../../node/tests/support/github.rs"]
-mod github;
+use crate::support::git_http;
+use crate::support::github;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -123,16 +121,47 @@ fn in_child_with_env(test: &str) -> bool {
         "[user]\n\tname = Gui Idea Test\n\temail = gui-idea@example.com\n",
     )
     .expect("gitconfig");
-    let status = Command::new(std::env::current_exe().expect("test binary"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+    let mut child = self_test(test);
+    child
         .env("SAM_GUI_IDEA_CHILD", "1")
         .env("GH_TOKEN", "not-a-real-token-gui-idea")
         .env("GIT_CONFIG_GLOBAL", &gitconfig)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .status()
-        .expect("run the test binary");
-    assert!(status.success(), "{test} failed in its child: {status}");
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    run_self_test(test, child);
     false
+}
+
+/// This test binary, set to run exactly `test` of this file and nothing else.
+fn self_test(test: &str) -> Command {
+    // libtest names a test by its module path inside the crate: `gui_idea::test` when this
+    // file is a module of the crate's one test binary.
+    let name = match module_path!().split_once("::") {
+        Some((_crate, module)) => format!("{module}::{test}"),
+        None => test.to_string(),
+    };
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([&name, "--exact", "--nocapture", "--test-threads=1"]);
+    cmd
+}
+
+/// Runs a [`self_test`] child and fails unless it ran that one test and it passed (a
+/// filter matching nothing would also exit 0).
+fn run_self_test(test: &str, mut child: Command) {
+    let out = child
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{test} failed in its child: {}",
+        out.status
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the child did not run {test}"
+    );
 }
 
 type H<'a> = Harness<'a, GuiApp>;
@@ -552,13 +581,9 @@ fn idea_runs_to_a_pull_request_and_opens_its_conversation() {
         "[user]\n\tname = Ada Lovelace\n\temail = ada@example.invalid\n",
     )
     .expect("gitconfig");
-    let status = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "idea_runs_to_a_pull_request_and_opens_its_conversation",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let test = "idea_runs_to_a_pull_request_and_opens_its_conversation";
+    let mut child = self_test(test);
+    child
         .env("SAM_GUI_IDEA_PR_CHILD", "1")
         .env("SAM_GUI_IDEA_TMP", tmp.path())
         .env("SAM_GUI_IDEA_REPO", format!("{git_base}/o/r.git"))
@@ -569,10 +594,8 @@ fn idea_runs_to_a_pull_request_and_opens_its_conversation() {
         .env("SAM_NO_KEYRING", "1")
         .env("GIT_CONFIG_GLOBAL", &gitconfig)
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env_remove("RUST_LOG")
-        .status()
-        .expect("run the test binary");
-    assert!(status.success(), "the GUI side failed: {status}");
+        .env_remove("RUST_LOG");
+    run_self_test(test, child);
     let pulls = gh.pulls("o/r");
     assert_eq!(pulls.len(), 1, "one pull request");
     assert_eq!(pulls[0].head, "sam/write-greeting-txt-hello-world");

@@ -3,8 +3,8 @@
 //! in `tests/snapshots/`. The state is built by hand (fixed ids, times and texts) so the
 //! pictures are the same on every run.
 //!
-//! After a deliberate UI change: `UPDATE_SNAPSHOTS=1 cargo test -p sam-client --test
-//! gui_snapshots`, look at the new images, commit them.
+//! After a deliberate UI change: `UPDATE_SNAPSHOTS=1 cargo test -p sam-client --test client
+//! gui_snapshots::`, look at the new images, commit them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

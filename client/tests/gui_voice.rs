@@ -14,8 +14,7 @@ use sam_client::gui::{GuiApp, VoiceIo};
 use sam_client::voice::{Audio, InputSource};
 use sam_crdt::{Conversation, NewConversation, Role, Status};
 
-#[path = "support/fake_speech.rs"]
-mod fake_speech;
+use crate::support::fake_speech;
 use fake_speech::{fake_server, transcription_handler};
 
 type H<'a> = Harness<'a, GuiApp>;

@@ -8,10 +8,8 @@
 //! warm pool on a fresh `SAM_HOME` (`sam-node` processes on this machine): the first idea
 //! creates a node, the second reuses it warm, each gives it back to the pool after its PR.
 
-#[path = "../../node/tests/support/git_http.rs"]
-mod git_http;
-#[path = "../../node/tests/support/github.rs"]
-mod github;
+use crate::support::git_http;
+use crate::support::github;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -155,8 +155,7 @@ fn player_plays_a_queue_into_a_file_at_speed() {
 }
 
 // A fake OpenAI-compatible server on 127.0.0.1 (shared with the GUI voice test).
-#[path = "support/fake_speech.rs"]
-mod fake_speech;
+use crate::support::fake_speech;
 use fake_speech::{fake_server, transcription_handler};
 
 fn tone(secs: f32, rate: u32) -> Audio {

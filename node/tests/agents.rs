@@ -2,10 +2,8 @@
 //! real clients: streaming into the document, tool calls, plans, permissions (ctl and doc
 //! answers, roles, policies), cancel, crash and restart, queued prompts, credentials.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/agent_util.rs"]
-mod util;
+use crate::support::agent_util as util;
+use crate::support::harness;
 
 use sam_client::conn::ConnectError;
 use sam_client::docs::open_stream;

@@ -3,10 +3,8 @@
 //! Also: restarts (session/load or transcript), node restarts, and planted credentials
 //! never reaching the node's disk or logs.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/agent_util.rs"]
-mod util;
+use crate::support::agent_util as util;
+use crate::support::harness;
 
 use std::sync::{Arc, Mutex};
 

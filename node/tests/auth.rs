@@ -14,8 +14,7 @@ use sam_protocol::ctl::{ErrorCode, Hello, HelloReply, Request, RequestFrame, Res
 use sam_protocol::frame::MAX_FRAME;
 use sam_protocol::{Role, SecretKey, alpn};
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::harness;
 use harness::{TestNode, client, endpoint, now};
 
 async fn owner_still_served(n: &TestNode) {

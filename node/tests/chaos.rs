@@ -2,8 +2,7 @@
 //! reconnect at 1,000 random points in total; afterwards every replica equals the
 //! node's document, with no duplicate message id and no lost or reordered chunk.
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::harness;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -7,8 +7,7 @@
 //! workspace container. Needs dockerd, `sam-base:1`, the Claude adapter installed by
 //! `bootstrap/agents/install-agents.sh claude` and `cargo build --workspace --bins`.
 
-#[path = "support/real_agents.rs"]
-mod real_agents;
+use crate::support::real_agents;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,7 @@
 //! flake: the poll of the workspace step stayed open on the node, claimed the push's request
 //! and answered it to a stream nobody read, so `git push` waited 90 s for nothing.
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::harness;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! `sam/doc/1` over real loopback iroh: live streaming to several clients, roles,
 //! scopes, bad peers, offline prompts and durability across `kill -9`.
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::harness;
 
 use std::time::Duration;
 
@@ -481,12 +480,26 @@ fn unhex(s: &str) -> SecretKey {
     SecretKey::from_bytes(bytes.try_into().expect("32 bytes"))
 }
 
+/// The libtest name of `test` in this file (`docs::test` when this file is a module of
+/// the crate's one test binary).
+fn this_module_test(test: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_crate, module)) => format!("{module}::{test}"),
+        None => test.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn acknowledged_chunks_survive_kill_9() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "kill9_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &this_module_test("kill9_child"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SAM_KILL9_DIR", dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -5,13 +5,9 @@
 //! its agent's first turn and says so, the old node learns it no longer serves the
 //! conversation, and the `hosts` history records both.
 
-#[path = "workspace_io/common.rs"]
-#[allow(dead_code)]
-mod common;
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/agent_util.rs"]
-mod util;
+use crate::support::agent_util as util;
+use crate::support::harness;
+use crate::support::ws_common as common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -3,14 +3,10 @@
 //! brokered from a connected client, and opens/reuses the PR on a fake GitHub API whose every
 //! request and response is validated against `github-rest.openapi.json`.
 
-#[path = "support/git_http.rs"]
-mod git_http;
-#[path = "support/github.rs"]
-mod github;
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/agent_util.rs"]
-mod util;
+use crate::support::agent_util as util;
+use crate::support::git_http;
+use crate::support::github;
+use crate::support::harness;
 
 use git_http::git;
 use sam_crdt::{Role as MsgRole, Status};

@@ -3,12 +3,9 @@
 //! node commits, pushes through the container's credential helper (→ node → client) and
 //! opens the PR on the fake GitHub API. Needs dockerd and the `sam-base:1` image.
 
-#[path = "support/git_http.rs"]
-mod git_http;
-#[path = "support/github.rs"]
-mod github;
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::git_http;
+use crate::support::github;
+use crate::support::harness;
 
 use std::process::Command;
 use std::time::Duration;

@@ -10,8 +10,7 @@
 //! JSON-RPC over stdio), so an adapter problem shows up here on its own, apart from the
 //! node's runner.
 
-#[path = "support/real_agents.rs"]
-mod real_agents;
+use crate::support::real_agents;
 
 use std::path::Path;
 use std::process::Stdio;

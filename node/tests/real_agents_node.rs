@@ -3,12 +3,7 @@
 //! as a credential, answers a queued prompt with one tool call that writes a file in the
 //! workspace; the turn, the tool call and the answer land in the conversation.
 
-#[path = "support/agent_util.rs"]
-mod agent_util;
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/real_agents.rs"]
-mod real_agents;
+use crate::support::{agent_util, harness, real_agents};
 
 use std::collections::HashMap;
 use std::time::Duration;

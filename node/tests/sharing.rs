@@ -1,8 +1,7 @@
 //! Team sharing: revocation during a live stream, 50 watchers while the node
 //! streams, presence, and history served peer to peer after the node is gone.
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::harness;
 
 use std::time::Duration;
 

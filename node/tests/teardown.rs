@@ -4,11 +4,8 @@
 //! `force`, and recorded in the document only after the deletion (hosts entry `removed` and
 //! a system note naming the peer).
 
-#[path = "workspace_io/common.rs"]
-#[allow(dead_code)]
-mod common;
-#[path = "support/harness.rs"]
-mod harness;
+use crate::support::harness;
+use crate::support::ws_common as common;
 
 use std::time::Duration;
 

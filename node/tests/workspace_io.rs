@@ -18,8 +18,7 @@ use sam_protocol::stream::{FileOpen, OpenReply, PtyFrame, PtyOpen, PtyTarget, en
 use sam_protocol::workspace::{FileKind, FilesOp, FilesResponse};
 use sam_protocol::{Role, SecretKey, Ticket, alpn};
 
-#[path = "workspace_io/common.rs"]
-mod common;
+use crate::support::ws_common as common;
 use common::{Container, docker_ready};
 
 struct Rig {

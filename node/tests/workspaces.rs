@@ -3,8 +3,7 @@
 //! this process on the Docker bridge. dockerd must be running and the base image
 //! built (scripts/test.sh does both); when it is not, these tests FAIL.
 
-#[path = "support/git_http.rs"]
-mod git_http;
+use crate::support::git_http;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,23 @@
+//! Every integration test of sam-node in one test binary: one link instead of sixteen
+//! (each was ≈ 100 MB), so CI builds faster and needs gigabytes less disk. Each module
+//! is one test file with its own support modules; run one file with
+//! `cargo test -p sam-node --test node auth::`.
+
+mod support;
+
+mod agents;
+mod agents_bad;
+mod auth;
+mod chaos;
+mod chat_docker;
+mod credential_poll;
+mod docs;
+mod moves;
+mod pr;
+mod pr_docker;
+mod real_agents;
+mod real_agents_node;
+mod sharing;
+mod teardown;
+mod workspace_io;
+mod workspaces;
