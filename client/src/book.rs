@@ -180,6 +180,12 @@ impl NodeBook {
         }
     }
 
+    /// Removes the node with exactly this id, if it is in the book (a deleted machine).
+    pub fn forget_id(&mut self, id: &str) -> Option<NodeEntry> {
+        let pos = self.nodes.iter().position(|e| e.id == id)?;
+        Some(self.nodes.remove(pos))
+    }
+
     /// Removes a node; returns it.
     pub fn remove(&mut self, query: &str) -> Result<NodeEntry> {
         let id = self.find(Some(query))?.id.clone();

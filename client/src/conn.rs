@@ -8,7 +8,7 @@ use sam_protocol::ctl::{ErrorBody, Hello, HelloReply, Request, RequestFrame, Res
 use sam_protocol::frame::MAX_FRAME;
 use sam_protocol::{PROTOCOL_VERSION, Ticket};
 
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 /// How long to try reaching a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

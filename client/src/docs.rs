@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::conn::ConnectError;
 use crate::paths::ClientPaths;
-use crate::wire::{WireError, read_frame, write_frame};
+use sam_protocol::wire::{WireError, read_frame, write_frame};
 
 /// The local document store.
 pub struct Replicas {

@@ -14,7 +14,6 @@ pub mod paths;
 pub mod serve;
 pub mod streams;
 pub mod voice;
-pub mod wire;
 
 pub use book::{NodeBook, NodeEntry};
 pub use conn::{ConnectError, NodeClient};

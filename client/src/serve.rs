@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use crate::book::NodeBook;
 use crate::docs::Replicas;
 use crate::paths::ClientPaths;
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 struct State {
     me: NodeId,

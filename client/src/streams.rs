@@ -14,7 +14,7 @@ use sam_protocol::stream::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::io::SyncIoBridge;
 
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 /// Opens a stream, writes `header`, and waits for the node's [`OpenReply`].
 pub async fn open_stream<H: serde::Serialize>(

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,15 +15,7 @@ use sam_client::NodeClient;
 use sam_protocol::ctl::{Request, Response};
 use sam_protocol::{NodeAddr, SecretKey, Ticket};
 
-fn node_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: cargo build --bins",
-        p.display()
-    );
-    p
-}
+use crate::support::bins::node_bin;
 
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")

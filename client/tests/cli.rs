@@ -2,84 +2,22 @@
 //! "terminal", `sam connect` and `sam status` in another, a stranger refused, then
 //! let in by `sam share … --to`. Also SIGTERM shutdown and bad tickets.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
+use crate::support::bins::{NodeProc, last, ok, sam, start_node};
 
-fn node_bin() -> PathBuf {
-    let p = sam_bin().with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first with `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn last_line(s: &str) -> String {
-    s.lines().last().unwrap_or_default().trim().to_string()
-}
-
-struct NodeProc {
-    child: Child,
+/// A running node and its ticket.
+struct Node {
+    proc: NodeProc,
     ticket: String,
 }
 
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(home: &Path, owner: &str) -> NodeProc {
-    let init = Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
-        .output()
-        .expect("init");
-    ok(&init);
-    let mut child = Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .arg("run")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ticket line");
-    let ticket = line.trim().to_string();
+fn start(home: &Path, owner: &str) -> Node {
+    let (proc, ticket) = start_node(home, owner);
     assert!(ticket.starts_with("sam1"), "node printed {ticket:?}");
-    NodeProc { child, ticket }
+    Node { proc, ticket }
 }
 
 #[test]
@@ -89,7 +27,7 @@ fn connect_status_refuse_share_join() {
     let stranger_home = tmp.path().join("stranger");
     let node_home = tmp.path().join("nodehost");
 
-    let owner_id = last_line(&ok(&sam(&owner_home, &["id"])));
+    let owner_id = last(&ok(sam(&owner_home, &["id"])));
     assert_eq!(owner_id.len(), 64);
     #[cfg(unix)]
     {
@@ -100,14 +38,14 @@ fn connect_status_refuse_share_join() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let node = start_node(&node_home, &owner_id);
+    let node = start(&node_home, &owner_id);
 
-    let out = ok(&sam(
+    let out = ok(sam(
         &owner_home,
         &["connect", &node.ticket, "--name", "box"],
     ));
     assert!(out.contains("as owner"), "{out}");
-    let status = ok(&sam(&owner_home, &["--json", "status", "box"]));
+    let status = ok(sam(&owner_home, &["--json", "status", "box"]));
     let v: serde_json::Value = serde_json::from_str(status.trim()).expect("json");
     assert_eq!(v["role"], "owner");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
@@ -115,7 +53,7 @@ fn connect_status_refuse_share_join() {
     assert!(v["uptime_secs"].is_u64());
 
     // A stranger is refused with a message that says what to do.
-    let stranger_id = last_line(&ok(&sam(&stranger_home, &["id"])));
+    let stranger_id = last(&ok(sam(&stranger_home, &["id"])));
     let refused = sam(&stranger_home, &["connect", &node.ticket]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -123,7 +61,7 @@ fn connect_status_refuse_share_join() {
     assert!(err.contains("sam share"), "{err}");
 
     // The owner shares the node as viewer with the stranger.
-    let shared = ok(&sam(
+    let shared = ok(sam(
         &owner_home,
         &[
             "share",
@@ -136,10 +74,10 @@ fn connect_status_refuse_share_join() {
             "1d",
         ],
     ));
-    let ticket = last_line(&shared);
-    let joined = ok(&sam(&stranger_home, &["join", &ticket, "--name", "theirs"]));
+    let ticket = last(&shared);
+    let joined = ok(sam(&stranger_home, &["join", &ticket, "--name", "theirs"]));
     assert!(joined.contains("as viewer"), "{joined}");
-    let st = ok(&sam(&stranger_home, &["--json", "status", "theirs"]));
+    let st = ok(sam(&stranger_home, &["--json", "status", "theirs"]));
     let v: serde_json::Value = serde_json::from_str(st.trim()).expect("json");
     assert_eq!(v["role"], "viewer");
 
@@ -149,11 +87,11 @@ fn connect_status_refuse_share_join() {
     assert!(String::from_utf8_lossy(&denied.stderr).contains("owner role"));
 
     // The owner sees the share, revokes it, and the stranger is out again.
-    let ls = ok(&sam(&owner_home, &["--json", "shares", "ls", "box"]));
+    let ls = ok(sam(&owner_home, &["--json", "shares", "ls", "box"]));
     let list: serde_json::Value = serde_json::from_str(ls.trim()).expect("json");
     let id = list[0]["id"].as_str().expect("id").to_string();
     assert_eq!(list[0]["role"], "viewer");
-    ok(&sam(&owner_home, &["revoke", &id, "--node", "box"]));
+    ok(sam(&owner_home, &["revoke", &id, "--node", "box"]));
     let out = sam(&stranger_home, &["status", "theirs"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
@@ -163,8 +101,8 @@ fn connect_status_refuse_share_join() {
 fn bad_tickets_give_clear_errors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let home = tmp.path();
-    let owner = last_line(&ok(&sam(home, &["id"])));
-    let node = start_node(&tmp.path().join("n"), &owner);
+    let owner = last(&ok(sam(home, &["id"])));
+    let node = start(&tmp.path().join("n"), &owner);
     let cases = [
         ("garbage", "not a SAM ticket"),
         (&node.ticket[..40], "cut short"),
@@ -186,9 +124,9 @@ fn bad_tickets_give_clear_errors() {
 #[test]
 fn node_stops_cleanly_on_sigterm() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let owner = last_line(&ok(&sam(tmp.path(), &["id"])));
-    let mut node = start_node(&tmp.path().join("n"), &owner);
-    let pid = node.child.id().to_string();
+    let owner = last(&ok(sam(tmp.path(), &["id"])));
+    let mut node = start(&tmp.path().join("n"), &owner);
+    let pid = node.proc.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -198,7 +136,7 @@ fn node_stops_cleanly_on_sigterm() {
     );
     let t0 = Instant::now();
     loop {
-        if let Some(status) = node.child.try_wait().expect("wait") {
+        if let Some(status) = node.proc.0.try_wait().expect("wait") {
             assert!(status.success(), "node exited with {status}");
             break;
         }

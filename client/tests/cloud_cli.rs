@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use crate::support::bins::ok;
+
 fn sam_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sam"))
 }
@@ -31,17 +33,6 @@ fn sam(home: &Path, args: &[&str]) -> Output {
     sam_env(home).args(args).output().expect("run sam")
 }
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(ok(out).trim()).expect("json")
 }
@@ -59,7 +50,7 @@ fn vm_create_ls_release_reuse_rm_with_the_local_provider() {
     // the ticket works for this peer (the owner)
     let connected = sam(home, &["connect", &ticket, "--name", "pooled"]);
     ok(&connected);
-    ok(&sam(home, &["status", "pooled"]));
+    ok(sam(home, &["status", "pooled"]));
 
     let ls = json(&sam(home, &["--json", "vm", "ls"]));
     let rows = ls.as_array().expect("rows");
@@ -68,7 +59,7 @@ fn vm_create_ls_release_reuse_rm_with_the_local_provider() {
     assert_eq!(rows[0]["id"], id.as_str());
     assert_eq!(rows[0]["pool"], "busy");
 
-    let text = ok(&sam(home, &["vm", "release", &id]));
+    let text = ok(sam(home, &["vm", "release", &id]));
     assert_eq!(text.trim().lines().last(), Some(id.as_str()));
     let pool = json(&sam(home, &["--json", "pool", "ls", "--provider", "local"]));
     assert_eq!(pool[0]["pool"], "idle");
@@ -78,8 +69,13 @@ fn vm_create_ls_release_reuse_rm_with_the_local_provider() {
     assert_eq!(again["reused"], true);
     assert_eq!(again["id"], id.as_str());
 
-    let rm = ok(&sam(home, &["vm", "rm", &id]));
+    let nodes = ok(sam(home, &["nodes", "ls"]));
+    assert!(nodes.contains("pooled"), "{nodes}");
+    let rm = ok(sam(home, &["vm", "rm", &id]));
     assert_eq!(rm.trim().lines().last(), Some(id.as_str()));
+    // The deleted machine's node can never answer again: it leaves the node book.
+    let nodes = ok(sam(home, &["nodes", "ls"]));
+    assert!(!nodes.contains("pooled"), "{nodes}");
     assert_eq!(
         json(&sam(home, &["--json", "vm", "ls"])),
         serde_json::json!([])
@@ -203,6 +199,6 @@ fn provider_add_hetzner_checks_and_stores_the_token_privately() {
         .output()
         .expect("ls");
     assert_eq!(json(&ls), serde_json::json!([]));
-    let providers = ok(&sam(home, &["provider", "ls"]));
+    let providers = ok(sam(home, &["provider", "ls"]));
     assert_eq!(providers.trim(), "local\nhetzner");
 }

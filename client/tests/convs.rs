@@ -2,71 +2,10 @@
 //! down, queue offline, deliver on restart, fork, list as a tree, export.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
-
-fn node_bin() -> PathBuf {
-    let p = sam_bin().with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn last(s: &str) -> String {
-    s.lines().last().unwrap_or_default().trim().to_string()
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run_node(home: &Path) -> (NodeProc, String) {
-    let mut child = Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .arg("run")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ticket");
-    (NodeProc(child), line.trim().to_string())
-}
+use crate::support::bins::{NodeProc, last, node_bin, ok, run_node, sam, sam_bin};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

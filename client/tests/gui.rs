@@ -3,9 +3,7 @@
 //! capability) plays the agent: it streams output into the conversation and asks for a
 //! permission, exactly as the node's agent runner would, through the node.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -14,70 +12,7 @@ use sam_client::gui::GuiApp;
 use sam_client::{ClientPaths, NodeBook};
 use sam_crdt::{Conversation, PermissionOption, Role, Status};
 
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
-
-fn node_bin() -> PathBuf {
-    let p = sam_bin().with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Inits and runs a node owned by `owner`; returns it and its ticket.
-fn start_node(home: &Path, owner: &str) -> (NodeProc, String) {
-    ok(Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
-        .output()
-        .expect("init"));
-    let mut child = Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .arg("run")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ticket");
-    (NodeProc(child), line.trim().to_string())
-}
+use crate::support::bins::{ok, sam, start_node};
 
 type H<'a> = Harness<'a, GuiApp>;
 

@@ -20,9 +20,8 @@
 use crate::support::git_http;
 use crate::support::github;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -31,81 +30,13 @@ use sam_client::ClientPaths;
 use sam_client::gui::GuiApp;
 use sam_client::gui::idea::{Outcome, Place};
 
+use crate::support::bins::{ok, sam, sam_bin, start_node, start_node_with};
+
 /// Planted secrets of the PR test (made up; checked never to show in the window).
 const TOKEN: &str = "ghp_PLANTED_gui_idea_token_77777";
 const PASSWORD: &str = "gui-idea-PLANTED-pw";
 /// `sam-base:1` plus the scripted agent (as `client/tests/idea.rs` builds it).
 const IMAGE: &str = "sam-idea-test:1";
-
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
-
-fn node_bin() -> PathBuf {
-    let p = sam_bin().with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Inits and runs a node owned by `owner`; returns it and its ticket.
-fn start_node(home: &Path, owner: &str) -> (NodeProc, String) {
-    start_node_with(home, owner, &[])
-}
-
-fn start_node_with(home: &Path, owner: &str, env: &[(&str, &str)]) -> (NodeProc, String) {
-    ok(Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
-        .output()
-        .expect("init"));
-    let mut child = Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .envs(env.iter().copied())
-        .arg("run")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ticket");
-    (NodeProc(child), line.trim().to_string())
-}
 
 /// Runs `test` again in a child process of this test binary, with a made-up GitHub token
 /// and a git identity of its own in the environment (this crate forbids `unsafe`, so no
@@ -345,6 +276,99 @@ fn idea_start_with_an_unreachable_repo_shows_the_failed_step() {
     assert!(!shown(&h, "Running ("), "no spinner once done");
 }
 
+/// Cancel while the workspace is still being made (its clone hangs on a server that never
+/// answers): the run stops, says it was cancelled, and the half-made workspace is removed
+/// from the node (nothing of it is left in Docker).
+#[test]
+fn cancel_stops_the_idea_and_removes_the_half_made_workspace() {
+    if !in_child_with_env("cancel_stops_the_idea_and_removes_the_half_made_workspace") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me_home = tmp.path().join("me");
+    let me = ClientPaths::new(&me_home);
+    let owner = me.identity().expect("identity").node_id().to_string();
+    let (_node, ticket) = start_node(&tmp.path().join("node"), &owner);
+    ok(sam(&me_home, &["connect", &ticket, "--name", "box"]));
+    // A "git server" on the Docker bridge that takes connections and never answers.
+    let silent = std::net::TcpListener::bind((bridge_ip(), 0)).expect("bind on the bridge");
+    let port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let repo = format!("http://{}:{port}/o/r.git", bridge_ip());
+
+    let mut h = harness(&me);
+    wait_until(&mut h, "the node is known", 30, |h| {
+        !h.state().state.nodes.is_empty()
+    });
+    let node = h.state().state.nodes[0].id.clone();
+    let _containers = Containers(node.clone());
+    open_from_palette(&mut h);
+    type_into(&mut h, "Idea", "Add a changelog");
+    type_into(&mut h, "Repository URL", &repo);
+    h.get_by_label("Node: box").click();
+    h.get_by_label("Lightweight workspace (base image, no devcontainer)")
+        .click();
+    steps(&mut h, 2);
+    let f = h.state().state.idea.form.clone().expect("form");
+    assert!(matches!(f.place, Place::Node(_)) && f.lightweight, "{f:?}");
+    h.get_by_label("Start").click();
+    steps(&mut h, 2);
+    let clone_line = format!("$ git clone {repo}");
+    wait_until(&mut h, "the clone has started", 120, |h| {
+        shown(h, &clone_line)
+    });
+    assert_eq!(containers_of(&node), 1, "the workspace's container runs");
+
+    h.get_by_label("Cancel").click();
+    steps(&mut h, 2);
+    assert!(
+        shown(&h, "Stopping: cleaning up"),
+        "the dialog says it stops"
+    );
+    wait_until(&mut h, "the end of the run", 60, |h| {
+        h.state().state.idea.outcome.is_some()
+    });
+    let s = &h.state().state;
+    let Some(Outcome::Cancelled(e)) = &s.idea.outcome else {
+        panic!("expected a cancelled run, got {:?}", s.idea.outcome);
+    };
+    assert!(e.contains("interrupted (Cancel)"), "{e}");
+    assert!(
+        s.idea
+            .steps
+            .iter()
+            .any(|l| l.contains("was not ready yet: removed")),
+        "{:#?}",
+        s.idea.steps
+    );
+    steps(&mut h, 2);
+    assert!(
+        shown(&h, "Cancelled: interrupted (Cancel)"),
+        "in the dialog"
+    );
+    assert!(h.query_by_label("Idea cancelled").is_some(), "a toast");
+    // The node stopped the creation: no container comes back (the clone stays hung).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        containers_of(&node),
+        0,
+        "a container of the cancelled idea is left"
+    );
+    let out = ok(sam(
+        &me_home,
+        &["--json", "workspace", "ls", "--node", "box"],
+    ));
+    assert!(
+        !out.contains("\"add-a-changelog\""),
+        "the workspace is gone: {out}"
+    );
+}
+
 #[test]
 fn a_conversation_of_an_unreachable_node_continues_on_another() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -479,6 +503,17 @@ impl Drop for Containers {
     fn drop(&mut self) {
         remove_containers_of(&self.0);
     }
+}
+
+/// How many containers (running or not) the node made.
+fn containers_of(node: &str) -> usize {
+    let o = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=sam.node={node}")])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .count()
 }
 
 /// Removes the workspace containers a node made (only that node's, by label).

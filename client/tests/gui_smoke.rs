@@ -4,38 +4,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
+use crate::support::bins::{last, ok, sam, sam_bin};
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 struct Kill(Child);
@@ -45,10 +22,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn last(s: &str) -> String {
-    s.lines().last().unwrap_or_default().trim().to_string()
 }
 
 #[test]

@@ -17,6 +17,8 @@ use sam_crdt::{Conversation, NewConversation, Role, Status};
 use crate::support::fake_speech;
 use fake_speech::{fake_server, transcription_handler};
 
+use crate::support::bins::start_node;
+
 type H<'a> = Harness<'a, GuiApp>;
 
 fn steps(h: &mut H<'_>, n: usize) {
@@ -412,47 +414,6 @@ fn sam(home: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-struct NodeProc(std::process::Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_node(home: &Path, owner: &str) -> (NodeProc, String) {
-    use std::io::BufRead;
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-node");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        bin.display()
-    );
-    let init = std::process::Command::new(&bin)
-        .env("SAM_HOME", home)
-        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
-        .output()
-        .expect("init");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let mut child = std::process::Command::new(&bin)
-        .env("SAM_HOME", home)
-        .arg("run")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run node");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ticket");
-    (NodeProc(child), line.trim().to_string())
 }
 
 /// Syncs the teammate's replica with the node once.

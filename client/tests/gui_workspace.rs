@@ -5,9 +5,9 @@
 //!
 //! Needs dockerd and the `sam-base:1` image (or `SAM_BASE_IMAGE`), and `cargo build --bins`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -18,44 +18,12 @@ use sam_client::gui::GuiApp;
 use sam_client::gui::ports::Fwd;
 use sam_crdt::{Conversation, NewConversation};
 
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
-
-fn node_bin() -> PathBuf {
-    let p = sam_bin().with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
+use crate::support::bins::{NodeProc, ok, sam, start_node};
 
 /// The node process and, once made, its workspace (removed with the container on drop).
 struct Rig {
-    node: Child,
+    /// Killed after the container is gone (fields drop after `drop`).
+    _node: NodeProc,
     container: Option<String>,
 }
 
@@ -64,9 +32,18 @@ impl Drop for Rig {
         if let Some(c) = &self.container {
             let _ = Command::new("docker").args(["rm", "-f", c]).output();
         }
-        let _ = self.node.kill();
-        let _ = self.node.wait();
     }
+}
+
+fn start_rig(home: &Path, owner: &str) -> (Rig, String) {
+    let (node, ticket) = start_node(home, owner);
+    (
+        Rig {
+            _node: node,
+            container: None,
+        },
+        ticket,
+    )
 }
 
 fn docker_ready() {
@@ -79,32 +56,6 @@ fn docker_ready() {
         ok,
         "this test needs a running dockerd (scripts/lib.sh ensure_docker, or `dockerd &`)"
     );
-}
-
-fn start_node(home: &Path, owner: &str) -> (Rig, String) {
-    ok(Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
-        .output()
-        .expect("init"));
-    let mut child = Command::new(node_bin())
-        .env("SAM_HOME", home)
-        .arg("run")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ticket");
-    (
-        Rig {
-            node: child,
-            container: None,
-        },
-        line.trim().to_string(),
-    )
 }
 
 fn sh(container: &str, script: &str) -> String {
@@ -187,7 +138,7 @@ fn files_and_ports_panels_against_a_real_workspace() {
     let me_home = tmp.path().join("me");
     let me = ClientPaths::new(&me_home);
     let owner = me.identity().expect("identity").node_id().to_string();
-    let (mut rig, ticket) = start_node(&tmp.path().join("node"), &owner);
+    let (mut rig, ticket) = start_rig(&tmp.path().join("node"), &owner);
     ok(sam(&me_home, &["connect", &ticket, "--name", "box"]));
     let out = ok(sam(
         &me_home,

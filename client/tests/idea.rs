@@ -17,19 +17,11 @@ use std::time::Instant;
 
 use tokio::io::AsyncBufReadExt;
 
+use crate::support::bins::sibling;
+
 const TOKEN: &str = "ghp_PLANTED_cli_token_55555";
 const PASSWORD: &str = "cli-git-PLANTED-pw";
 const IMAGE: &str = "sam-idea-test:1";
-
-fn bin(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first with `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
 
 fn bridge_ip() -> std::net::IpAddr {
     let out = Command::new("ip")
@@ -52,7 +44,7 @@ fn bridge_ip() -> std::net::IpAddr {
 fn build_image(dir: &Path) {
     let ctx = dir.join("image");
     std::fs::create_dir_all(&ctx).expect("mkdir");
-    std::fs::copy(bin("sam-test-agent"), ctx.join("sam-test-agent")).expect("copy agent");
+    std::fs::copy(sibling("sam-test-agent"), ctx.join("sam-test-agent")).expect("copy agent");
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM sam-base:1\nCOPY sam-test-agent /usr/local/bin/sam-test-agent\n",
@@ -71,7 +63,7 @@ fn build_image(dir: &Path) {
 }
 
 fn sam(home: &Path, gitconfig: &Path, api: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(bin("sam"));
+    let mut c = tokio::process::Command::new(sibling("sam"));
     c.env("SAM_HOME", home)
         .env("SAM_BIND", "127.0.0.1:0")
         .env("SAM_NO_KEYRING", "1")
@@ -82,7 +74,7 @@ fn sam(home: &Path, gitconfig: &Path, api: &str) -> tokio::process::Command {
         .env("GIT_CONFIG_GLOBAL", gitconfig)
         // for the nodes the local provider starts
         .env("SAM_BASE_IMAGE", IMAGE)
-        .env("SAM_NODE_BIN", bin("sam-node"))
+        .env("SAM_NODE_BIN", sibling("sam-node"))
         .env_remove("RUST_LOG");
     c
 }
@@ -209,7 +201,7 @@ async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
     // The node.
     let id = s.sam().arg("id").output().await.expect("id");
     let owner = String::from_utf8_lossy(&id.stdout).trim().to_string();
-    let init = Command::new(bin("sam-node"))
+    let init = Command::new(sibling("sam-node"))
         .env("SAM_HOME", &node_home)
         .args(["init", "--owner", &owner, "--bind", "127.0.0.1:0"])
         .output()
@@ -219,7 +211,7 @@ async fn sam_idea_turns_an_idea_into_a_pushed_branch_and_a_pr() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let mut node = tokio::process::Command::new(bin("sam-node"))
+    let mut node = tokio::process::Command::new(sibling("sam-node"))
         .env("SAM_HOME", &node_home)
         .env("SAM_BASE_IMAGE", IMAGE)
         .env("RUST_LOG", "info")
@@ -285,9 +277,9 @@ impl Drop for Cleanup {
         {
             for e in entries.flatten().filter(is_node_dir) {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let _ = Command::new(bin("sam"))
+                let _ = Command::new(sibling("sam"))
                     .env("SAM_HOME", home)
-                    .env("SAM_NODE_BIN", bin("sam-node"))
+                    .env("SAM_NODE_BIN", sibling("sam-node"))
                     .args(["vm", "rm", &id, "--provider", "local"])
                     .output();
                 remove_containers_of(&id);
@@ -551,6 +543,14 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     let reaped: serde_json::Value = serde_json::from_slice(&reap.stdout).expect("reap json");
     assert_eq!(reaped[0]["id"], vm.as_str(), "{reaped}");
     assert_eq!(nodes_made(), 0);
+    // ... and drops it from the node book (the idea had written it there).
+    assert!(reaped[0]["forgot"].is_string(), "{reaped}");
+    let book = std::fs::read_to_string(s.home.join("nodes.toml")).unwrap_or_default();
+    let forgot = reaped[0]["forgot"].as_str().unwrap_or_default();
+    assert!(
+        !book.contains(&format!("name = \"{forgot}\"")),
+        "the reaped node is still in the book: {book}"
+    );
 }
 
 fn sam_node_base64(data: &[u8]) -> String {

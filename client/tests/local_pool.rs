@@ -2,7 +2,6 @@
 //! iroh connection as the owner, `status`, reuse of a warm node, the reaper.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sam_client::NodeClient;
@@ -14,15 +13,7 @@ use sam_provisioner::{
     ProviderError, Size,
 };
 
-fn node_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first with `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
+use crate::support::bins::node_bin;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))

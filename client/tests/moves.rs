@@ -6,59 +6,13 @@
 //! cleanly and the old node stops running the conversation.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sam_crdt::{Conversation, HostEnd};
 
-fn sam_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sam"))
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let p = sam_bin().with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        p.display()
-    );
-    p
-}
-
-fn sam(home: &Path, args: &[&str]) -> Output {
-    Command::new(sam_bin())
-        .env("SAM_HOME", home)
-        .env("SAM_BIND", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .expect("run sam")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn last(s: &str) -> String {
-    s.lines().last().unwrap_or_default().trim().to_string()
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::bins::{NodeProc, last, ok, sam, sam_bin, sibling};
 
 /// `sam-node init` + `run` with agents as host processes under `ws_root`; returns the
 /// process, its ticket and its NodeId.

@@ -12,15 +12,7 @@ use sam_protocol::{Role, SecretKey};
 use sam_provisioner::serve::{ServeConfig, request, serve};
 use sam_provisioner::{IrohProbe, Local, Pool, PoolPolicy};
 
-fn node_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_sam")).with_file_name("sam-node");
-    assert!(
-        p.is_file(),
-        "{} is missing: cargo build --bins",
-        p.display()
-    );
-    p
-}
+use crate::support::bins::node_bin;
 
 fn lo() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))

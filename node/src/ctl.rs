@@ -12,7 +12,7 @@ use sam_protocol::workspace::WorkspaceRequest;
 use tracing::{debug, warn};
 
 use crate::server::{Node, Session};
-use crate::wire::{WireError, read_frame, write_frame};
+use sam_protocol::wire::{WireError, read_frame, write_frame};
 
 /// Serves `sam/ctl/1`.
 #[derive(Debug, Clone)]

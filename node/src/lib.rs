@@ -21,7 +21,6 @@ pub mod shares;
 pub mod streams;
 pub mod teardown;
 pub mod tickets;
-pub mod wire;
 pub mod workspace;
 
 pub use config::{NodeConfig, NodePaths};

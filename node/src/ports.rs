@@ -26,7 +26,7 @@ use tracing::debug;
 use crate::inside::{Target, check_role, docker_err};
 use crate::server::{Node, Session};
 use crate::streams::{MAX_HEADER, reply, serve_connection};
-use crate::wire::read_frame;
+use sam_protocol::wire::read_frame;
 
 /// How often a watch looks at the listeners.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::inside::{Target, check_role, docker_err};
 use crate::server::{Node, Session};
 use crate::streams::{MAX_HEADER, reply, serve_connection};
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 /// A client that takes no output for this long is detached.
 pub const SLOW_CLIENT: Duration = Duration::from_secs(10);

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{NodeConfig, NodePaths};
 use crate::shares::ShareStore;
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 /// Largest hello accepted (a capability chain fits easily).
 pub const MAX_HELLO: usize = 64 * 1024;

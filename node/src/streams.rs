@@ -12,7 +12,7 @@ use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::OpenReply;
 
 use crate::server::{Node, Session};
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 /// Largest stream header accepted.
 pub const MAX_HEADER: usize = 64 * 1024;

@@ -333,7 +333,8 @@ impl Workspaces {
             .state
             .insert(Entry::new(info.clone(), Some(spec.clone())));
         info!(workspace = %id, %name, repo = ?spec.repo, "creating workspace");
-        create::spawn(self.shared.clone(), id);
+        let task = create::spawn(self.shared.clone(), id.clone());
+        self.shared.state.with(&id, |e| e.task = Some(task))?;
         Ok(info)
     }
 
@@ -355,23 +356,43 @@ impl Workspaces {
         self.shared.state.info(id, &running)
     }
 
-    /// Deletes the workspace's container(s) and forgets it.
+    /// Deletes the workspace's container(s) and forgets it. A workspace still being
+    /// created has its pipeline stopped first, so no step of it starts a container or
+    /// tags an image after the removal.
     pub async fn remove(&self, id: &str) -> Result<(), ErrorBody> {
         let docker = self.shared.client().await?;
         self.shared.discover().await?;
-        let adopted = self.shared.state.with(id, |e| e.adopted)?;
+        let (adopted, task, docker_calls) = self
+            .shared
+            .state
+            .with(id, |e| (e.adopted, e.task.take(), e.docker_calls.clone()))?;
+        let mut stopped = false;
+        if let Some(task) = task
+            && !task.is_finished()
+        {
+            task.abort();
+            let _ = task.await;
+            stopped = true;
+            info!(workspace = %id, "creation stopped: the workspace is being removed");
+        }
         if !adopted {
-            create::remove_containers(&self.shared, docker, id).await?;
-            // Images built for its devcontainer (features layer first: it is a child).
-            for tag in ["features", "latest"] {
-                let _ = docker
-                    .remove_image(
-                        &format!("sam-ws-{id}:{tag}"),
-                        None::<bollard::query_parameters::RemoveImageOptions>,
-                        None,
-                    )
-                    .await;
-            }
+            // A container create/start the pipeline had sent ends first, so the sweep sees it.
+            let _calls = docker_calls.lock().await;
+            create::remove_all(&self.shared, docker, id).await?;
+        }
+        if stopped {
+            // An image build or pull the pipeline had sent may still tag an image on
+            // dockerd after the abort: sweep once more.
+            let shared = self.shared.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                if let Ok(docker) = shared.client().await
+                    && let Err(e) = create::remove_all(&shared, docker, &id).await
+                {
+                    warn!(workspace = %id, error = %e.message, "second sweep after removal failed");
+                }
+            });
         }
         self.shared.state.remove(id);
         self.shared.broker.stop_socket(id);
@@ -417,7 +438,8 @@ impl Workspaces {
         }
         create::remove_containers(&self.shared, docker, id).await?;
         self.shared.state.restart_creating(id)?;
-        create::spawn(self.shared.clone(), id.to_string());
+        let task = create::spawn(self.shared.clone(), id.to_string());
+        self.shared.state.with(id, |e| e.task = Some(task))?;
         self.get(id).await
     }
 

@@ -7,11 +7,11 @@ use iroh::Endpoint;
 use iroh::endpoint::ConnectionError;
 use sam_client::conn::{ConnectError, NodeClient, connect};
 use sam_client::endpoint::endpoint_addr;
-use sam_client::wire::{read_frame, write_frame};
 use sam_node::server::close;
 use sam_protocol::capability::{Capability, Grantee, invite_hash};
 use sam_protocol::ctl::{ErrorCode, Hello, HelloReply, Request, RequestFrame, Response};
 use sam_protocol::frame::MAX_FRAME;
+use sam_protocol::wire::{read_frame, write_frame};
 use sam_protocol::{Role, SecretKey, alpn};
 
 use crate::support::harness;

@@ -267,7 +267,7 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
             .await
             .expect("connect");
         let (mut send, mut recv) = conn.open_bi().await.expect("bi");
-        sam_client::wire::write_frame(
+        sam_protocol::wire::write_frame(
             &mut send,
             &DocOpen {
                 conversation: id.clone(),
@@ -276,16 +276,16 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
         )
         .await
         .expect("open");
-        let _: sam_protocol::stream::OpenReply = sam_client::wire::read_frame(&mut recv, 1 << 16)
+        let _: sam_protocol::stream::OpenReply = sam_protocol::wire::read_frame(&mut recv, 1 << 16)
             .await
             .expect("reply");
-        sam_client::wire::write_frame(&mut send, &frame)
+        sam_protocol::wire::write_frame(&mut send, &frame)
             .await
             .expect("send garbage");
         // The node answers with an error frame (after any sync message of its own).
         let mut got_error = false;
         for _ in 0..4 {
-            match sam_client::wire::read_frame::<DocFrame>(&mut recv, 1 << 24).await {
+            match sam_protocol::wire::read_frame::<DocFrame>(&mut recv, 1 << 24).await {
                 Ok(DocFrame::Error(e)) => {
                     assert!(e.message.contains(expect), "{e}");
                     got_error = true;
@@ -302,7 +302,7 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
             .await
             .expect("connect");
         let (mut send, mut recv) = conn.open_bi().await.expect("bi");
-        sam_client::wire::write_frame(
+        sam_protocol::wire::write_frame(
             &mut send,
             &DocOpen {
                 conversation: id.clone(),
@@ -311,7 +311,7 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
         )
         .await
         .expect("open");
-        let _: sam_protocol::stream::OpenReply = sam_client::wire::read_frame(&mut recv, 1 << 16)
+        let _: sam_protocol::stream::OpenReply = sam_protocol::wire::read_frame(&mut recv, 1 << 16)
             .await
             .expect("reply");
         send.write_all(&(64u32 << 20).to_be_bytes())
@@ -319,7 +319,7 @@ async fn a_bad_peer_is_cut_off_and_others_keep_streaming() {
             .expect("huge header");
         let mut closed = false;
         for _ in 0..4 {
-            match sam_client::wire::read_frame::<DocFrame>(&mut recv, 1 << 24).await {
+            match sam_protocol::wire::read_frame::<DocFrame>(&mut recv, 1 << 24).await {
                 Ok(DocFrame::Error(e)) => {
                     assert!(e.message.contains("over the limit"), "{e}");
                     closed = true;

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use iroh::Endpoint;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use sam_client::conn::{NodeClient, connect};
-use sam_client::wire::{read_frame, write_frame};
 use sam_node::{Node, NodeConfig, NodeHandle, NodePaths};
 use sam_protocol::capability::{Capability, Grantee};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::{FileOpen, OpenReply, PtyFrame, PtyOpen, PtyTarget, encode_data};
+use sam_protocol::wire::{read_frame, write_frame};
 use sam_protocol::workspace::{FileKind, FilesOp, FilesResponse};
 use sam_protocol::{Role, SecretKey, Ticket, alpn};
 

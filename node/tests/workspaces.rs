@@ -530,6 +530,106 @@ async fn private_repo_clones_with_credentials_brokered_from_the_client() {
     .expect("rm");
 }
 
+/// `sam workspace rm` while the devcontainer image is still building: the creation
+/// pipeline stops, and nothing of the workspace (container, image) shows up afterwards
+/// (before the fix, the build finished and started the devcontainer after the removal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_workspace_while_its_image_builds_leaves_nothing_behind() {
+    let n = TestNode::start().await;
+    let repo_dir = tempfile::tempdir().expect("tempdir");
+    // A build step that is never cached, so the build is still running when we remove.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    make_repo(repo_dir.path(), |w| {
+        write(
+            w,
+            ".devcontainer/devcontainer.json",
+            r#"{ "build": { "dockerfile": "Dockerfile" } }"#,
+        );
+        write(
+            w,
+            ".devcontainer/Dockerfile",
+            &format!("FROM {DEFAULT_BASE_IMAGE}\nRUN sleep 6 && echo {nonce} > /slow\n"),
+        );
+        git(w, &["add", "."]);
+        git(w, &["commit", "-qm", "slow devcontainer"]);
+    });
+    let server = git_server(repo_dir.path().to_path_buf(), None).await;
+    let (_ep, c) = n.owner().await;
+    let info = create(
+        &c,
+        CreateWorkspace {
+            repo: Some(server.url.clone()),
+            branch: None,
+            lightweight: false,
+            name: Some("slow".into()),
+        },
+    )
+    .await;
+
+    // Follow the log until the image build has started.
+    let mut from = 0;
+    let mut log = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("devcontainer found"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no image build: {log:#?}"
+        );
+        let WorkspaceResponse::Logs(l) = ws(
+            &c,
+            WorkspaceRequest::Logs {
+                id: info.id.clone(),
+                from,
+            },
+        )
+        .await
+        .expect("logs") else {
+            panic!("not logs")
+        };
+        assert!(
+            matches!(l.status, WorkspaceStatus::Creating),
+            "finished before it could be removed: {:?} {log:#?}",
+            l.status
+        );
+        from = l.next;
+        log.extend(l.lines);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let WorkspaceResponse::Removed { id } = ws(
+        &c,
+        WorkspaceRequest::Remove {
+            id: info.id.clone(),
+        },
+    )
+    .await
+    .expect("rm while creating") else {
+        panic!("not removed")
+    };
+    assert_eq!(id, info.id);
+    assert_eq!(error_of(get(&c, &info.id).await).code, ErrorCode::NotFound);
+
+    // Past the end of the build step and the sweep after it: nothing came back.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let label = format!("label=sam.workspace={}", info.id);
+    let (_, containers) = docker(&["ps", "-aq", "--filter", &label]);
+    assert!(
+        containers.trim().is_empty(),
+        "containers of the removed workspace: {containers}"
+    );
+    let (_, images) = docker(&["images", "-q", &format!("sam-ws-{}", info.id)]);
+    assert!(
+        images.trim().is_empty(),
+        "images of the removed workspace: {images}"
+    );
+    assert_eq!(error_of(get(&c, &info.id).await).code, ErrorCode::NotFound);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devcontainer_dockerfile_feature_env_post_create_and_bad_config() {
     let n = TestNode::start().await;

@@ -2,7 +2,9 @@
 //! peer identities, signed capability tokens, tickets and the authorisation check.
 //!
 //! Everything here is a plain function or value type so it can be tested without
-//! sockets or clocks; the node and the client wrap it in thin async shells.
+//! sockets or clocks. The one async shell, [`wire`] (reading and writing frames on tokio
+//! streams), sits behind the `io` feature: the node and the client both enable it, so
+//! neither keeps a copy of its own.
 
 pub mod agent;
 pub mod alpn;
@@ -18,6 +20,8 @@ pub mod pr;
 pub mod prov;
 pub mod stream;
 pub mod ticket;
+#[cfg(feature = "io")]
+pub mod wire;
 pub mod workspace;
 
 pub use auth::{AuthError, AuthPolicy, Grant};

@@ -149,43 +149,19 @@ impl Hetzner {
     }
 
     fn error(&self, what: &str, reply: &Reply) -> ProviderError {
-        let (code, message) = error_parts(reply);
-        if reply.status == StatusCode::UNAUTHORIZED {
-            return ProviderError::InvalidToken {
-                provider: NAME,
-                hint: "HCLOUD_TOKEN, a read/write API token of the project",
-            };
-        }
-        if code == "resource_limit_exceeded" {
-            return ProviderError::QuotaExceeded {
-                provider: NAME,
-                message,
-            };
-        }
-        ProviderError::Api {
-            provider: NAME,
-            what: what.to_owned(),
-            status: reply.status.as_u16(),
-            code,
-            message,
-        }
-    }
-
-    async fn call(
-        &self,
-        what: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Body,
-    ) -> Result<Reply, ProviderError> {
-        let url = self.api.url(path, query)?;
-        self.api.send(what, method, url, body).await
+        self.api.error(
+            what,
+            reply,
+            error_parts(reply),
+            "resource_limit_exceeded",
+            "HCLOUD_TOKEN, a read/write API token of the project",
+        )
     }
 
     async fn get_server(&self, id: u64) -> Result<ServerJson, ProviderError> {
         let what = "get server";
         let reply = self
+            .api
             .call(
                 what,
                 Method::GET,
@@ -211,6 +187,7 @@ impl Hetzner {
         let what = "poll action";
         loop {
             let reply = self
+                .api
                 .call(
                     what,
                     Method::GET,
@@ -292,6 +269,7 @@ impl Hetzner {
         let selector = format!("{}={node_label_value}", labels::NODE);
         let what = "list servers";
         let found = match self
+            .api
             .call(
                 what,
                 Method::GET,
@@ -360,6 +338,7 @@ impl Provider for Hetzner {
                 "start_after_create": true,
             });
             let reply = self
+                .api
                 .call(&what, Method::POST, "/servers", &[], Body::Json(body))
                 .await?;
             if reply.status.is_success() {
@@ -403,6 +382,7 @@ impl Provider for Hetzner {
         for _ in 0..MAX_PAGES {
             let page_s = page.to_string();
             let reply = self
+                .api
                 .call(
                     what,
                     Method::GET,
@@ -439,6 +419,7 @@ impl Provider for Hetzner {
         })?;
         let what = "delete server";
         let reply = self
+            .api
             .call(
                 what,
                 Method::DELETE,
@@ -472,6 +453,7 @@ impl Provider for Hetzner {
         merged.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
         let what = "update server labels";
         let reply = self
+            .api
             .call(
                 what,
                 Method::PUT,

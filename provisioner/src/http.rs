@@ -106,6 +106,50 @@ impl Api {
         Ok(url)
     }
 
+    /// [`Api::send`] to `base + path` with `query`.
+    pub async fn call(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Body,
+    ) -> Result<Reply, ProviderError> {
+        let url = self.url(path, query)?;
+        self.send(what, method, url, body).await
+    }
+
+    /// The error for a failed `reply` whose body said `(code, message)`: a `401` is a bad
+    /// token (`token_hint` says which), `quota_code` is the provider's over-quota code.
+    pub fn error(
+        &self,
+        what: &str,
+        reply: &Reply,
+        (code, message): (String, String),
+        quota_code: &str,
+        token_hint: &'static str,
+    ) -> ProviderError {
+        if reply.status == StatusCode::UNAUTHORIZED {
+            return ProviderError::InvalidToken {
+                provider: self.provider,
+                hint: token_hint,
+            };
+        }
+        if code == quota_code {
+            return ProviderError::QuotaExceeded {
+                provider: self.provider,
+                message,
+            };
+        }
+        ProviderError::Api {
+            provider: self.provider,
+            what: what.to_owned(),
+            status: reply.status.as_u16(),
+            code,
+            message,
+        }
+    }
+
     /// Sends a request; a `429` is retried after the wait its headers ask for (bounded).
     pub async fn send(
         &self,

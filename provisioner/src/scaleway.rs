@@ -177,38 +177,13 @@ impl Scaleway {
     }
 
     fn error(&self, what: &str, reply: &Reply) -> ProviderError {
-        let (code, message) = error_parts(reply);
-        if reply.status == StatusCode::UNAUTHORIZED {
-            return ProviderError::InvalidToken {
-                provider: NAME,
-                hint: "SCW_SECRET_KEY, a secret key with Instances rights",
-            };
-        }
-        if code == "quotas_exceeded" {
-            return ProviderError::QuotaExceeded {
-                provider: NAME,
-                message,
-            };
-        }
-        ProviderError::Api {
-            provider: NAME,
-            what: what.to_owned(),
-            status: reply.status.as_u16(),
-            code,
-            message,
-        }
-    }
-
-    async fn call(
-        &self,
-        what: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Body,
-    ) -> Result<Reply, ProviderError> {
-        let url = self.api.url(path, query)?;
-        self.api.send(what, method, url, body).await
+        self.api.error(
+            what,
+            reply,
+            error_parts(reply),
+            "quotas_exceeded",
+            "SCW_SECRET_KEY, a secret key with Instances rights",
+        )
     }
 
     fn split_id<'a>(&self, id: &'a str) -> Result<(&'a str, &'a str), ProviderError> {
@@ -228,6 +203,7 @@ impl Scaleway {
     ) -> Result<Option<String>, ProviderError> {
         let what = format!("resolve image {} in {zone}", self.cfg.image_label);
         let reply = self
+            .api
             .call(
                 &what,
                 Method::GET,
@@ -263,6 +239,7 @@ impl Scaleway {
     async fn get_server(&self, zone: &str, id: &str) -> Result<ServerJson, ProviderError> {
         let what = "get server";
         let reply = self
+            .api
             .call(
                 what,
                 Method::GET,
@@ -286,6 +263,7 @@ impl Scaleway {
     async fn action(&self, zone: &str, id: &str, action: &str) -> Result<(), ProviderError> {
         let what = format!("{action} server");
         let reply = self
+            .api
             .call(
                 &what,
                 Method::POST,
@@ -305,6 +283,7 @@ impl Scaleway {
     async fn boot(&self, zone: &str, id: &str, user_data: &str) -> Result<ServerJson, String> {
         let what = "set cloud-init user data";
         let reply = self
+            .api
             .call(
                 what,
                 Method::PATCH,
@@ -370,6 +349,7 @@ impl Provider for Scaleway {
                 "dynamic_ip_required": true,
             });
             let reply = self
+                .api
                 .call(
                     &what,
                     Method::POST,
@@ -424,6 +404,7 @@ impl Provider for Scaleway {
                 let page_s = page.to_string();
                 let per_page = PER_PAGE.to_string();
                 let reply = self
+                    .api
                     .call(
                         what,
                         Method::GET,
@@ -467,6 +448,7 @@ impl Provider for Scaleway {
         }
         let what = "delete server";
         let reply = self
+            .api
             .call(
                 what,
                 Method::DELETE,
@@ -496,6 +478,7 @@ impl Provider for Scaleway {
         merged.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
         let what = "update server tags";
         let reply = self
+            .api
             .call(
                 what,
                 Method::PATCH,

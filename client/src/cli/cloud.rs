@@ -325,18 +325,22 @@ pub async fn run(paths: &ClientPaths, cmd: CloudCmd) -> Result<Output> {
         } => {
             let file = ProvidersFile::load(paths)?;
             for p in file.providers(paths, provider)? {
-                let found = provider.is_some()
-                    || p.list()
-                        .await
-                        .with_context(|| format!("list {} machines", p.name()))?
-                        .iter()
-                        .any(|v| v.id == id);
-                if found {
+                let listed = p
+                    .list()
+                    .await
+                    .with_context(|| format!("list {} machines", p.name()))?
+                    .into_iter()
+                    .find(|v| v.id == id);
+                if provider.is_some() || listed.is_some() {
                     p.delete(&id)
                         .await
                         .with_context(|| format!("delete {} machine {id}", p.name()))?;
+                    let forgot = match &listed {
+                        Some(vm) => forget_machine(paths, vm)?,
+                        None => None,
+                    };
                     return Ok(Output::new(
-                        json!({ "provider": p.name(), "deleted": id }),
+                        json!({ "provider": p.name(), "deleted": id, "forgot": forgot }),
                         format!("deleted {} machine\n{id}", p.name()),
                     ));
                 }
@@ -391,7 +395,8 @@ pub async fn run(paths: &ClientPaths, cmd: CloudCmd) -> Result<Output> {
                     sam_provisioner::Provider::delete(&pool.provider, &vm.id)
                         .await
                         .with_context(|| format!("reap {name}: delete {}", vm.id))?;
-                    gone.push(json!({ "provider": name, "id": vm.id }));
+                    let forgot = forget_machine(paths, vm)?;
+                    gone.push(json!({ "provider": name, "id": vm.id, "forgot": forgot }));
                 }
             }
             let mut text = format!("{} idle machine(s) deleted", gone.len());
@@ -403,6 +408,23 @@ pub async fn run(paths: &ClientPaths, cmd: CloudCmd) -> Result<Output> {
             Ok(Output::new(json!(gone), text))
         }
     }
+}
+
+/// Drops a deleted machine's node from the node book (it can never answer again); returns
+/// the name it had there.
+pub(crate) fn forget_machine(
+    paths: &ClientPaths,
+    vm: &sam_provisioner::Vm,
+) -> Result<Option<String>> {
+    let Some(node) = vm.node_id() else {
+        return Ok(None);
+    };
+    let mut book = crate::book::NodeBook::load(&paths.nodes())?;
+    let Some(entry) = book.forget_id(&node.to_string()) else {
+        return Ok(None);
+    };
+    book.save(&paths.nodes())?;
+    Ok(Some(entry.name))
 }
 
 /// The warm pool of one provider set up here (with this home's pool policy and release).

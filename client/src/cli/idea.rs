@@ -165,32 +165,44 @@ impl Progress {
     }
 }
 
-/// Ctrl-C presses since `sam idea` started. One listener for the whole command, so a press
-/// between two steps is not lost (a fresh `ctrl_c()` only sees later ones).
-struct Interrupts(tokio::sync::watch::Receiver<u32>);
+/// Requests to stop since `sam idea` started: Ctrl-C presses in the CLI, the Cancel button
+/// in the app. One listener for the whole command, so a press between two steps is not
+/// lost (a fresh `ctrl_c()` only sees later ones). The first press stops at the next safe
+/// point and cleans up; a second one leaves at once.
+pub struct Interrupts {
+    rx: tokio::sync::watch::Receiver<u32>,
+    /// What the user pressed, for the messages ("Ctrl-C", "Cancel").
+    how: &'static str,
+}
 
 impl Interrupts {
-    fn start() -> Self {
+    /// Listens for Ctrl-C (the CLI).
+    fn ctrl_c() -> Self {
         let (tx, rx) = tokio::sync::watch::channel(0u32);
         tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
                 tx.send_modify(|n| *n += 1);
             }
         });
-        Self(rx)
+        Self { rx, how: "Ctrl-C" }
+    }
+
+    /// Presses sent by the caller: each `send_modify(|n| *n += 1)` on the sender is one.
+    pub fn from_watch(rx: tokio::sync::watch::Receiver<u32>, how: &'static str) -> Self {
+        Self { rx, how }
     }
 
     /// Resolves at the next press, at once when one came unseen.
     async fn next(&mut self) {
-        if self.0.changed().await.is_err() {
+        if self.rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 
     /// Whether a press came unseen (and marks it seen).
     fn pressed(&mut self) -> bool {
-        let p = self.0.has_changed().unwrap_or(false);
-        self.0.mark_unchanged();
+        let p = self.rx.has_changed().unwrap_or(false);
+        self.rx.mark_unchanged();
         p
     }
 }
@@ -226,7 +238,7 @@ async fn acquire(
     if intr.pressed() {
         bail!("interrupted before step 'node'");
     }
-    // The pool works in its own task, so a Ctrl-C never cuts a create in half: the node being
+    // The pool works in its own task, so an interrupt never cuts a create in half: the node being
     // made is finished, then given back to the pool.
     let mut task = tokio::spawn(async move {
         let got = pool.acquire(size, &owner, &probe).await;
@@ -236,7 +248,7 @@ async fn acquire(
     let (pool, got) = tokio::select! {
         r = &mut task => r.context("the pool task failed")?,
         _ = intr.next() => {
-            progress.note("interrupted: finishing the node being made, then giving it back (Ctrl-C again to leave now)");
+            progress.note(&format!("interrupted: finishing the node being made, then giving it back ({} again to leave now)", intr.how));
             let (pool, got) = tokio::select! {
                 r = &mut task => r.context("the pool task failed")?,
                 _ = intr.next() => bail!("interrupted at step 'node': a node may be left, see `sam vm ls` and `sam vm rm`"),
@@ -283,8 +295,13 @@ async fn acquire(
     ))
 }
 
-/// `sam idea`.
+/// `sam idea`: Ctrl-C interrupts it.
 pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
+    idea_with(paths, a, Interrupts::ctrl_c()).await
+}
+
+/// `sam idea`, stopped by the presses of `intr` (the app's Cancel button).
+pub async fn idea_with(paths: &ClientPaths, a: IdeaArgs, mut intr: Interrupts) -> Result<Output> {
     let mut progress = Progress::new();
     if a.idea.trim().is_empty() {
         bail!("the idea is empty: describe what the agent should do");
@@ -296,7 +313,6 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
         Some(s) => s.parse().map_err(|e| anyhow::anyhow!("--size: {e}"))?,
         None => Size::Small,
     };
-    let mut intr = Interrupts::start();
     let token = github_token(paths).await?;
     let identity = git_identity().await?;
     let branch = branch_for(&a.idea);
@@ -321,7 +337,10 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
         Err(e) => {
             let fate = match &place {
                 Place::Pooled { pool, vm, .. } => match pool.provider.delete(&vm.id).await {
-                    Ok(()) => format!("; node {} was deleted", vm.id),
+                    Ok(()) => {
+                        let _ = super::cloud::forget_machine(paths, vm);
+                        format!("; node {} was deleted", vm.id)
+                    }
                     Err(d) => format!(
                         "; deleting node {} failed ({d}): `sam vm rm {}`",
                         vm.id, vm.id
@@ -352,10 +371,14 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
         &mut progress,
         &mut made,
     );
+    let mut interrupted = false;
     let result = tokio::select! {
         r = flow => r,
         _ = credential_broker(&client) => unreachable!("the credential broker never ends"),
-        _ = intr.next() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+        _ = intr.next() => {
+            interrupted = true;
+            Err(anyhow::anyhow!("interrupted ({})", intr.how))
+        }
     };
     // 7. Release: after the PR (or when no workspace could be made), the workspace goes and
     // the node goes back to the warm pool. After a later failure the work is kept.
@@ -388,6 +411,23 @@ pub async fn idea(paths: &ClientPaths, a: IdeaArgs) -> Result<Output> {
                 "node {} stays busy with the workspace (retry: `sam pr CONV`; give it back: `sam vm release {}`)",
                 vm.id, vm.id
             ));
+        }
+    } else if interrupted && !made.ready {
+        // A node of the user's own: a workspace interrupted before it was ready holds no
+        // work, so it goes (the node stops its creation).
+        let workspace = match made.workspace.clone() {
+            Some(id) => Some(id),
+            None => workspace_named(&client, branch.trim_start_matches("sam/")).await,
+        };
+        if let Some(id) = workspace {
+            match super::teardown::remove_keeping_history(paths, &ep, &client, &entry, &id, false)
+                .await
+            {
+                Ok(_) => progress.note(&format!("workspace {id} was not ready yet: removed")),
+                Err(e) => progress.note(&format!(
+                    "workspace {id} could not be removed ({e:#}): `sam workspace rm {id}`"
+                )),
+            }
         }
     }
     client.close();
@@ -424,24 +464,13 @@ async fn release(
     intr: &mut Interrupts,
 ) -> bool {
     if let Some(id) = workspace {
-        // A workspace still being made (interrupted) is let finish first: removing it
-        // half-made can leave its container behind. Its clone may need credentials meanwhile.
-        let finished = tokio::select! {
-            r = until_made(client, id) => r,
-            _ = credential_broker(client) => unreachable!("the credential broker never ends"),
-            _ = intr.next() => Err(anyhow::anyhow!("interrupted")),
-        };
-        if let Err(e) = finished {
-            progress.note(&format!(
-                "workspace {id} is still being made ({e:#}); node {} stays busy: `sam workspace rm {id}` and `sam vm release {}` later",
-                vm.id, vm.id
-            ));
-            return false;
-        }
         // Graceful teardown: the node deletes the workspace once its conversation is held
-        // here in sync.
-        let removed =
-            super::teardown::remove_keeping_history(paths, ep, client, entry, id, false).await;
+        // here in sync. A workspace still being made (interrupted) goes at once: the node
+        // stops its creation first.
+        let removed = tokio::select! {
+            r = super::teardown::remove_keeping_history(paths, ep, client, entry, id, false) => r,
+            _ = intr.next() => Err(anyhow::anyhow!("interrupted again ({})", intr.how)),
+        };
         if let Err(e) = removed {
             progress.note(&format!(
                 "workspace {id} could not be removed ({e:#}); node {} stays busy: `sam vm release {}` when done",
@@ -479,32 +508,6 @@ async fn release(
             ));
             false
         }
-    }
-}
-
-/// Waits (at most 2 min) until the workspace is no longer `Creating`.
-async fn until_made(client: &NodeClient, id: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut said = false;
-    loop {
-        let WorkspaceResponse::Info(info) =
-            super::workspace::ws(client, WorkspaceRequest::Get { id: id.to_string() }).await?
-        else {
-            bail!("node answered get with something else");
-        };
-        if !matches!(info.status, WorkspaceStatus::Creating) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("not ready after 2 min");
-        }
-        if !said {
-            say(format!(
-                "    waiting for workspace {id} to be made before removing it"
-            ));
-            said = true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

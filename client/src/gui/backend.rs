@@ -24,7 +24,7 @@ use super::state::{Command, ConvSummary, Event, Level, Notification};
 use crate::book::NodeBook;
 use crate::docs::Replicas;
 use crate::paths::ClientPaths;
-use crate::wire::{WireError, read_frame, write_frame};
+use sam_protocol::wire::{WireError, read_frame, write_frame};
 
 mod tasks;
 

@@ -11,6 +11,8 @@ use crate::cli::idea::IdeaArgs;
 
 /// Providers offered for a fresh node from a warm pool.
 pub const PROVIDERS: &[&str] = &["local", "hetzner", "scaleway"];
+/// Node sizes of the pools (`--size`; each provider maps them to its server types).
+pub const SIZES: &[&str] = &["small", "medium", "large"];
 
 /// Where the idea runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,10 @@ pub struct IdeaForm {
     pub agent_cmd: String,
     pub place: Place,
     pub lightweight: bool,
+    /// Node size when the node comes from a provider's pool.
+    pub size: String,
+    /// Keep the workspace and the pool node after the PR, for follow-up prompts.
+    pub keep: bool,
 }
 
 impl IdeaForm {
@@ -45,6 +51,8 @@ impl IdeaForm {
             agent_cmd: String::new(),
             place: Place::Provider("local".into()),
             lightweight: false,
+            size: "small".into(),
+            keep: false,
         }
     }
 
@@ -67,10 +75,19 @@ impl IdeaForm {
                 "The custom agent needs its command (an ACP agent, e.g. `my-agent --acp`).".into(),
             );
         }
-        let (node, provider) = match &self.place {
+        let (node, provider, size) = match &self.place {
             Place::Node(id) if id.is_empty() => return Err("Pick a node or a provider.".into()),
-            Place::Node(id) => (Some(id.clone()), None),
-            Place::Provider(p) => (None, Some(p.clone())),
+            Place::Node(id) => (Some(id.clone()), None, None),
+            Place::Provider(p) => {
+                if !SIZES.contains(&self.size.as_str()) {
+                    return Err(format!(
+                        "Size {:?} is not one of {}.",
+                        self.size,
+                        SIZES.join(", ")
+                    ));
+                }
+                (None, Some(p.clone()), Some(self.size.clone()))
+            }
         };
         Ok(IdeaRequest {
             idea: idea.to_string(),
@@ -80,7 +97,10 @@ impl IdeaForm {
             agent_cmd: (self.agent == "custom").then(|| agent_cmd.to_string()),
             node,
             provider,
+            size,
             lightweight: self.lightweight,
+            // Only a pool node is given back after the PR; a node of the user's own stays.
+            keep: self.keep && matches!(self.place, Place::Provider(_)),
         })
     }
 }
@@ -125,7 +145,9 @@ pub struct IdeaRequest {
     pub agent_cmd: Option<String>,
     pub node: Option<String>,
     pub provider: Option<String>,
+    pub size: Option<String>,
     pub lightweight: bool,
+    pub keep: bool,
 }
 
 impl IdeaRequest {
@@ -138,9 +160,9 @@ impl IdeaRequest {
             agent_cmd: self.agent_cmd,
             node: self.node,
             provider: self.provider,
-            size: None,
+            size: self.size,
             lightweight: self.lightweight,
-            keep: false,
+            keep: self.keep,
         }
     }
 }
@@ -163,6 +185,8 @@ pub enum Outcome {
         message: String,
     },
     Failed(String),
+    /// Stopped by Cancel: what the flow said (what it cleaned up is in the progress).
+    Cancelled(String),
 }
 
 /// The dialog and its run.
@@ -180,6 +204,8 @@ pub struct IdeaView {
     pub outcome: Option<Outcome>,
     /// egui time when the run started (for the elapsed time).
     pub started: Option<f64>,
+    /// Cancel presses for the running run (the first stops cleanly, a second at once).
+    pub stops: u32,
 }
 
 impl IdeaView {
@@ -194,6 +220,13 @@ impl IdeaView {
             self.outcome = None;
             self.invalid = None;
         }
+    }
+
+    /// Cancel (then "Stop now"): the command for the tools worker, when a run is going.
+    pub fn cancel(&mut self) -> Option<ToolCmd> {
+        let run = self.running?;
+        self.stops += 1;
+        Some(ToolCmd::CancelIdea { run })
     }
 
     /// Start: the command for the tools worker when the form is complete; else says why.
@@ -212,6 +245,7 @@ impl IdeaView {
         self.outcome = None;
         self.steps.clear();
         self.started = None;
+        self.stops = 0;
         self.runs += 1;
         self.running = Some(self.runs);
         Some(ToolCmd::Idea {
@@ -242,6 +276,7 @@ pub fn apply(state: &mut AppState, run: u64, ev: IdeaEvent) {
                     let message = json["message"].as_str().unwrap_or_default().to_string();
                     Outcome::Opened { url, conv, message }
                 }
+                Err(e) if state.idea.stops > 0 => Outcome::Cancelled(e),
                 Err(e) => Outcome::Failed(e),
             };
             match &outcome {
@@ -265,6 +300,13 @@ pub fn apply(state: &mut AppState, run: u64, ev: IdeaEvent) {
                         e.clone(),
                     )));
                 }
+                Outcome::Cancelled(e) => {
+                    state.apply(super::state::Event::Notice(Notification::new(
+                        Level::Info,
+                        "Idea cancelled",
+                        e.clone(),
+                    )));
+                }
             }
             state.idea.outcome = Some(outcome);
         }
@@ -280,6 +322,7 @@ pub fn dialog(ctx: &egui::Context, state: &mut AppState) {
     let nodes = state.nodes.clone();
     let now = ctx.input(|i| i.time);
     let mut start = false;
+    let mut cancel = false;
     egui::Window::new("New idea: from an idea to a pull request")
         .open(&mut open)
         .collapsible(false)
@@ -339,6 +382,23 @@ pub fn dialog(ctx: &egui::Context, state: &mut AppState) {
                         .on_hover_text(&n.id);
                     }
                 });
+                // Pool nodes only; shown (greyed) for a node of one's own too, so the form
+                // does not jump when the place changes.
+                ui.add_enabled_ui(matches!(f.place, Place::Provider(_)), |ui| {
+                    ui.horizontal(|ui| {
+                        egui::ComboBox::new("idea-size", "Node size")
+                            .selected_text(f.size.clone())
+                            .show_ui(ui, |ui| {
+                                for s in SIZES {
+                                    ui.selectable_value(&mut f.size, s.to_string(), *s);
+                                }
+                            });
+                        ui.checkbox(&mut f.keep, "Keep the node and workspace after the PR")
+                            .on_hover_text(
+                                "for follow-up prompts; give the node back with `sam vm release`",
+                            );
+                    });
+                });
                 ui.checkbox(
                     &mut f.lightweight,
                     "Lightweight workspace (base image, no devcontainer)",
@@ -367,6 +427,20 @@ pub fn dialog(ctx: &egui::Context, state: &mut AppState) {
                         .unwrap_or_else(|| "starting (token, git identity, node)…".into());
                     ui.label(format!("Running ({:.0}s): {last}", now - t0));
                 });
+                ui.horizontal(|ui| {
+                    if view.stops == 0 {
+                        cancel = ui
+                            .button("Cancel")
+                            .on_hover_text("stop at the next safe point and clean up what was made")
+                            .clicked();
+                    } else {
+                        ui.label("Stopping: cleaning up what was made…");
+                        cancel = ui
+                            .button("Stop now")
+                            .on_hover_text("leave at once; what was made may stay")
+                            .clicked();
+                    }
+                });
                 ui.ctx()
                     .request_repaint_after(std::time::Duration::from_millis(250));
             }
@@ -380,6 +454,9 @@ pub fn dialog(ctx: &egui::Context, state: &mut AppState) {
                 }
                 Some(Outcome::Failed(e)) => {
                     ui.colored_label(Color32::from_rgb(230, 80, 70), format!("Failed: {e}"));
+                }
+                Some(Outcome::Cancelled(e)) => {
+                    ui.label(format!("Cancelled: {e}"));
                 }
                 None => {}
             }
@@ -397,6 +474,9 @@ pub fn dialog(ctx: &egui::Context, state: &mut AppState) {
             }
         });
     if start && let Some(cmd) = state.idea.start() {
+        state.tools_out.push(cmd);
+    }
+    if cancel && let Some(cmd) = state.idea.cancel() {
         state.tools_out.push(cmd);
     }
     // Closing while it runs keeps it running: the end comes as a notification.
@@ -460,5 +540,15 @@ mod tests {
         let a = f.args().expect("complete");
         assert_eq!(a.agent_cmd.as_deref(), Some("my-agent --acp"));
         assert_eq!((a.node.as_deref(), a.provider), (Some("n1"), None));
+        // Size and keep belong to pool nodes only.
+        f.keep = true;
+        f.size = "large".into();
+        let a = f.args().expect("complete");
+        assert_eq!((a.size, a.keep), (None, false));
+        f.place = Place::Provider("hetzner".into());
+        let a = f.args().expect("complete");
+        assert_eq!((a.size.as_deref(), a.keep), (Some("large"), true));
+        f.size = "huge".into();
+        assert!(f.args().expect_err("bad size").contains("not one of"));
     }
 }

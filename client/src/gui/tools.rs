@@ -97,6 +97,11 @@ pub enum ToolCmd {
         run: u64,
         req: Box<super::idea::IdeaRequest>,
     },
+    /// Asks run `run` of `sam idea` to stop: the first time at its next safe point, with
+    /// clean-up (as Ctrl-C does in the CLI); again, at once.
+    CancelIdea {
+        run: u64,
+    },
     /// Runs `sam move` (numbered `run`): the end comes as [`ToolEvent::Move`].
     Move {
         run: u64,
@@ -306,6 +311,8 @@ struct Tools {
     speed: f32,
     ports: Option<tokio::task::AbortHandle>,
     forwards: HashMap<u16, tokio::task::AbortHandle>,
+    /// The stop buttons of the running ideas, by run.
+    idea_stops: HashMap<u64, tokio::sync::watch::Sender<u32>>,
 }
 
 impl Tools {
@@ -337,6 +344,7 @@ impl Tools {
             speed,
             ports: None,
             forwards: HashMap::new(),
+            idea_stops: HashMap::new(),
         };
         while let Some(c) = cmds.recv().await {
             tools.command(c).await;
@@ -412,9 +420,17 @@ impl Tools {
             }
             ToolCmd::Idea { run, req } => {
                 let (paths, ev) = (self.paths.clone(), self.events.clone());
+                let (stop, stops) = tokio::sync::watch::channel(0u32);
+                self.idea_stops.retain(|_, s| !s.is_closed());
+                self.idea_stops.insert(run, stop);
                 // The flow's future is not `Send` (it follows the conversation with local
                 // state): it runs on a blocking thread of this runtime, driven by its handle.
-                tokio::task::spawn_blocking(move || run_idea(paths, ev, run, *req));
+                tokio::task::spawn_blocking(move || run_idea(paths, ev, run, *req, stops));
+            }
+            ToolCmd::CancelIdea { run } => {
+                if let Some(stop) = self.idea_stops.get(&run) {
+                    stop.send_modify(|n| *n += 1);
+                }
             }
             ToolCmd::Move { run, req } => {
                 let (paths, ev) = (self.paths.clone(), self.events.clone());
@@ -595,7 +611,13 @@ impl Tools {
 
 /// Runs `sam idea` to its end on this (blocking) thread; progress lines go to the UI as
 /// they are printed.
-fn run_idea(paths: ClientPaths, events: Events, run: u64, req: super::idea::IdeaRequest) {
+fn run_idea(
+    paths: ClientPaths,
+    events: Events,
+    run: u64,
+    req: super::idea::IdeaRequest,
+    stops: tokio::sync::watch::Receiver<u32>,
+) {
     use super::idea::IdeaEvent;
     let rt = tokio::runtime::Handle::current();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -610,7 +632,11 @@ fn run_idea(paths: ClientPaths, events: Events, run: u64, req: super::idea::Idea
     });
     let result = rt.block_on(crate::cli::idea::with_progress(
         tx,
-        crate::cli::idea::idea(&paths, req.into_args()),
+        crate::cli::idea::idea_with(
+            &paths,
+            req.into_args(),
+            crate::cli::idea::Interrupts::from_watch(stops, "Cancel"),
+        ),
     ));
     // Every step line before the end.
     let _ = rt.block_on(forward);

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use crate::docs::Live;
 use crate::server::{Node, Session};
 use crate::streams::{MAX_HEADER, reply, serve_connection};
-use crate::wire::{WireError, read_frame, write_frame};
+use sam_protocol::wire::{WireError, read_frame, write_frame};
 
 static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
 

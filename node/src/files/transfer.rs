@@ -19,7 +19,7 @@ use super::path;
 use crate::inside::{check_role, docker_err, run};
 use crate::server::{Node, Session};
 use crate::streams::{MAX_HEADER, reply, serve_connection};
-use crate::wire::{read_frame, write_frame};
+use sam_protocol::wire::{read_frame, write_frame};
 
 /// Tar headers and padding allowed on top of the content size.
 const TAR_SLACK_PER_ENTRY: u64 = 3 * 512;

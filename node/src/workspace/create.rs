@@ -36,8 +36,9 @@ const MAX_REPO_TAR: usize = 512 * 1024 * 1024;
 
 type Failure = String;
 
-/// Runs the pipeline of workspace `id` in the background.
-pub fn spawn(shared: Arc<Shared>, id: String) {
+/// Runs the pipeline of workspace `id` in the background. Removing the workspace
+/// aborts the task (see `Workspaces::remove`), so keep its handle in the entry.
+pub fn spawn(shared: Arc<Shared>, id: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
         match run(&shared, &id).await {
@@ -57,7 +58,7 @@ pub fn spawn(shared: Arc<Shared>, id: String) {
                 shared.state.fail(&id, &reason);
             }
         }
-    });
+    })
 }
 
 async fn run(shared: &Shared, id: &str) -> Result<(), Failure> {
@@ -202,15 +203,32 @@ async fn start_container(
         ..Default::default()
     };
     let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-    let created = docker
-        .create_container(Some(opts), body)
-        .await
-        .map_err(|e| docker_err(&shared.docker, e, "create the container").message)?;
-    docker
-        .start_container(&created.id, None)
-        .await
-        .map_err(|e| docker_err(&shared.docker, e, "start the container").message)?;
-    Ok(created.id)
+    // dockerd finishes a create it has received even when this pipeline is aborted (the
+    // workspace is being removed): create and start run in a task of their own, holding the
+    // workspace's `docker_calls` lock, which `Workspaces::remove` takes before it sweeps.
+    let lock = shared
+        .state
+        .with(id, |e| e.docker_calls.clone())
+        .map_err(|e| e.message)?;
+    let guard = lock.lock_owned().await;
+    let docker = docker.clone();
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        let created = docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| ("create the container", e))?;
+        docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(|e| ("start the container", e))?;
+        Ok::<_, (&str, bollard::errors::Error)>(created.id)
+    });
+    match task.await {
+        Ok(Ok(container)) => Ok(container),
+        Ok(Err((what, e))) => Err(docker_err(&shared.docker, e, what).message),
+        Err(e) => Err(format!("starting the container failed: {e}")),
+    }
 }
 
 /// The repo folder owned by `user`, the credential helper and its git config.
@@ -556,6 +574,22 @@ async fn remove_one(docker: &Docker, container: &str) {
     if let Err(e) = docker.remove_container(container, Some(opts)).await {
         warn!(container, error = %e, "could not remove a container");
     }
+}
+
+/// Removes every container of workspace `id` and the images built for its
+/// devcontainer (the features layer first: it is a child of `latest`).
+pub async fn remove_all(shared: &Shared, docker: &Docker, id: &str) -> Result<(), ErrorBody> {
+    remove_containers(shared, docker, id).await?;
+    for tag in ["features", "latest"] {
+        let _ = docker
+            .remove_image(
+                &format!("sam-ws-{id}:{tag}"),
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+    Ok(())
 }
 
 /// Removes every container of workspace `id`.

@@ -26,6 +26,10 @@ pub struct Entry {
     /// What it was created from (to build it anew); `None` for adopted containers.
     pub spec: Option<CreateWorkspace>,
     pub adopted: bool,
+    /// The creation pipeline while it runs (aborted when the workspace is removed).
+    pub task: Option<tokio::task::JoinHandle<()>>,
+    /// Held by a container create/start in flight, which an abort does not stop.
+    pub docker_calls: std::sync::Arc<tokio::sync::Mutex<()>>,
     log: VecDeque<String>,
     /// Line number of `log[0]`.
     log_base: u64,
@@ -38,6 +42,8 @@ impl Entry {
             container_id: None,
             spec,
             adopted: false,
+            task: None,
+            docker_calls: Default::default(),
             log: VecDeque::new(),
             log_base: 0,
         }

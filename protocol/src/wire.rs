@@ -1,6 +1,8 @@
-//! Async shell around `sam_protocol::frame`: one frame in, one frame out.
+//! Async shell around [`crate::frame`]: one frame in, one frame out, on any tokio
+//! stream (QUIC streams of iroh in the node and the client). Behind the `io` feature, so
+//! the rest of this crate stays free of IO.
 
-use sam_protocol::frame::{self, FrameError, HEADER_LEN};
+use crate::frame::{self, FrameError, HEADER_LEN};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
