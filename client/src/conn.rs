@@ -1,5 +1,7 @@
 //! A connection to a node: dial by ticket, say hello, then requests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::Endpoint;
@@ -32,11 +34,24 @@ pub enum ConnectError {
     Protocol(String),
 }
 
-/// An authenticated `sam/ctl/1` connection.
+/// An authenticated `sam/ctl/1` connection. A connection that died under it (lost, timed
+/// out, closed by the transport) is dialled again once, by the same ticket, when a request
+/// could not even be sent; a request that was sent is never sent twice.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
-    pub conn: Connection,
+    conn: Arc<Mutex<Connection>>,
     pub welcome: Welcome,
+    ep: Endpoint,
+    ticket: Ticket,
+    /// Set by [`NodeClient::close`]: no redial after the user closed it.
+    closed: Arc<AtomicBool>,
+}
+
+/// One attempt at a request.
+enum Attempt {
+    /// The stream could not be opened: nothing reached the node.
+    NotSent(ConnectError),
+    Failed(ConnectError),
 }
 
 /// Dials `ticket`'s node on `alpn` and says hello with the ticket's capability.
@@ -102,42 +117,80 @@ impl NodeClient {
     /// Connects on `sam/ctl/1`.
     pub async fn connect(ep: &Endpoint, ticket: &Ticket) -> Result<Self, ConnectError> {
         let (conn, welcome) = connect(ep, ticket, sam_protocol::alpn::CTL).await?;
-        Ok(Self { conn, welcome })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            welcome,
+            ep: ep.clone(),
+            ticket: ticket.clone(),
+            closed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The current connection.
+    pub fn conn(&self) -> Connection {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One request, one response; a node error becomes [`ConnectError::Remote`].
     pub async fn request(&self, request: Request) -> Result<Response, ConnectError> {
-        let proto = |e: &dyn std::fmt::Display| ConnectError::Protocol(e.to_string());
-        let (mut send, mut recv) =
-            self.conn
-                .open_bi()
-                .await
-                .map_err(|e| match self.conn.close_reason() {
-                    Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
-                        ConnectError::Refused(ErrorBody::new(
-                            sam_protocol::ctl::ErrorCode::Unauthorized,
-                            String::from_utf8_lossy(&c.reason).to_string(),
-                        ))
-                    }
-                    _ => proto(&e),
-                })?;
-        let frame = RequestFrame {
-            version: PROTOCOL_VERSION,
-            request,
-        };
-        write_frame(&mut send, &frame)
-            .await
-            .map_err(|e| proto(&e))?;
-        let _ = send.finish();
-        match read_frame::<Response>(&mut recv, MAX_FRAME).await {
-            Ok(Response::Error(e)) => Err(ConnectError::Remote(e)),
+        let conn = self.conn();
+        match attempt(&conn, request.clone()).await {
             Ok(r) => Ok(r),
-            Err(e) => Err(proto(&e)),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::NotSent(e)) => {
+                // Refused (closed by the node with a reason) or closed by us: final.
+                let transport_died = !self.closed.load(Ordering::SeqCst)
+                    && !matches!(e, ConnectError::Refused(_))
+                    && conn.close_reason().is_some();
+                if !transport_died {
+                    return Err(e);
+                }
+                tracing::warn!(node = %self.ticket.addr.id.short(), error = %e, "connection lost before a request was sent; dialling again");
+                let (fresh, _) = connect(&self.ep, &self.ticket, sam_protocol::alpn::CTL)
+                    .await
+                    .map_err(|again| {
+                        ConnectError::Protocol(format!("{e}; dialling again failed: {again}"))
+                    })?;
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                attempt(&fresh, request).await.map_err(|a| match a {
+                    Attempt::NotSent(e) | Attempt::Failed(e) => e,
+                })
+            }
         }
     }
 
     /// Closes the connection politely.
     pub fn close(&self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.closed.store(true, Ordering::SeqCst);
+        self.conn().close(0u32.into(), b"bye");
+    }
+}
+
+/// Sends `request` on a new stream of `conn` and reads the response.
+async fn attempt(conn: &Connection, request: Request) -> Result<Response, Attempt> {
+    let proto = |e: &dyn std::fmt::Display| ConnectError::Protocol(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
+        Attempt::NotSent(match conn.close_reason() {
+            Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
+                ConnectError::Refused(ErrorBody::new(
+                    sam_protocol::ctl::ErrorCode::Unauthorized,
+                    String::from_utf8_lossy(&c.reason).to_string(),
+                ))
+            }
+            _ => proto(&e),
+        })
+    })?;
+    let frame = RequestFrame {
+        version: PROTOCOL_VERSION,
+        request,
+    };
+    write_frame(&mut send, &frame)
+        .await
+        .map_err(|e| Attempt::Failed(proto(&e)))?;
+    let _ = send.finish();
+    match read_frame::<Response>(&mut recv, MAX_FRAME).await {
+        Ok(Response::Error(e)) => Err(Attempt::Failed(ConnectError::Remote(e))),
+        Ok(r) => Ok(r),
+        Err(e) => Err(Attempt::Failed(proto(&e))),
     }
 }

@@ -40,6 +40,7 @@ pub async fn handle(
             git_diff(docker, t, base.as_deref(), path.as_deref()).await?
         }
         FilesOp::Diff { a, b } => diff(docker, t, &a, &b).await?,
+        FilesOp::WorkPatch => work_patch(docker, t).await?,
     };
     Ok(WorkspaceResponse::Files(r))
 }
@@ -211,6 +212,34 @@ stat -L -c '%s' -- "$1" && head -c "$2" -- "$1""#;
         truncated: size > data.len() as u64,
         data,
         size,
+    })
+}
+
+/// `git diff --binary HEAD` over a copy of the index with every change added (new files
+/// too), so the patch carries all uncommitted work and the real index is not touched.
+async fn work_patch(docker: &Docker, t: &Target) -> Result<FilesResponse, ErrorBody> {
+    let script = r#"set -e
+idx=$(mktemp)
+trap 'rm -f "$idx"' EXIT
+git -c safe.directory="$ROOT" rev-parse --verify -q HEAD >/dev/null || { echo "no commit yet" >&2; exit 3; }
+cp "$(git -c safe.directory="$ROOT" rev-parse --git-path index)" "$idx" 2>/dev/null || true
+GIT_INDEX_FILE="$idx" git -c safe.directory="$ROOT" add -A
+GIT_INDEX_FILE="$idx" git -c safe.directory="$ROOT" diff --cached --binary --no-color --no-ext-diff HEAD
+"#;
+    let cmd = vec![
+        "env".into(),
+        format!("ROOT={}", t.root),
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+    ];
+    let out = run(docker, t, Some(&t.user), cmd, MAX_DIFF).await?;
+    if out.exit != 0 {
+        return Err(failed("making the patch of uncommitted work failed", &out));
+    }
+    Ok(FilesResponse::Diff {
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+        truncated: out.truncated,
     })
 }
 

@@ -147,7 +147,7 @@ async fn forged_foreign_and_expired_capabilities_are_refused() {
 }
 
 async fn wait_closed(c: &NodeClient) -> u32 {
-    let err = tokio::time::timeout(Duration::from_secs(5), c.conn.closed())
+    let err = tokio::time::timeout(Duration::from_secs(5), c.conn().closed())
         .await
         .expect("connection closed in time");
     match err {
@@ -368,4 +368,37 @@ async fn bad_requests_after_hello_get_error_frames_on_a_live_connection() {
             .expect("pong"),
         Response::Pong
     );
+}
+
+/// A control connection that died under the client before a request went out (the
+/// transport closed it, as iroh did once under CI load) is dialled again by the same
+/// ticket; one the user closed stays closed; one the node closed (revocation) is refused.
+#[tokio::test]
+async fn a_connection_that_died_before_a_request_is_dialled_again() {
+    let n = TestNode::start().await;
+    let (_ep, c) = client(&n.owner, &n.handle.ticket())
+        .await
+        .expect("owner connects");
+    assert_eq!(
+        c.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    );
+    let old = c.conn();
+    old.close(0u32.into(), b"transport gone");
+    assert_eq!(
+        c.request(Request::Ping).await.expect("dialled again"),
+        Response::Pong
+    );
+    assert_ne!(c.conn().stable_id(), old.stable_id(), "a new connection");
+
+    c.close();
+    let err = c
+        .request(Request::Ping)
+        .await
+        .expect_err("closed by the user");
+    assert!(
+        matches!(err, ConnectError::Protocol(ref e) if e == "closed"),
+        "{err:?}"
+    );
+    owner_still_served(&n).await;
 }

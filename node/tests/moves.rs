@@ -44,6 +44,13 @@ async fn uncommitted_work_moves_as_a_patch_and_is_applied_on_the_new_node() {
     let key_a = sam_protocol::SecretKey::generate();
     let node_a = harness::start_in(&tmp.path().join("a"), &me, &key_a, "127.0.0.1:0").await;
     let container = Container::start();
+    // Beside the edit of a.txt, new files the agent has not committed (b.txt from the
+    // fixture, one in a new folder, one binary); the fixture's big file and links go.
+    container.sh(
+        "cd /workspaces/repo && rm -f big.bin escape passwd-link inner-link \
+         && mkdir -p notes && printf 'draft\\n' > notes/todo.md \
+         && printf '\\000\\001\\002bin' > blob.bin",
+    );
     let ws_a = node_a
         .node
         .workspaces()
@@ -174,6 +181,24 @@ async fn uncommitted_work_moves_as_a_patch_and_is_applied_on_the_new_node() {
     assert_eq!(
         std::fs::read_to_string(w2.join("a.txt")).expect("a.txt"),
         "line one\nline 2 changed\n"
+    );
+    // New files came along too (the patch is made with a throw-away index).
+    assert_eq!(
+        std::fs::read_to_string(w2.join("b.txt")).expect("b.txt"),
+        "other one\nline two\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w2.join("notes/todo.md")).expect("notes/todo.md"),
+        "draft\n"
+    );
+    assert_eq!(
+        std::fs::read(w2.join("blob.bin")).expect("blob.bin"),
+        b"\x00\x01\x02bin"
+    );
+    // ... and the old workspace's own index was left alone (nothing staged there).
+    assert_eq!(
+        container.sh("cd /workspaces/repo && git diff --cached --name-only"),
+        ""
     );
     let agent = msgs
         .iter()

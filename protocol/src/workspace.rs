@@ -247,6 +247,10 @@ pub enum FilesOp {
     },
     /// Unified diff of two files.
     Diff { a: String, b: String },
+    /// Every uncommitted change of the workspace repo as one patch that `git apply` takes:
+    /// tracked files, new files git does not ignore, binary files (`--binary`). Made with a
+    /// throw-away index, so the workspace's own index is left as it is.
+    WorkPatch,
 }
 
 impl FilesOp {
@@ -255,9 +259,10 @@ impl FilesOp {
     pub fn required_role(&self) -> Role {
         match self {
             FilesOp::List { .. } => Role::Viewer,
-            FilesOp::Read { .. } | FilesOp::GitDiff { .. } | FilesOp::Diff { .. } => {
-                Role::Collaborator
-            }
+            FilesOp::Read { .. }
+            | FilesOp::GitDiff { .. }
+            | FilesOp::Diff { .. }
+            | FilesOp::WorkPatch => Role::Collaborator,
         }
     }
 }

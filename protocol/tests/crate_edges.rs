@@ -1,5 +1,6 @@
 //! Keeps the crate edges of DESIGN.md true: which SAM crate may depend on which,
-//! the client never on the node, and protocol/crdt on no async runtime or socket.
+//! the client never on the node, and protocol/crdt on no async runtime or socket (the
+//! protocol's optional `io` feature aside).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -124,14 +125,45 @@ fn client_never_reaches_the_node() {
     assert!(!g.transitive("sam-client").contains("sam-node"));
 }
 
+/// The packages `cargo build -p krate` (with `features`) would build as normal
+/// dependencies: features are resolved for that package alone, not unified with the rest
+/// of the workspace.
+fn built_alone(krate: &str, features: &[&str]) -> BTreeSet<String> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "tree", "--locked", "-p", krate, "-e", "normal", "--prefix", "none",
+    ])
+    .args(["--format", "{p}"])
+    .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    for f in features {
+        cmd.args(["-F", f]);
+    }
+    let out = cmd.output().expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn protocol_and_crdt_do_no_io() {
     let g = graph();
-    for krate in ["sam-protocol", "sam-crdt"] {
-        let deps = g.transitive(krate);
-        let io: Vec<_> = IO_CRATES.iter().filter(|c| deps.contains(**c)).collect();
-        assert!(io.is_empty(), "{krate} pulls in IO crates {io:?}");
-    }
-    // And the check itself can fail: the node does pull them in.
+    // crdt: not even through the workspace's unified features.
+    let deps = g.transitive("sam-crdt");
+    let io: Vec<_> = IO_CRATES.iter().filter(|c| deps.contains(**c)).collect();
+    assert!(io.is_empty(), "sam-crdt pulls in IO crates {io:?}");
+    // protocol: none on its own; its one async shell (`wire`) is behind the `io` feature,
+    // which the node and the client turn on.
+    let deps = built_alone("sam-protocol", &[]);
+    let io: Vec<_> = IO_CRATES.iter().filter(|c| deps.contains(**c)).collect();
+    assert!(io.is_empty(), "sam-protocol pulls in IO crates {io:?}");
+    // And the checks themselves can fail: the node pulls them in, and so does `io`.
     assert!(g.transitive("sam-node").contains("tokio"));
+    assert!(built_alone("sam-protocol", &["io"]).contains("tokio"));
 }

@@ -245,7 +245,7 @@ async fn move_with(
             let note = doc.append_note(
                 author,
                 &format!(
-                    "uncommitted work of workspace {} on node {} when the conversation moved (git diff HEAD: tracked files only; the new node applies it with `git apply` before its agent's first turn there):\n\n```diff\n{patch}```",
+                    "uncommitted work of workspace {} on node {} when the conversation moved (changed and new files, `git diff --binary HEAD`; the new node applies it with `git apply` before its agent's first turn there):\n\n```diff\n{patch}```",
                     old.workspace, gone.name
                 ),
             )?;
@@ -437,14 +437,11 @@ async fn visit_old(
     out
 }
 
-/// The workspace's uncommitted changes to tracked files, if any.
+/// The workspace's uncommitted work (changed and new files), if any.
 async fn uncommitted(client: &NodeClient, workspace: &str) -> Option<Result<String, String>> {
     let op = WorkspaceRequest::Files {
         id: workspace.to_string(),
-        op: FilesOp::GitDiff {
-            base: None,
-            path: None,
-        },
+        op: FilesOp::WorkPatch,
     };
     match ws(client, op).await {
         Ok(WorkspaceResponse::Files(FilesResponse::Diff { text, truncated })) => {
@@ -460,7 +457,7 @@ async fn uncommitted(client: &NodeClient, workspace: &str) -> Option<Result<Stri
             }
         }
         Ok(_) => Some(Err("the node answered the diff with something else".into())),
-        Err(e) => Some(Err(format!("git diff failed: {e:#}"))),
+        Err(e) => Some(Err(format!("making the patch failed: {e:#}"))),
     }
 }
 
