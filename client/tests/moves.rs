@@ -12,34 +12,28 @@ use std::time::Duration;
 
 use sam_crdt::{Conversation, HostEnd};
 
-use crate::support::bins::{NodeProc, last, ok, sam, sam_bin, sibling};
+use crate::support::bins::{NodeProc, last, ok, sam, sam_bin, sibling, start_node_with};
 
 /// `sam-node init` + `run` with agents as host processes under `ws_root`; returns the
 /// process, its ticket and its NodeId.
 fn node(home: &Path, owner: &str, ws_root: &Path) -> (NodeProc, String, String) {
     std::fs::create_dir_all(ws_root).expect("ws root");
-    let init = ok(Command::new(sibling("sam-node"))
-        .env("SAM_HOME", home)
-        .args(["init", "--owner", owner, "--bind", "127.0.0.1:0"])
-        .output()
-        .expect("init"));
-    let _ = init;
-    let mut child = Command::new(sibling("sam-node"))
-        .env("SAM_HOME", home)
-        .env("SAM_AGENT_LAUNCHER", "host")
-        .env("SAM_AGENT_HOST_ROOT", ws_root)
-        .arg("run")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ticket");
-    let ticket: sam_protocol::Ticket = line.trim().parse().expect("ticket");
-    let id = ticket.addr.id.to_string();
-    (NodeProc(child), line.trim().to_string(), id)
+    let root = ws_root.to_str().expect("utf-8 path");
+    let (proc, ticket) = start_node_with(
+        home,
+        owner,
+        &[
+            ("SAM_AGENT_LAUNCHER", "host"),
+            ("SAM_AGENT_HOST_ROOT", root),
+        ],
+    );
+    let id = ticket
+        .parse::<sam_protocol::Ticket>()
+        .expect("ticket")
+        .addr
+        .id
+        .to_string();
+    (proc, ticket, id)
 }
 
 fn messages(home: &Path, conv: &str) -> Vec<serde_json::Value> {
