@@ -37,7 +37,11 @@ struct Turn {
 }
 
 struct Driver {
-    child: Child,
+    /// Held so the wrapper is killed (`kill_on_drop`) and reaped with the driver.
+    _child: Child,
+    /// The adapter's process group (its pid, taken at spawn: `Child::id` is gone once the
+    /// wrapper has been reaped, while the native binary it started may still run).
+    pgid: u32,
     stdin: ChildStdin,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     next_id: u64,
@@ -49,11 +53,10 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // Codex does not exit when stdin closes and leaves its native binary behind when
         // only the wrapper dies: kill the whole process group.
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
-        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pgid)])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -77,10 +80,12 @@ impl Driver {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
+        let pgid = child.id().expect("a running child has a pid");
         let stdin = child.stdin.take().expect("stdin");
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         Self {
-            child,
+            _child: child,
+            pgid,
             stdin,
             lines,
             next_id: 0,

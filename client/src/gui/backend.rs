@@ -130,6 +130,8 @@ impl Drop for BackendHandle {
 struct Link {
     send: SendStream,
     inbound: mpsc::Receiver<Result<DocFrame, WireError>>,
+    /// A frame read while merging live batches, handled next.
+    peeked: Option<Result<DocFrame, WireError>>,
     sync: SyncPeer,
     reader: tokio::task::JoinHandle<()>,
     _conn: Connection,
@@ -623,6 +625,8 @@ impl Actor {
     }
 
     async fn frame(&mut self, f: Option<Result<DocFrame, WireError>>) {
+        /// Most live batches merged into one apply.
+        const MAX_MERGED_LIVE: usize = 64;
         let Some(fl) = self.followed.as_mut() else {
             return;
         };
@@ -632,7 +636,24 @@ impl Actor {
             Some(Ok(frame @ (DocFrame::Sync(_) | DocFrame::Live(_)))) => {
                 let Some(link) = fl.link.as_mut() else { return };
                 let applied = match &frame {
-                    DocFrame::Live(bytes) => link.sync.receive_live(&mut fl.conv, bytes),
+                    DocFrame::Live(first) => {
+                        // Consecutive live batches already here are applied in one walk of
+                        // the document and saved once (as `DocStream` does for the CLI).
+                        let mut lives = vec![first.as_slice()];
+                        let mut more = Vec::new();
+                        while more.len() + 1 < MAX_MERGED_LIVE {
+                            match link.inbound.try_recv() {
+                                Ok(Ok(DocFrame::Live(b))) => more.push(b),
+                                Ok(other) => {
+                                    link.peeked = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        lives.extend(more.iter().map(Vec::as_slice));
+                        link.sync.receive_live_batches(&mut fl.conv, &lives)
+                    }
                     DocFrame::Sync(bytes) => link.sync.receive(&mut fl.conv, bytes).map(|()| false),
                     DocFrame::Error(_) => Ok(false),
                 };
@@ -717,7 +738,10 @@ impl Actor {
 /// The next frame of the followed conversation's link (pending without one).
 async fn next_frame(f: &mut Option<Followed>) -> Option<Result<DocFrame, WireError>> {
     match f.as_mut().and_then(|f| f.link.as_mut()) {
-        Some(link) => link.inbound.recv().await,
+        Some(link) => match link.peeked.take() {
+            Some(frame) => Some(frame),
+            None => link.inbound.recv().await,
+        },
         None => std::future::pending().await,
     }
 }
@@ -749,6 +773,7 @@ async fn open_link(ep: &Endpoint, ticket: &Ticket, id: &str) -> Result<Link> {
     Ok(Link {
         send,
         inbound,
+        peeked: None,
         sync: SyncPeer::new(),
         reader,
         _conn: conn,
