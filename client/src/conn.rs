@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::Endpoint;
-use iroh::endpoint::Connection;
+use iroh::endpoint::{Connection, ConnectionError};
 use sam_protocol::ctl::{ErrorBody, Hello, HelloReply, Request, RequestFrame, Response, Welcome};
 use sam_protocol::frame::MAX_FRAME;
 use sam_protocol::{PROTOCOL_VERSION, Ticket};
@@ -36,7 +36,8 @@ pub enum ConnectError {
 
 /// An authenticated `sam/ctl/1` connection. A connection that died under it (lost, timed
 /// out, closed by the transport) is dialled again once, by the same ticket, when a request
-/// could not even be sent; a request that was sent is never sent twice.
+/// could not even be sent, or when it was sent but only reads
+/// ([`Request::is_read_only`]); a request that changes something is never sent twice.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     conn: Arc<Mutex<Connection>>,
@@ -134,29 +135,32 @@ impl NodeClient {
     /// One request, one response; a node error becomes [`ConnectError::Remote`].
     pub async fn request(&self, request: Request) -> Result<Response, ConnectError> {
         let conn = self.conn();
-        match attempt(&conn, request.clone()).await {
-            Ok(r) => Ok(r),
-            Err(Attempt::Failed(e)) => Err(e),
-            Err(Attempt::NotSent(e)) => {
-                // Refused (closed by the node with a reason) or closed by us: final.
-                let transport_died = !self.closed.load(Ordering::SeqCst)
-                    && !matches!(e, ConnectError::Refused(_))
-                    && conn.close_reason().is_some();
-                if !transport_died {
-                    return Err(e);
-                }
-                tracing::warn!(node = %self.ticket.addr.id.short(), error = %e, "connection lost before a request was sent; dialling again");
-                let (fresh, _) = connect(&self.ep, &self.ticket, sam_protocol::alpn::CTL)
-                    .await
-                    .map_err(|again| {
-                        ConnectError::Protocol(format!("{e}; dialling again failed: {again}"))
-                    })?;
-                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                attempt(&fresh, request).await.map_err(|a| match a {
-                    Attempt::NotSent(e) | Attempt::Failed(e) => e,
-                })
-            }
+        let (e, sent) = match attempt(&conn, request.clone()).await {
+            Ok(r) => return Ok(r),
+            Err(Attempt::NotSent(e)) => (e, false),
+            Err(Attempt::Failed(e)) => (e, true),
+        };
+        // Dial again only when the transport died under us: not after our own close, not
+        // when the node closed the connection with a reason (revocation, refusal), and a
+        // request that went out only when it merely reads.
+        let transport_died = !self.closed.load(Ordering::SeqCst)
+            && !matches!(e, ConnectError::Refused(_) | ConnectError::Remote(_))
+            && conn
+                .close_reason()
+                .is_some_and(|r| !matches!(r, ConnectionError::ApplicationClosed(_)));
+        if !transport_died || (sent && !request.is_read_only()) {
+            return Err(e);
         }
+        tracing::warn!(node = %self.ticket.addr.id.short(), error = %e, sent, "connection lost; dialling again");
+        let (fresh, _) = connect(&self.ep, &self.ticket, sam_protocol::alpn::CTL)
+            .await
+            .map_err(|again| {
+                ConnectError::Protocol(format!("{e}; dialling again failed: {again}"))
+            })?;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        attempt(&fresh, request).await.map_err(|a| match a {
+            Attempt::NotSent(e) | Attempt::Failed(e) => e,
+        })
     }
 
     /// Closes the connection politely.

@@ -402,3 +402,37 @@ async fn a_connection_that_died_before_a_request_is_dialled_again() {
     );
     owner_still_served(&n).await;
 }
+
+/// A request that changes something is never sent twice: when the connection dies while
+/// it waits for the answer (here the credential long poll), it fails instead of being
+/// re-sent on a new connection; a read (`Status`) on the same client then dials again.
+#[tokio::test]
+async fn a_write_in_flight_is_not_sent_again_when_the_connection_dies() {
+    use sam_protocol::workspace::WorkspaceRequest;
+    let n = TestNode::start().await;
+    let (_ep, c) = client(&n.owner, &n.handle.ticket())
+        .await
+        .expect("owner connects");
+    let conn = c.conn();
+    let poll = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.request(Request::Workspace(WorkspaceRequest::WaitCredential))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"transport gone");
+    let r = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the poll ends at once")
+        .expect("task");
+    assert!(
+        matches!(r, Err(ConnectError::Protocol(_))),
+        "a write in flight must fail, not be re-sent: {r:?}"
+    );
+    assert!(
+        matches!(c.request(Request::Status).await, Ok(Response::Status(_))),
+        "a read dials again"
+    );
+}

@@ -77,6 +77,30 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether asking again has no effect beyond the first answer (it only reads), so a
+    /// client may send it once more on a new connection when the first one died before the
+    /// answer came.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Request::Ping | Request::Status | Request::ListShares => true,
+            Request::Workspace(w) => matches!(
+                w,
+                WorkspaceRequest::List
+                    | WorkspaceRequest::Get { .. }
+                    | WorkspaceRequest::Logs { .. }
+                    | WorkspaceRequest::Ports { .. }
+                    | WorkspaceRequest::WatchPorts { .. }
+                    | WorkspaceRequest::Files { .. }
+            ),
+            Request::Conv(ConvRequest::List) => true,
+            Request::Agent(AgentRequest::Status { .. }) => true,
+            Request::RegisterShare(_)
+            | Request::Revoke { .. }
+            | Request::Agent(_)
+            | Request::Pr(_) => false,
+        }
+    }
+
     /// The least role that may make this request.
     pub fn required_role(&self) -> Role {
         match self {
@@ -184,6 +208,41 @@ mod tests {
     use super::*;
     use crate::frame;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_reads_may_be_sent_twice() {
+        use crate::workspace::{CreateWorkspace, FilesOp};
+        let ws = |w| Request::Workspace(w);
+        for r in [
+            Request::Ping,
+            Request::Status,
+            ws(WorkspaceRequest::Logs {
+                id: "w".into(),
+                from: 0,
+            }),
+            ws(WorkspaceRequest::Files {
+                id: "w".into(),
+                op: FilesOp::WorkPatch,
+            }),
+            Request::Conv(ConvRequest::List),
+        ] {
+            assert!(r.is_read_only(), "{r:?}");
+        }
+        for r in [
+            ws(WorkspaceRequest::Create(CreateWorkspace {
+                repo: None,
+                branch: None,
+                lightweight: true,
+                name: None,
+            })),
+            ws(WorkspaceRequest::Remove { id: "w".into() }),
+            ws(WorkspaceRequest::WaitCredential),
+            Request::Revoke { id: [0; 16] },
+            Request::Agent(AgentRequest::Cancel { conv: "c".into() }),
+        ] {
+            assert!(!r.is_read_only(), "{r:?}");
+        }
+    }
 
     #[test]
     fn unknown_version_is_clear() {
