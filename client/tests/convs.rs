@@ -281,3 +281,74 @@ fn an_agent_turn_streams_and_a_second_client_answers_its_permission() {
         "{log}"
     );
 }
+
+/// `sam log --follow` keeps following through a node restart: it says the link was lost,
+/// dials again, and shows what was written after the node came back.
+#[test]
+fn log_follow_survives_a_node_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let node_home = tmp.path().join("host");
+    let owner = last(&ok(sam(&me, &["id"])));
+    let bind = format!("127.0.0.1:{}", free_udp_port());
+    ok(Command::new(node_bin())
+        .env("SAM_HOME", &node_home)
+        .args(["init", "--owner", &owner, "--bind", &bind])
+        .output()
+        .expect("init"));
+    let (node, ticket) = run_node(&node_home);
+    ok(sam(&me, &["connect", &ticket, "--name", "box"]));
+    let conv = last(&ok(sam(
+        &me,
+        &["convs", "new", "--workspace", "w1", "--title", "follow me"],
+    )));
+    ok(sam(&me, &["prompt", &conv, "before the restart"]));
+
+    let mut follower = NodeProc(
+        Command::new(sam_bin())
+            .env("SAM_HOME", &me)
+            .env("SAM_BIND", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .args(["log", &conv, "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sam log --follow"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(follower.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(follower.0.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut seen = String::new();
+    let mut wait_for = |what: &str, secs: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(_) => panic!("no {what:?} from sam log --follow within {secs} s:\n{seen}"),
+            }
+        }
+    };
+    wait_for("before the restart", 30);
+
+    drop(node);
+    wait_for("link lost", 60);
+    let (_node, _ticket) = run_node(&node_home);
+    wait_for("on box again", 60);
+    ok(sam(&me, &["prompt", &conv, "after the restart"]));
+    wait_for("after the restart", 60);
+}

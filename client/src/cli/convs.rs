@@ -361,20 +361,72 @@ pub async fn log(paths: &ClientPaths, conv: &str, follow: bool) -> Result<Output
         return Ok(Output::new(json, text));
     }
     printer.show(&msgs);
-    let book = NodeBook::load(&paths.nodes())?;
-    let entry = book.find(Some(&doc.workspace().node))?.clone();
     let key = paths.identity()?;
     let ep = crate::endpoint::bind(&key, None).await?;
-    let mut stream = open_stream(&ep, &entry.ticket()?, &id, false)
+    // The first link must come up (a clear error if not); after that a lost link is dialled
+    // again, at the node the conversation names then (a `sam move` changes it), until Ctrl-C.
+    let first = follow_node(paths, &doc)?;
+    let mut stream = open_stream(&ep, &first.ticket()?, &id, false)
         .await
-        .with_context(|| format!("follow {id} on {}", entry.name))?;
-    let r = tokio::select! {
-        r = stream.follow(&mut doc, |c| replicas.save(c), |c| printer.show(&c.messages())) => r,
+        .with_context(|| format!("follow {id} on {}", first.name))?;
+    let following = async {
+        let mut wait = FOLLOW_RETRY_MIN;
+        loop {
+            let ended = stream
+                .follow(
+                    &mut doc,
+                    |c| replicas.save(c),
+                    |c| printer.show(&c.messages()),
+                )
+                .await;
+            let reason = match ended {
+                Ok(()) => "the node ended the stream".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            eprintln!("sam: link lost ({reason}); following again…");
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(FOLLOW_RETRY_MAX);
+                let node = match follow_node(paths, &doc) {
+                    Ok(n) => n,
+                    Err(e) => return Err(e),
+                };
+                match open_stream(&ep, &node.ticket()?, &id, false).await {
+                    Ok(s) => {
+                        eprintln!(
+                            "sam: following {} on {} again",
+                            &id[..8.min(id.len())],
+                            node.name
+                        );
+                        stream = s;
+                        wait = FOLLOW_RETRY_MIN;
+                        break;
+                    }
+                    Err(e) => eprintln!(
+                        "sam: {} not reachable ({e:#}); next try in {:.0?}",
+                        node.name, wait
+                    ),
+                }
+            }
+        }
+    };
+    let r: Result<()> = tokio::select! {
+        r = following => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     ep.close().await;
     r?;
     Ok(Output::new(serde_json::Value::Null, ""))
+}
+
+/// Waits between tries to follow a conversation again.
+const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(500);
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The book's entry of the node hosting `doc` now.
+fn follow_node(paths: &ClientPaths, doc: &Conversation) -> Result<NodeEntry> {
+    let book = NodeBook::load(&paths.nodes())?;
+    Ok(book.find(Some(&doc.workspace().node))?.clone())
 }
 
 /// Prints messages incrementally: new messages whole, then appended text only.
