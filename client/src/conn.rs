@@ -76,16 +76,19 @@ pub async fn connect(
     Ok((conn, welcome))
 }
 
-async fn hello(conn: &Connection, ticket: &Ticket) -> Result<Welcome, ConnectError> {
-    let closed_reason = |conn: &Connection, e: String| match conn.close_reason() {
-        Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
-            ConnectError::Refused(ErrorBody::new(
-                sam_protocol::ctl::ErrorCode::Unauthorized,
-                String::from_utf8_lossy(&c.reason).to_string(),
-            ))
-        }
+/// The error for a failed stream operation on `conn`: the node's refusal when it closed the
+/// connection with a reason, else `e` as a protocol error.
+fn closed_reason(conn: &Connection, e: String) -> ConnectError {
+    match conn.close_reason() {
+        Some(ConnectionError::ApplicationClosed(c)) => ConnectError::Refused(ErrorBody::new(
+            sam_protocol::ctl::ErrorCode::Unauthorized,
+            String::from_utf8_lossy(&c.reason).to_string(),
+        )),
         _ => ConnectError::Protocol(e),
-    };
+    }
+}
+
+async fn hello(conn: &Connection, ticket: &Ticket) -> Result<Welcome, ConnectError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
@@ -173,17 +176,10 @@ impl NodeClient {
 /// Sends `request` on a new stream of `conn` and reads the response.
 async fn attempt(conn: &Connection, request: Request) -> Result<Response, Attempt> {
     let proto = |e: &dyn std::fmt::Display| ConnectError::Protocol(e.to_string());
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
-        Attempt::NotSent(match conn.close_reason() {
-            Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
-                ConnectError::Refused(ErrorBody::new(
-                    sam_protocol::ctl::ErrorCode::Unauthorized,
-                    String::from_utf8_lossy(&c.reason).to_string(),
-                ))
-            }
-            _ => proto(&e),
-        })
-    })?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Attempt::NotSent(closed_reason(conn, e.to_string())))?;
     let frame = RequestFrame {
         version: PROTOCOL_VERSION,
         request,

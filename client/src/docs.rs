@@ -81,15 +81,68 @@ impl Replicas {
 /// An open `sam/doc/1` stream for one document.
 pub struct DocStream {
     send: SendStream,
-    inbound: mpsc::Receiver<Result<DocFrame, WireError>>,
-    /// A frame read while merging live batches, handled next.
-    peeked: Option<Result<DocFrame, WireError>>,
-    reader: tokio::task::JoinHandle<()>,
+    inbound: Inbound,
     /// Keeps the connection open.
     _conn: iroh::endpoint::Connection,
 }
 
-impl Drop for DocStream {
+/// The frames of a doc stream, read ahead by a task of their own (so a half-read frame is
+/// never lost to a `select!`); the task stops when this is dropped.
+pub(crate) struct Inbound {
+    rx: mpsc::Receiver<Result<DocFrame, WireError>>,
+    /// A frame read while merging live batches, handed out next.
+    peeked: Option<Result<DocFrame, WireError>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Inbound {
+    /// Starts reading `recv` (at most [`INBOUND_FRAMES`] frames ahead).
+    pub(crate) fn spawn(mut recv: RecvStream) -> Self {
+        let (tx, rx) = mpsc::channel(INBOUND_FRAMES);
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
+                let stop = frame.is_err();
+                if tx.send(frame).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            peeked: None,
+            reader,
+        }
+    }
+
+    /// The next frame; `None` once the reader has stopped. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<Result<DocFrame, WireError>> {
+        match self.peeked.take() {
+            Some(frame) => Some(frame),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// The live batches right behind one just received that are already here (so all of
+    /// them are applied with one walk of the document), at most [`MAX_MERGED`] in all; a
+    /// frame of another kind is kept for the next [`Inbound::recv`].
+    pub(crate) fn more_lives(&mut self) -> Vec<Vec<u8>> {
+        let mut more = Vec::new();
+        while more.len() + 1 < MAX_MERGED {
+            match self.rx.try_recv() {
+                Ok(Ok(DocFrame::Live(b))) => more.push(b),
+                Ok(other) => {
+                    self.peeked = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        more
+    }
+}
+
+impl Drop for Inbound {
     fn drop(&mut self) {
         self.reader.abort();
     }
@@ -119,22 +172,10 @@ pub async fn open_stream(
 }
 
 impl DocStream {
-    fn new(conn: iroh::endpoint::Connection, send: SendStream, mut recv: RecvStream) -> Self {
-        let (tx, inbound) = mpsc::channel(INBOUND_FRAMES);
-        let reader = tokio::spawn(async move {
-            loop {
-                let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
-                let stop = frame.is_err();
-                if tx.send(frame).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
+    fn new(conn: iroh::endpoint::Connection, send: SendStream, recv: RecvStream) -> Self {
         Self {
             send,
-            inbound,
-            peeked: None,
-            reader,
+            inbound: Inbound::spawn(recv),
             _conn: conn,
         }
     }
@@ -169,23 +210,10 @@ impl DocStream {
     /// The next message; consecutive live batches already here come as one (applied with
     /// one walk of the document instead of one each).
     async fn next(&mut self) -> Result<Option<Incoming>> {
-        let frame = match self.peeked.take() {
-            Some(f) => Some(f),
-            None => self.inbound.recv().await,
-        };
-        match frame {
+        match self.inbound.recv().await {
             Some(Ok(DocFrame::Live(b))) => {
                 let mut lives = vec![b];
-                while lives.len() < MAX_MERGED {
-                    match self.inbound.try_recv() {
-                        Ok(Ok(DocFrame::Live(b))) => lives.push(b),
-                        Ok(other) => {
-                            self.peeked = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                lives.extend(self.inbound.more_lives());
                 Ok(Some(Incoming::Live(lives)))
             }
             Some(Ok(DocFrame::Sync(b))) => Ok(Some(Incoming::Sync(b))),

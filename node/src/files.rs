@@ -219,12 +219,14 @@ stat -L -c '%s' -- "$1" && head -c "$2" -- "$1""#;
 /// too), so the patch carries all uncommitted work and the real index is not touched.
 async fn work_patch(docker: &Docker, t: &Target) -> Result<FilesResponse, ErrorBody> {
     let script = r#"set -e
+g() { git -c safe.directory="$ROOT" "$@"; }
+g rev-parse --verify -q HEAD >/dev/null || { echo "no commit yet" >&2; exit 3; }
 idx=$(mktemp)
 trap 'rm -f "$idx"' EXIT
-git -c safe.directory="$ROOT" rev-parse --verify -q HEAD >/dev/null || { echo "no commit yet" >&2; exit 3; }
-cp "$(git -c safe.directory="$ROOT" rev-parse --git-path index)" "$idx" 2>/dev/null || true
-GIT_INDEX_FILE="$idx" git -c safe.directory="$ROOT" add -A
-GIT_INDEX_FILE="$idx" git -c safe.directory="$ROOT" diff --cached --binary --no-color --no-ext-diff HEAD
+cp "$(g rev-parse --git-path index)" "$idx" 2>/dev/null || true
+export GIT_INDEX_FILE="$idx"
+g add -A
+g diff --cached --binary --no-color --no-ext-diff HEAD
 "#;
     let cmd = vec![
         "env".into(),

@@ -333,8 +333,7 @@ impl Workspaces {
             .state
             .insert(Entry::new(info.clone(), Some(spec.clone())));
         info!(workspace = %id, %name, repo = ?spec.repo, "creating workspace");
-        let task = create::spawn(self.shared.clone(), id.clone());
-        self.shared.state.with(&id, |e| e.task = Some(task))?;
+        create::spawn(self.shared.clone(), id);
         Ok(info)
     }
 
@@ -438,8 +437,7 @@ impl Workspaces {
         }
         create::remove_containers(&self.shared, docker, id).await?;
         self.shared.state.restart_creating(id)?;
-        let task = create::spawn(self.shared.clone(), id.to_string());
-        self.shared.state.with(id, |e| e.task = Some(task))?;
+        create::spawn(self.shared.clone(), id.to_string());
         self.get(id).await
     }
 

@@ -387,10 +387,7 @@ pub async fn log(paths: &ClientPaths, conv: &str, follow: bool) -> Result<Output
             loop {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(FOLLOW_RETRY_MAX);
-                let node = match follow_node(paths, &doc) {
-                    Ok(n) => n,
-                    Err(e) => return Err(e),
-                };
+                let node = follow_node(paths, &doc)?;
                 match open_stream(&ep, &node.ticket()?, &id, false).await {
                     Ok(s) => {
                         eprintln!(

@@ -390,11 +390,7 @@ pub async fn idea_with(paths: &ClientPaths, a: IdeaArgs, mut intr: Interrupts) -
                 vm.id, vm.id
             ));
         } else if result.is_ok() || !made.ready {
-            // Interrupted while the create request was on its way: find it by its name.
-            let workspace = match made.workspace.clone() {
-                Some(id) => Some(id),
-                None => workspace_named(&client, branch.trim_start_matches("sam/")).await,
-            };
+            let workspace = made_workspace(&client, &made, &branch).await;
             let at = (paths, &ep, &entry);
             released = release(
                 pool,
@@ -415,11 +411,7 @@ pub async fn idea_with(paths: &ClientPaths, a: IdeaArgs, mut intr: Interrupts) -
     } else if interrupted && !made.ready {
         // A node of the user's own: a workspace interrupted before it was ready holds no
         // work, so it goes (the node stops its creation).
-        let workspace = match made.workspace.clone() {
-            Some(id) => Some(id),
-            None => workspace_named(&client, branch.trim_start_matches("sam/")).await,
-        };
-        if let Some(id) = workspace {
+        if let Some(id) = made_workspace(&client, &made, &branch).await {
             match super::teardown::remove_keeping_history(paths, &ep, &client, &entry, &id, false)
                 .await
             {
@@ -508,6 +500,15 @@ async fn release(
             ));
             false
         }
+    }
+}
+
+/// The idea's workspace, also when the flow was interrupted while its create request was
+/// on its way (then it is found by its name, the branch without `sam/`).
+async fn made_workspace(client: &NodeClient, made: &Made, branch: &str) -> Option<String> {
+    match &made.workspace {
+        Some(id) => Some(id.clone()),
+        None => workspace_named(client, branch.trim_start_matches("sam/")).await,
     }
 }
 

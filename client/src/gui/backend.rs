@@ -15,14 +15,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use iroh::Endpoint;
 use iroh::endpoint::{Connection, SendStream};
 use sam_crdt::{Conversation, MessageId, NewConversation, Role, Status, SyncPeer};
-use sam_protocol::doc::{DocFrame, DocOpen, MAX_SYNC_FRAME};
+use sam_protocol::doc::{DocFrame, DocOpen};
 use sam_protocol::stream::OpenReply;
 use sam_protocol::{Ticket, alpn};
 use tokio::sync::mpsc;
 
 use super::state::{Command, ConvSummary, Event, Level, Notification};
 use crate::book::NodeBook;
-use crate::docs::Replicas;
+use crate::docs::{Inbound, Replicas};
 use crate::paths::ClientPaths;
 use sam_protocol::wire::{WireError, read_frame, write_frame};
 
@@ -129,18 +129,9 @@ impl Drop for BackendHandle {
 /// The live `sam/doc/1` link of one conversation.
 struct Link {
     send: SendStream,
-    inbound: mpsc::Receiver<Result<DocFrame, WireError>>,
-    /// A frame read while merging live batches, handled next.
-    peeked: Option<Result<DocFrame, WireError>>,
+    inbound: Inbound,
     sync: SyncPeer,
-    reader: tokio::task::JoinHandle<()>,
     _conn: Connection,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 /// The selected conversation.
@@ -625,8 +616,6 @@ impl Actor {
     }
 
     async fn frame(&mut self, f: Option<Result<DocFrame, WireError>>) {
-        /// Most live batches merged into one apply.
-        const MAX_MERGED_LIVE: usize = 64;
         let Some(fl) = self.followed.as_mut() else {
             return;
         };
@@ -639,19 +628,10 @@ impl Actor {
                     DocFrame::Live(first) => {
                         // Consecutive live batches already here are applied in one walk of
                         // the document and saved once (as `DocStream` does for the CLI).
-                        let mut lives = vec![first.as_slice()];
-                        let mut more = Vec::new();
-                        while more.len() + 1 < MAX_MERGED_LIVE {
-                            match link.inbound.try_recv() {
-                                Ok(Ok(DocFrame::Live(b))) => more.push(b),
-                                Ok(other) => {
-                                    link.peeked = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        lives.extend(more.iter().map(Vec::as_slice));
+                        let more = link.inbound.more_lives();
+                        let lives: Vec<&[u8]> = std::iter::once(first.as_slice())
+                            .chain(more.iter().map(Vec::as_slice))
+                            .collect();
                         link.sync.receive_live_batches(&mut fl.conv, &lives)
                     }
                     DocFrame::Sync(bytes) => link.sync.receive(&mut fl.conv, bytes).map(|()| false),
@@ -738,10 +718,7 @@ impl Actor {
 /// The next frame of the followed conversation's link (pending without one).
 async fn next_frame(f: &mut Option<Followed>) -> Option<Result<DocFrame, WireError>> {
     match f.as_mut().and_then(|f| f.link.as_mut()) {
-        Some(link) => match link.peeked.take() {
-            Some(frame) => Some(frame),
-            None => link.inbound.recv().await,
-        },
+        Some(link) => link.inbound.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -760,22 +737,10 @@ async fn open_link(ep: &Endpoint, ticket: &Ticket, id: &str) -> Result<Link> {
         Ok(OpenReply::Error(e)) => bail!("the node refused the conversation: {e}"),
         Err(e) => bail!("the node closed the doc stream: {e}"),
     }
-    let (tx, inbound) = mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
-            let stop = frame.is_err();
-            if tx.send(frame).await.is_err() || stop {
-                break;
-            }
-        }
-    });
     Ok(Link {
         send,
-        inbound,
-        peeked: None,
+        inbound: Inbound::spawn(recv),
         sync: SyncPeer::new(),
-        reader,
         _conn: conn,
     })
 }

@@ -36,10 +36,11 @@ const MAX_REPO_TAR: usize = 512 * 1024 * 1024;
 
 type Failure = String;
 
-/// Runs the pipeline of workspace `id` in the background. Removing the workspace
-/// aborts the task (see `Workspaces::remove`), so keep its handle in the entry.
-pub fn spawn(shared: Arc<Shared>, id: String) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// Runs the pipeline of workspace `id` in the background; its handle goes into the
+/// workspace's entry, so that removing the workspace can abort it (`Workspaces::remove`).
+pub fn spawn(shared: Arc<Shared>, id: String) {
+    let entry = (shared.clone(), id.clone());
+    let task = tokio::spawn(async move {
         let started = Instant::now();
         match run(&shared, &id).await {
             Ok(()) => {
@@ -58,7 +59,10 @@ pub fn spawn(shared: Arc<Shared>, id: String) -> tokio::task::JoinHandle<()> {
                 shared.state.fail(&id, &reason);
             }
         }
-    })
+    });
+    let (shared, id) = entry;
+    // The entry is there: the caller made it (or found it) just before.
+    let _ = shared.state.with(&id, |e| e.task = Some(task));
 }
 
 async fn run(shared: &Shared, id: &str) -> Result<(), Failure> {
