@@ -20,7 +20,7 @@
 use crate::support::git_http;
 use crate::support::github;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use sam_client::ClientPaths;
 use sam_client::gui::GuiApp;
 use sam_client::gui::idea::{Outcome, Place};
 
-use crate::support::bins::{ok, sam, sam_bin, start_node, start_node_with};
+use crate::support::bins::{NodeProc, ok, sam, sam_bin, start_node, start_node_with};
 
 /// Planted secrets of the PR test (made up; checked never to show in the window).
 const TOKEN: &str = "ghp_PLANTED_gui_idea_token_77777";
@@ -96,6 +96,21 @@ fn run_self_test(test: &str, mut child: Command) {
 }
 
 type H<'a> = Harness<'a, GuiApp>;
+
+/// The app with a home (`<tmp>/me`) that knows one running node, `box`, shown in the
+/// sidebar. Returns the home, the node and the app.
+fn app_with_box(tmp: &Path) -> (PathBuf, NodeProc, H<'static>) {
+    let me_home = tmp.join("me");
+    let me = ClientPaths::new(&me_home);
+    let owner = me.identity().expect("identity").node_id().to_string();
+    let (node, ticket) = start_node(&tmp.join("node"), &owner);
+    ok(sam(&me_home, &["connect", &ticket, "--name", "box"]));
+    let mut h = harness(&me);
+    wait_until(&mut h, "the node is known", 30, |h| {
+        !h.state().state.nodes.is_empty()
+    });
+    (me_home, node, h)
+}
 
 fn harness<'a>(paths: &ClientPaths) -> H<'a> {
     let app = GuiApp::new(paths.clone()).expect("start the gui");
@@ -214,16 +229,7 @@ fn idea_start_with_an_unreachable_repo_shows_the_failed_step() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let me_home = tmp.path().join("me");
-    let me = ClientPaths::new(&me_home);
-    let owner = me.identity().expect("identity").node_id().to_string();
-    let (_node, ticket) = start_node(&tmp.path().join("node"), &owner);
-    ok(sam(&me_home, &["connect", &ticket, "--name", "box"]));
-
-    let mut h = harness(&me);
-    wait_until(&mut h, "the node is known", 30, |h| {
-        !h.state().state.nodes.is_empty()
-    });
+    let (_me_home, _node, mut h) = app_with_box(tmp.path());
     // The failed workspace is kept by the flow (for a retry): its container goes at the end.
     let _containers = Containers(h.state().state.nodes[0].id.clone());
     open_from_palette(&mut h);
@@ -285,13 +291,10 @@ fn cancel_stops_the_idea_and_removes_the_half_made_workspace() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let me_home = tmp.path().join("me");
-    let me = ClientPaths::new(&me_home);
-    let owner = me.identity().expect("identity").node_id().to_string();
-    let (_node, ticket) = start_node(&tmp.path().join("node"), &owner);
-    ok(sam(&me_home, &["connect", &ticket, "--name", "box"]));
+    let (me_home, _node, mut h) = app_with_box(tmp.path());
     // A "git server" on the Docker bridge that takes connections and never answers.
-    let silent = std::net::TcpListener::bind((bridge_ip(), 0)).expect("bind on the bridge");
+    let silent =
+        std::net::TcpListener::bind((git_http::bridge_ip(), 0)).expect("bind on the bridge");
     let port = silent.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         let mut held = Vec::new();
@@ -299,12 +302,8 @@ fn cancel_stops_the_idea_and_removes_the_half_made_workspace() {
             held.push(c);
         }
     });
-    let repo = format!("http://{}:{port}/o/r.git", bridge_ip());
+    let repo = format!("http://{}:{port}/o/r.git", git_http::bridge_ip());
 
-    let mut h = harness(&me);
-    wait_until(&mut h, "the node is known", 30, |h| {
-        !h.state().state.nodes.is_empty()
-    });
     let node = h.state().state.nodes[0].id.clone();
     let _containers = Containers(node.clone());
     open_from_palette(&mut h);
@@ -528,44 +527,6 @@ fn remove_containers_of(node: &str) {
     }
 }
 
-fn bridge_ip() -> std::net::IpAddr {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let cidr = text
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)?
-                .to_string();
-            cidr.split('/').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The whole flow from the dialog: a real node on Docker (a lightweight workspace with the
 /// scripted agent), a git server with Basic auth and the fake GitHub API. The servers run in
 /// this process; the GUI runs in a child with the token, git credentials and identity in its
@@ -604,9 +565,9 @@ fn idea_runs_to_a_pull_request_and_opens_its_conversation() {
     std::fs::create_dir_all(&repos).expect("mkdir");
     git_http::make_repo(&repos);
     let git_base = rt.block_on(git_http::git_server_on(
-        bridge_ip(),
+        git_http::bridge_ip(),
         repos.clone(),
-        base64(format!("sam:{PASSWORD}").as_bytes()),
+        git_http::base64(format!("sam:{PASSWORD}").as_bytes()),
     ));
     let gh = rt.block_on(github::FakeGitHub::start(TOKEN));
     gh.add_repo("o/r");

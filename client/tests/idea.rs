@@ -23,23 +23,6 @@ const TOKEN: &str = "ghp_PLANTED_cli_token_55555";
 const PASSWORD: &str = "cli-git-PLANTED-pw";
 const IMAGE: &str = "sam-idea-test:1";
 
-fn bridge_ip() -> std::net::IpAddr {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let cidr = text
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)?
-                .to_string();
-            cidr.split('/').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
-}
-
 /// `sam-base:1` plus the scripted agent.
 fn build_image(dir: &Path) {
     let ctx = dir.join("image");
@@ -103,9 +86,9 @@ impl Setup {
         std::fs::create_dir_all(&repos).expect("mkdir");
         git_http::make_repo(&repos);
         let git_base = git_http::git_server_on(
-            bridge_ip(),
+            git_http::bridge_ip(),
             repos.clone(),
-            sam_node_base64(format!("sam:{PASSWORD}").as_bytes()),
+            git_http::base64(format!("sam:{PASSWORD}").as_bytes()),
         )
         .await;
         let gh = github::FakeGitHub::start(TOKEN).await;
@@ -551,27 +534,6 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
         !book.contains(&format!("name = \"{forgot}\"")),
         "the reaped node is still in the book: {book}"
     );
-}
-
-fn sam_node_base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Bad arguments fail before anything is made, each with a message that says what to do.

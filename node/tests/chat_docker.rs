@@ -7,6 +7,7 @@
 //! workspace container. Needs dockerd, `sam-base:1`, the Claude adapter installed by
 //! `bootstrap/agents/install-agents.sh claude` and `cargo build --workspace --bins`.
 
+use crate::support::git_http::bridge_ip;
 use crate::support::real_agents;
 
 use std::net::SocketAddr;
@@ -27,23 +28,6 @@ fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn bridge_ip() -> std::net::IpAddr {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let cidr = text
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)?
-                .to_string();
-            cidr.split('/').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
 }
 
 /// `sam-base:1` plus the Claude adapter as installed on this host (pure JavaScript and a

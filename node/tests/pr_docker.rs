@@ -22,23 +22,6 @@ use sam_protocol::workspace::{
 const TOKEN: &str = "ghp_PLANTED_docker_token_987654";
 const PASSWORD: &str = "docker-git-PLANTED-pw";
 
-fn bridge_ip() -> std::net::IpAddr {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let cidr = text
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)?
-                .to_string();
-            cidr.split('/').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
-}
-
 async fn ws(c: &sam_client::conn::NodeClient, r: WorkspaceRequest) -> WorkspaceResponse {
     match c.request(Request::Workspace(r)).await.expect("ws request") {
         Response::Workspace(w) => w,
@@ -69,7 +52,7 @@ async fn docker_workspace_commits_pushes_with_the_container_helper_and_opens_the
     let repos = tempfile::tempdir().expect("tempdir");
     git_http::make_repo(repos.path());
     let base = git_http::git_server_on(
-        bridge_ip(),
+        git_http::bridge_ip(),
         repos.path().to_path_buf(),
         sam_node::pr::git::base64(format!("sam:{PASSWORD}").as_bytes()),
     )

@@ -3,9 +3,8 @@
 //! this process on the Docker bridge. dockerd must be running and the base image
 //! built (scripts/test.sh does both); when it is not, these tests FAIL.
 
-use crate::support::git_http;
+use crate::support::git_http::{self, git};
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -190,44 +189,6 @@ fn error_of<T: std::fmt::Debug>(r: Result<T, ConnectError>) -> sam_protocol::ctl
 
 // ---------- a git server on the Docker bridge ----------
 
-fn bridge_ip() -> IpAddr {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let cidr = text
-                .split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)?
-                .to_string();
-            cidr.split('/').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -254,7 +215,7 @@ struct GitServer {
 /// `git http-backend` on the Docker bridge (support/git_http.rs); with `auth`, Basic
 /// auth is required.
 async fn git_server(root: PathBuf, auth: Option<&'static str>) -> GitServer {
-    let s = git_http::serve(bridge_ip(), root, auth.map(String::from)).await;
+    let s = git_http::serve(git_http::bridge_ip(), root, auth.map(String::from)).await;
     GitServer {
         url: format!("{}/repo.git", s.base),
         hits_with_auth: s.hits_with_auth,

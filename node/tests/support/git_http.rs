@@ -196,3 +196,44 @@ async fn cgi(
     }
     r
 }
+
+/// The host's address on Docker's default bridge, where a workspace container reaches a
+/// server the test runs (172.17.0.1 when `ip` cannot tell).
+pub fn bridge_ip() -> std::net::IpAddr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let cidr = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)?
+                .to_string();
+            cidr.split('/').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| "172.17.0.1".parse().expect("ip"))
+}
+
+/// Standard base64 with padding (a Basic auth header's credentials).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
