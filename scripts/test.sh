@@ -49,6 +49,21 @@ export SAM_AGENTS_DIR="${SAM_AGENTS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sam/age
     "$SAM_ROOT/bootstrap/agents/install-agents.sh"
 }
 
+section "A second Automerge implementation (JavaScript) for the trust tests"
+# node/tests/guard.rs edits conversation replicas with @automerge/automerge, as a peer using
+# another implementation would, and checks the node refuses what the peer may not change.
+export SAM_AUTOMERGE_JS="${SAM_AUTOMERGE_JS:-${XDG_CACHE_HOME:-$HOME/.cache}/sam/automerge-js}"
+SAM_AUTOMERGE_JS_VERSION=3.5.0
+if [ ! -f "$SAM_AUTOMERGE_JS/node_modules/@automerge/automerge/package.json" ] \
+    || ! grep -q "\"version\": \"$SAM_AUTOMERGE_JS_VERSION\"" "$SAM_AUTOMERGE_JS/node_modules/@automerge/automerge/package.json"; then
+    mkdir -p "$SAM_AUTOMERGE_JS"
+    [ -z "${SAM_CA_BUNDLE:-}" ] || export NODE_EXTRA_CA_CERTS="$SAM_CA_BUNDLE" npm_config_cafile="$SAM_CA_BUNDLE"
+    [ -z "${SAM_NPM_REGISTRY:-}" ] || export npm_config_registry="$SAM_NPM_REGISTRY"
+    npm install --prefix "$SAM_AUTOMERGE_JS" --no-save --no-fund --no-audit --loglevel=error \
+        "@automerge/automerge@$SAM_AUTOMERGE_JS_VERSION"
+fi
+echo "@automerge/automerge $SAM_AUTOMERGE_JS_VERSION in $SAM_AUTOMERGE_JS"
+
 section "Build: cargo build --workspace --bins"
 cargo build --workspace --bins
 

@@ -382,6 +382,12 @@ impl Conversation {
         }
     }
 
+    /// Whether changes received from peers wait for dependencies that have not arrived yet
+    /// (they apply, unchecked by whoever receives the missing ones, once those arrive).
+    pub fn has_queued_changes(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
     /// Replaces the document by its state at `heads` (drops everything newer, including changes
     /// queued for missing dependencies) and rebuilds the index.
     pub(crate) fn rollback_to(&mut self, heads: &[ChangeHash]) -> Result<(), CrdtError> {

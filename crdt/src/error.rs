@@ -49,6 +49,18 @@ pub enum CrdtError {
     /// A received sync message would have broken the schema; its changes were rolled back.
     #[error("rejected sync message from peer: {0}")]
     SyncRejected(SchemaError),
+    /// A received sync message changed a field the sender may not change (see
+    /// [`crate::guard`]); its changes were rolled back.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A document held under one id says it is another.
+    #[error("the document held as conversation {expected} names itself {found:?}; not stored")]
+    IdMismatch {
+        /// The id it is held (and stored) under.
+        expected: String,
+        /// The id its `id` field holds.
+        found: String,
+    },
     /// A caller-supplied argument is invalid (bad id, unknown option, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -14,6 +14,7 @@
 mod access;
 mod conversation;
 mod error;
+pub mod guard;
 mod ids;
 mod schema;
 mod store;
@@ -22,6 +23,7 @@ mod sync;
 pub use automerge::ChangeHash;
 pub use conversation::{Conversation, SEGMENT_CHARS};
 pub use error::{CrdtError, SchemaError};
+pub use guard::{Guarded, GuardedChange};
 pub use ids::{MessageId, validate_doc_id, validate_node_id};
 pub use schema::{
     Host, HostEnd, MessageView, MoveTo, NewConversation, ParentRef, PermissionAnswer,

@@ -207,6 +207,22 @@ impl DocStore {
     /// bytes written.
     pub fn append(&mut self, conv: &mut Conversation) -> Result<usize, CrdtError> {
         let id = conv.id();
+        self.append_as(&id, conv)
+    }
+
+    /// [`Self::append`] for a document held under `id` (the id of the stream it arrived on,
+    /// the file it was loaded from): refused with [`CrdtError::IdMismatch`], writing nothing,
+    /// when the document's own `id` field says otherwise, so a peer that rewrites `id` can
+    /// never make the store file its document over another one.
+    pub fn append_as(&mut self, id: &str, conv: &mut Conversation) -> Result<usize, CrdtError> {
+        let found = conv.id();
+        if found != id {
+            return Err(CrdtError::IdMismatch {
+                expected: id.to_owned(),
+                found,
+            });
+        }
+        let id = found;
         validate_doc_id(&id).map_err(|_| CrdtError::EmptyReplica)?;
         if !self.open.contains_key(&id) {
             if !self.contains(&id)? {

@@ -62,7 +62,30 @@ impl SyncPeer {
             });
         }
         let msg = sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
-        conv.receive_sync_message(&mut self.state, msg)
+        conv.receive_sync_message(&mut self.state, msg, None)
+    }
+
+    /// Applies a message from this peer like [`Self::receive`], and lets `guard` decide
+    /// whether the peer may make the changes it makes to the guarded root fields (identity:
+    /// `id`, `schema`, `created_at`, `parent`; steering: `workspace`, `agent`, `agent_cmd`,
+    /// `policy`, `acp_session`, `hosts`, `served_by` — see [`crate::guard`]). `guard` is only
+    /// called when such a field changed (conflicting values included); when it returns an
+    /// error, every change of the message is rolled back, the sync state is reset and
+    /// [`CrdtError::Forbidden`] carries the reason.
+    pub fn receive_guarded(
+        &mut self,
+        conv: &mut Conversation,
+        bytes: &[u8],
+        guard: &dyn Fn(&crate::GuardedChange) -> Result<(), String>,
+    ) -> Result<(), CrdtError> {
+        if bytes.len() > self.max_message_bytes {
+            return Err(CrdtError::SyncMessageTooLarge {
+                size: bytes.len(),
+                limit: self.max_message_bytes,
+            });
+        }
+        let msg = sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
+        conv.receive_sync_message(&mut self.state, msg, Some(guard))
     }
 
     /// The persistent part of the state (shared heads), for resuming after a reconnect.
@@ -137,7 +160,7 @@ impl SyncPeer {
         };
         // A scratch state: the real one must not think the sender asked for anything.
         let mut scratch = sync::State::new();
-        conv.receive_sync_message(&mut scratch, msg)?;
+        conv.receive_sync_message(&mut scratch, msg, None)?;
         let complete = heads
             .iter()
             .all(|h| conv.doc.get_change_by_hash(h).is_some());

@@ -406,6 +406,17 @@ impl Agents {
             }
             AgentRequest::SetPolicy { conv, policy } => {
                 self.check_conv(grant, needed, &conv).await?;
+                let rights = crate::docs::Rights::of(grant);
+                if !rights.steer {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "{} may not change the permission policy of conversation {conv}; \
+                             only the node's owner or an unscoped collaborator may",
+                            rights.who
+                        ),
+                    ));
+                }
                 let author = self.shared.node_id.clone();
                 self.shared
                     .docs

@@ -34,6 +34,7 @@ enum Cmd {
         id: String,
         peer: u64,
         bytes: Vec<u8>,
+        rights: Rights,
         reply: oneshot::Sender<Result<(), ErrorBody>>,
     },
     Generate {
@@ -154,13 +155,21 @@ impl DocHost {
         .unwrap_or_else(|| Err(gone()))
     }
 
-    /// Applies a sync message from `peer`.
-    pub async fn receive(&self, id: &str, peer: u64, bytes: Vec<u8>) -> Result<(), ErrorBody> {
+    /// Applies a sync message from `peer`, whose grant gives it `rights` over the
+    /// node-controlled fields (see [`Rights`]).
+    pub async fn receive(
+        &self,
+        id: &str,
+        peer: u64,
+        bytes: Vec<u8>,
+        rights: Rights,
+    ) -> Result<(), ErrorBody> {
         let id = id.to_string();
         self.call(|reply| Cmd::Receive {
             id,
             peer,
             bytes,
+            rights,
             reply,
         })
         .await
@@ -270,7 +279,58 @@ enum After {
     },
 }
 
+/// What a peer may change of a conversation's node-controlled fields through sync
+/// (`sam_crdt::guard`): the node decides, peers propose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rights {
+    /// May change the steering fields (`workspace`, `agent`, `agent_cmd`, `policy`,
+    /// `acp_session`, `hosts`, `served_by`): the node's owner and unscoped collaborators.
+    pub steer: bool,
+    /// Who the peer is, for the refusal ("a collaborator scoped to conversation X").
+    pub who: String,
+}
+
+impl Rights {
+    /// The rights of `grant`.
+    pub fn of(grant: &sam_protocol::Grant) -> Self {
+        use sam_protocol::capability::Role;
+        let steer = grant.role == Role::Owner
+            || (grant.role == Role::Collaborator && grant.scope.is_none());
+        let who = match &grant.scope {
+            Some(scope) => format!("a {} scoped to {scope}", grant.role),
+            None => format!("an unscoped {}", grant.role),
+        };
+        Self { steer, who }
+    }
+
+    /// The decision for one received change to guarded fields of the document held as `id`.
+    fn check(&self, id: &str, c: &sam_crdt::GuardedChange) -> Result<(), String> {
+        let fields = c
+            .changed
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if c.touches_identity() {
+            return Err(format!(
+                "refused: {fields} of conversation {id} cannot change (rolled back)"
+            ));
+        }
+        if c.touches_steering() && !self.steer {
+            return Err(format!(
+                "refused: {} may not change {fields} of conversation {id}; only the node's \
+                 owner or an unscoped collaborator may (your changes were rolled back)",
+                self.who
+            ));
+        }
+        Ok(())
+    }
+}
+
 struct Entry {
+    /// Changes from a peer without steering rights wait in the document's queue for
+    /// dependencies: whoever's message completes them, they are checked as that peer's.
+    tainted: bool,
     conv: Conversation,
     peers: HashMap<u64, SyncPeer>,
     watchers: HashMap<u64, Watcher>,
@@ -291,6 +351,7 @@ impl Entry {
             Vec::new()
         };
         Self {
+            tainted: false,
             conv,
             peers: HashMap::new(),
             watchers: HashMap::new(),
@@ -416,13 +477,42 @@ impl Actor {
                 id,
                 peer,
                 bytes,
+                rights,
                 reply,
             } => {
                 let r = self.entry(&id).and_then(|e| {
                     let sync = e.peers.entry(peer).or_default();
                     let before = e.conv.heads();
-                    sync.receive(&mut e.conv, &bytes).map_err(|err| {
-                        ErrorBody::new(ErrorCode::BadRequest, format!("sync rejected: {err}"))
+                    // Queued changes of a restricted peer are checked as restricted, whoever
+                    // completes them.
+                    let rights = if e.tainted {
+                        Rights {
+                            steer: false,
+                            who: format!(
+                                "{} (completing changes queued by a peer without that right)",
+                                rights.who
+                            ),
+                        }
+                    } else {
+                        rights
+                    };
+                    // A document still arriving (not stored yet; only unscoped collaborators
+                    // may send one) may take any shape on the way — a fork's history names its
+                    // parent's id until its last change — and is stored only under the id it
+                    // was opened as (`DocStore::append_as`).
+                    let stored = e.stored;
+                    let guard = |c: &sam_crdt::GuardedChange| {
+                        if stored { rights.check(&id, c) } else { Ok(()) }
+                    };
+                    let res = sync.receive_guarded(&mut e.conv, &bytes, &guard);
+                    e.tainted = e.conv.has_queued_changes() && (e.tainted || !rights.steer);
+                    res.map_err(|err| match err {
+                        sam_crdt::CrdtError::Forbidden(why) => {
+                            ErrorBody::new(ErrorCode::Forbidden, why)
+                        }
+                        err => {
+                            ErrorBody::new(ErrorCode::BadRequest, format!("sync rejected: {err}"))
+                        }
                     })?;
                     if e.conv.heads() != before {
                         e.dirty = true;
@@ -530,15 +620,16 @@ impl Actor {
                 continue;
             }
             if !e.stored {
-                // A new document from a peer: its id must be the one it was opened as.
                 if e.conv.id() != *id {
-                    warn!(%id, got = %e.conv.id(), "new document has another id; not stored");
+                    warn!(%id, got = %e.conv.id(), "new document names another id; not stored");
                     continue;
                 }
                 info!(%id, "new conversation received");
             }
             let was_stored = e.stored;
-            match self.store.append(&mut e.conv) {
+            // Filed under the id it is held as, never the one its content names (the
+            // store refuses a mismatch; the sync guard already rolled such changes back).
+            match self.store.append_as(id, &mut e.conv) {
                 Ok(_) => {
                     e.stored = true;
                     e.dirty = false;

@@ -12,6 +12,7 @@ mod chaos;
 mod chat_docker;
 mod credential_poll;
 mod docs;
+mod guard;
 mod moves;
 mod pr;
 mod pr_docker;

@@ -6,6 +6,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{ObjId, ObjType, PatchAction, PatchLog, Prop, ROOT, Value};
 
 use super::{Conversation, MsgEntry, validate};
+use crate::guard::{Guarded, GuardedChange};
 use crate::{CrdtError, SchemaError};
 
 impl Conversation {
@@ -24,9 +25,11 @@ impl Conversation {
         &mut self,
         state: &mut sync::State,
         message: sync::Message,
+        guard: Option<&dyn Fn(&GuardedChange) -> Result<(), String>>,
     ) -> Result<(), CrdtError> {
         self.commit_pending();
         let before = self.doc.get_heads();
+        let guarded_before = guard.map(|_| Guarded::of(&self.doc));
         let was_empty = before.is_empty() || self.messages_obj.is_none();
         // Fast path for the live case: the message carries individual changes (not a whole
         // document) and nothing is queued for missing dependencies, so exactly the ops of
@@ -70,6 +73,21 @@ impl Conversation {
             self.rollback_to(&before)?;
             *state = sync::State::new();
             return Err(CrdtError::SyncRejected(e));
+        }
+        if let (Some(guard), Some(g_before)) = (guard, guarded_before) {
+            let change = GuardedChange {
+                changed: g_before.changed(&Guarded::of(&self.doc)),
+                was_empty,
+                id_after: self.id(),
+            };
+            if !change.changed.is_empty()
+                && let Err(why) = guard(&change)
+            {
+                tracing::warn!("refusing sync message: {why}");
+                self.rollback_to(&before)?;
+                *state = sync::State::new();
+                return Err(CrdtError::Forbidden(why));
+            }
         }
         Ok(())
     }

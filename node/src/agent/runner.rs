@@ -189,13 +189,8 @@ impl Runner {
                 let id = c.queued_prompts().into_iter().next()?;
                 let msgs = c.messages();
                 let pos = msgs.iter().position(|m| m.id == id)?;
-                let agent_cmd = c.agent_cmd().or_else(|| {
-                    msgs.iter().find_map(|m| {
-                        (m.role == MsgRole::System)
-                            .then(|| m.text.strip_prefix("agent command: ").map(str::to_string))
-                            .flatten()
-                    })
-                });
+                // Only the guarded root field (never a message a collaborator could write).
+                let agent_cmd = c.agent_cmd();
                 let here = c.current_host();
                 let hosts = c.hosts();
                 let record_host = !matches!(hosts.last(), Some(h) if h == &here);

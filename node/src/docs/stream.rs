@@ -113,6 +113,7 @@ async fn serve_stream(
         }
     };
     let can_write = opened.pending || may(grant, Role::Collaborator, &id, &opened.workspace);
+    let rights = crate::docs::Rights::of(grant);
 
     // Reads run in their own task: a frame half-read is never lost to a select.
     let (in_tx, mut in_rx) = mpsc::channel::<Result<DocFrame, WireError>>(INBOUND_QUEUE);
@@ -146,7 +147,7 @@ async fn serve_stream(
                             let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
                             break;
                         }
-                        if let Err(e) = docs.receive(&id, peer, bytes).await {
+                        if let Err(e) = docs.receive(&id, peer, bytes, rights.clone()).await {
                             warn!(peer = %grant.peer.short(), conv = %id, error = %e, "closing doc peer");
                             let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
                             break;
