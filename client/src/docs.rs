@@ -80,6 +80,9 @@ impl Replicas {
 
 /// An open `sam/doc/1` stream for one document.
 pub struct DocStream {
+    /// The conversation this stream was opened for: a document that names itself otherwise
+    /// is never persisted (a peer cannot make us file its document over another one).
+    id: String,
     send: SendStream,
     inbound: Inbound,
     /// Keeps the connection open.
@@ -168,12 +171,13 @@ pub async fn open_stream(
         Ok(OpenReply::Error(e)) => return Err(ConnectError::Remote(e)),
         Err(e) => return Err(proto(&e)),
     }
-    Ok(DocStream::new(conn, send, recv))
+    Ok(DocStream::new(id, conn, send, recv))
 }
 
 impl DocStream {
-    fn new(conn: iroh::endpoint::Connection, send: SendStream, recv: RecvStream) -> Self {
+    fn new(id: &str, conn: iroh::endpoint::Connection, send: SendStream, recv: RecvStream) -> Self {
         Self {
+            id: id.to_string(),
             send,
             inbound: Inbound::spawn(recv),
             _conn: conn,
@@ -240,14 +244,16 @@ impl DocStream {
                 if let Some(t) = &theirs
                     && in_sync(&sync, conv, t)
                 {
-                    return Ok(());
+                    return self.check_id(conv);
                 }
                 let Some(frame) = self.next().await? else {
                     bail!("the node closed the stream before the sync finished");
                 };
                 theirs = frame.heads();
                 frame.apply(&mut sync, conv)?;
-                persist(conv)?;
+                if self.names_itself(conv) {
+                    persist(conv)?;
+                }
             }
         };
         tokio::time::timeout(timeout, work)
@@ -274,8 +280,29 @@ impl DocStream {
             };
             // Live batches need no answer unless one was missed.
             push = !frame.apply(&mut sync, conv)? || matches!(frame, Incoming::Sync(_));
-            persist(conv)?;
-            on_change(conv);
+            if self.names_itself(conv) {
+                persist(conv)?;
+                on_change(conv);
+            }
+        }
+    }
+
+    /// Whether `conv` is (so far) the document this stream is for. A new replica may name
+    /// another id while a fork's history arrives (its last change sets the id); it is only
+    /// persisted once it names this one.
+    fn names_itself(&self, conv: &Conversation) -> bool {
+        conv.is_empty() || conv.id() == self.id
+    }
+
+    fn check_id(&self, conv: &Conversation) -> Result<()> {
+        if self.names_itself(conv) {
+            Ok(())
+        } else {
+            bail!(
+                "the peer sent a document that names itself {:?} for conversation {}: not kept",
+                conv.id(),
+                self.id
+            )
         }
     }
 

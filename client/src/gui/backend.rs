@@ -638,6 +638,10 @@ impl Actor {
                     DocFrame::Error(_) => Ok(false),
                 };
                 match applied {
+                    Ok(_) if !fl.conv.is_empty() && fl.conv.id() != fl.id => Some(format!(
+                        "the node sent a document that names itself {:?}: not kept",
+                        fl.conv.id()
+                    )),
                     Ok(complete) => {
                         answer = !complete;
                         if let Err(e) = self.replicas.save(&mut fl.conv) {
