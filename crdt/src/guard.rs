@@ -109,8 +109,12 @@ fn dump_key<D: ReadDoc>(doc: &D, obj: &ObjId, prop: Prop<'_>, depth: usize, out:
     out.push('(');
     for (value, id) in all {
         match value {
+            // The op id too: a peer that writes the value a field already holds (or breaks
+            // and restores it within one message) owns the field's current op, and with a
+            // high enough counter wins against a concurrent write that never saw it — the
+            // owner's `sam move` or `--agent-cmd` would silently not take.
             Value::Scalar(s) => {
-                let _ = write!(out, "{s:?};");
+                let _ = write!(out, "{s:?}@{id};");
             }
             Value::Object(t) => {
                 let _ = write!(out, "{t:?}@{id}");
@@ -222,6 +226,20 @@ mod tests {
             ))))
         );
         assert_eq!(before.changed(&Guarded::of(&owner)), vec!["agent_cmd"]);
+    }
+
+    #[test]
+    fn rewriting_the_same_value_counts() {
+        let mut d = base();
+        d.put(ROOT, "agent_cmd", "good").expect("put");
+        d.commit();
+        let before = Guarded::of(&d);
+        let mut peer = d.fork().with_actor(ActorId::from(&[9u8; 16][..]));
+        peer.put(ROOT, "agent_cmd", "evil").expect("break");
+        peer.put(ROOT, "agent_cmd", "good").expect("restore");
+        peer.commit();
+        d.merge(&mut peer).expect("merge");
+        assert_eq!(before.changed(&Guarded::of(&d)), vec!["agent_cmd"]);
     }
 
     #[test]

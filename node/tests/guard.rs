@@ -528,3 +528,98 @@ async fn the_attack_through_javascript_automerge_is_refused() {
     assert!(msgs.iter().any(|m| m.role == sam_crdt::Role::Agent));
     assert!(!n.root.join("ws-b").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_collaborator_cannot_pin_a_guarded_field_against_the_owners_move() {
+    // The attack: write the value `workspace.id` already holds (the visible value does not
+    // change), with an op counter far above the document's, so the write wins the conflict
+    // against the owner's concurrent `sam move` — the conversation stays where the attacker
+    // wants it although the owner moved it.
+    let n = AgentNode::start(&[]).await;
+    let a = conv_on(&n, "ws-a").await;
+    let node_id = n.node_key.node_id().to_string();
+    let (ckey, cticket) = member(&n, Role::Collaborator, None);
+    let cep = endpoint(&ckey).await;
+    // The owner's side fetches first (it has not seen the attacker's write when it moves).
+    let mut owner_replica = fetch(&cep, &cticket, &a).await;
+
+    let (key, ticket) = member(&n, Role::Collaborator, Some(Scope::Conversation(a.clone())));
+    let ep = endpoint(&key).await;
+    let replica = fetch(&ep, &ticket, &a).await;
+    let mut doc = replica.automerge().clone();
+    let (_, ws) = doc.get(ROOT, "workspace").expect("get").expect("ws");
+    for i in 0..2000 {
+        doc.put(&ws, "id", format!("x{i}")).expect("break");
+    }
+    doc.put(&ws, "id", "ws-a").expect("restore");
+    doc.commit();
+    let mut pinned = Conversation::from_automerge(doc).expect("valid");
+    let err = push(&ep, &ticket, &a, &mut pinned).await;
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("`workspace`")),
+        "a rewrite of a guarded field was accepted: {err:?}"
+    );
+
+    let to = MoveTo {
+        node: node_id,
+        workspace: "ws-c".into(),
+        repo: None,
+        branch: None,
+        end: sam_crdt::HostEnd::Moved,
+        carried: None,
+    };
+    owner_replica
+        .move_to(&ckey.node_id().to_string(), &to)
+        .expect("move");
+    assert_eq!(push(&cep, &cticket, &a, &mut owner_replica).await, None);
+    assert_eq!(
+        snapshot(&n, &a).await.workspace.1,
+        "ws-c",
+        "the owner's move took"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_with_a_huge_op_counter_cannot_break_the_nodes_own_writes() {
+    // Automerge accepts a change whose `start_op` is just below 2^32 and then panics on the
+    // next local op past `u32::MAX`: one such change from any collaborator would make the
+    // node's next write to the conversation (a reply, a status) panic its document actor —
+    // every conversation of the node gone, again after each restart.
+    let n = AgentNode::start(&[]).await;
+    let a = conv_on(&n, "ws-a").await;
+    let b = conv_on(&n, "ws-b").await;
+    let (key, ticket) = member(&n, Role::Collaborator, Some(Scope::Conversation(a.clone())));
+    let ep = endpoint(&key).await;
+    let replica = fetch(&ep, &ticket, &a).await;
+    let mut doc = replica.automerge().clone();
+    let actor = automerge::ActorId::from(&[7u8; 16][..]);
+    let mut scratch = doc.fork().with_actor(actor);
+    scratch.put(ROOT, "note", 1).expect("put");
+    scratch.commit();
+    let mut crafted = scratch.get_last_local_change().expect("change").decode();
+    crafted.start_op = std::num::NonZeroU64::new(u64::from(u32::MAX) - 1).expect("nonzero");
+    crafted.hash = None;
+    doc.apply_changes([automerge::Change::from(crafted)])
+        .expect("Automerge takes it");
+    let mut evil = Conversation::from_automerge(doc).expect("valid");
+    let err = push(&ep, &ticket, &a, &mut evil).await;
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("operation counter")),
+        "the change was accepted: {err:?}"
+    );
+
+    // The node still writes to it, and still serves the others.
+    let owner = n.owner_id();
+    for policy in ["ask", "allow-reads", "ask"] {
+        let owner = owner.clone();
+        n.node()
+            .docs()
+            .mutate(&a, move |c| c.set_policy(&owner, policy))
+            .await
+            .expect("the document actor is alive")
+            .expect("policy");
+    }
+    assert_eq!(snapshot(&n, &a).await.policy.as_deref(), Some("ask"));
+    assert_eq!(snapshot(&n, &b).await.workspace.1, "ws-b");
+}

@@ -3,11 +3,15 @@
 use std::collections::HashSet;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ObjId, ObjType, PatchAction, PatchLog, Prop, ROOT, Value};
+use automerge::{ChangeHash, ObjId, ObjType, PatchAction, PatchLog, Prop, ROOT, Value};
 
 use super::{Conversation, MsgEntry, validate};
 use crate::guard::{Guarded, GuardedChange};
 use crate::{CrdtError, SchemaError};
+
+/// The highest operation counter a received change may reach (2^31): leaves 2^31 counters for
+/// this replica's own ops before Automerge's `u32` limit, far beyond any real document.
+pub(crate) const MAX_OP_COUNTER: u64 = 1 << 31;
 
 impl Conversation {
     /// Applies a decoded sync message, checks the schema, and rolls the document back to its
@@ -67,7 +71,8 @@ impl Conversation {
         } else {
             let patches = self.doc.make_patches(&mut log);
             self.check_patches(&patches)
-        };
+        }
+        .and_then(|()| self.check_op_counters(&before));
         if let Err(e) = check {
             tracing::warn!("rejecting sync message: {e}");
             self.rollback_to(&before)?;
@@ -88,6 +93,31 @@ impl Conversation {
                 *state = sync::State::new();
                 return Err(CrdtError::Forbidden(why));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses received changes whose operation counters leave no room for this replica's own:
+    /// a local op continues after the highest counter in the document, and Automerge panics
+    /// on one past `u32::MAX` — so one crafted change (a `start_op` near 2^32, which Automerge
+    /// accepts) would make the next local write of the node (a streamed reply, a status)
+    /// panic inside its document actor, again after every restart.
+    fn check_op_counters(&mut self, before: &[ChangeHash]) -> Result<(), SchemaError> {
+        let max = self
+            .doc
+            .get_changes_meta(before)
+            .iter()
+            .map(|m| m.max_op)
+            .max()
+            .unwrap_or(0);
+        if max > MAX_OP_COUNTER {
+            return Err(SchemaError::new(
+                "",
+                format!(
+                    "a change reaches operation counter {max} (limit {MAX_OP_COUNTER}); a real \
+                     document never gets near it"
+                ),
+            ));
         }
         Ok(())
     }
