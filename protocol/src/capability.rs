@@ -3,7 +3,11 @@
 //!
 //! A capability is valid when it is signed by the node's owner or by the node
 //! itself, or by a key that holds an owner-role capability for the same node,
-//! which it then carries as `proof` (at most [`MAX_PROOF_DEPTH`] links).
+//! which it then carries in `proofs` (at most [`MAX_PROOF_DEPTH`] links).
+//!
+//! The delegation chain is a flat list on the wire, never a nested type: a peer
+//! cannot make the decoder recurse, and a list longer than [`MAX_PROOF_DEPTH`] is
+//! refused by the decoder from its length alone, before any link is read.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -11,8 +15,12 @@ use thiserror::Error;
 
 use crate::identity::{NodeId, SecretKey};
 
-/// Longest delegation chain accepted.
+/// Longest delegation chain accepted: the most links in [`SignedCapability::proofs`].
 pub const MAX_PROOF_DEPTH: usize = 4;
+/// Largest encoded (postcard) [`SignedCapability`] a well-formed chain can have: five
+/// links of at most 332 bytes (a [`MAX_SCOPE_LEN`] scope, every integer at its widest)
+/// and the list length. Request and hello caps are derived from it.
+pub const MAX_SIGNED_CAPABILITY_LEN: usize = (MAX_PROOF_DEPTH + 1) * 332 + 1;
 /// How far in the future `issued_at` may lie (clock skew between peers).
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Longest scope name accepted.
@@ -140,13 +148,26 @@ impl Capability {
     }
 
     /// Signs this capability. `proof` is the issuer's own owner capability when the
-    /// issuer is not the node's owner.
+    /// issuer is not the node's owner; its chain is carried on, flat, behind it (a chain
+    /// longer than [`MAX_PROOF_DEPTH`] is refused by [`SignedCapability::verify`]).
     pub fn sign(self, key: &SecretKey, proof: Option<SignedCapability>) -> SignedCapability {
         let signature = key.sign(&self.signing_bytes());
+        let proofs = match proof {
+            None => Vec::new(),
+            Some(p) => {
+                let mut chain = Vec::with_capacity(1 + p.proofs.len());
+                chain.push(ProofLink {
+                    cap: p.cap,
+                    signature: p.signature,
+                });
+                chain.extend(p.proofs);
+                chain
+            }
+        };
         SignedCapability {
             cap: self,
             signature,
-            proof: proof.map(Box::new),
+            proofs,
         }
     }
 }
@@ -170,13 +191,27 @@ pub fn invite_hash(secret: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
-/// A capability with its signature and, for delegated ones, the issuer's proof.
+/// A capability with its signature and, for delegated ones, the issuer's proof chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCapability {
     pub cap: Capability,
     #[serde(with = "sig_bytes")]
     pub signature: [u8; 64],
-    pub proof: Option<Box<SignedCapability>>,
+    /// The owner capabilities the issuer rests on, nearest first: `proofs[0]` is held
+    /// by `cap.issuer`, `proofs[i + 1]` by `proofs[i].cap.issuer`, and the last one is
+    /// signed by the node's owner (or the node). Empty when the owner signed `cap`.
+    /// Decoding refuses more than [`MAX_PROOF_DEPTH`] links before reading any of them.
+    #[serde(default, with = "bounded_proofs")]
+    pub proofs: Vec<ProofLink>,
+}
+
+/// One link of a delegation chain: a capability and its issuer's signature. It holds
+/// no further proof: the chain is the flat list [`SignedCapability::proofs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofLink {
+    pub cap: Capability,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
 }
 
 /// Why a capability is not valid.
@@ -207,82 +242,154 @@ pub enum CapabilityError {
 impl SignedCapability {
     /// Checks signature, target node, time window and delegation chain.
     /// Revocation and grantee binding are the node's business ([`crate::auth`]).
+    ///
+    /// Iterative, never recursive: each link is checked on its own, then against the
+    /// link that delegates it (the issuer must hold an owner capability for at least
+    /// the scope it grants, and what it grants may not outlive that capability).
     pub fn verify(&self, node: NodeId, owner: NodeId, now: u64) -> Result<(), CapabilityError> {
-        self.verify_depth(node, owner, now, 0)
-    }
-
-    fn verify_depth(
-        &self,
-        node: NodeId,
-        owner: NodeId,
-        now: u64,
-        depth: usize,
-    ) -> Result<(), CapabilityError> {
-        if depth > MAX_PROOF_DEPTH {
+        if self.proofs.len() > MAX_PROOF_DEPTH {
             return Err(CapabilityError::ChainTooLong);
         }
-        let cap = &self.cap;
-        let id = cap.id_hex();
-        if cap.node != node {
-            return Err(CapabilityError::WrongNode {
-                want: node.to_string(),
-                got: cap.node.to_string(),
-            });
+        let mut child = &self.cap;
+        verify_link(child, &self.signature, node, now)?;
+        for link in &self.proofs {
+            if child.issuer == owner || child.issuer == node {
+                // The chain ends here; links beyond are not needed (and not trusted).
+                return Ok(());
+            }
+            verify_link(&link.cap, &link.signature, node, now)?;
+            check_delegation(&link.cap, child)?;
+            child = &link.cap;
         }
-        if let Some(Scope::Workspace(s) | Scope::Conversation(s)) = &cap.scope
-            && s.len() > MAX_SCOPE_LEN
-        {
-            return Err(CapabilityError::ScopeTooLong);
-        }
-        cap.issuer
-            .verify(&cap.signing_bytes(), &self.signature)
-            .map_err(|_| CapabilityError::BadSignature)?;
-        if cap.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
-            return Err(CapabilityError::NotYetValid { id });
-        }
-        if let Some(exp) = cap.expires_at
-            && exp <= now
-        {
-            return Err(CapabilityError::Expired { id, ago: now - exp });
-        }
-        if cap.issuer == owner || cap.issuer == node {
+        if child.issuer == owner || child.issuer == node {
             return Ok(());
         }
-        let Some(proof) = &self.proof else {
-            return Err(CapabilityError::NotOwner {
-                id,
-                issuer: cap.issuer.to_string(),
-            });
-        };
-        proof.verify_depth(node, owner, now, depth + 1)?;
-        let p = &proof.cap;
-        let scope_ok = p.scope.is_none() || p.scope == cap.scope;
-        let expiry_ok = match (p.expires_at, cap.expires_at) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(pe), Some(ce)) => ce <= pe,
-        };
-        if p.grantee != Grantee::Key(cap.issuer) || p.role != Role::Owner {
-            return Err(CapabilityError::NotOwner {
-                id,
-                issuer: cap.issuer.to_string(),
-            });
-        }
-        if !scope_ok || !expiry_ok {
-            return Err(CapabilityError::Escalation { id });
-        }
-        Ok(())
+        Err(CapabilityError::NotOwner {
+            id: child.id_hex(),
+            issuer: child.issuer.to_string(),
+        })
+    }
+
+    /// The links the chain rests on, this capability first: the ones [`Self::verify`]
+    /// follows until it reaches the owner.
+    fn links(&self) -> impl Iterator<Item = &Capability> {
+        std::iter::once(&self.cap).chain(self.proofs.iter().map(|l| &l.cap))
     }
 
     /// Ids of this capability and every capability in its proof chain.
     pub fn chain_ids(&self) -> Vec<[u8; 16]> {
-        let mut ids = vec![self.cap.id];
-        let mut cur = &self.proof;
-        while let Some(p) = cur {
-            ids.push(p.cap.id);
-            cur = &p.proof;
+        self.links().map(|c| c.id).collect()
+    }
+
+    /// When the chain stops being valid: the earliest expiry of all its links.
+    pub fn chain_expires_at(&self) -> Option<u64> {
+        self.links().filter_map(|c| c.expires_at).min()
+    }
+}
+
+/// Checks one link on its own: node, scope size, signature, time window.
+fn verify_link(
+    cap: &Capability,
+    signature: &[u8; 64],
+    node: NodeId,
+    now: u64,
+) -> Result<(), CapabilityError> {
+    if cap.node != node {
+        return Err(CapabilityError::WrongNode {
+            want: node.to_string(),
+            got: cap.node.to_string(),
+        });
+    }
+    if let Some(Scope::Workspace(s) | Scope::Conversation(s)) = &cap.scope
+        && s.len() > MAX_SCOPE_LEN
+    {
+        return Err(CapabilityError::ScopeTooLong);
+    }
+    cap.issuer
+        .verify(&cap.signing_bytes(), signature)
+        .map_err(|_| CapabilityError::BadSignature)?;
+    if cap.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(CapabilityError::NotYetValid { id: cap.id_hex() });
+    }
+    if let Some(exp) = cap.expires_at
+        && exp <= now
+    {
+        return Err(CapabilityError::Expired {
+            id: cap.id_hex(),
+            ago: now - exp,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `proof` lets `cap.issuer` issue `cap`: it is an owner capability of that
+/// very key, for a scope at least as wide, living at least as long.
+fn check_delegation(proof: &Capability, cap: &Capability) -> Result<(), CapabilityError> {
+    if proof.grantee != Grantee::Key(cap.issuer) || proof.role != Role::Owner {
+        return Err(CapabilityError::NotOwner {
+            id: cap.id_hex(),
+            issuer: cap.issuer.to_string(),
+        });
+    }
+    let scope_ok = proof.scope.is_none() || proof.scope == cap.scope;
+    let expiry_ok = match (proof.expires_at, cap.expires_at) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(pe), Some(ce)) => ce <= pe,
+    };
+    if !scope_ok || !expiry_ok {
+        return Err(CapabilityError::Escalation { id: cap.id_hex() });
+    }
+    Ok(())
+}
+
+/// Serde for [`SignedCapability::proofs`]: a plain sequence, refused while decoding
+/// when it announces (or holds) more than [`MAX_PROOF_DEPTH`] links.
+mod bounded_proofs {
+    use super::{MAX_PROOF_DEPTH, ProofLink};
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[ProofLink], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProofLink>, D::Error> {
+        d.deserialize_seq(Bounded)
+    }
+
+    struct Bounded;
+
+    fn too_long<E: Error>(n: usize) -> E {
+        crate::frame::over_limit(format!(
+            "a capability proof chain of {n} links was refused: at most {MAX_PROOF_DEPTH} are accepted"
+        ))
+    }
+
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<ProofLink>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_PROOF_DEPTH} proof links")
         }
-        ids
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // postcard announces the length first: a long chain is refused before any
+            // link is read or any memory is set aside for it.
+            if let Some(n) = seq.size_hint()
+                && n > MAX_PROOF_DEPTH
+            {
+                return Err(too_long(n));
+            }
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(link) = seq.next_element::<ProofLink>()? {
+                if out.len() == MAX_PROOF_DEPTH {
+                    return Err(too_long(MAX_PROOF_DEPTH + 1));
+                }
+                out.push(link);
+            }
+            Ok(out)
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use tracing::{debug, warn};
 
 use crate::docs::Live;
 use crate::server::{Node, Session};
-use crate::streams::{MAX_HEADER, reply, serve_connection};
-use sam_protocol::wire::{WireError, read_frame, write_frame};
+use crate::streams::{reply, serve_connection};
+use sam_protocol::wire::{WireError, read_bounded, read_frame, write_frame};
 
 static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
 
@@ -58,7 +58,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), WireError> {
-    let open: DocOpen = match read_frame(&mut recv, MAX_HEADER).await {
+    let open: DocOpen = match read_bounded(&mut recv).await {
         Ok(o) => o,
         Err(e) => {
             reply(
