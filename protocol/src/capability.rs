@@ -407,8 +407,63 @@ mod sig_bytes {
     }
 }
 
+/// Chains for other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// The old (protocol version 1) nested encoding, `proof: Option<Box<Self>>`, of a
+    /// `depth`-link chain: what an attacker sends to make a recursive decoder overflow.
+    pub(crate) fn nested_chain_bytes(depth: usize) -> Vec<u8> {
+        let key = SecretKey::generate();
+        let c = Capability::new(
+            key.node_id(),
+            key.node_id(),
+            Grantee::Key(key.node_id()),
+            Role::Owner,
+            None,
+            1_800_000_000,
+            Some(3600),
+        );
+        let mut link = postcard::to_allocvec(&c).expect("cap");
+        link.push(64);
+        link.extend_from_slice(&[7u8; 64]);
+        let mut out = Vec::with_capacity((link.len() + 1) * depth);
+        for _ in 1..depth {
+            out.extend_from_slice(&link);
+            out.push(1); // Some(proof)
+        }
+        out.extend_from_slice(&link);
+        out.push(0); // None
+        out
+    }
+
+    /// The widest well-formed chain: the most links, each with the longest scope and
+    /// every integer at its widest encoding.
+    pub(crate) fn widest_chain() -> SignedCapability {
+        let owner = SecretKey::generate();
+        let node = SecretKey::generate().node_id();
+        let wide = || Capability {
+            id: [0xff; 16],
+            issuer: owner.node_id(),
+            node,
+            grantee: Grantee::Invite([0xff; 32]),
+            role: Role::Owner,
+            scope: Some(Scope::Conversation("x".repeat(MAX_SCOPE_LEN))),
+            issued_at: u64::MAX,
+            expires_at: Some(u64::MAX),
+        };
+        let mut held = None;
+        for _ in 0..=MAX_PROOF_DEPTH {
+            held = Some(wide().sign(&owner, held));
+        }
+        held.expect("chain")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::tests_support::{nested_chain_bytes, widest_chain};
     use super::*;
     use proptest::prelude::*;
 
@@ -528,6 +583,109 @@ mod tests {
             bad.verify(node.node_id(), owner.node_id(), NOW),
             Err(CapabilityError::Escalation { .. })
         ));
+    }
+
+    /// A chain of `len` proofs: each key delegates owner rights to the next one.
+    /// Returns the leaf (a viewer capability for `leaf`) and the owner/node keys.
+    fn chain(len: usize, owner: &SecretKey, node: &SecretKey) -> SignedCapability {
+        let mut holder_key = owner.clone();
+        let mut held: Option<SignedCapability> = None;
+        for _ in 0..len {
+            let next = SecretKey::generate();
+            let mut c = cap(owner, node, next.node_id(), Role::Owner);
+            c.issuer = holder_key.node_id();
+            held = Some(c.sign(&holder_key, held));
+            holder_key = next;
+        }
+        let mut leaf = cap(owner, node, SecretKey::generate().node_id(), Role::Viewer);
+        leaf.issuer = holder_key.node_id();
+        leaf.sign(&holder_key, held)
+    }
+
+    #[test]
+    fn chains_up_to_the_limit_verify_and_round_trip() {
+        let (owner, node, _) = setup();
+        for len in 0..=MAX_PROOF_DEPTH {
+            let signed = chain(len, &owner, &node);
+            assert_eq!(signed.proofs.len(), len);
+            signed
+                .verify(node.node_id(), owner.node_id(), NOW)
+                .unwrap_or_else(|e| panic!("chain of {len}: {e}"));
+            let bytes = postcard::to_allocvec(&signed).expect("encode");
+            let back: SignedCapability = crate::frame::decode(&bytes).expect("decode");
+            assert_eq!(back, signed);
+            assert_eq!(back.chain_ids().len(), len + 1);
+        }
+    }
+
+    #[test]
+    fn a_chain_over_the_limit_is_refused_by_verify_and_by_the_decoder() {
+        let (owner, node, _) = setup();
+        let signed = chain(MAX_PROOF_DEPTH + 1, &owner, &node);
+        assert_eq!(
+            signed.verify(node.node_id(), owner.node_id(), NOW),
+            Err(CapabilityError::ChainTooLong)
+        );
+        let bytes = postcard::to_allocvec(&signed).expect("encode");
+        let err = crate::frame::decode::<SignedCapability>(&bytes).expect_err("refused");
+        assert!(
+            matches!(&err, crate::frame::FrameError::OverLimit(m) if m.contains("5 links") && m.contains("at most 4")),
+            "{err}"
+        );
+    }
+
+    /// The decoder refuses from the announced length alone: a list that says it has a
+    /// million links (followed by a megabyte of junk, so the length is plausible) is
+    /// refused as too long, not read link after link.
+    #[test]
+    fn an_announced_million_links_is_refused_before_any_is_read() {
+        let (owner, node, g) = setup();
+        let signed = cap(&owner, &node, g.node_id(), Role::Viewer).sign(&owner, None);
+        let mut bytes = postcard::to_allocvec(&signed).expect("encode");
+        assert_eq!(bytes.pop(), Some(0), "empty proof list is the last byte");
+        bytes.extend(postcard::to_allocvec(&1_000_000u32).expect("varint"));
+        bytes.resize(bytes.len() + 1_000_000, 0xff);
+        let err = crate::frame::decode::<SignedCapability>(&bytes).expect_err("refused");
+        assert!(
+            err.to_string().contains("1000000 links"),
+            "refused from the length: {err}"
+        );
+    }
+
+    /// The attack of issue #16: the old nested encoding (`proof: Option<Box<Self>>`),
+    /// 5,000 links deep (≈ 915 KB). The old decoder recursed once per link and
+    /// overflowed its stack (an abort, no unwinding). Decoded here on a thread with a
+    /// 128 KiB stack: the flat decoder reads one link past the first and stops with an
+    /// error, whatever the depth.
+    #[test]
+    fn the_old_nested_5000_link_encoding_is_refused_on_a_small_stack() {
+        let bytes = nested_chain_bytes(5_000);
+        assert!(bytes.len() > 900_000, "{}", bytes.len());
+        let result = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let cap = crate::frame::decode::<SignedCapability>(&bytes).map(|_| ());
+                let mut req = vec![crate::PROTOCOL_VERSION as u8, 2];
+                req.extend_from_slice(&bytes);
+                let request = crate::frame::decode::<crate::ctl::RequestFrame>(&req).map(|_| ());
+                (cap.is_err(), request.is_err())
+            })
+            .expect("spawn")
+            .join()
+            .expect("no crash");
+        assert_eq!(result, (true, true));
+    }
+
+    #[test]
+    fn the_widest_chain_fits_its_bound() {
+        let signed = widest_chain();
+        assert_eq!(signed.proofs.len(), MAX_PROOF_DEPTH);
+        let len = postcard::to_allocvec(&signed).expect("encode").len();
+        assert!(len <= MAX_SIGNED_CAPABILITY_LEN, "{len}");
+        assert!(
+            len + 64 > MAX_SIGNED_CAPABILITY_LEN,
+            "the bound is tight: {len}"
+        );
     }
 
     #[test]

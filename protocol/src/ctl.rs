@@ -630,6 +630,218 @@ mod tests {
         }
     }
 
+    /// One request of every kind, each at its widest where a field has a documented cap.
+    fn one_of_each_kind() -> Vec<Request> {
+        use crate::agent::{Credentials, PermissionPolicy};
+        use crate::pr::{GitIdentity, PrSettings};
+        use crate::workspace::{CreateWorkspace, FilesOp, GitCredential};
+        let ws = Request::Workspace;
+        let id = || "w".repeat(64);
+        let settings = PrSettings {
+            repo_url: "u".repeat(crate::pr::MAX_FIELD),
+            base: "b".repeat(crate::pr::MAX_FIELD),
+            branch: "r".repeat(crate::pr::MAX_FIELD),
+            idea: "i".repeat(crate::pr::MAX_IDEA),
+            identity: GitIdentity {
+                name: "n".repeat(crate::pr::MAX_FIELD),
+                email: "e".repeat(crate::pr::MAX_FIELD),
+            },
+            token: "t".repeat(crate::pr::MAX_FIELD),
+            api: Some("a".repeat(crate::pr::MAX_FIELD)),
+        };
+        vec![
+            Request::Ping,
+            Request::Status,
+            Request::RegisterShare(crate::capability::tests_support::widest_chain()),
+            Request::ListShares,
+            Request::Revoke { id: [0xff; 16] },
+            ws(WorkspaceRequest::Create(CreateWorkspace {
+                repo: Some("r".repeat(4096)),
+                branch: Some("b".repeat(1024)),
+                lightweight: true,
+                name: Some("n".repeat(1024)),
+            })),
+            ws(WorkspaceRequest::List),
+            ws(WorkspaceRequest::Get { id: id() }),
+            ws(WorkspaceRequest::Remove { id: id() }),
+            ws(WorkspaceRequest::Ports { id: id() }),
+            ws(WorkspaceRequest::WatchPorts {
+                id: id(),
+                known: (0..4000)
+                    .map(|p| crate::workspace::PortInfo {
+                        port: p,
+                        addr: "0000:0000:0000:0000:0000:0000:0000:0001".into(),
+                    })
+                    .collect(),
+                timeout_ms: u32::MAX,
+            }),
+            ws(WorkspaceRequest::Files {
+                id: id(),
+                op: FilesOp::Diff {
+                    a: "a".repeat(4096),
+                    b: "b".repeat(4096),
+                },
+            }),
+            ws(WorkspaceRequest::Logs {
+                id: id(),
+                from: u64::MAX,
+            }),
+            ws(WorkspaceRequest::Recreate { id: id() }),
+            ws(WorkspaceRequest::WaitCredential),
+            ws(WorkspaceRequest::AnswerCredential {
+                request: u64::MAX,
+                answer: Some(GitCredential {
+                    username: "u".repeat(1024),
+                    password: "p".repeat(8192),
+                }),
+            }),
+            ws(WorkspaceRequest::Teardown {
+                id: id(),
+                force: true,
+            }),
+            ws(WorkspaceRequest::Drain),
+            Request::Conv(ConvRequest::List),
+            Request::Agent(AgentRequest::Cancel { conv: id() }),
+            Request::Agent(AgentRequest::Permit {
+                conv: id(),
+                message: id(),
+                option: id(),
+            }),
+            Request::Agent(AgentRequest::SetPolicy {
+                conv: id(),
+                policy: PermissionPolicy::AllowAll,
+            }),
+            Request::Agent(AgentRequest::Credentials {
+                conv: Some(id()),
+                workspace: Some(id()),
+                credentials: Credentials {
+                    env: (0..crate::agent::MAX_CREDENTIALS)
+                        .map(|i| {
+                            (
+                                format!("{i:0>128}"),
+                                "v".repeat(crate::agent::MAX_CREDENTIAL_VALUE),
+                            )
+                        })
+                        .collect(),
+                },
+            }),
+            Request::Agent(AgentRequest::Status { conv: id() }),
+            Request::Pr(PrRequest::Enable {
+                conv: id(),
+                settings: settings.clone(),
+            }),
+            Request::Pr(PrRequest::Run {
+                conv: id(),
+                settings: Some(settings),
+            }),
+        ]
+    }
+
+    fn payload(request: Request) -> Vec<u8> {
+        postcard::to_allocvec(&RequestFrame {
+            version: crate::PROTOCOL_VERSION,
+            request,
+        })
+        .expect("encode")
+    }
+
+    /// The head read from the first bytes names the same kind as the decoded request, for
+    /// every kind (so the tag table matches serde's variant order), the widest legitimate
+    /// request of each kind fits its cap, and the cheap role is never above the exact one.
+    #[test]
+    fn every_kind_is_read_from_the_head_and_fits_its_cap() {
+        let mut seen = std::collections::HashSet::new();
+        for request in one_of_each_kind() {
+            let kind = request.kind();
+            let bytes = payload(request.clone());
+            let head = peek_request(&bytes[..bytes.len().min(REQUEST_HEAD_LEN)]).expect("head");
+            assert_eq!(head.kind, kind);
+            assert!(
+                bytes.len() <= kind.max_len(),
+                "{kind}: {} > {}",
+                bytes.len(),
+                kind.max_len()
+            );
+            assert!(kind.least_role() <= request.required_role(), "{kind}");
+            let back = decode_request(&RoleGate(Role::Owner), &bytes).expect("decode");
+            assert_eq!(back.request, request);
+            seen.insert(kind);
+        }
+        assert_eq!(seen.len(), RequestKind::ALL.len(), "one sample per kind");
+    }
+
+    /// The attack of issue #16 against the ctl reader: a viewer's 16 MiB request is refused
+    /// from its length alone; a 5,000-link nested chain (≈ 915 KB) from an owner, over the
+    /// RegisterShare cap, from its head; from a viewer, by its role too.
+    #[test]
+    fn oversized_and_out_of_role_requests_are_refused_before_the_body() {
+        let viewer = RoleGate(Role::Viewer);
+        let err = check_request_len(&viewer, 16 * 1024 * 1024).expect_err("refused");
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("over the limit"), "{err}");
+        assert!(max_request_len(Role::Viewer) < max_request_len(Role::Collaborator));
+        assert!(max_request_len(Role::Owner) < 1024 * 1024);
+
+        let mut nested = vec![crate::PROTOCOL_VERSION as u8, 2];
+        nested.extend(crate::capability::tests_support::nested_chain_bytes(5_000));
+        let head = peek_request(&nested[..REQUEST_HEAD_LEN]).expect("head");
+        assert_eq!(head.kind, RequestKind::RegisterShare);
+        let err = check_request_head(&RoleGate(Role::Owner), &head, nested.len())
+            .expect_err("over the RegisterShare cap");
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("RegisterShare"), "{err}");
+        let err = decode_request(&viewer, &nested).expect_err("refused");
+        assert_eq!(err.code, ErrorCode::TooLarge);
+
+        // Small enough for a viewer's length, but a viewer may not register shares.
+        let small = payload(Request::RegisterShare(
+            crate::capability::tests_support::widest_chain(),
+        ));
+        let err = decode_request(&viewer, &small).expect_err("forbidden");
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert!(err.message.contains("owner"), "{err}");
+    }
+
+    #[test]
+    fn heads_of_other_versions_and_unknown_kinds_are_refused() {
+        let mut p = payload(Request::Ping);
+        p[0] = 99;
+        assert_eq!(
+            peek_request(&p).expect_err("version").code,
+            ErrorCode::UnsupportedVersion
+        );
+        let unknown = [crate::PROTOCOL_VERSION as u8, 9];
+        let err = peek_request(&unknown).expect_err("kind");
+        assert!(err.message.contains("unknown request"), "{err}");
+        let unknown = [crate::PROTOCOL_VERSION as u8, 5, 13];
+        assert!(peek_request(&unknown).is_err());
+        // Cut short, or varints that never end or overflow.
+        for bad in [&[][..], &[0x80][..], &[0xff, 0xff, 0xff, 0xff, 0x7f, 0]] {
+            assert_eq!(
+                peek_request(bad).expect_err("malformed").code,
+                ErrorCode::BadRequest
+            );
+        }
+        assert_eq!(
+            peek_request(&[crate::PROTOCOL_VERSION as u8, 5])
+                .expect_err("no inner tag")
+                .code,
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn the_widest_hello_fits_its_cap() {
+        let hello = Hello {
+            protocol_version: u32::MAX,
+            capability: Some(crate::capability::tests_support::widest_chain()),
+            invite_secret: Some([0xff; 32]),
+            client: "\u{10ffff}".repeat(MAX_CLIENT_NAME),
+        };
+        let len = postcard::to_allocvec(&hello).expect("encode").len();
+        assert!(len <= MAX_HELLO, "{len}");
+    }
+
     #[test]
     fn unknown_version_is_clear() {
         assert!(check_version(crate::PROTOCOL_VERSION).is_ok());
@@ -654,6 +866,12 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            for role in [Role::Viewer, Role::Collaborator, Role::Owner] {
+                if let Ok(f) = decode_request(&RoleGate(role), &bytes) {
+                    // Whatever decodes was announced by its head.
+                    prop_assert_eq!(peek_request(&bytes).map(|h| h.kind), Ok(f.request.kind()));
+                }
+            }
             let _ = frame::decode::<Hello>(&bytes);
             let _ = frame::decode::<HelloReply>(&bytes);
             let _ = frame::decode::<RequestFrame>(&bytes);
