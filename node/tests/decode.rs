@@ -288,8 +288,8 @@ fn history_paths(dir: &std::path::Path, node: &SecretKey, owner: &SecretKey) -> 
     paths
 }
 
-/// `sam serve` (a teammate serving history read-only) under the same attack: the 16 MiB
-/// and the 5,000-link requests of nested proofs are refused from the header; a request
+/// `sam serve` (a teammate serving history read-only) under the same attack: the 5,000-link
+/// and the 16 MiB requests of nested proofs are refused from the header; a request
 /// it does not serve is refused from its head; the attacker and a second teammate are
 /// still served.
 #[tokio::test]
@@ -323,7 +323,7 @@ async fn sam_serve_refuses_nested_proofs_and_goes_on() {
     let (conn, _) = connect(&mep, &ticket_for(&mallory), alpn::CTL)
         .await
         .expect("hello");
-    for payload in [nested_16_mib(), nested_register_share(5_000)] {
+    for payload in [nested_register_share(5_000), nested_16_mib()] {
         let e = refusal(send_raw(&conn, payload).await);
         assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
     }
