@@ -24,7 +24,9 @@ use sam_protocol::ctl::{
     ErrorBody, ErrorCode, Hello, HelloReply, Request, RequestFrame, RequestGate, RequestKind,
     Response, Welcome,
 };
-use sam_protocol::doc::{ConvRequest, ConvResponse, ConvSummary, DocFrame, DocOpen};
+use sam_protocol::doc::{
+    ConvRequest, ConvResponse, ConvSummary, DocFrame, DocOpen, MAX_READER_SYNC_FRAME,
+};
 use sam_protocol::stream::OpenReply;
 use sam_protocol::{NodeAddr, NodeId, Ticket, alpn};
 use tokio::sync::Mutex;
@@ -33,10 +35,6 @@ use crate::book::NodeBook;
 use crate::docs::Replicas;
 use crate::paths::ClientPaths;
 use sam_protocol::wire::{RequestError, read_bounded, read_frame, read_request, write_frame};
-
-/// Largest sync message read from a teammate. This peer serves history read-only, so a
-/// teammate's messages carry no changes: heads, needs and a bloom filter of what it has.
-pub const MAX_READER_SYNC_FRAME: usize = 4 * 1024 * 1024;
 
 /// The only ctl requests this peer answers; anything else is refused before its body is
 /// read.

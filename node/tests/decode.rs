@@ -350,3 +350,96 @@ async fn sam_serve_refuses_nested_proofs_and_goes_on() {
     );
     let _ = server.router.shutdown().await;
 }
+
+/// A conversation the owner created and published on the node.
+async fn published(n: &TestNode) -> String {
+    let author = n.owner.node_id().to_string();
+    let mut conv = sam_crdt::Conversation::create(
+        sam_crdt::NewConversation {
+            id: sam_crdt::MessageId::random().to_string(),
+            title: "attacked".into(),
+            agent: "custom".into(),
+            workspace_node: n.node_key.node_id().to_string(),
+            workspace_id: "w1".into(),
+            created_at: sam_crdt::now_ms(),
+        },
+        &author,
+    )
+    .expect("create");
+    let ep = endpoint(&n.owner).await;
+    let mut s = sam_client::docs::open_stream(&ep, &n.handle.ticket(), &conv.id(), true)
+        .await
+        .expect("open");
+    s.sync_once(&mut conv, |_| Ok(()), T)
+        .await
+        .expect("publish");
+    conv.id()
+}
+
+/// A viewer's sync messages carry no changes, so on `sam/doc/1` a viewer's frame over
+/// the reader cap (4 MiB) is refused from its header, before its body is read; the
+/// owner still syncs the document afterwards.
+#[tokio::test]
+async fn a_viewers_oversized_sync_frame_is_refused_from_its_header() {
+    use sam_protocol::doc::{DocFrame, DocOpen};
+    let n = TestNode::start().await;
+    let id = published(&n).await;
+    let (viewer, ticket) = n.member(Role::Viewer);
+    let ep = endpoint(&viewer).await;
+    let (conn, _) = connect(&ep, &ticket, alpn::DOC).await.expect("hello");
+    let (mut send, mut recv) = conn.open_bi().await.expect("bi");
+    sam_protocol::wire::write_frame(
+        &mut send,
+        &DocOpen {
+            conversation: id.clone(),
+            create: false,
+        },
+    )
+    .await
+    .expect("open");
+    match read_frame::<sam_protocol::stream::OpenReply>(&mut recv, MAX_FRAME)
+        .await
+        .expect("reply")
+    {
+        sam_protocol::stream::OpenReply::Ok => {}
+        sam_protocol::stream::OpenReply::Error(e) => panic!("viewer refused: {e}"),
+    }
+    // 6 MiB of "sync message" (a DocFrame::Sync byte string).
+    let body = vec![0u8; 6 * 1024 * 1024];
+    let writer = tokio::spawn(async move {
+        let mut payload = vec![0u8]; // DocFrame::Sync
+        payload.extend(
+            frame::encode(&(body.len() as u32)).expect("varint")[frame::HEADER_LEN..].iter(),
+        );
+        payload.extend_from_slice(&body);
+        let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&payload);
+        if send.write_all(&bytes).await.is_ok() {
+            let _ = send.finish();
+        }
+        let _ = send.stopped().await;
+    });
+    let refusal = tokio::time::timeout(T, async {
+        loop {
+            match read_frame::<DocFrame>(&mut recv, MAX_FRAME).await {
+                Ok(DocFrame::Error(e)) => return e,
+                Ok(_) => continue,
+                Err(e) => panic!("stream ended without a reason: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("in time");
+    writer.abort();
+    assert!(refusal.message.contains("over the limit"), "{refusal}");
+
+    let oep = endpoint(&n.owner).await;
+    let mut replica = sam_crdt::Conversation::new_replica();
+    let mut s = sam_client::docs::open_stream(&oep, &n.handle.ticket(), &id, false)
+        .await
+        .expect("owner opens");
+    s.sync_once(&mut replica, |_| Ok(()), T)
+        .await
+        .expect("owner syncs");
+    assert_eq!(replica.id(), id);
+}

@@ -116,9 +116,15 @@ async fn serve_stream(
 
     // Reads run in their own task: a frame half-read is never lost to a select.
     let (in_tx, mut in_rx) = mpsc::channel::<Result<DocFrame, WireError>>(INBOUND_QUEUE);
+    // A reader's messages carry no changes: a smaller cap, known before any body is read.
+    let max_frame = if can_write {
+        MAX_SYNC_FRAME
+    } else {
+        sam_protocol::doc::MAX_READER_SYNC_FRAME
+    };
     let reader = tokio::spawn(async move {
         loop {
-            let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
+            let frame = read_frame::<DocFrame>(&mut recv, max_frame).await;
             let stop = frame.is_err();
             if in_tx.send(frame).await.is_err() || stop {
                 break;
