@@ -5,6 +5,11 @@
 //!
 //! Limits, stated: revocations made on the node after this peer last saw it are
 //! not known here; one-time invites are only redeemed on the node itself.
+//!
+//! Bounded like the node: the hello and the doc header have their own caps, a ctl
+//! request is refused from its length header or its first bytes unless it is one this
+//! peer answers ([`HistoryGate`]), and a teammate's sync messages (read-only: no
+//! changes) are capped at [`MAX_READER_SYNC_FRAME`].
 
 use std::sync::Arc;
 
@@ -16,11 +21,11 @@ use sam_crdt::{Conversation, SyncPeer};
 use sam_protocol::auth::{AuthPolicy, Grant, authorize};
 use sam_protocol::capability::{Grantee, Role, Scope};
 use sam_protocol::ctl::{
-    ErrorBody, ErrorCode, Hello, HelloReply, Request, RequestFrame, Response, Welcome,
-    check_version,
+    ErrorBody, ErrorCode, Hello, HelloReply, Request, RequestFrame, RequestGate, RequestKind,
+    Response, Welcome,
 };
 use sam_protocol::doc::{
-    ConvRequest, ConvResponse, ConvSummary, DocFrame, DocOpen, MAX_SYNC_FRAME,
+    ConvRequest, ConvResponse, ConvSummary, DocFrame, DocOpen, MAX_READER_SYNC_FRAME,
 };
 use sam_protocol::stream::OpenReply;
 use sam_protocol::{NodeAddr, NodeId, Ticket, alpn};
@@ -29,7 +34,34 @@ use tokio::sync::Mutex;
 use crate::book::NodeBook;
 use crate::docs::Replicas;
 use crate::paths::ClientPaths;
-use sam_protocol::wire::{read_frame, write_frame};
+use sam_protocol::wire::{RequestError, read_bounded, read_frame, read_request, write_frame};
+
+/// The only ctl requests this peer answers; anything else is refused before its body is
+/// read.
+pub struct HistoryGate;
+
+impl HistoryGate {
+    const KINDS: [RequestKind; 2] = [RequestKind::Ping, RequestKind::ConvList];
+}
+
+impl RequestGate for HistoryGate {
+    fn max_len(&self) -> usize {
+        Self::KINDS.iter().map(|k| k.max_len()).max().unwrap_or(0)
+    }
+
+    fn admit(&self, kind: RequestKind) -> Result<(), ErrorBody> {
+        if Self::KINDS.contains(&kind) {
+            Ok(())
+        } else {
+            Err(ErrorBody::new(
+                ErrorCode::Unimplemented,
+                format!(
+                    "this peer only serves conversation history; a {kind} request needs the node itself"
+                ),
+            ))
+        }
+    }
+}
 
 struct State {
     me: NodeId,
@@ -100,7 +132,7 @@ impl Peer {
     async fn hello(&self, conn: &Connection) -> Option<Access> {
         let peer = NodeId(*conn.remote_id().as_bytes());
         let (mut send, mut recv) = conn.accept_bi().await.ok()?;
-        let decision = match read_frame::<Hello>(&mut recv, 64 * 1024).await {
+        let decision = match read_bounded::<Hello>(&mut recv).await {
             Ok(h) => self.decide(peer, &h),
             Err(e) => Err(ErrorBody::new(
                 ErrorCode::BadRequest,
@@ -141,7 +173,7 @@ impl Peer {
     }
 
     fn decide(&self, peer: NodeId, hello: &Hello) -> Result<Access, ErrorBody> {
-        check_version(hello.protocol_version)?;
+        sam_protocol::ctl::check_version(hello.protocol_version)?;
         let refuse = |m: String| ErrorBody::new(ErrorCode::Unauthorized, m);
         let cap = hello.capability.as_ref().ok_or_else(|| {
             refuse("this peer serves conversation history to holders of a capability for their node; none was presented".into())
@@ -200,12 +232,8 @@ impl Peer {
     }
 
     async fn ctl(&self, node: &str, grant: &Grant, mut send: SendStream, mut recv: RecvStream) {
-        let response = match read_frame::<RequestFrame>(&mut recv, 1 << 20).await {
-            Ok(f) if check_version(f.version).is_err() => {
-                Response::Error(check_version(f.version).err().unwrap_or_else(|| {
-                    ErrorBody::new(ErrorCode::UnsupportedVersion, "unsupported version")
-                }))
-            }
+        // Version and kind are checked from the first bytes (`read_request`).
+        let response = match read_request(&mut recv, &HistoryGate).await {
             Ok(RequestFrame {
                 request: Request::Ping,
                 ..
@@ -218,7 +246,8 @@ impl Peer {
                 ErrorCode::Unimplemented,
                 "this peer only serves conversation history (the node itself is needed for that)",
             )),
-            Err(e) => Response::Error(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
+            Err(RequestError::Refused(e)) => Response::Error(e),
+            Err(RequestError::Closed | RequestError::Io(_)) => return,
         };
         if write_frame(&mut send, &response).await.is_ok() {
             let _ = send.finish();
@@ -226,7 +255,7 @@ impl Peer {
     }
 
     async fn doc(&self, node: &str, grant: &Grant, mut send: SendStream, mut recv: RecvStream) {
-        let Ok(open) = read_frame::<DocOpen>(&mut recv, 64 * 1024).await else {
+        let Ok(open) = read_bounded::<DocOpen>(&mut recv).await else {
             return;
         };
         let conv = {
@@ -265,7 +294,7 @@ impl Peer {
                     return;
                 }
             }
-            match read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await {
+            match read_frame::<DocFrame>(&mut recv, MAX_READER_SYNC_FRAME).await {
                 Ok(DocFrame::Sync(bytes)) => {
                     let has_changes = automerge::sync::Message::decode(&bytes)
                         .map(|m| !m.changes.is_empty())

@@ -16,7 +16,7 @@ struct Node {
 
 fn start(home: &Path, owner: &str) -> Node {
     let (proc, ticket) = start_node(home, owner);
-    assert!(ticket.starts_with("sam1"), "node printed {ticket:?}");
+    assert!(ticket.starts_with("sam2"), "node printed {ticket:?}");
     Node { proc, ticket }
 }
 
@@ -106,7 +106,7 @@ fn bad_tickets_give_clear_errors() {
     let cases = [
         ("garbage", "not a SAM ticket"),
         (&node.ticket[..40], "cut short"),
-        (&node.ticket.replacen("sam1", "sam9", 1), "update sam"),
+        (&node.ticket.replacen("sam2", "sam9", 1), "update sam"),
     ];
     for (ticket, want) in cases {
         let out = sam(home, &["connect", ticket]);
@@ -115,7 +115,7 @@ fn bad_tickets_give_clear_errors() {
         assert!(err.contains(want), "{ticket}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let huge = format!("sam1{}", "a".repeat(100_000));
+    let huge = format!("sam2{}", "a".repeat(100_000));
     let out = sam(home, &["connect", &huge]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("more than a ticket can be"));
 }

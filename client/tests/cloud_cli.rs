@@ -45,7 +45,7 @@ fn vm_create_ls_release_reuse_rm_with_the_local_provider() {
     assert_eq!(made["reused"], false);
     let id = made["id"].as_str().expect("id").to_owned();
     let ticket = made["ticket"].as_str().expect("ticket").to_owned();
-    assert!(ticket.starts_with("sam1"));
+    assert!(ticket.starts_with("sam2"));
 
     // the ticket works for this peer (the owner)
     let connected = sam(home, &["connect", &ticket, "--name", "pooled"]);

@@ -4,15 +4,14 @@ use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::{Grantee, Role, Scope};
 use sam_protocol::ctl::{
-    ErrorBody, ErrorCode, NodeStatus, Request, RequestFrame, Response, check_version,
+    ErrorBody, ErrorCode, NodeStatus, Request, RequestFrame, Response, RoleGate, check_version,
 };
 use sam_protocol::doc::{ConvRequest, ConvResponse};
-use sam_protocol::frame::MAX_FRAME;
 use sam_protocol::workspace::WorkspaceRequest;
 use tracing::{debug, warn};
 
 use crate::server::{Node, Session};
-use sam_protocol::wire::{WireError, read_frame, write_frame};
+use sam_protocol::wire::{RequestError, read_request, write_frame};
 
 /// Serves `sam/ctl/1`.
 #[derive(Debug, Clone)]
@@ -40,7 +39,11 @@ impl ProtocolHandler for CtlHandler {
                     let node = self.node.clone();
                     let session = session.clone();
                     tokio::spawn(async move {
-                        let response = match read_frame::<RequestFrame>(&mut recv, MAX_FRAME).await {
+                        // Bounded by the peer's role before the body is read: a frame longer
+                        // than anything this role may ask, a request above the role, or one
+                        // over its kind's own cap is refused from its first bytes.
+                        let gate = RoleGate(session.grant.role);
+                        let response = match read_request(&mut recv, &gate).await {
                             // A long poll whose asker went away (stream stopped, connection
                             // closed) ends at once: left running, it would claim the next git
                             // credential request and hand it to nobody.
@@ -52,13 +55,14 @@ impl ProtocolHandler for CtlHandler {
                                 }
                             },
                             Ok(frame) => handle(&node, &session, frame).await,
-                            Err(WireError::Closed) => return,
-                            Err(e) => {
-                                warn!(peer = %session.grant.peer.short(), error = %e, "bad ctl frame");
-                                Response::Error(ErrorBody::new(
-                                    ErrorCode::BadRequest,
-                                    format!("malformed or unknown request ({e}); is one side a newer version?"),
-                                ))
+                            Err(RequestError::Closed) => return,
+                            Err(RequestError::Refused(e)) => {
+                                warn!(peer = %session.grant.peer.short(), error = %e, "ctl request refused");
+                                Response::Error(e)
+                            }
+                            Err(RequestError::Io(e)) => {
+                                debug!(peer = %session.grant.peer.short(), error = %e, "ctl stream failed");
+                                return;
                             }
                         };
                         if write_frame(&mut send, &response).await.is_ok() {

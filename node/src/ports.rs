@@ -25,8 +25,8 @@ use tracing::debug;
 
 use crate::inside::{Target, check_role, docker_err};
 use crate::server::{Node, Session};
-use crate::streams::{MAX_HEADER, reply, serve_connection};
-use sam_protocol::wire::read_frame;
+use crate::streams::{reply, serve_connection};
+use sam_protocol::wire::read_bounded;
 
 /// How often a watch looks at the listeners.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -146,7 +146,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let open = match read_frame::<PortOpen>(&mut recv, MAX_HEADER).await {
+    let open = match read_bounded::<PortOpen>(&mut recv).await {
         Ok(o) => o,
         Err(e) => {
             let msg = format!("bad port header ({e}); is one side a newer version?");

@@ -35,8 +35,8 @@ use tracing::{debug, warn};
 
 use crate::inside::{Target, check_role, docker_err};
 use crate::server::{Node, Session};
-use crate::streams::{MAX_HEADER, reply, serve_connection};
-use sam_protocol::wire::{read_frame, write_frame};
+use crate::streams::{reply, serve_connection};
+use sam_protocol::wire::{read_bounded, write_frame};
 
 /// A client that takes no output for this long is detached.
 pub const SLOW_CLIENT: Duration = Duration::from_secs(10);
@@ -196,7 +196,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let open = match read_frame::<PtyOpen>(&mut recv, MAX_HEADER).await {
+    let open = match read_bounded::<PtyOpen>(&mut recv).await {
         Ok(o) => o,
         Err(e) => {
             let msg = format!("bad terminal header ({e}); is one side a newer version?");

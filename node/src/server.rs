@@ -19,8 +19,8 @@ use crate::config::{NodeConfig, NodePaths};
 use crate::shares::ShareStore;
 use sam_protocol::wire::{read_frame, write_frame};
 
-/// Largest hello accepted (a capability chain fits easily).
-pub const MAX_HELLO: usize = 64 * 1024;
+/// Largest hello accepted (the widest capability chain fits).
+pub const MAX_HELLO: usize = sam_protocol::ctl::MAX_HELLO;
 /// Time a peer has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -14,7 +14,9 @@ use sam_protocol::stream::OpenReply;
 use crate::server::{Node, Session};
 use sam_protocol::wire::{read_frame, write_frame};
 
-/// Largest stream header accepted.
+/// Largest header read by [`NotYet`]. The headers of the built streams each have their
+/// own, smaller cap ([`sam_protocol::frame::Bounded`], read with
+/// [`sam_protocol::wire::read_bounded`]).
 pub const MAX_HEADER: usize = 64 * 1024;
 
 /// Runs the hello, then calls `serve` for every bi stream until the connection ends

@@ -321,7 +321,7 @@ async fn bad_requests_after_hello_get_error_frames_on_a_live_connection() {
         .expect("answer")
     {
         Response::Error(e) => {
-            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert_eq!(e.code, ErrorCode::TooLarge);
             assert!(e.message.contains("over the limit"), "{e}");
         }
         other => panic!("expected error, got {other:?}"),

@@ -11,6 +11,7 @@ mod auth;
 mod chaos;
 mod chat_docker;
 mod credential_poll;
+mod decode;
 mod docs;
 mod guard;
 mod moves;

@@ -144,15 +144,7 @@ pub fn authorize(
         },
     }
     // A chain is only as long-lived as its shortest link.
-    let mut expires_at = cap.expires_at;
-    let mut cur = &signed.proof;
-    while let Some(p) = cur {
-        expires_at = match (expires_at, p.cap.expires_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        cur = &p.proof;
-    }
+    let expires_at = signed.chain_expires_at();
     Ok(Grant {
         peer,
         role: cap.role,

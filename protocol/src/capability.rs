@@ -3,7 +3,11 @@
 //!
 //! A capability is valid when it is signed by the node's owner or by the node
 //! itself, or by a key that holds an owner-role capability for the same node,
-//! which it then carries as `proof` (at most [`MAX_PROOF_DEPTH`] links).
+//! which it then carries in `proofs` (at most [`MAX_PROOF_DEPTH`] links).
+//!
+//! The delegation chain is a flat list on the wire, never a nested type: a peer
+//! cannot make the decoder recurse, and a list longer than [`MAX_PROOF_DEPTH`] is
+//! refused by the decoder from its length alone, before any link is read.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -11,8 +15,12 @@ use thiserror::Error;
 
 use crate::identity::{NodeId, SecretKey};
 
-/// Longest delegation chain accepted.
+/// Longest delegation chain accepted: the most links in [`SignedCapability::proofs`].
 pub const MAX_PROOF_DEPTH: usize = 4;
+/// Largest encoded (postcard) [`SignedCapability`] a well-formed chain can have: five
+/// links of at most 332 bytes (a [`MAX_SCOPE_LEN`] scope, every integer at its widest)
+/// and the list length. Request and hello caps are derived from it.
+pub const MAX_SIGNED_CAPABILITY_LEN: usize = (MAX_PROOF_DEPTH + 1) * 332 + 1;
 /// How far in the future `issued_at` may lie (clock skew between peers).
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Longest scope name accepted.
@@ -140,13 +148,26 @@ impl Capability {
     }
 
     /// Signs this capability. `proof` is the issuer's own owner capability when the
-    /// issuer is not the node's owner.
+    /// issuer is not the node's owner; its chain is carried on, flat, behind it (a chain
+    /// longer than [`MAX_PROOF_DEPTH`] is refused by [`SignedCapability::verify`]).
     pub fn sign(self, key: &SecretKey, proof: Option<SignedCapability>) -> SignedCapability {
         let signature = key.sign(&self.signing_bytes());
+        let proofs = match proof {
+            None => Vec::new(),
+            Some(p) => {
+                let mut chain = Vec::with_capacity(1 + p.proofs.len());
+                chain.push(ProofLink {
+                    cap: p.cap,
+                    signature: p.signature,
+                });
+                chain.extend(p.proofs);
+                chain
+            }
+        };
         SignedCapability {
             cap: self,
             signature,
-            proof: proof.map(Box::new),
+            proofs,
         }
     }
 }
@@ -170,13 +191,27 @@ pub fn invite_hash(secret: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
-/// A capability with its signature and, for delegated ones, the issuer's proof.
+/// A capability with its signature and, for delegated ones, the issuer's proof chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCapability {
     pub cap: Capability,
     #[serde(with = "sig_bytes")]
     pub signature: [u8; 64],
-    pub proof: Option<Box<SignedCapability>>,
+    /// The owner capabilities the issuer rests on, nearest first: `proofs[0]` is held
+    /// by `cap.issuer`, `proofs[i + 1]` by `proofs[i].cap.issuer`, and the last one is
+    /// signed by the node's owner (or the node). Empty when the owner signed `cap`.
+    /// Decoding refuses more than [`MAX_PROOF_DEPTH`] links before reading any of them.
+    #[serde(default, with = "bounded_proofs")]
+    pub proofs: Vec<ProofLink>,
+}
+
+/// One link of a delegation chain: a capability and its issuer's signature. It holds
+/// no further proof: the chain is the flat list [`SignedCapability::proofs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofLink {
+    pub cap: Capability,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
 }
 
 /// Why a capability is not valid.
@@ -207,82 +242,154 @@ pub enum CapabilityError {
 impl SignedCapability {
     /// Checks signature, target node, time window and delegation chain.
     /// Revocation and grantee binding are the node's business ([`crate::auth`]).
+    ///
+    /// Iterative, never recursive: each link is checked on its own, then against the
+    /// link that delegates it (the issuer must hold an owner capability for at least
+    /// the scope it grants, and what it grants may not outlive that capability).
     pub fn verify(&self, node: NodeId, owner: NodeId, now: u64) -> Result<(), CapabilityError> {
-        self.verify_depth(node, owner, now, 0)
-    }
-
-    fn verify_depth(
-        &self,
-        node: NodeId,
-        owner: NodeId,
-        now: u64,
-        depth: usize,
-    ) -> Result<(), CapabilityError> {
-        if depth > MAX_PROOF_DEPTH {
+        if self.proofs.len() > MAX_PROOF_DEPTH {
             return Err(CapabilityError::ChainTooLong);
         }
-        let cap = &self.cap;
-        let id = cap.id_hex();
-        if cap.node != node {
-            return Err(CapabilityError::WrongNode {
-                want: node.to_string(),
-                got: cap.node.to_string(),
-            });
+        let mut child = &self.cap;
+        verify_link(child, &self.signature, node, now)?;
+        for link in &self.proofs {
+            if child.issuer == owner || child.issuer == node {
+                // The chain ends here; links beyond are not needed (and not trusted).
+                return Ok(());
+            }
+            verify_link(&link.cap, &link.signature, node, now)?;
+            check_delegation(&link.cap, child)?;
+            child = &link.cap;
         }
-        if let Some(Scope::Workspace(s) | Scope::Conversation(s)) = &cap.scope
-            && s.len() > MAX_SCOPE_LEN
-        {
-            return Err(CapabilityError::ScopeTooLong);
-        }
-        cap.issuer
-            .verify(&cap.signing_bytes(), &self.signature)
-            .map_err(|_| CapabilityError::BadSignature)?;
-        if cap.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
-            return Err(CapabilityError::NotYetValid { id });
-        }
-        if let Some(exp) = cap.expires_at
-            && exp <= now
-        {
-            return Err(CapabilityError::Expired { id, ago: now - exp });
-        }
-        if cap.issuer == owner || cap.issuer == node {
+        if child.issuer == owner || child.issuer == node {
             return Ok(());
         }
-        let Some(proof) = &self.proof else {
-            return Err(CapabilityError::NotOwner {
-                id,
-                issuer: cap.issuer.to_string(),
-            });
-        };
-        proof.verify_depth(node, owner, now, depth + 1)?;
-        let p = &proof.cap;
-        let scope_ok = p.scope.is_none() || p.scope == cap.scope;
-        let expiry_ok = match (p.expires_at, cap.expires_at) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(pe), Some(ce)) => ce <= pe,
-        };
-        if p.grantee != Grantee::Key(cap.issuer) || p.role != Role::Owner {
-            return Err(CapabilityError::NotOwner {
-                id,
-                issuer: cap.issuer.to_string(),
-            });
-        }
-        if !scope_ok || !expiry_ok {
-            return Err(CapabilityError::Escalation { id });
-        }
-        Ok(())
+        Err(CapabilityError::NotOwner {
+            id: child.id_hex(),
+            issuer: child.issuer.to_string(),
+        })
+    }
+
+    /// The links the chain rests on, this capability first: the ones [`Self::verify`]
+    /// follows until it reaches the owner.
+    fn links(&self) -> impl Iterator<Item = &Capability> {
+        std::iter::once(&self.cap).chain(self.proofs.iter().map(|l| &l.cap))
     }
 
     /// Ids of this capability and every capability in its proof chain.
     pub fn chain_ids(&self) -> Vec<[u8; 16]> {
-        let mut ids = vec![self.cap.id];
-        let mut cur = &self.proof;
-        while let Some(p) = cur {
-            ids.push(p.cap.id);
-            cur = &p.proof;
+        self.links().map(|c| c.id).collect()
+    }
+
+    /// When the chain stops being valid: the earliest expiry of all its links.
+    pub fn chain_expires_at(&self) -> Option<u64> {
+        self.links().filter_map(|c| c.expires_at).min()
+    }
+}
+
+/// Checks one link on its own: node, scope size, signature, time window.
+fn verify_link(
+    cap: &Capability,
+    signature: &[u8; 64],
+    node: NodeId,
+    now: u64,
+) -> Result<(), CapabilityError> {
+    if cap.node != node {
+        return Err(CapabilityError::WrongNode {
+            want: node.to_string(),
+            got: cap.node.to_string(),
+        });
+    }
+    if let Some(Scope::Workspace(s) | Scope::Conversation(s)) = &cap.scope
+        && s.len() > MAX_SCOPE_LEN
+    {
+        return Err(CapabilityError::ScopeTooLong);
+    }
+    cap.issuer
+        .verify(&cap.signing_bytes(), signature)
+        .map_err(|_| CapabilityError::BadSignature)?;
+    if cap.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(CapabilityError::NotYetValid { id: cap.id_hex() });
+    }
+    if let Some(exp) = cap.expires_at
+        && exp <= now
+    {
+        return Err(CapabilityError::Expired {
+            id: cap.id_hex(),
+            ago: now - exp,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `proof` lets `cap.issuer` issue `cap`: it is an owner capability of that
+/// very key, for a scope at least as wide, living at least as long.
+fn check_delegation(proof: &Capability, cap: &Capability) -> Result<(), CapabilityError> {
+    if proof.grantee != Grantee::Key(cap.issuer) || proof.role != Role::Owner {
+        return Err(CapabilityError::NotOwner {
+            id: cap.id_hex(),
+            issuer: cap.issuer.to_string(),
+        });
+    }
+    let scope_ok = proof.scope.is_none() || proof.scope == cap.scope;
+    let expiry_ok = match (proof.expires_at, cap.expires_at) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(pe), Some(ce)) => ce <= pe,
+    };
+    if !scope_ok || !expiry_ok {
+        return Err(CapabilityError::Escalation { id: cap.id_hex() });
+    }
+    Ok(())
+}
+
+/// Serde for [`SignedCapability::proofs`]: a plain sequence, refused while decoding
+/// when it announces (or holds) more than [`MAX_PROOF_DEPTH`] links.
+mod bounded_proofs {
+    use super::{MAX_PROOF_DEPTH, ProofLink};
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[ProofLink], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ProofLink>, D::Error> {
+        d.deserialize_seq(Bounded)
+    }
+
+    struct Bounded;
+
+    fn too_long<E: Error>(n: usize) -> E {
+        crate::frame::over_limit(format!(
+            "a capability proof chain of {n} links was refused: at most {MAX_PROOF_DEPTH} are accepted"
+        ))
+    }
+
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<ProofLink>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_PROOF_DEPTH} proof links")
         }
-        ids
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // postcard announces the length first: a long chain is refused before any
+            // link is read or any memory is set aside for it.
+            if let Some(n) = seq.size_hint()
+                && n > MAX_PROOF_DEPTH
+            {
+                return Err(too_long(n));
+            }
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(link) = seq.next_element::<ProofLink>()? {
+                if out.len() == MAX_PROOF_DEPTH {
+                    return Err(too_long(MAX_PROOF_DEPTH + 1));
+                }
+                out.push(link);
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -300,8 +407,63 @@ mod sig_bytes {
     }
 }
 
+/// Chains for other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// The old (protocol version 1) nested encoding, `proof: Option<Box<Self>>`, of a
+    /// `depth`-link chain: what an attacker sends to make a recursive decoder overflow.
+    pub(crate) fn nested_chain_bytes(depth: usize) -> Vec<u8> {
+        let key = SecretKey::generate();
+        let c = Capability::new(
+            key.node_id(),
+            key.node_id(),
+            Grantee::Key(key.node_id()),
+            Role::Owner,
+            None,
+            1_800_000_000,
+            Some(3600),
+        );
+        let mut link = postcard::to_allocvec(&c).expect("cap");
+        link.push(64);
+        link.extend_from_slice(&[7u8; 64]);
+        let mut out = Vec::with_capacity((link.len() + 1) * depth);
+        for _ in 1..depth {
+            out.extend_from_slice(&link);
+            out.push(1); // Some(proof)
+        }
+        out.extend_from_slice(&link);
+        out.push(0); // None
+        out
+    }
+
+    /// The widest well-formed chain: the most links, each with the longest scope and
+    /// every integer at its widest encoding.
+    pub(crate) fn widest_chain() -> SignedCapability {
+        let owner = SecretKey::generate();
+        let node = SecretKey::generate().node_id();
+        let wide = || Capability {
+            id: [0xff; 16],
+            issuer: owner.node_id(),
+            node,
+            grantee: Grantee::Invite([0xff; 32]),
+            role: Role::Owner,
+            scope: Some(Scope::Conversation("x".repeat(MAX_SCOPE_LEN))),
+            issued_at: u64::MAX,
+            expires_at: Some(u64::MAX),
+        };
+        let mut held = None;
+        for _ in 0..=MAX_PROOF_DEPTH {
+            held = Some(wide().sign(&owner, held));
+        }
+        held.expect("chain")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::tests_support::{nested_chain_bytes, widest_chain};
     use super::*;
     use proptest::prelude::*;
 
@@ -421,6 +583,109 @@ mod tests {
             bad.verify(node.node_id(), owner.node_id(), NOW),
             Err(CapabilityError::Escalation { .. })
         ));
+    }
+
+    /// A chain of `len` proofs: each key delegates owner rights to the next one.
+    /// Returns the leaf (a viewer capability for `leaf`) and the owner/node keys.
+    fn chain(len: usize, owner: &SecretKey, node: &SecretKey) -> SignedCapability {
+        let mut holder_key = owner.clone();
+        let mut held: Option<SignedCapability> = None;
+        for _ in 0..len {
+            let next = SecretKey::generate();
+            let mut c = cap(owner, node, next.node_id(), Role::Owner);
+            c.issuer = holder_key.node_id();
+            held = Some(c.sign(&holder_key, held));
+            holder_key = next;
+        }
+        let mut leaf = cap(owner, node, SecretKey::generate().node_id(), Role::Viewer);
+        leaf.issuer = holder_key.node_id();
+        leaf.sign(&holder_key, held)
+    }
+
+    #[test]
+    fn chains_up_to_the_limit_verify_and_round_trip() {
+        let (owner, node, _) = setup();
+        for len in 0..=MAX_PROOF_DEPTH {
+            let signed = chain(len, &owner, &node);
+            assert_eq!(signed.proofs.len(), len);
+            signed
+                .verify(node.node_id(), owner.node_id(), NOW)
+                .unwrap_or_else(|e| panic!("chain of {len}: {e}"));
+            let bytes = postcard::to_allocvec(&signed).expect("encode");
+            let back: SignedCapability = crate::frame::decode(&bytes).expect("decode");
+            assert_eq!(back, signed);
+            assert_eq!(back.chain_ids().len(), len + 1);
+        }
+    }
+
+    #[test]
+    fn a_chain_over_the_limit_is_refused_by_verify_and_by_the_decoder() {
+        let (owner, node, _) = setup();
+        let signed = chain(MAX_PROOF_DEPTH + 1, &owner, &node);
+        assert_eq!(
+            signed.verify(node.node_id(), owner.node_id(), NOW),
+            Err(CapabilityError::ChainTooLong)
+        );
+        let bytes = postcard::to_allocvec(&signed).expect("encode");
+        let err = crate::frame::decode::<SignedCapability>(&bytes).expect_err("refused");
+        assert!(
+            matches!(&err, crate::frame::FrameError::OverLimit(m) if m.contains("5 links") && m.contains("at most 4")),
+            "{err}"
+        );
+    }
+
+    /// The decoder refuses from the announced length alone: a list that says it has a
+    /// million links (followed by a megabyte of junk, so the length is plausible) is
+    /// refused as too long, not read link after link.
+    #[test]
+    fn an_announced_million_links_is_refused_before_any_is_read() {
+        let (owner, node, g) = setup();
+        let signed = cap(&owner, &node, g.node_id(), Role::Viewer).sign(&owner, None);
+        let mut bytes = postcard::to_allocvec(&signed).expect("encode");
+        assert_eq!(bytes.pop(), Some(0), "empty proof list is the last byte");
+        bytes.extend(postcard::to_allocvec(&1_000_000u32).expect("varint"));
+        bytes.resize(bytes.len() + 1_000_000, 0xff);
+        let err = crate::frame::decode::<SignedCapability>(&bytes).expect_err("refused");
+        assert!(
+            err.to_string().contains("1000000 links"),
+            "refused from the length: {err}"
+        );
+    }
+
+    /// The attack of issue #16: the old nested encoding (`proof: Option<Box<Self>>`),
+    /// 5,000 links deep (≈ 915 KB). The old decoder recursed once per link and
+    /// overflowed its stack (an abort, no unwinding). Decoded here on a thread with a
+    /// 128 KiB stack: the flat decoder reads one link past the first and stops with an
+    /// error, whatever the depth.
+    #[test]
+    fn the_old_nested_5000_link_encoding_is_refused_on_a_small_stack() {
+        let bytes = nested_chain_bytes(5_000);
+        assert!(bytes.len() > 900_000, "{}", bytes.len());
+        let result = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let cap = crate::frame::decode::<SignedCapability>(&bytes).map(|_| ());
+                let mut req = vec![crate::PROTOCOL_VERSION as u8, 2];
+                req.extend_from_slice(&bytes);
+                let request = crate::frame::decode::<crate::ctl::RequestFrame>(&req).map(|_| ());
+                (cap.is_err(), request.is_err())
+            })
+            .expect("spawn")
+            .join()
+            .expect("no crash");
+        assert_eq!(result, (true, true));
+    }
+
+    #[test]
+    fn the_widest_chain_fits_its_bound() {
+        let signed = widest_chain();
+        assert_eq!(signed.proofs.len(), MAX_PROOF_DEPTH);
+        let len = postcard::to_allocvec(&signed).expect("encode").len();
+        assert!(len <= MAX_SIGNED_CAPABILITY_LEN, "{len}");
+        assert!(
+            len + 64 > MAX_SIGNED_CAPABILITY_LEN,
+            "the bound is tight: {len}"
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@ use crate::capability::Role;
 
 /// Largest sync message accepted on the wire.
 pub const MAX_SYNC_FRAME: usize = 16 * 1024 * 1024;
+/// Largest sync message accepted from a peer that may only read the document: its
+/// messages carry no changes (heads, needs and a bloom filter of what it has), so a
+/// longer frame is refused from its header.
+pub const MAX_READER_SYNC_FRAME: usize = 4 * 1024 * 1024;
 
 /// First frame of a `sam/doc/1` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

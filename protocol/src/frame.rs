@@ -3,6 +3,13 @@
 //! Frames above [`MAX_FRAME`] (or a smaller per-use cap) are refused before any
 //! allocation. Decoding is sans-IO: the caller reads the 4-byte header, asks
 //! [`payload_len`] whether to go on, reads that many bytes and calls [`decode`].
+//!
+//! Every type decoded from a peer is bounded: no recursive type (a peer could nest it
+//! deep enough to overflow the stack), and lists with a limit of their own (the proof
+//! chain of a capability) are refused by their decoder from the announced length, with
+//! the reason kept in [`FrameError::OverLimit`].
+
+use std::cell::RefCell;
 
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
@@ -22,6 +29,71 @@ pub enum FrameError {
     Malformed(#[from] postcard::Error),
     #[error("frame truncated: expected {expected} bytes, got {got}")]
     Truncated { expected: usize, got: usize },
+    /// A bounded field (e.g. a capability's proof chain) is over its limit.
+    #[error("{0}")]
+    OverLimit(String),
+}
+
+thread_local! {
+    /// The message of the last [`over_limit`] error on this thread: postcard keeps no
+    /// message of a custom error, so [`decode`] picks it up here.
+    static OVER_LIMIT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The error a bounded decoder returns when a peer's data is over a limit; [`decode`]
+/// turns it into [`FrameError::OverLimit`] with this message.
+pub fn over_limit<E: serde::de::Error>(message: String) -> E {
+    let e = E::custom(&message);
+    OVER_LIMIT.with(|m| *m.borrow_mut() = Some(message));
+    e
+}
+
+fn take_over_limit() -> Option<String> {
+    OVER_LIMIT.with(|m| m.borrow_mut().take())
+}
+
+/// A frame type with its own size cap: the first frame of a connection or a stream,
+/// read before anything else is known of the peer's request. Read with
+/// [`crate::wire::read_bounded`], so a call site cannot pick a wrong cap.
+pub trait Bounded {
+    /// Largest payload accepted; a longer frame is refused from its header.
+    const MAX_LEN: usize;
+}
+
+/// One id or name with a flag or a port.
+const SMALL_HEADER: usize = 4 * 1024;
+/// Paths, names and a command line.
+const PATH_HEADER: usize = 16 * 1024;
+
+impl Bounded for crate::ctl::Hello {
+    const MAX_LEN: usize = crate::ctl::MAX_HELLO;
+}
+
+impl Bounded for crate::doc::DocOpen {
+    const MAX_LEN: usize = SMALL_HEADER;
+}
+
+impl Bounded for crate::stream::PtyOpen {
+    const MAX_LEN: usize = PATH_HEADER;
+}
+
+impl Bounded for crate::stream::PortOpen {
+    const MAX_LEN: usize = SMALL_HEADER;
+}
+
+impl Bounded for crate::stream::FileOpen {
+    const MAX_LEN: usize = PATH_HEADER;
+}
+
+/// Decodes a bounded frame's payload, refusing one over its cap.
+pub fn decode_bounded<T: Bounded + DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    if payload.len() > T::MAX_LEN {
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max: T::MAX_LEN,
+        });
+    }
+    decode(payload)
 }
 
 /// Encodes `msg` as one frame (header + payload).
@@ -53,7 +125,11 @@ pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameE
 
 /// Decodes one payload (without header). Trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (msg, rest) = postcard::take_from_bytes(payload)?;
+    take_over_limit();
+    let (msg, rest) = postcard::take_from_bytes(payload).map_err(|e| match take_over_limit() {
+        Some(m) => FrameError::OverLimit(m),
+        None => FrameError::Malformed(e),
+    })?;
     if !rest.is_empty() {
         return Err(FrameError::Malformed(
             postcard::Error::DeserializeBadEncoding,

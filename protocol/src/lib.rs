@@ -25,9 +25,12 @@ pub mod wire;
 pub mod workspace;
 
 pub use auth::{AuthError, AuthPolicy, Grant};
-pub use capability::{Capability, CapabilityError, Grantee, Role, Scope, SignedCapability};
+pub use capability::{
+    Capability, CapabilityError, Grantee, ProofLink, Role, Scope, SignedCapability,
+};
 pub use identity::{IdentityError, NodeId, SecretKey};
 pub use ticket::{NodeAddr, Ticket, TicketError};
 
 /// Version of the `sam/*` protocol family spoken by this build. Every hello names it.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: a capability's proof chain is a flat, bounded list (version 1 nested it).
+pub const PROTOCOL_VERSION: u32 = 2;

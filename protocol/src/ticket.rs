@@ -11,8 +11,9 @@ use thiserror::Error;
 use crate::capability::SignedCapability;
 use crate::identity::NodeId;
 
-/// The ticket format version this build writes and reads.
-pub const TICKET_VERSION: u8 = 1;
+/// The ticket format version this build writes and reads. 2: a capability's proof
+/// chain is a flat, bounded list (version 1 nested it).
+pub const TICKET_VERSION: u8 = 2;
 /// Longest ticket text accepted.
 pub const MAX_TICKET_LEN: usize = 8 * 1024;
 /// Most direct addresses kept in a ticket.
@@ -121,11 +122,9 @@ impl FromStr for Ticket {
         if crc32fast::hash(body) != crc {
             return Err(TicketError::BadChecksum);
         }
-        let (ticket, tail): (Ticket, _) =
-            postcard::take_from_bytes(body).map_err(|e| TicketError::Malformed(e.to_string()))?;
-        if !tail.is_empty() {
-            return Err(TicketError::Malformed("trailing bytes".into()));
-        }
+        // Bounded like a frame: no recursion, a proof chain over its limit is refused.
+        let ticket: Ticket =
+            crate::frame::decode(body).map_err(|e| TicketError::Malformed(e.to_string()))?;
         if ticket.addr.direct.len() > MAX_DIRECT_ADDRS {
             return Err(TicketError::Malformed("too many addresses".into()));
         }
@@ -174,7 +173,7 @@ mod tests {
         for with_cap in [false, true] {
             let t = sample(with_cap);
             let s = t.to_string();
-            assert!(s.starts_with("sam1"));
+            assert!(s.starts_with("sam2"));
             assert_eq!(s.parse::<Ticket>().expect("parse"), t);
             assert_eq!(s.to_uppercase().parse::<Ticket>().expect("upper"), t);
         }
@@ -197,12 +196,12 @@ mod tests {
     #[test]
     fn other_versions() {
         let s = sample(false).to_string();
-        let old = s.replacen("sam1", "sam0", 1);
+        let old = s.replacen("sam2", "sam1", 1);
         assert_eq!(
             old.parse::<Ticket>(),
-            Err(TicketError::UnsupportedVersion(0))
+            Err(TicketError::UnsupportedVersion(1))
         );
-        let new = s.replacen("sam1", "sam2", 1);
+        let new = s.replacen("sam2", "sam3", 1);
         let err = new.parse::<Ticket>().expect_err("newer");
         assert!(err.to_string().contains("update sam"), "{err}");
     }
@@ -229,13 +228,13 @@ mod tests {
 
     #[test]
     fn oversized() {
-        let s = format!("sam1{}", "a".repeat(MAX_TICKET_LEN));
+        let s = format!("sam2{}", "a".repeat(MAX_TICKET_LEN));
         assert!(matches!(s.parse::<Ticket>(), Err(TicketError::TooLong(_))));
     }
 
     proptest! {
         #[test]
-        fn garbage_never_panics(s in "sam1[a-z2-7]{0,200}") {
+        fn garbage_never_panics(s in "sam2[a-z2-7]{0,200}") {
             let _ = s.parse::<Ticket>();
         }
 
@@ -248,7 +247,7 @@ mod tests {
         fn random_body_with_valid_checksum(body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let mut b = body.clone();
             b.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-            let s = format!("sam1{}", BASE32.encode(&b).to_ascii_lowercase());
+            let s = format!("sam2{}", BASE32.encode(&b).to_ascii_lowercase());
             let _ = s.parse::<Ticket>();
         }
     }

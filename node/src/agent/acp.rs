@@ -18,13 +18,16 @@ use acp::v1::schema::{
 };
 use acp::v1::{ConnectionTo, Responder};
 use agent_client_protocol as acp;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug};
 
 use super::AgentError;
 use super::launcher::{GroupKiller, Launcher, Proc, StderrTail};
+
+pub mod lines;
+use lines::{check_line, read_line};
 
 /// Largest JSON-RPC message accepted from an agent.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -85,56 +88,6 @@ impl Drop for AcpConn {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Reads one line of at most `max` bytes (without the newline); `None` at EOF.
-async fn read_line(r: &mut BufReader<ChildStdout>, max: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    loop {
-        let avail = r.fill_buf().await?;
-        if avail.is_empty() {
-            return Ok((!buf.is_empty()).then_some(buf));
-        }
-        if let Some(pos) = avail.iter().position(|b| *b == b'\n') {
-            buf.extend_from_slice(&avail[..pos]);
-            r.consume(pos + 1);
-            return Ok(Some(buf));
-        }
-        let n = avail.len();
-        buf.extend_from_slice(avail);
-        r.consume(n);
-        if buf.len() > max {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "the agent sent a message larger than {} MiB on stdout",
-                    max >> 20
-                ),
-            ));
-        }
-    }
-}
-
-/// Checks that a line is a JSON-RPC message (cheaply: the full parse happens later).
-fn check_line(line: Vec<u8>) -> std::io::Result<Option<String>> {
-    let s = String::from_utf8(line).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the agent wrote bytes that are not UTF-8 on stdout",
-        )
-    })?;
-    let t = s.trim();
-    if t.is_empty() {
-        return Ok(None);
-    }
-    if t.starts_with('{') && t.contains("\"jsonrpc\"") && t.contains("\"2.0\"") {
-        return Ok(Some(s));
-    }
-    let shown: String = t.chars().take(120).collect();
-    Err(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("the agent wrote something that is not ACP (JSON-RPC) on stdout: {shown:?}"),
-    ))
 }
 
 /// Marks the connection ended with `why` unless it already is.

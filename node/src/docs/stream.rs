@@ -12,8 +12,8 @@ use tracing::{debug, warn};
 
 use crate::docs::Live;
 use crate::server::{Node, Session};
-use crate::streams::{MAX_HEADER, reply, serve_connection};
-use sam_protocol::wire::{WireError, read_frame, write_frame};
+use crate::streams::{reply, serve_connection};
+use sam_protocol::wire::{WireError, read_bounded, read_frame, write_frame};
 
 static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
 
@@ -58,7 +58,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), WireError> {
-    let open: DocOpen = match read_frame(&mut recv, MAX_HEADER).await {
+    let open: DocOpen = match read_bounded(&mut recv).await {
         Ok(o) => o,
         Err(e) => {
             reply(
@@ -117,9 +117,15 @@ async fn serve_stream(
 
     // Reads run in their own task: a frame half-read is never lost to a select.
     let (in_tx, mut in_rx) = mpsc::channel::<Result<DocFrame, WireError>>(INBOUND_QUEUE);
+    // A reader's messages carry no changes: a smaller cap, known before any body is read.
+    let max_frame = if can_write {
+        MAX_SYNC_FRAME
+    } else {
+        sam_protocol::doc::MAX_READER_SYNC_FRAME
+    };
     let reader = tokio::spawn(async move {
         loop {
-            let frame = read_frame::<DocFrame>(&mut recv, MAX_SYNC_FRAME).await;
+            let frame = read_frame::<DocFrame>(&mut recv, max_frame).await;
             let stop = frame.is_err();
             if in_tx.send(frame).await.is_err() || stop {
                 break;

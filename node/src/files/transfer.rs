@@ -18,8 +18,8 @@ use tracing::debug;
 use super::path;
 use crate::inside::{check_role, docker_err, run};
 use crate::server::{Node, Session};
-use crate::streams::{MAX_HEADER, reply, serve_connection};
-use sam_protocol::wire::{read_frame, write_frame};
+use crate::streams::{reply, serve_connection};
+use sam_protocol::wire::{read_bounded, write_frame};
 
 /// Tar headers and padding allowed on top of the content size.
 const TAR_SLACK_PER_ENTRY: u64 = 3 * 512;
@@ -66,7 +66,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let open = match read_frame::<FileOpen>(&mut recv, MAX_HEADER).await {
+    let open = match read_bounded::<FileOpen>(&mut recv).await {
         Ok(o) => o,
         Err(e) => {
             let msg = format!("bad file header ({e}); is one side a newer version?");
