@@ -160,9 +160,12 @@ async fn handle_inner(
             node.update_shares(|f| f.register(cap)).map_err(internal)?;
             Response::Ok
         }
-        Request::ListShares => Response::Shares(node.shares().load().map_err(internal)?.infos()),
+        Request::ListShares => Response::Shares(node.share_infos()?),
+        // In force (live connections cut) before it is saved; a save that failed is
+        // reported, and retried by the node.
         Request::Revoke { id } => {
-            node.revoke(id).map_err(internal)?;
+            node.revoke(id)
+                .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
             Response::Ok
         }
         Request::Workspace(
