@@ -137,6 +137,11 @@ async fn handle_inner(
             uptime_secs: node.uptime().as_secs(),
             peers: node.peer_count() as u32,
             your_role: grant.role,
+            warnings: if grant.role == Role::Owner {
+                node.warnings()
+            } else {
+                Vec::new()
+            },
         }),
         Request::RegisterShare(cap) => {
             cap.verify(node.id(), node.owner(), crate::now_secs())
