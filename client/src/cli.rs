@@ -708,7 +708,7 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     let rtt_ms = t1.elapsed().as_secs_f64() * 1e3;
     client.close();
     ep.close().await;
-    let text = format!(
+    let mut text = format!(
         "node      {} ({})\nversion   sam-node {} (protocol {})\nuptime    {}s\npeers     {}\nrole      {}\nconnect   {:.1} ms\nrtt       {:.2} ms\nreachable",
         entry.name,
         st.node,
@@ -720,12 +720,15 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
         connect_ms,
         rtt_ms
     );
+    for w in &st.warnings {
+        text.push_str(&format!("\nWARNING   {w}"));
+    }
     Ok(Output::new(
         json!({
             "name": entry.name, "node": st.node.to_string(), "owner": st.owner.to_string(),
             "version": st.node_version, "protocol": st.protocol_version,
             "uptime_secs": st.uptime_secs, "peers": st.peers, "role": st.your_role.as_str(),
-            "connect_ms": connect_ms, "rtt_ms": rtt_ms,
+            "connect_ms": connect_ms, "rtt_ms": rtt_ms, "warnings": st.warnings,
         }),
         text,
     ))

@@ -141,6 +141,11 @@ async fn handle_inner(
             uptime_secs: node.uptime().as_secs(),
             peers: node.peer_count() as u32,
             your_role: grant.role,
+            warnings: if grant.role == Role::Owner {
+                node.warnings()
+            } else {
+                Vec::new()
+            },
         }),
         Request::RegisterShare(cap) => {
             cap.verify(node.id(), node.owner(), crate::now_secs())
@@ -164,9 +169,12 @@ async fn handle_inner(
             node.update_shares(|f| f.register(cap)).map_err(internal)?;
             Response::Ok
         }
-        Request::ListShares => Response::Shares(node.shares().load().map_err(internal)?.infos()),
+        Request::ListShares => Response::Shares(node.share_infos()?),
+        // In force (live connections cut) before it is saved; a save that failed is
+        // reported, and retried by the node.
         Request::Revoke { id } => {
-            node.revoke(id).map_err(internal)?;
+            node.revoke(id)
+                .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
             Response::Ok
         }
         Request::Workspace(

@@ -3,16 +3,31 @@
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
-use iroh::endpoint::presets;
+use iroh::endpoint::{QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
 use sam_protocol::NodeAddr;
 
 use crate::config::NodeConfig;
 
+/// Most bidirectional streams a peer may have open at once on one connection (QUIC
+/// flow control: the peer cannot open more until one ends). Every SAM protocol uses one
+/// stream per request, terminal, forwarded port, transfer or document.
+pub const MAX_STREAMS_PER_CONN: u32 = 64;
+
+/// The node's QUIC transport settings: bounded streams per connection, and no
+/// unidirectional streams (no SAM protocol uses them).
+pub fn transport_config() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONN))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .build()
+}
+
 /// Binds an endpoint: direct UDP on `cfg.bind`, a relay only when configured.
 pub async fn bind(key: &sam_protocol::SecretKey, cfg: &NodeConfig) -> Result<Endpoint> {
     let mut b = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&key.to_bytes()))
+        .transport_config(transport_config())
         .alpns(
             sam_protocol::alpn::NODE_ALPNS
                 .iter()

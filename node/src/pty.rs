@@ -4,18 +4,21 @@
 //! the PTY inside the container). One actor per terminal owns the exec's output,
 //! a 256 KiB scrollback and the attached clients; any number of clients may attach.
 //!
-//! - Output fans out to every attached client through a bounded queue: a slow
-//!   client slows the shell down (like ssh) instead of losing bytes; a client that
-//!   takes no output for [`SLOW_CLIENT`] is detached so it cannot stall the others.
-//! - Size: the **smallest** attached size wins (per dimension), so every attached
-//!   screen shows the whole terminal; it is recomputed on attach, resize and detach.
+//! - Output fans out to every attached client through a bounded queue. A slow
+//!   **collaborator** slows the shell down (like ssh) instead of losing bytes; one that
+//!   takes no output for [`SLOW_CLIENT`] is detached. A **viewer** never slows anyone:
+//!   once [`PTY_VIEWER_BUFFER`] bytes wait for it, it is detached at once. A detached
+//!   client's stream is reset with [`PTY_RESET_TOO_SLOW`], which the client prints.
+//! - Size: the **smallest** size of the attached collaborators wins (per dimension),
+//!   so every writer's screen shows the whole terminal; it is recomputed on attach,
+//!   resize and detach. Viewers' sizes never count: a viewer cannot resize it.
 //! - Viewers attach read-only: their input is dropped and they are told once.
 //! - A terminal outlives its clients (reattach with its id) and ends when its
 //!   shell exits; the node then finishes every attached stream.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -24,13 +27,17 @@ use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::Role;
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
-use sam_protocol::stream::{PTY_SCROLLBACK, PtyFrame, PtyOpen, PtyOpened, PtyTarget, check_size};
+use sam_protocol::stream::{
+    PTY_RESET_TOO_SLOW, PTY_SCROLLBACK, PTY_VIEWER_BUFFER, PtyFrame, PtyOpen, PtyOpened,
+    PtyTarget, check_size,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::inside::{Target, check_role, docker_err};
@@ -38,10 +45,10 @@ use crate::server::{Node, Session};
 use crate::streams::{reply, serve_connection};
 use sam_protocol::wire::{read_bounded, write_frame};
 
-/// A client that takes no output for this long is detached.
+/// A collaborator that takes no output for this long is detached.
 pub const SLOW_CLIENT: Duration = Duration::from_secs(10);
-/// Output chunks queued per client.
-const CLIENT_QUEUE: usize = 64;
+/// Output chunks queued per client (viewers are also bounded in bytes).
+const CLIENT_QUEUE: usize = 256;
 /// Most terminals per workspace.
 pub const MAX_TERMINALS: usize = 32;
 
@@ -96,6 +103,7 @@ enum Cmd {
         client: u64,
         cols: u16,
         rows: u16,
+        read_only: bool,
         reply: oneshot::Sender<Attached>,
     },
     Resize {
@@ -116,6 +124,10 @@ struct Attached {
     scrollback: Vec<u8>,
     output: mpsc::Receiver<Bytes>,
     count: u32,
+    /// Bytes queued for this client and not yet written to its stream.
+    queued: Arc<AtomicUsize>,
+    /// Cancelled when the terminal detaches this client for being too slow.
+    kicked: CancellationToken,
 }
 
 impl Terminals {
@@ -263,6 +275,7 @@ async fn open_terminal(
             client,
             cols: open.cols,
             rows: open.rows,
+            read_only,
             reply: tx,
         })
         .await
@@ -272,8 +285,29 @@ async fn open_terminal(
 }
 
 async fn pump_out(mut send: SendStream, info: PtyOpened, mut attached: Attached) {
-    if write_frame(&mut send, &info).await.is_err() {
+    let kicked = attached.kicked.clone();
+    let ended = tokio::select! {
+        ended = write_output(&mut send, info, &mut attached) => ended,
+        _ = kicked.cancelled() => false,
+    };
+    if kicked.is_cancelled() {
+        // Too slow: the reset reaches the client whatever its flow-control window,
+        // and its code says why.
+        let _ = send.reset(VarInt::from_u32(PTY_RESET_TOO_SLOW));
         return;
+    }
+    if ended {
+        // The shell exited: finish our side.
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+}
+
+/// Writes the open reply, the scrollback and the output; `true` when the output ended
+/// (the shell exited), `false` when the stream broke.
+async fn write_output(send: &mut SendStream, info: PtyOpened, attached: &mut Attached) -> bool {
+    if write_frame(send, &info).await.is_err() {
+        return false;
     }
     if !attached.scrollback.is_empty()
         && send
@@ -281,16 +315,16 @@ async fn pump_out(mut send: SendStream, info: PtyOpened, mut attached: Attached)
             .await
             .is_err()
     {
-        return;
+        return false;
     }
     while let Some(chunk) = attached.output.recv().await {
+        let len = chunk.len();
         if send.write_chunk(chunk).await.is_err() {
-            return;
+            return false;
         }
+        attached.queued.fetch_sub(len, Ordering::Relaxed);
     }
-    // The shell exited (or this client was too slow): finish our side.
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    true
 }
 
 async fn pump_in(mut recv: RecvStream, handle: TermHandle, client: u64, read_only: bool) {
@@ -320,6 +354,8 @@ async fn pump_in(mut recv: RecvStream, handle: TermHandle, client: u64, read_onl
                                 return;
                             }
                         }
+                        // A viewer's size never counts (the actor ignores it too).
+                        PtyFrame::Resize { .. } if read_only => {}
                         PtyFrame::Resize { cols, rows } => {
                             let _ = handle.inbox.send(Cmd::Resize { client, cols, rows }).await;
                         }
@@ -424,6 +460,23 @@ async fn start(
 struct Client {
     tx: mpsc::Sender<Bytes>,
     size: (u16, u16),
+    read_only: bool,
+    queued: Arc<AtomicUsize>,
+    kicked: CancellationToken,
+}
+
+impl Client {
+    /// Queues `chunk` without waiting: `Err` when this client is too far behind (or
+    /// gone), with the chunk back.
+    fn offer(&self, chunk: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        let len = chunk.len();
+        if self.read_only && self.queued.load(Ordering::Relaxed) + len > PTY_VIEWER_BUFFER {
+            return Err(mpsc::error::TrySendError::Full(chunk));
+        }
+        self.tx.try_send(chunk)?;
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 struct Actor {
@@ -468,21 +521,38 @@ impl Actor {
             self.scrollback.drain(..cut);
         }
         let mut gone = Vec::new();
-        for (id, c) in &self.clients {
-            match c.tx.try_send(chunk.clone()) {
+        let mut slow = Vec::new();
+        // Viewers first: they never wait, so a collaborator's back-pressure below
+        // cannot hold up what they have been sent.
+        let mut order: Vec<(&u64, &Client)> = self.clients.iter().collect();
+        order.sort_by_key(|(_, c)| !c.read_only);
+        for (id, c) in order {
+            match c.offer(chunk.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+                // A viewer too far behind is detached at once.
+                Err(mpsc::error::TrySendError::Full(_)) if c.read_only => slow.push(*id),
                 Err(mpsc::error::TrySendError::Full(b)) => {
-                    // Back-pressure: wait for this client, but not forever.
+                    // A collaborator: back-pressure, like ssh, but not forever.
+                    let len = b.len();
                     match tokio::time::timeout(SLOW_CLIENT, c.tx.send(b)).await {
-                        Ok(Ok(())) => {}
-                        _ => gone.push(*id),
+                        Ok(Ok(())) => {
+                            c.queued.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Ok(Err(_)) => gone.push(*id),
+                        Err(_) => slow.push(*id),
                     }
                 }
             }
         }
-        if !gone.is_empty() {
-            for id in gone {
+        for id in &slow {
+            if let Some(c) = self.clients.get(id) {
+                debug!(client = id, read_only = c.read_only, "terminal client too slow; detached");
+                c.kicked.cancel();
+            }
+        }
+        if !gone.is_empty() || !slow.is_empty() {
+            for id in gone.into_iter().chain(slow) {
                 self.clients.remove(&id);
             }
             self.resize_to_smallest().await;
@@ -495,14 +565,20 @@ impl Actor {
                 client,
                 cols,
                 rows,
+                read_only,
                 reply,
             } => {
                 let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+                let queued = Arc::new(AtomicUsize::new(0));
+                let kicked = CancellationToken::new();
                 self.clients.insert(
                     client,
                     Client {
                         tx,
                         size: (cols, rows),
+                        read_only,
+                        queued: queued.clone(),
+                        kicked: kicked.clone(),
                     },
                 );
                 let start = self.scrollback.len().saturating_sub(PTY_SCROLLBACK);
@@ -510,17 +586,21 @@ impl Actor {
                     scrollback: self.scrollback[start..].to_vec(),
                     output: rx,
                     count: self.clients.len() as u32,
+                    queued,
+                    kicked,
                 });
                 self.resize_to_smallest().await;
             }
             Cmd::ReadOnlyNotice { client } => {
                 if let Some(c) = self.clients.get(&client) {
-                    let _ = c.tx.try_send(Bytes::from_static(READ_ONLY_NOTICE));
+                    let _ = c.offer(Bytes::from_static(READ_ONLY_NOTICE));
                 }
             }
             Cmd::Resize { client, cols, rows } => {
-                if let Some(c) = self.clients.get_mut(&client) {
-                    c.size = (cols, rows);
+                match self.clients.get_mut(&client) {
+                    Some(c) if !c.read_only => c.size = (cols, rows),
+                    // A viewer cannot resize the shared terminal.
+                    _ => return,
                 }
                 self.resize_to_smallest().await;
             }
@@ -532,8 +612,10 @@ impl Actor {
         }
     }
 
+    /// Resizes to the smallest collaborator's size; viewers never count.
     async fn resize_to_smallest(&mut self) {
-        let Some(size) = smallest(self.clients.values().map(|c| c.size)) else {
+        let writers = self.clients.values().filter(|c| !c.read_only);
+        let Some(size) = smallest(writers.map(|c| c.size)) else {
             return;
         };
         if size == self.size {

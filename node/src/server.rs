@@ -1,9 +1,10 @@
 //! The running node: endpoint, router, live connections and the hello/auth step
 //! shared by every ALPN handler.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,16 +14,24 @@ use sam_protocol::auth::{AuthPolicy, Grant, authorize};
 use sam_protocol::ctl::{ErrorBody, ErrorCode, Hello, HelloReply, Welcome, check_version};
 use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{NodeConfig, NodePaths};
-use crate::shares::ShareStore;
+use crate::shares::{LoadError, ShareFile, ShareStore};
 use sam_protocol::wire::{read_frame, write_frame};
 
 /// Largest hello accepted (the widest capability chain fits).
 pub const MAX_HELLO: usize = sam_protocol::ctl::MAX_HELLO;
 /// Time a peer has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections one peer key may hold open at once (all ALPNs together, counted
+/// from the QUIC handshake, before its hello). One more is closed with
+/// [`close::TOO_MANY`] and a reason.
+pub const MAX_CONNS_PER_PEER: usize = 64;
+/// First wait before saving a revocation again that could not be saved; it doubles up
+/// to [`SAVE_RETRY_MAX`].
+pub const SAVE_RETRY_FIRST: Duration = Duration::from_millis(500);
+pub const SAVE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// QUIC close codes the node uses.
 pub mod close {
@@ -31,7 +40,14 @@ pub mod close {
     pub const EXPIRED: u32 = 3;
     pub const SHUTDOWN: u32 = 4;
     pub const PROTOCOL: u32 = 5;
+    /// The peer already holds [`super::MAX_CONNS_PER_PEER`] connections.
+    pub const TOO_MANY: u32 = 6;
+    /// The node's share file is damaged: only the owner is served until it is repaired.
+    pub const SHARES_DAMAGED: u32 = 7;
 }
+
+/// What a peer is told when the node refuses it because the share file is damaged.
+const DAMAGED_REFUSAL: &str = "this node's share records are damaged; until its owner repairs them, only the owner is admitted";
 
 /// A cheap, clonable handle to the node's shared state.
 #[derive(Clone)]
@@ -51,9 +67,20 @@ struct Inner {
     paths: NodePaths,
     started: Instant,
     shares: ShareStore,
-    /// Serialises share-file updates inside this process.
+    /// Serialises share-file updates inside this process (other processes: the
+    /// file lock of [`ShareStore::update`]).
     shares_lock: Mutex<()>,
+    /// Revocations in force in this process, saved or not.
+    revocations: Mutex<Revocations>,
+    /// Set while `shares.json` does not parse: every non-owner is refused.
+    damaged: Mutex<Option<Damage>>,
+    /// A background task is saving unsaved revocations.
+    retrying: AtomicBool,
+    /// Cancelled by [`NodeHandle::shutdown`]: background tasks end.
+    stopping: CancellationToken,
     conns: Mutex<HashMap<u64, LiveConn>>,
+    /// Open connections per peer key (from the handshake on, hello or not).
+    peer_conns: Mutex<HashMap<NodeId, usize>>,
     next_conn: AtomicU64,
     workspaces: crate::workspace::Workspaces,
     docs: crate::docs::DocHost,
@@ -64,6 +91,93 @@ struct Inner {
 struct LiveConn {
     grant: Grant,
     cancel: CancellationToken,
+    cut: Arc<OnceLock<Cut>>,
+    conn: Connection,
+}
+
+impl LiveConn {
+    /// Ends the connection at once with `why` (first reason wins).
+    fn cut(&self, why: Cut) {
+        let _ = self.cut.set(why);
+        let (code, reason) = self.cut.get().copied().unwrap_or(why).close();
+        self.cancel.cancel();
+        self.conn.close(VarInt::from_u32(code), reason.as_bytes());
+    }
+}
+
+/// Why the node ended a live connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Revoked,
+    Expired,
+    Damaged,
+    Shutdown,
+}
+
+impl Cut {
+    fn close(self) -> (u32, &'static str) {
+        match self {
+            Cut::Revoked => (close::REVOKED, "capability revoked"),
+            Cut::Expired => (close::EXPIRED, "capability expired"),
+            Cut::Damaged => (close::SHARES_DAMAGED, DAMAGED_REFUSAL),
+            Cut::Shutdown => (close::SHUTDOWN, "node shutting down"),
+        }
+    }
+}
+
+/// Revocations the node enforces from memory.
+#[derive(Debug, Default)]
+struct Revocations {
+    /// Every capability revoked through this process: refused even when the file
+    /// does not (yet) say so.
+    in_force: BTreeSet<[u8; 16]>,
+    /// Those not yet written to `shares.json`.
+    unsaved: BTreeSet<[u8; 16]>,
+}
+
+/// The share file did not parse.
+#[derive(Debug, Clone)]
+struct Damage {
+    reason: String,
+    kept: Option<PathBuf>,
+}
+
+/// A revocation that is in force but could not be saved.
+#[derive(Debug, Clone)]
+pub struct NotSaved {
+    /// Live connections it closed.
+    pub closed: usize,
+    pub error: String,
+}
+
+impl std::fmt::Display for NotSaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the revocation is in force now ({} live connection(s) closed, new ones refused) but it is NOT saved on disk yet: {}. The node keeps trying to save it; if the node restarts before it is saved, the revocation is lost and must be made again",
+            self.closed, self.error
+        )
+    }
+}
+
+/// One of a peer's [`MAX_CONNS_PER_PEER`] connection slots; freed on drop.
+struct PeerSlot {
+    node: Weak<Inner>,
+    peer: NodeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Some(inner) = self.node.upgrade() {
+            let mut map = inner.peer_conns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.peer);
+                }
+            }
+        }
+    }
 }
 
 /// A running node. Drop or [`NodeHandle::shutdown`] to stop it.
@@ -81,7 +195,9 @@ impl NodeHandle {
 
     /// Closes every connection and the endpoint.
     pub async fn shutdown(self) -> Result<()> {
+        self.node.inner.stopping.cancel();
         self.node.cancel_all();
+        self.node.last_save_before_exit();
         self.node.inner.agents.shutdown();
         self.node.inner.prs.shutdown();
         self.router.shutdown().await.context("router shutdown")?;
@@ -151,7 +267,12 @@ impl Node {
                 paths: paths.clone(),
                 started: Instant::now(),
                 shares_lock: Mutex::new(()),
+                revocations: Mutex::new(Revocations::default()),
+                damaged: Mutex::new(None),
+                retrying: AtomicBool::new(false),
+                stopping: CancellationToken::new(),
                 conns: Mutex::new(HashMap::new()),
+                peer_conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 // No IO here: Docker is reached on first use, so the node serves
                 // everything else when dockerd is missing.
@@ -161,8 +282,15 @@ impl Node {
                 prs,
             }),
         };
-        // Fail early on a damaged share file rather than at the first hello.
-        node.inner.shares.load()?;
+        // A damaged share file does not stop the node: it starts serving its owner only
+        // (said loudly in the log and in `sam status`) until the file is repaired.
+        match node.load_shares() {
+            Ok(_) => {}
+            Err(ShareTrouble::Damaged) => {}
+            Err(ShareTrouble::Unreadable(e)) => {
+                error!(error = %e, "cannot read the share file: only the owner is admitted until it can be read");
+            }
+        }
         let router = Router::builder(endpoint)
             .accept(
                 sam_protocol::alpn::CTL,
@@ -241,37 +369,231 @@ impl Node {
         self.lock_conns().len()
     }
 
+    /// Problems the owner should know about (`sam status`): a damaged share file,
+    /// revocations in force but not saved.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(d) = self.lock_damaged().as_ref() {
+            out.push(format!(
+                "{} is damaged ({}){}: only the owner is admitted until it is repaired",
+                self.inner.shares.path().display(),
+                d.reason,
+                d.kept
+                    .as_ref()
+                    .map(|k| format!("; a copy is kept at {}", k.display()))
+                    .unwrap_or_default()
+            ));
+        }
+        let unsaved = self.lock_revocations().unsaved.len();
+        if unsaved > 0 {
+            out.push(format!(
+                "{unsaved} revocation(s) in force but not yet saved to {} (retrying; lost if the node restarts first)",
+                self.inner.shares.path().display()
+            ));
+        }
+        out
+    }
+
+    /// The registered shares for `sam shares ls`; a revocation in force but not yet
+    /// saved shows as revoked.
+    pub fn share_infos(&self) -> Result<Vec<sam_protocol::ctl::ShareInfo>, ErrorBody> {
+        let file = self
+            .inner
+            .shares
+            .load()
+            .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
+        let in_force = self.lock_revocations().in_force.clone();
+        let mut infos = file.infos();
+        for i in &mut infos {
+            i.revoked |= in_force.contains(&i.capability.id);
+        }
+        Ok(infos)
+    }
+
+    fn lock_revocations(&self) -> std::sync::MutexGuard<'_, Revocations> {
+        self.inner
+            .revocations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_damaged(&self) -> std::sync::MutexGuard<'_, Option<Damage>> {
+        self.inner.damaged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the share file. A file that does not parse puts the node in "owner only"
+    /// mode (once: a copy is kept aside, every non-owner connection is cut, the log
+    /// says why); a file that parses again ends that mode.
+    fn load_shares(&self) -> Result<ShareFile, ShareTrouble> {
+        match self.inner.shares.load() {
+            Ok(file) => {
+                if let Some(d) = self.lock_damaged().take() {
+                    info!(was = %d.reason, "the share file parses again: peers with capabilities are admitted again");
+                }
+                Ok(file)
+            }
+            Err(LoadError::Damaged { reason, .. }) => {
+                let mut damaged = self.lock_damaged();
+                if damaged.is_none() {
+                    let kept = match self.inner.shares.keep_damaged_copy() {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            warn!(error = %format!("{e:#}"), "cannot keep a copy of the damaged share file");
+                            None
+                        }
+                    };
+                    error!(
+                        file = %self.inner.shares.path().display(),
+                        %reason,
+                        kept = ?kept,
+                        "the share file is damaged: every peer but the owner is refused until it is repaired (fix it or restore it from a copy; deleting it would forget every revocation)"
+                    );
+                    *damaged = Some(Damage { reason, kept });
+                    drop(damaged);
+                    for c in self.lock_conns().values() {
+                        if !c.grant.capability_ids.is_empty() {
+                            c.cut(Cut::Damaged);
+                        }
+                    }
+                }
+                Err(ShareTrouble::Damaged)
+            }
+            Err(e @ LoadError::Io { .. }) => Err(ShareTrouble::Unreadable(e.to_string())),
+        }
+    }
+
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveConn>> {
         self.inner.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn cancel_all(&self) {
         for c in self.lock_conns().values() {
-            c.cancel.cancel();
+            c.cut(Cut::Shutdown);
         }
     }
 
-    /// Revokes a capability: recorded first, then every live connection that rests
-    /// on it is closed.
-    pub fn revoke(&self, id: [u8; 16]) -> Result<usize> {
-        self.update_shares(|f| f.revoke(id))?;
-        let conns = self.lock_conns();
-        let mut closed = 0;
-        for c in conns.values() {
-            if c.grant.capability_ids.contains(&id) {
-                c.cancel.cancel();
-                closed += 1;
+    /// Revokes a capability. In this order: the revocation is put in force in memory and
+    /// every live connection resting on it is closed (under the connection registry's
+    /// lock, so no hello in flight slips through); only then is it saved. A save that
+    /// fails is returned as [`NotSaved`] (the revocation stays in force) and retried in
+    /// the background until it lands.
+    pub fn revoke(&self, id: [u8; 16]) -> Result<usize, NotSaved> {
+        let closed = {
+            let conns = self.lock_conns();
+            {
+                let mut r = self.lock_revocations();
+                r.in_force.insert(id);
+                r.unsaved.insert(id);
+            }
+            let mut closed = 0;
+            for c in conns.values() {
+                if c.grant.capability_ids.contains(&id) {
+                    c.cut(Cut::Revoked);
+                    closed += 1;
+                }
+            }
+            closed
+        };
+        let hex = sam_protocol::capability::id_hex(&id);
+        match self.save_revocations() {
+            Ok(()) => {
+                info!(id = %hex, closed, "capability revoked");
+                Ok(closed)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                error!(id = %hex, closed, %error, "capability revoked in memory but NOT saved; retrying in the background");
+                self.spawn_save_retry();
+                Err(NotSaved { closed, error })
             }
         }
-        info!(id = %sam_protocol::capability::id_hex(&id), closed, "capability revoked");
-        Ok(closed)
+    }
+
+    /// Writes every unsaved revocation to the share file.
+    fn save_revocations(&self) -> Result<()> {
+        let ids: Vec<[u8; 16]> = self.lock_revocations().unsaved.iter().copied().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.update_shares(|f| {
+            for id in &ids {
+                f.revoke(*id);
+            }
+        })?;
+        let mut r = self.lock_revocations();
+        for id in &ids {
+            r.unsaved.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Starts (once) the task that saves unsaved revocations until none is left.
+    fn spawn_save_retry(&self) {
+        if self.inner.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.stopping.clone();
+        tokio::spawn(async move {
+            let mut wait = SAVE_RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let node = Node { inner };
+                match node.save_revocations() {
+                    Ok(()) => {
+                        node.inner.retrying.store(false, Ordering::SeqCst);
+                        // A revoke that failed while this task was finishing found
+                        // `retrying` set and left its save to us.
+                        if node.lock_revocations().unsaved.is_empty()
+                            || node.inner.retrying.swap(true, Ordering::SeqCst)
+                        {
+                            info!("revocations saved to the share file");
+                            return;
+                        }
+                        wait = SAVE_RETRY_FIRST;
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "revocations still not saved; retrying");
+                        wait = (wait * 2).min(SAVE_RETRY_MAX);
+                    }
+                }
+            }
+        });
+    }
+
+    /// At shutdown: one last try to save, and a clear word about what is lost.
+    fn last_save_before_exit(&self) {
+        if self.lock_revocations().unsaved.is_empty() {
+            return;
+        }
+        if let Err(e) = self.save_revocations() {
+            let lost: Vec<String> = self
+                .lock_revocations()
+                .unsaved
+                .iter()
+                .map(sam_protocol::capability::id_hex)
+                .collect();
+            error!(error = %format!("{e:#}"), ?lost, "node stopping with revocations that were never saved: they are NOT in force after a restart; revoke them again");
+        }
     }
 
     /// Reads the peer's hello, decides, answers. `None` when the peer was refused
     /// (the connection is then closed with the reason).
     pub async fn accept_peer(&self, conn: &Connection) -> Option<Session> {
         let peer = NodeId(*conn.remote_id().as_bytes());
-        let result = tokio::time::timeout(HELLO_TIMEOUT, self.hello(conn, peer)).await;
+        let Some(slot) = self.take_slot(peer) else {
+            warn!(peer = %peer.short(), limit = MAX_CONNS_PER_PEER, "too many connections from one peer");
+            let reason = format!(
+                "too many connections from your key (the limit is {MAX_CONNS_PER_PEER} at once); close some and try again"
+            );
+            conn.close(VarInt::from_u32(close::TOO_MANY), reason.as_bytes());
+            return None;
+        };
+        let result = tokio::time::timeout(HELLO_TIMEOUT, self.hello(conn, peer, slot)).await;
         match result {
             Ok(Ok(session)) => Some(session),
             Ok(Err(reason)) => {
@@ -287,21 +609,48 @@ impl Node {
         }
     }
 
-    async fn hello(&self, conn: &Connection, peer: NodeId) -> Result<Session, String> {
+    /// Counts a connection of `peer`; `None` when it already holds the most allowed.
+    fn take_slot(&self, peer: NodeId) -> Option<PeerSlot> {
+        let mut map = self
+            .inner
+            .peer_conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= MAX_CONNS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            node: Arc::downgrade(&self.inner),
+            peer,
+        })
+    }
+
+    async fn hello(
+        &self,
+        conn: &Connection,
+        peer: NodeId,
+        slot: PeerSlot,
+    ) -> Result<Session, String> {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let decision = match read_frame::<Hello>(&mut recv, MAX_HELLO).await {
-            Ok(hello) => self.decide(peer, &hello),
+            // Registered before the welcome goes out: a revocation from now on finds
+            // this connection in the registry.
+            Ok(hello) => self
+                .decide(peer, &hello)
+                .and_then(|grant| self.register(grant, conn, slot)),
             Err(e) => Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("bad hello: {e}"),
             )),
         };
         let reply = match &decision {
-            Ok(grant) => HelloReply::Welcome(Welcome {
+            Ok(session) => HelloReply::Welcome(Welcome {
                 node: self.inner.id,
                 owner: self.inner.owner,
-                role: grant.role,
-                scope: grant.scope.clone(),
+                role: session.grant.role,
+                scope: session.grant.scope.clone(),
                 protocol_version: sam_protocol::PROTOCOL_VERSION,
                 node_version: crate::NODE_VERSION.to_string(),
             }),
@@ -310,7 +659,7 @@ impl Node {
         let _ = write_frame(&mut send, &reply).await;
         let _ = send.finish();
         match decision {
-            Ok(grant) => Ok(self.register(grant)),
+            Ok(session) => Ok(session),
             Err(e) => {
                 // Let the refusal reach the peer before the connection closes.
                 let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
@@ -321,13 +670,13 @@ impl Node {
 
     fn decide(&self, peer: NodeId, hello: &Hello) -> Result<Grant, ErrorBody> {
         check_version(hello.protocol_version)?;
-        let file = self
-            .inner
-            .shares
-            .load()
-            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
-        let revoked = file.revoked_set();
-        let redeemed = file.redeemed_map();
+        let (mut revoked, redeemed) = match self.load_shares() {
+            Ok(file) => (file.revoked_set(), file.redeemed_map()),
+            // The owner needs no record: it is admitted whatever the file's state.
+            Err(_) if peer == self.inner.owner => (BTreeSet::new(), BTreeMap::new()),
+            Err(e) => return Err(e.refusal()),
+        };
+        revoked.extend(self.lock_revocations().in_force.iter().copied());
         let policy = AuthPolicy {
             node: self.inner.id,
             owner: self.inner.owner,
@@ -370,69 +719,121 @@ impl Node {
         Ok(grant)
     }
 
-    fn register(&self, grant: Grant) -> Session {
+    /// Enters an authorised connection in the registry. Checked again under the
+    /// registry's lock: a revocation (or a damaged share file) that came while the
+    /// hello was being decided refuses it here.
+    fn register(
+        &self,
+        grant: Grant,
+        conn: &Connection,
+        slot: PeerSlot,
+    ) -> Result<Session, ErrorBody> {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
+        let cut = Arc::new(OnceLock::new());
+        {
+            let mut conns = self.lock_conns();
+            if let Some(revoked) = grant
+                .capability_ids
+                .iter()
+                .find(|c| self.lock_revocations().in_force.contains(*c))
+            {
+                return Err(ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    sam_protocol::AuthError::Revoked {
+                        id: sam_protocol::capability::id_hex(revoked),
+                    }
+                    .to_string(),
+                ));
+            }
+            if !grant.capability_ids.is_empty() && self.lock_damaged().is_some() {
+                return Err(ErrorBody::new(ErrorCode::Unavailable, DAMAGED_REFUSAL));
+            }
+            conns.insert(
+                id,
+                LiveConn {
+                    grant: grant.clone(),
+                    cancel: cancel.clone(),
+                    cut: cut.clone(),
+                    conn: conn.clone(),
+                },
+            );
+        }
         if let Some(exp) = grant.expires_at {
             let token = cancel.clone();
+            let cut = cut.clone();
             let wait = exp.saturating_sub(crate::now_secs());
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(wait)) => token.cancel(),
+                    _ = tokio::time::sleep(Duration::from_secs(wait)) => {
+                        let _ = cut.set(Cut::Expired);
+                        token.cancel();
+                    }
                     _ = token.cancelled() => {}
                 }
             });
         }
-        self.lock_conns().insert(
-            id,
-            LiveConn {
-                grant: grant.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        Session {
+        Ok(Session {
             grant,
             cancel,
+            cut,
             id,
             node: self.clone(),
-        }
+            _slot: slot,
+        })
     }
 
-    /// Checks that a live grant is still good (not revoked, not expired).
+    /// Checks that a live grant is still good (not revoked, not expired, and the share
+    /// file readable: a non-owner is refused while it is damaged).
     pub fn recheck(&self, grant: &Grant) -> Result<(), ErrorBody> {
         if grant.capability_ids.is_empty() {
             return Ok(());
         }
-        let file = self
-            .inner
-            .shares
-            .load()
-            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        let mut revoked = self.lock_revocations().in_force.clone();
+        let file = self.load_shares().map_err(|e| e.refusal())?;
+        revoked.extend(file.revoked_set());
         grant
-            .still_valid(&file.revoked_set(), crate::now_secs())
+            .still_valid(&revoked, crate::now_secs())
             .map_err(|e| ErrorBody::new(ErrorCode::Unauthorized, e.to_string()))
+    }
+}
+
+/// Why the share file cannot be used.
+enum ShareTrouble {
+    Damaged,
+    Unreadable(String),
+}
+
+impl ShareTrouble {
+    /// What a non-owner is told.
+    fn refusal(&self) -> ErrorBody {
+        match self {
+            ShareTrouble::Damaged => ErrorBody::new(ErrorCode::Unavailable, DAMAGED_REFUSAL),
+            ShareTrouble::Unreadable(_) => ErrorBody::new(
+                ErrorCode::Unavailable,
+                "this node cannot read its share records now; only its owner is admitted",
+            ),
+        }
     }
 }
 
 /// One authorised connection. Dropping it unregisters the connection.
 pub struct Session {
     pub grant: Grant,
-    /// Cancelled on revocation, expiry or shutdown.
+    /// Cancelled on revocation, expiry, a damaged share file or shutdown.
     pub cancel: CancellationToken,
+    cut: Arc<OnceLock<Cut>>,
     id: u64,
     node: Node,
+    _slot: PeerSlot,
 }
 
 impl Session {
-    /// Waits for cancellation and closes `conn` with the matching reason.
+    /// Waits for cancellation and closes `conn` with the reason.
     pub async fn close_when_cancelled(&self, conn: &Connection) {
         self.cancel.cancelled().await;
-        let (code, reason): (u32, &[u8]) = match self.node.recheck(&self.grant) {
-            Err(e) if e.message.contains("revoked") => (close::REVOKED, b"capability revoked"),
-            Err(_) => (close::EXPIRED, b"capability expired"),
-            Ok(()) => (close::SHUTDOWN, b"node shutting down"),
-        };
-        conn.close(VarInt::from_u32(code), reason);
+        let (code, reason) = self.cut.get().copied().unwrap_or(Cut::Shutdown).close();
+        conn.close(VarInt::from_u32(code), reason.as_bytes());
     }
 }
 

@@ -525,6 +525,10 @@ pub struct NodeStatus {
     /// Peers connected now.
     pub peers: u32,
     pub your_role: Role,
+    /// Problems the node's owner must act on (a damaged share file, revocations in
+    /// force but not saved); empty for everyone else.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// One capability the node knows of.

@@ -19,6 +19,19 @@ pub const MAX_PTY_DIM: u16 = 4096;
 pub const PTY_SCROLLBACK: usize = 256 * 1024;
 /// Largest data chunk in one client→node PTY frame.
 pub const MAX_PTY_CHUNK: usize = 64 * 1024;
+/// Output the node holds for one terminal viewer that does not keep up; past it the
+/// viewer is detached with [`PTY_RESET_TOO_SLOW`] (the others never wait for it).
+pub const PTY_VIEWER_BUFFER: usize = 1024 * 1024;
+/// QUIC stream reset code: the node detached this client from a terminal because it
+/// fell too far behind the output (see [`pty_reset_reason`]).
+pub const PTY_RESET_TOO_SLOW: u32 = 0x5350_0001;
+
+/// What a terminal stream reset by the node with `code` means, for people.
+pub fn pty_reset_reason(code: u64) -> Option<&'static str> {
+    (code == u64::from(PTY_RESET_TOO_SLOW)).then_some(
+        "the node detached you from this terminal: your connection fell more than 1 MiB behind its output (the others go on); attach again to catch up from the scrollback",
+    )
+}
 
 /// Which terminal of a workspace to attach to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -152,6 +152,14 @@ pub async fn run(
                     }
                 }
                 Ok(None) => return Ok(()),
+                // The node says why it detached us (e.g. too far behind the output).
+                Err(iroh::endpoint::ReadError::Reset(code)) => {
+                    let code = code.into_inner();
+                    return Err(match sam_protocol::stream::pty_reset_reason(code) {
+                        Some(why) => anyhow::anyhow!("{why}"),
+                        None => anyhow::anyhow!("the node reset the terminal stream (code {code})"),
+                    });
+                }
                 Err(e) => return Err(anyhow::anyhow!("the terminal stream broke: {e}")),
             }
         }
