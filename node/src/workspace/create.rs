@@ -259,8 +259,8 @@ async fn start_container(
             if let Some(why) = disk_dropped {
                 let msg = format!(
                     "disk limit of {} GiB NOT enforced: this Docker storage driver cannot limit a \
-                     container's disk (overlay2 needs xfs mounted with pquota) [{why}]; pid and \
-                     memory limits are",
+                     container's disk (overlay2 needs xfs mounted with pquota) [{why}]; the pid and \
+                     memory limits apply",
                     limits.disk_gb
                 );
                 warn!(workspace = %id, "{msg}");
