@@ -10,12 +10,15 @@
 //! 2. downloads `sam-node` from a release URL and refuses it unless its sha256 is the pinned one;
 //! 3. writes the node key (`0600`) and `config.toml` under `$SAM_HOME/node/` (owner, bind
 //!    `0.0.0.0:7447`, advertise = the public IPv4 found at boot, optional relay);
-//! 4. starts `sam-node run`: a systemd unit where systemd runs, else `nohup` in the background.
+//! 4. blocks containers from the cloud metadata service (`169.254.0.0/16`, see [`firewall`]),
+//!    failing closed: no node starts on a host where the rules could not be installed;
+//! 5. starts `sam-node run`: a systemd unit where systemd runs, else `nohup` in the background.
 //!
 //! The node key is made by the provisioner, so the node's ticket is known before the VM boots.
 //! The script never traces itself (`set -x`) and [`BootstrapSpec`]'s `Debug` hides the key.
 
 mod config;
+pub mod firewall;
 mod script;
 mod systemd;
 
@@ -26,7 +29,8 @@ use sam_protocol::{NodeId, SecretKey};
 use thiserror::Error;
 
 pub use config::{NodeConfigFile, node_config_toml};
-pub use systemd::{SYSTEMD_UNIT_NAME, systemd_unit};
+pub use firewall::{METADATA_BLOCK_PATH, METADATA_BLOCK_SCRIPT, METADATA_UNIT_NAME};
+pub use systemd::{SYSTEMD_UNIT_NAME, systemd_unit, systemd_unit_requiring};
 
 /// Largest user-data Hetzner accepts (32 KiB); we hold every provider to it.
 pub const USER_DATA_LIMIT: usize = 32 * 1024;
@@ -73,6 +77,10 @@ pub struct BootstrapSpec {
     pub relay: Option<String>,
     /// Install Docker when `docker` is missing.
     pub install_docker: bool,
+    /// Drop traffic from containers to `169.254.0.0/16` (the metadata service), persistently;
+    /// the node does not start when that fails. Default on; off only where the script runs
+    /// without a firewall of its own (an unprivileged test container).
+    pub block_metadata: bool,
     /// Absolute path used as `SAM_HOME` on the host.
     pub sam_home: String,
     /// Absolute path of the installed binary.
@@ -94,6 +102,7 @@ impl BootstrapSpec {
             },
             relay: None,
             install_docker: true,
+            block_metadata: true,
             sam_home: DEFAULT_SAM_HOME.to_owned(),
             node_bin: DEFAULT_NODE_BIN.to_owned(),
             extra_commands: Vec::new(),
@@ -112,6 +121,7 @@ impl fmt::Debug for BootstrapSpec {
             .field("advertise", &self.advertise)
             .field("relay", &self.relay)
             .field("install_docker", &self.install_docker)
+            .field("block_metadata", &self.block_metadata)
             .field("sam_home", &self.sam_home)
             .field("node_bin", &self.node_bin)
             .field("extra_commands", &self.extra_commands.len())

@@ -3,9 +3,10 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use crate::firewall::{METADATA_BLOCK_PATH, METADATA_BLOCK_SCRIPT, METADATA_UNIT_NAME};
 use crate::{
     Advertise, BootstrapError, BootstrapSpec, NodeConfigFile, SYSTEMD_UNIT_NAME, check_path,
-    check_url, node_config_toml, systemd_unit,
+    check_url, node_config_toml, systemd_unit_requiring,
 };
 
 /// Single-quotes `s` for `sh`.
@@ -86,6 +87,21 @@ else
 fi
 "#;
 
+/// Installs and runs the metadata block (after Docker, before the node); fails closed.
+const METADATA: &str = r#"have iptables || apt_install iptables || log 'cannot install iptables'
+if [ -d /run/systemd/system ] && have systemctl; then
+  systemctl daemon-reload
+  systemctl enable "$METADATA_UNIT" >/dev/null 2>&1 || true
+  if ! systemctl restart "$METADATA_UNIT"; then
+    log "cannot block containers from the metadata service (169.254.0.0/16): sam-node not started"
+    exit 1
+  fi
+elif ! "$METADATA_BLOCK" install; then
+  log "cannot block containers from the metadata service (169.254.0.0/16): sam-node not started"
+  exit 1
+fi
+"#;
+
 const START: &str = r#"if [ -d /run/systemd/system ] && have systemctl; then
   systemctl daemon-reload
   systemctl enable "$UNIT_NAME" >/dev/null 2>&1
@@ -131,7 +147,12 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         advertise,
         relay: spec.relay.clone(),
     })?;
-    let unit = systemd_unit(&spec.node_bin, &spec.sam_home)?;
+    let requires: &[&str] = if spec.block_metadata {
+        &[METADATA_UNIT_NAME]
+    } else {
+        &[]
+    };
+    let unit = systemd_unit_requiring(&spec.node_bin, &spec.sam_home, requires)?;
     let key = data_encoding::HEXLOWER.encode(&spec.node_key.to_bytes());
 
     let mut s = String::with_capacity(8 * 1024);
@@ -148,6 +169,8 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         ("NODE_URL", spec.release.url.as_str()),
         ("NODE_SHA256", sha.as_str()),
         ("UNIT_NAME", SYSTEMD_UNIT_NAME),
+        ("METADATA_UNIT", METADATA_UNIT_NAME),
+        ("METADATA_BLOCK", METADATA_BLOCK_PATH),
     ];
     for (name, value) in vars {
         let _ = writeln!(s, "{name}={}", sh_quote(value));
@@ -155,6 +178,17 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     let _ = writeln!(s, "PORT={}", spec.port);
     if spec.install_docker {
         s.push_str(DOCKER);
+    }
+    if spec.block_metadata {
+        s.push_str("mkdir -p \"$(dirname \"$METADATA_BLOCK\")\"\n");
+        s.push_str("cat >\"$METADATA_BLOCK\" <<'SAM_METADATA_BLOCK'\n");
+        s.push_str(METADATA_BLOCK_SCRIPT);
+        s.push_str("SAM_METADATA_BLOCK\nchmod 0755 \"$METADATA_BLOCK\"\n");
+        s.push_str("if [ -d /run/systemd/system ]; then\n");
+        s.push_str("cat >\"/etc/systemd/system/$METADATA_UNIT\" <<'SAM_METADATA_UNIT'\n");
+        s.push_str(&crate::firewall::metadata_unit());
+        s.push_str("SAM_METADATA_UNIT\nfi\n");
+        s.push_str(METADATA);
     }
     s.push_str(INSTALL_NODE);
     s.push_str("cat >\"$SAM_HOME/node/node.key\" <<'SAM_NODE_KEY'\n");

@@ -7,14 +7,32 @@ pub const SYSTEMD_UNIT_NAME: &str = "sam-node.service";
 
 /// The unit text for `node_bin` with `SAM_HOME=sam_home`. Both must be plain absolute paths.
 pub fn systemd_unit(node_bin: &str, sam_home: &str) -> Result<String, BootstrapError> {
+    systemd_unit_requiring(node_bin, sam_home, &[])
+}
+
+/// [`systemd_unit`] that also starts only after, and only when, each unit of `requires`
+/// (plain unit names) succeeded: the node runs no workspace on a host left unprotected.
+pub fn systemd_unit_requiring(
+    node_bin: &str,
+    sam_home: &str,
+    requires: &[&str],
+) -> Result<String, BootstrapError> {
     check_path(node_bin)?;
     check_path(sam_home)?;
+    let mut after = String::new();
+    let mut required = String::new();
+    for unit in requires {
+        check_path(&format!("/{unit}"))?;
+        after.push(' ');
+        after.push_str(unit);
+        required.push_str(&format!("Requires={unit}\n"));
+    }
     Ok(format!(
         "[Unit]
 Description=SAM node (sam-node)
 Wants=network-online.target
-After=network-online.target docker.service
-
+After=network-online.target docker.service{after}
+{required}
 [Service]
 Type=simple
 Environment=SAM_HOME={sam_home}

@@ -169,3 +169,29 @@ proptest! {
         prop_assert!(text.contains(&data_encoding::HEXLOWER.encode(&k)));
     }
 }
+
+#[test]
+fn user_data_blocks_the_metadata_service_before_the_node_starts() {
+    let text = render_user_data(&spec()).expect("render");
+    // the script is installed verbatim, run (unit or directly), and its failure stops the node
+    assert!(text.contains(&format!(
+        "<<'SAM_METADATA_BLOCK'\n{METADATA_BLOCK_SCRIPT}SAM_METADATA_BLOCK\n"
+    )));
+    assert!(text.contains("systemctl restart \"$METADATA_UNIT\""));
+    assert!(text.contains("elif ! \"$METADATA_BLOCK\" install; then"));
+    assert!(text.contains("sam-node not started\"\n    exit 1"));
+    let block = text.find("SAM_METADATA_BLOCK\n").expect("block");
+    let start = text.find("nohup \"$NODE_BIN\" run").expect("start");
+    assert!(block < start, "the rules come before the node starts");
+    // the node unit requires the block unit, so a reboot without the rules runs no node
+    assert!(text.contains("Requires=sam-metadata-block.service\n"));
+    assert!(
+        text.contains("After=network-online.target docker.service sam-metadata-block.service\n")
+    );
+    // off only when asked
+    let mut s = spec();
+    s.block_metadata = false;
+    let text = render_user_data(&s).expect("render");
+    assert!(!text.contains("SAM_METADATA_BLOCK"));
+    assert!(!text.contains("Requires="));
+}

@@ -94,6 +94,9 @@ fn spec(owner: &SecretKey, url: String, sha256: String) -> (SecretKey, Bootstrap
     let key = SecretKey::generate();
     let mut spec = BootstrapSpec::new(key.clone(), owner.node_id(), NodeRelease { url, sha256 });
     spec.install_docker = false;
+    // an unprivileged container has no firewall of its own to change (the metadata block is
+    // tested against the host's dockerd in bootstrap/tests/metadata_block.rs)
+    spec.block_metadata = false;
     spec.advertise = Advertise::Detect {
         metadata_urls: vec![],
     };

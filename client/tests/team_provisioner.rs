@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use sam_client::NodeClient;
+use sam_crdt::{Conversation, NewConversation};
 use sam_protocol::ctl::{ErrorCode, Request, Response};
 use sam_protocol::prov::{ProvNode, ProvRequest, ProvResponse};
+use sam_protocol::workspace::{CreateWorkspace, WorkspaceRequest, WorkspaceResponse};
 use sam_protocol::{Role, SecretKey};
 use sam_provisioner::serve::{ServeConfig, request, serve};
 use sam_provisioner::{IrohProbe, Local, Pool, PoolPolicy};
@@ -280,4 +282,422 @@ async fn serve_binary_hands_out_a_node() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0);
+}
+
+/// A provisioner on a local pool, and endpoints for `n` members.
+async fn team(
+    tmp: &std::path::Path,
+    n: usize,
+) -> (
+    sam_provisioner::serve::ServeHandle,
+    Vec<(SecretKey, iroh::Endpoint)>,
+) {
+    let members: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect();
+    let pool = Pool::new(
+        Local::new(tmp.join("nodes"), node_bin()),
+        PoolPolicy::default(),
+    );
+    let cfg = ServeConfig {
+        members: members.iter().map(SecretKey::node_id).collect(),
+        role: Role::Collaborator,
+        capability_ttl_secs: Some(3600),
+    };
+    let probe = IrohProbe::bind(lo()).await.expect("probe");
+    let svc = serve(pool, SecretKey::generate(), cfg, lo(), probe)
+        .await
+        .expect("serve");
+    let mut out = Vec::new();
+    for key in members {
+        let ep = sam_client::endpoint::bind(&key, Some(lo()))
+            .await
+            .expect("ep");
+        out.push((key, ep));
+    }
+    (svc, out)
+}
+
+async fn ask(
+    svc: &sam_provisioner::serve::ServeHandle,
+    ep: &iroh::Endpoint,
+    r: ProvRequest,
+) -> ProvResponse {
+    request(ep, &svc.addr, r)
+        .await
+        .expect("provisioner answers")
+}
+
+fn small() -> ProvRequest {
+    ProvRequest::CreateNode {
+        size: "small".into(),
+    }
+}
+
+/// The local provider, with a gate that makes the race happen every time: once armed, an
+/// acquirer's write of `busy` waits (at most 5 s) until a second acquirer has listed the pool.
+/// Without the provisioner's one-at-a-time hand-out and the claim read-back, both members then
+/// see the node idle and both take it.
+struct Gate {
+    inner: Local,
+    armed: std::sync::atomic::AtomicBool,
+    lists: std::sync::atomic::AtomicUsize,
+    listed: tokio::sync::Notify,
+}
+
+impl sam_provisioner::Provider for Gate {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn create(
+        &self,
+        spec: &sam_provisioner::CreateSpec,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.inner.create(spec).await
+    }
+    async fn list(&self) -> Result<Vec<sam_provisioner::Vm>, sam_provisioner::ProviderError> {
+        let out = self.inner.list().await;
+        self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.listed.notify_waiters();
+        out
+    }
+    async fn delete(&self, id: &str) -> Result<(), sam_provisioner::ProviderError> {
+        self.inner.delete(id).await
+    }
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        use std::sync::atomic::Ordering;
+        if labels.get("sam-pool").map(String::as_str) == Some("busy")
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            let seen = self.lists.load(Ordering::SeqCst);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while self.lists.load(Ordering::SeqCst) < seen + 1 {
+                    let wait = self.listed.notified();
+                    if self.lists.load(Ordering::SeqCst) >= seen + 1 {
+                        break;
+                    }
+                    wait.await;
+                }
+            })
+            .await;
+        }
+        self.inner.set_labels(id, labels).await
+    }
+    fn user_data(
+        &self,
+        key: &SecretKey,
+        owner: &sam_protocol::NodeId,
+        release: Option<&sam_provisioner::NodeRelease>,
+    ) -> Result<String, sam_provisioner::ProviderError> {
+        self.inner.user_data(key, owner, release)
+    }
+    fn ticket(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<sam_protocol::Ticket, sam_provisioner::ProviderError> {
+        self.inner.ticket(vm)
+    }
+}
+
+/// Two members ask at the same moment while one node is idle: exactly one of them gets it,
+/// the other a node of its own (before: both listed the idle node, both marked it busy, and
+/// both held tickets to one node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_asking_at_once_never_share_the_idle_node() {
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let members: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
+    let gate = Gate {
+        inner: Local::new(tmp.path().join("nodes"), node_bin()),
+        armed: false.into(),
+        lists: 0.into(),
+        listed: tokio::sync::Notify::new(),
+    };
+    let cfg = ServeConfig {
+        members: members.iter().map(SecretKey::node_id).collect(),
+        role: Role::Collaborator,
+        capability_ttl_secs: Some(3600),
+    };
+    let probe = IrohProbe::bind(lo()).await.expect("probe");
+    let gate = Arc::new(gate);
+    let svc = serve(
+        Pool::new(GateRef(gate.clone()), PoolPolicy::default()),
+        SecretKey::generate(),
+        cfg,
+        lo(),
+        probe,
+    )
+    .await
+    .expect("serve");
+    let mut m = Vec::new();
+    for key in members {
+        let ep = sam_client::endpoint::bind(&key, Some(lo()))
+            .await
+            .expect("ep");
+        m.push((key, ep));
+    }
+    let first = node(ask(&svc, &m[0].1, small()).await);
+    let rel = ask(
+        &svc,
+        &m[0].1,
+        ProvRequest::ReleaseNode {
+            id: first.id.clone(),
+        },
+    )
+    .await;
+    assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
+
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (b, c) = tokio::join!(ask(&svc, &m[1].1, small()), ask(&svc, &m[2].1, small()));
+    let (b, c) = (node(b), node(c));
+    assert_ne!(b.id, c.id, "two members hold one node");
+    assert_eq!(
+        [b.reused, c.reused].iter().filter(|r| **r).count(),
+        1,
+        "exactly one of them gets the idle node"
+    );
+    let warm = if b.reused { &b } else { &c };
+    assert_eq!(warm.id, first.id);
+    for (i, mine) in [(1, &b), (2, &c)] {
+        match ask(&svc, &m[i].1, ProvRequest::ListNodes).await {
+            ProvResponse::Nodes(n) => {
+                assert_eq!(n.iter().map(|n| &n.id).collect::<Vec<_>>(), [&mine.id])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for (i, mine) in [(1, &b), (2, &c)] {
+        let done = ask(
+            &svc,
+            &m[i].1,
+            ProvRequest::DeleteNode {
+                id: mine.id.clone(),
+            },
+        )
+        .await;
+        assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
+    }
+    for (_, ep) in m {
+        ep.close().await;
+    }
+    svc.shutdown().await;
+}
+
+/// [`Gate`] shared with the test (the pool owns its provider).
+struct GateRef(std::sync::Arc<Gate>);
+
+impl sam_provisioner::Provider for GateRef {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    async fn create(
+        &self,
+        spec: &sam_provisioner::CreateSpec,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.0.create(spec).await
+    }
+    async fn list(&self) -> Result<Vec<sam_provisioner::Vm>, sam_provisioner::ProviderError> {
+        self.0.list().await
+    }
+    async fn delete(&self, id: &str) -> Result<(), sam_provisioner::ProviderError> {
+        self.0.delete(id).await
+    }
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.0.set_labels(id, labels).await
+    }
+    fn user_data(
+        &self,
+        key: &SecretKey,
+        owner: &sam_protocol::NodeId,
+        release: Option<&sam_provisioner::NodeRelease>,
+    ) -> Result<String, sam_provisioner::ProviderError> {
+        self.0.user_data(key, owner, release)
+    }
+    fn ticket(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<sam_protocol::Ticket, sam_provisioner::ProviderError> {
+        self.0.ticket(vm)
+    }
+}
+
+async fn ws(c: &NodeClient, r: WorkspaceRequest) -> WorkspaceResponse {
+    match c
+        .request(Request::Workspace(r))
+        .await
+        .expect("workspace request")
+    {
+        Response::Workspace(w) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn workspaces(c: &NodeClient) -> Vec<String> {
+    match ws(c, WorkspaceRequest::List).await {
+        WorkspaceResponse::List(l) => l.into_iter().map(|w| w.id).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn conversations(c: &NodeClient) -> Vec<String> {
+    match c
+        .request(Request::Conv(sam_protocol::doc::ConvRequest::List))
+        .await
+        .expect("conversations")
+    {
+        Response::Conv(sam_protocol::doc::ConvResponse::List(l)) => {
+            l.into_iter().map(|c| c.id).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn new_workspace(c: &NodeClient) -> String {
+    match ws(
+        c,
+        WorkspaceRequest::Create(CreateWorkspace {
+            repo: None,
+            branch: None,
+            lightweight: true,
+            name: None,
+        }),
+    )
+    .await
+    {
+        WorkspaceResponse::Info(i) => i.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn containers_of(workspace: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=sam.workspace={workspace}"),
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "dockerd is not reachable");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A released node is wiped before the next member gets it: the holder's workspaces are torn
+/// down (their containers gone), and a node that still serves a conversation of the holder is
+/// deleted rather than pooled. Before: the next member got the node warm and listed the
+/// previous member's workspaces and conversations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (svc, m) = team(tmp.path(), 3).await;
+    let (alice, bob, carol) = (&m[0], &m[1], &m[2]);
+
+    // alice: a workspace, then release
+    let a_node = node(ask(&svc, &alice.1, small()).await);
+    let a = NodeClient::connect(&alice.1, &a_node.ticket)
+        .await
+        .expect("alice connects");
+    let a_ws = new_workspace(&a).await;
+    assert_eq!(workspaces(&a).await, [a_ws.clone()]);
+    a.close();
+    let rel = ask(
+        &svc,
+        &alice.1,
+        ProvRequest::ReleaseNode {
+            id: a_node.id.clone(),
+        },
+    )
+    .await;
+    assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
+    assert_eq!(
+        containers_of(&a_ws),
+        "",
+        "alice's container survived the release"
+    );
+
+    // bob gets the same node warm, and sees nothing of alice's
+    let b_node = node(ask(&svc, &bob.1, small()).await);
+    assert!(b_node.reused);
+    assert_eq!(b_node.id, a_node.id);
+    let b = NodeClient::connect(&bob.1, &b_node.ticket)
+        .await
+        .expect("bob connects");
+    assert!(
+        workspaces(&b).await.is_empty(),
+        "bob sees alice's workspaces"
+    );
+    assert!(conversations(&b).await.is_empty());
+
+    // bob: a workspace and a conversation in it, pushed to the node
+    let b_ws = new_workspace(&b).await;
+    let conv_id = "0123abcd-0000-4000-8000-00000000b0b0";
+    let mut conv = Conversation::create(
+        NewConversation {
+            id: conv_id.into(),
+            title: "bob's secret plan".into(),
+            agent: "claude".into(),
+            workspace_node: b_node.ticket.addr.id.to_string(),
+            workspace_id: b_ws.clone(),
+            created_at: 1,
+        },
+        &bob.0.node_id().to_string(),
+    )
+    .expect("conversation");
+    let mut s = sam_client::docs::open_stream(&bob.1, &b_node.ticket, conv_id, true)
+        .await
+        .expect("open doc stream");
+    s.sync_once(&mut conv, |_| Ok(()), std::time::Duration::from_secs(30))
+        .await
+        .expect("push");
+    s.close(None).await;
+    assert_eq!(conversations(&b).await, [conv_id.to_owned()]);
+    b.close();
+    let rel = ask(
+        &svc,
+        &bob.1,
+        ProvRequest::ReleaseNode {
+            id: b_node.id.clone(),
+        },
+    )
+    .await;
+    assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
+    assert_eq!(containers_of(&b_ws), "");
+
+    // carol never gets bob's node: it still held his conversation, so it was deleted
+    let c_node = node(ask(&svc, &carol.1, small()).await);
+    assert!(
+        !c_node.reused,
+        "a node with bob's conversation went back to the pool"
+    );
+    assert_ne!(c_node.id, b_node.id);
+    let c = NodeClient::connect(&carol.1, &c_node.ticket)
+        .await
+        .expect("carol connects");
+    assert!(conversations(&c).await.is_empty());
+    assert!(workspaces(&c).await.is_empty());
+    c.close();
+    assert!(
+        !tmp.path().join("nodes").join(b_node.id.as_str()).exists(),
+        "bob's node is still on disk"
+    );
+    let done = ask(
+        &svc,
+        &carol.1,
+        ProvRequest::DeleteNode {
+            id: c_node.id.clone(),
+        },
+    )
+    .await;
+    assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
+    for (_, ep) in m {
+        ep.close().await;
+    }
+    svc.shutdown().await;
 }

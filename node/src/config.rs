@@ -80,6 +80,20 @@ pub struct NodeConfig {
     /// Base image of lightweight workspaces; default `SAM_BASE_IMAGE` or `sam-base:1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image: Option<String>,
+    /// Most processes (and threads) in one workspace container; default 4096, `0`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_pids_limit: Option<u64>,
+    /// Memory of one workspace container in MiB (no swap beyond it); default three quarters of
+    /// the Docker host's memory, so a runaway workspace is killed before the node is; `0`: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_memory_mb: Option<u64>,
+    /// Size of one workspace container's writable layer in GiB (Docker `--storage-opt size`);
+    /// default 32, `0`: no limit. Only some storage drivers enforce it (overlay2 on xfs mounted
+    /// with `pquota`, devicemapper, btrfs, zfs); elsewhere the workspace's log says it is not
+    /// enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_disk_gb: Option<u64>,
 }
 
 fn default_bind() -> SocketAddr {
@@ -95,6 +109,9 @@ impl NodeConfig {
             relay: None,
             docker_host: None,
             base_image: None,
+            workspace_pids_limit: None,
+            workspace_memory_mb: None,
+            workspace_disk_gb: None,
         }
     }
 

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 use self::docker::{DockerConn, docker_err};
 use self::state::{Entry, State};
 
-pub use self::docker::{cannot_reach, docker_host};
+pub use self::docker::{ContainerLimits, cannot_reach, docker_host};
 
 /// The base image of lightweight workspaces, built by `bootstrap/images/build-base.sh`.
 pub const DEFAULT_BASE_IMAGE: &str = "sam-base:1";
@@ -73,6 +73,8 @@ pub struct WorkspaceConfig {
     pub run_dir: PathBuf,
     /// `DOCKER_HOST`-style address; `None` reads `DOCKER_HOST`, else the default socket.
     pub docker_host: Option<String>,
+    /// Pid, memory and disk limits of every workspace container.
+    pub limits: ContainerLimits,
 }
 
 impl WorkspaceConfig {
@@ -86,6 +88,7 @@ impl WorkspaceConfig {
                 .unwrap_or_else(|| DEFAULT_BASE_IMAGE.to_string()),
             run_dir: run_dir.into(),
             docker_host: None,
+            limits: ContainerLimits::default(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl WorkspaceConfig {
         if let Some(b) = &cfg.base_image {
             self.base_image = b.clone();
         }
+        self.limits = ContainerLimits::from_node_config(cfg);
         self
     }
 }

@@ -22,4 +22,5 @@ mod real_agents_node;
 mod sharing;
 mod teardown;
 mod workspace_io;
+mod workspace_limits;
 mod workspaces;

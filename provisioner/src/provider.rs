@@ -22,6 +22,10 @@ pub mod labels {
     pub const NODE: &str = "sam-node";
     /// Unix seconds when the node became idle.
     pub const IDLE_SINCE: &str = "sam-idle-since";
+    /// The random token of the acquisition that holds a busy node (32 hex digits): an
+    /// acquirer writes its own, reads the labels back, and takes the node only when its
+    /// token is still there (labels have no compare-and-swap of their own).
+    pub const CLAIM: &str = "sam-claim";
 }
 
 const B32: data_encoding::Encoding = data_encoding::BASE32_NOPAD;
@@ -81,6 +85,7 @@ pub fn with_pool_state(
     match state {
         PoolState::Idle => {
             labels.insert(labels::IDLE_SINCE.to_owned(), now_unix.to_string());
+            labels.remove(labels::CLAIM);
         }
         PoolState::Busy => {
             labels.remove(labels::IDLE_SINCE);

@@ -70,6 +70,9 @@ struct Inner<P> {
     ep: Endpoint,
     cfg: ServeConfig,
     probe: IrohProbe,
+    /// Held while a node is taken from the pool and labelled for its member: two members
+    /// asking at once never get the same idle node.
+    hand_out: tokio::sync::Mutex<()>,
 }
 
 /// The `sam/prov/1` handler.
@@ -150,6 +153,7 @@ pub async fn serve<P: Provider + 'static>(
             ep: ep.clone(),
             cfg,
             probe,
+            hand_out: tokio::sync::Mutex::new(()),
         }),
     };
     let router = Router::builder(ep)
@@ -252,6 +256,7 @@ impl<P: Provider> ProvHandler<P> {
     async fn create(&self, peer: NodeId, size: Size) -> Result<ProvResponse, String> {
         let pool = &self.inner.pool;
         let owner = self.inner.key.node_id();
+        let _one_at_a_time = self.inner.hand_out.lock().await;
         let got = pool
             .acquire(size, &owner, &self.inner.probe)
             .await
@@ -355,26 +360,36 @@ fn capability_of(vm: &Vm) -> Option<[u8; 16]> {
 }
 
 impl<P: Provider> ProvHandler<P> {
-    /// Back to the pool for the next member: the holder's capability is revoked on the node
-    /// first (which also closes the holder's open connections); a node where that fails is
-    /// deleted rather than handed to someone else.
+    /// Back to the pool for the next member, wiped: the holder's capability is revoked on the
+    /// node first (which also closes the holder's open connections), then every workspace on
+    /// it is torn down (`force`: the member's client held its conversations before releasing),
+    /// and only a node with no conversation left is pooled. `sam/ctl/1` has no request that
+    /// deletes a conversation, so a node that still serves one is deleted instead, as is a
+    /// node where any step fails: the next member never sees the previous one's work.
     async fn release(&self, vm: Vm) -> Result<(), String> {
         let pool = &self.inner.pool;
-        if let Some(cap) = capability_of(&vm) {
-            let revoked = match pool.provider.ticket(&vm) {
-                Ok(ticket) => revoke_on_node(&self.inner.ep, &ticket, cap, &self.inner.key).await,
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = revoked {
-                warn!(vm = %vm.id, "cannot revoke the holder's capability ({e}): deleting the node instead of pooling it");
-                return pool
-                    .provider
-                    .delete(&vm.id)
-                    .await
-                    .map_err(|d| format!("revoking the holder's capability failed ({e}) and deleting the node failed too ({d})"));
+        let wiped = match pool.provider.ticket(&vm) {
+            Ok(ticket) => {
+                wipe_node(&self.inner.ep, &ticket, capability_of(&vm), &self.inner.key).await
             }
-            info!(vm = %vm.id, "holder's capability revoked");
+            Err(e) => Err(e.to_string()),
+        };
+        let reason = match wiped {
+            Ok(0) => None,
+            Ok(n) => Some(format!(
+                "{n} conversation(s) of the previous holder remain on it and sam/ctl/1 cannot delete a conversation"
+            )),
+            Err(e) => Some(format!("it could not be wiped ({e})")),
+        };
+        if let Some(reason) = reason {
+            warn!(vm = %vm.id, "released node not pooled: {reason}; deleting it");
+            return pool
+                .provider
+                .delete(&vm.id)
+                .await
+                .map_err(|d| format!("{reason}, and deleting the node failed too ({d})"));
         }
+        info!(vm = %vm.id, "holder's capability revoked, workspaces removed, no conversation left");
         let mut labels = vm.labels.clone();
         labels.remove(MEMBER_LABEL);
         labels.remove(CAPABILITY_LABEL);
@@ -386,54 +401,100 @@ impl<P: Provider> ProvHandler<P> {
     }
 }
 
-/// Revokes capability `id` on the ticket's node, as its owner (`key`), over `sam/ctl/1`.
-async fn revoke_on_node(
-    ep: &Endpoint,
-    ticket: &Ticket,
-    id: [u8; 16],
-    key: &SecretKey,
-) -> Result<(), String> {
-    use sam_protocol::ctl::{Hello, HelloReply, Request, RequestFrame, Response};
-    let addr = crate::probe::endpoint_addr(ticket).ok_or("bad node address")?;
-    let work = async {
+/// The provisioner's owner connection to a node on `sam/ctl/1`.
+struct OwnerCtl {
+    conn: Connection,
+}
+
+impl OwnerCtl {
+    async fn connect(ep: &Endpoint, ticket: &Ticket, key: &SecretKey) -> Result<Self, String> {
+        use sam_protocol::ctl::{Hello, HelloReply};
+        let addr = crate::probe::endpoint_addr(ticket).ok_or("bad node address")?;
         let conn = ep
             .connect(addr, sam_protocol::alpn::CTL)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let exchange = |msg: Vec<u8>| {
-            let conn = conn.clone();
-            async move {
-                let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                send.write_all(&msg).await.map_err(|e| e.to_string())?;
-                let _ = send.finish();
-                Ok::<_, String>(recv)
-            }
-        };
+        let this = Self { conn };
         let hello = Hello {
             protocol_version: sam_protocol::PROTOCOL_VERSION,
             capability: None,
             invite_secret: None,
             client: "sam-provisioner".into(),
         };
-        let mut recv = exchange(frame::encode(&hello).map_err(|e| e.to_string())?).await?;
-        match read::<HelloReply>(&mut recv, frame::MAX_FRAME).await? {
-            HelloReply::Welcome(w) if w.owner == key.node_id() => {}
-            HelloReply::Welcome(_) => return Err("the node has another owner".to_owned()),
-            HelloReply::Refused(e) => return Err(format!("refused: {e}")),
+        match this.exchange::<_, HelloReply>(&hello).await? {
+            HelloReply::Welcome(w) if w.owner == key.node_id() => Ok(this),
+            HelloReply::Welcome(_) => Err("the node has another owner".to_owned()),
+            HelloReply::Refused(e) => Err(format!("refused: {e}")),
         }
+    }
+
+    async fn exchange<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        msg: &Q,
+    ) -> Result<A, String> {
+        let bytes = frame::encode(msg).map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        read::<A>(&mut recv, frame::MAX_FRAME).await
+    }
+
+    async fn request(
+        &self,
+        request: sam_protocol::ctl::Request,
+    ) -> Result<sam_protocol::ctl::Response, String> {
+        use sam_protocol::ctl::{RequestFrame, Response};
         let req = RequestFrame {
             version: sam_protocol::PROTOCOL_VERSION,
-            request: Request::Revoke { id },
+            request,
         };
-        let mut recv = exchange(frame::encode(&req).map_err(|e| e.to_string())?).await?;
-        let answer = read::<Response>(&mut recv, frame::MAX_FRAME).await;
-        conn.close(0u32.into(), b"done");
-        match answer? {
+        match self.exchange::<_, Response>(&req).await? {
             Response::Error(e) => Err(format!("node: {e}")),
-            _ => Ok(()),
+            other => Ok(other),
         }
+    }
+}
+
+/// Wipes a released node as its owner: revokes capability `cap` (the holder's), tears down
+/// every workspace (`force`), and returns how many conversations the node still serves.
+async fn wipe_node(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    cap: Option<[u8; 16]>,
+    key: &SecretKey,
+) -> Result<usize, String> {
+    use sam_protocol::ctl::{Request, Response};
+    use sam_protocol::doc::{ConvRequest, ConvResponse};
+    use sam_protocol::workspace::{WorkspaceRequest, WorkspaceResponse};
+    let work = async {
+        let ctl = OwnerCtl::connect(ep, ticket, key).await?;
+        if let Some(id) = cap {
+            ctl.request(Request::Revoke { id }).await?;
+        }
+        let listed = ctl
+            .request(Request::Workspace(WorkspaceRequest::List))
+            .await?;
+        let Response::Workspace(WorkspaceResponse::List(workspaces)) = listed else {
+            return Err(format!("unexpected answer to a workspace list: {listed:?}"));
+        };
+        for ws in workspaces {
+            ctl.request(Request::Workspace(WorkspaceRequest::Teardown {
+                id: ws.id.clone(),
+                force: true,
+            }))
+            .await
+            .map_err(|e| format!("remove workspace {}: {e}", ws.id))?;
+        }
+        let listed = ctl.request(Request::Conv(ConvRequest::List)).await?;
+        let Response::Conv(ConvResponse::List(convs)) = listed else {
+            return Err(format!(
+                "unexpected answer to a conversation list: {listed:?}"
+            ));
+        };
+        ctl.conn.close(0u32.into(), b"done");
+        Ok(convs.len())
     };
-    tokio::time::timeout(std::time::Duration::from_secs(15), work)
+    tokio::time::timeout(std::time::Duration::from_secs(120), work)
         .await
         .map_err(|_| "timed out".to_owned())?
 }

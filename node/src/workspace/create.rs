@@ -191,6 +191,24 @@ async fn start_container(
 ) -> Result<String, Failure> {
     let run_dir = shared.cfg.run_dir.join(id);
     let name = format!("sam-ws-{id}-{}", &super::state::new_id()[..4]);
+    let limits = shared.cfg.limits;
+    let host_memory = if limits.memory_mb.is_none() {
+        docker.info().await.ok().and_then(|i| i.mem_total)
+    } else {
+        None
+    };
+    let mut host_config = HostConfig {
+        init: Some(true),
+        binds: Some(vec![format!("{}:/run/sam", run_dir.display())]),
+        extra_hosts: Some(vec!["host.docker.internal:host-gateway".into()]),
+        ..Default::default()
+    };
+    limits.apply(&mut host_config, host_memory, true);
+    let without_disk = {
+        let mut h = host_config.clone();
+        h.storage_opt = None;
+        h
+    };
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["sleep".into(), "infinity".into()]),
@@ -198,12 +216,7 @@ async fn start_container(
         user: user.map(str::to_string),
         labels: Some(labels.clone()),
         env: Some(env.to_vec()),
-        host_config: Some(HostConfig {
-            init: Some(true),
-            binds: Some(vec![format!("{}:/run/sam", run_dir.display())]),
-            extra_hosts: Some(vec!["host.docker.internal:host-gateway".into()]),
-            ..Default::default()
-        }),
+        host_config: Some(host_config),
         ..Default::default()
     };
     let opts = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -218,18 +231,43 @@ async fn start_container(
     let docker = docker.clone();
     let task = tokio::spawn(async move {
         let _guard = guard;
-        let created = docker
-            .create_container(Some(opts), body)
+        let mut disk_dropped = None;
+        let created = match docker
+            .create_container(Some(opts.clone()), body.clone())
             .await
-            .map_err(|e| ("create the container", e))?;
+        {
+            Err(e) if super::docker::storage_opt_unsupported(&e) => {
+                // The driver cannot limit disk: create without it, and say so.
+                disk_dropped = Some(e.to_string());
+                let body = ContainerCreateBody {
+                    host_config: Some(without_disk),
+                    ..body
+                };
+                docker.create_container(Some(opts), body).await
+            }
+            other => other,
+        }
+        .map_err(|e| ("create the container", e))?;
         docker
             .start_container(&created.id, None)
             .await
             .map_err(|e| ("start the container", e))?;
-        Ok::<_, (&str, bollard::errors::Error)>(created.id)
+        Ok::<_, (&str, bollard::errors::Error)>((created.id, disk_dropped))
     });
     match task.await {
-        Ok(Ok(container)) => Ok(container),
+        Ok(Ok((container, disk_dropped))) => {
+            if let Some(why) = disk_dropped {
+                let msg = format!(
+                    "disk limit of {} GiB NOT enforced: this Docker storage driver cannot limit a \
+                     container's disk (overlay2 needs xfs mounted with pquota) [{why}]; the pid and \
+                     memory limits apply",
+                    limits.disk_gb
+                );
+                warn!(workspace = %id, "{msg}");
+                shared.state.log(id, &msg);
+            }
+            Ok(container)
+        }
         Ok(Err((what, e))) => Err(docker_err(&shared.docker, e, what).message),
         Err(e) => Err(format!("starting the container failed: {e}")),
     }

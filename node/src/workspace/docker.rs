@@ -243,3 +243,113 @@ pub async fn has_ready_marker(docker: &Docker, container: &str) -> bool {
         Ok(ExecOutput { code: 0, .. })
     )
 }
+
+/// Pid, memory and disk limits of a workspace container (node config `workspace_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// Most processes and threads; `0`: no limit.
+    pub pids: u64,
+    /// Memory in MiB (swap included, so no swap beyond it); `None`: three quarters of the
+    /// Docker host's memory; `Some(0)`: no limit.
+    pub memory_mb: Option<u64>,
+    /// Writable layer in GiB (`--storage-opt size`); `0`: no limit.
+    pub disk_gb: u64,
+}
+
+impl ContainerLimits {
+    pub const DEFAULT_PIDS: u64 = 4096;
+    pub const DEFAULT_DISK_GB: u64 = 32;
+
+    pub fn from_node_config(cfg: &crate::config::NodeConfig) -> Self {
+        let d = Self::default();
+        Self {
+            pids: cfg.workspace_pids_limit.unwrap_or(d.pids),
+            memory_mb: cfg.workspace_memory_mb.or(d.memory_mb),
+            disk_gb: cfg.workspace_disk_gb.unwrap_or(d.disk_gb),
+        }
+    }
+
+    /// Sets the limits on `host` (the disk limit only when `with_disk`). `host_memory` is the
+    /// Docker host's memory in bytes, for the default memory limit.
+    pub fn apply(
+        &self,
+        host: &mut bollard::models::HostConfig,
+        host_memory: Option<i64>,
+        with_disk: bool,
+    ) {
+        if self.pids > 0 {
+            host.pids_limit = Some(i64::try_from(self.pids).unwrap_or(i64::MAX));
+        }
+        let memory = match self.memory_mb {
+            Some(0) => None,
+            Some(mb) => Some(i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)),
+            None => host_memory.filter(|m| *m > 0).map(|m| m / 4 * 3),
+        };
+        if let Some(bytes) = memory {
+            host.memory = Some(bytes);
+            // swap included: no swap beyond the limit
+            host.memory_swap = Some(bytes);
+        }
+        if with_disk && self.disk_gb > 0 {
+            host.storage_opt = Some(HashMap::from([(
+                "size".to_string(),
+                format!("{}G", self.disk_gb),
+            )]));
+        }
+    }
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        Self {
+            pids: Self::DEFAULT_PIDS,
+            memory_mb: None,
+            disk_gb: Self::DEFAULT_DISK_GB,
+        }
+    }
+}
+
+/// Whether dockerd refused a create because its storage driver cannot limit a container's
+/// disk (`--storage-opt size`): overlay2 outside xfs with `pquota`, vfs, …
+pub fn storage_opt_unsupported(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+            let m = message.to_ascii_lowercase();
+            m.contains("storage-opt") || m.contains("storage opt") || m.contains("storageopt")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use bollard::models::HostConfig;
+
+    #[test]
+    fn limits_from_config_and_defaults() {
+        let mut cfg = crate::config::NodeConfig::new(sam_protocol::NodeId([1; 32]));
+        let d = ContainerLimits::from_node_config(&cfg);
+        assert_eq!(d, ContainerLimits::default());
+        let mut h = HostConfig::default();
+        d.apply(&mut h, Some(8 << 30), true);
+        assert_eq!(h.pids_limit, Some(4096));
+        assert_eq!(h.memory, Some(6 << 30));
+        assert_eq!(h.memory_swap, Some(6 << 30));
+        assert_eq!(h.storage_opt.expect("disk")["size"], "32G");
+
+        cfg.workspace_pids_limit = Some(0);
+        cfg.workspace_memory_mb = Some(0);
+        cfg.workspace_disk_gb = Some(0);
+        let none = ContainerLimits::from_node_config(&cfg);
+        let mut h = HostConfig::default();
+        none.apply(&mut h, Some(8 << 30), true);
+        assert_eq!((h.pids_limit, h.memory, h.storage_opt), (None, None, None));
+
+        cfg.workspace_memory_mb = Some(512);
+        let mut h = HostConfig::default();
+        ContainerLimits::from_node_config(&cfg).apply(&mut h, None, false);
+        assert_eq!(h.memory, Some(512 << 20));
+        assert!(h.storage_opt.is_none());
+    }
+}

@@ -1,8 +1,13 @@
 //! The warm pool's IO shell: [`PoolPolicy`] decides, this lists, labels, creates and deletes.
 //! No database: the pool is whatever the provider lists, with its labels.
 //!
-//! Two acquirers racing for the same idle node may both take it (labels have no
-//! compare-and-swap); a node holds several workspaces, so that is harmless.
+//! Labels have no compare-and-swap, so taking an idle node is a claim: the acquirer writes
+//! `busy` and a fresh random `sam-claim` token, reads the node back, and takes it only when
+//! its own token is still there; otherwise another acquirer's write landed after its own
+//! and it leaves the node to them. Within one process (the team provisioner) acquisitions
+//! are also serialised, which makes "one node, one holder" exact there; across processes the
+//! read-back narrows the race to two writes landing between one acquirer's write and its
+//! read-back, in which case the later writer wins and the earlier one sees it.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,7 +18,9 @@ use thiserror::Error;
 
 use super::{PoolPolicy, now_unix};
 use crate::config::Size;
-use crate::provider::{CreateSpec, PoolState, Provider, ProviderError, Vm};
+use crate::provider::{
+    CreateSpec, PoolState, Provider, ProviderError, Vm, labels, with_pool_state,
+};
 
 /// Says whether a node answers at its ticket's address.
 pub trait Probe: Send + Sync {
@@ -89,10 +96,10 @@ impl<P: Provider> Pool<P> {
         let vms = self.provider.list().await?;
         let now = now_unix();
         for warm in self.policy.reusable(&vms, size, now) {
-            let vm = self
-                .provider
-                .mark(warm, PoolState::Busy, now_unix())
-                .await?;
+            let Some(vm) = self.claim(warm).await? else {
+                tracing::info!(vm = %warm.id, "another acquirer claimed this idle node first");
+                continue;
+            };
             let ticket = match self.provider.ticket(&vm) {
                 Ok(t) => t,
                 Err(e) => {
@@ -112,6 +119,21 @@ impl<P: Provider> Pool<P> {
             let _ = self.provider.delete(&vm.id).await;
         }
         self.create(size, owner, probe).await
+    }
+
+    /// Marks `warm` busy with a fresh claim token, reads it back, and returns it when the
+    /// token is still ours (else `None`: someone else's claim landed after ours).
+    async fn claim(&self, warm: &Vm) -> Result<Option<Vm>, PoolError> {
+        let token = data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>());
+        let mut labels = with_pool_state(warm.labels.clone(), PoolState::Busy, now_unix());
+        labels.insert(labels::CLAIM.to_owned(), token.clone());
+        self.provider.set_labels(&warm.id, &labels).await?;
+        let now = self.provider.list().await?;
+        Ok(now.into_iter().find(|v| {
+            v.id == warm.id
+                && v.labels.get(labels::CLAIM) == Some(&token)
+                && v.pool_state() == Some(PoolState::Busy)
+        }))
     }
 
     /// A new node, reachable, marked busy.

@@ -34,6 +34,8 @@ pub struct Inject {
     pub malformed: Option<&'static str>,
     /// The create action ends in `error`.
     pub fail_create_action: bool,
+    /// Another acquirer's claim lands right after each claim written (`sam-claim` = this).
+    pub competing_claim: Option<String>,
 }
 
 #[derive(Default)]
@@ -290,10 +292,17 @@ impl FakeApi for HetznerFake {
                         return error(400, "invalid_input", &format!("invalid label {k}"));
                     }
                 }
+                let competing = st.inject.competing_claim.clone();
                 match st.servers.get_mut(&id()) {
                     Some(s) => {
                         s["labels"] = Value::Object(labels);
-                        Response::json(200, json!({"server": s}))
+                        let answer = Response::json(200, json!({"server": s}));
+                        if let Some(theirs) = competing
+                            && s["labels"].get("sam-claim").is_some()
+                        {
+                            s["labels"]["sam-claim"] = Value::String(theirs);
+                        }
+                        answer
                     }
                     None => error(404, "not_found", "server not found"),
                 }

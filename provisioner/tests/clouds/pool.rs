@@ -183,3 +183,53 @@ async fn scaleway_pool_reuses_by_tags_and_reaps() {
     assert_eq!(fake.server_count(), 0);
     srv.assert_clean();
 }
+
+/// Two acquirers, one idle node: the other one's claim lands right after ours (the fake
+/// writes it), so the read-back shows it is theirs: we leave the node to them and make a new
+/// one, instead of both holding it.
+#[tokio::test]
+async fn an_idle_node_claimed_by_another_acquirer_is_left_to_them() {
+    let (fake, srv) = hetzner_fake::start().await;
+    let pool = pool(&srv.base);
+    let owner = SecretKey::generate().node_id();
+    let first = pool
+        .acquire(Size::Small, &owner, &Answers(true))
+        .await
+        .expect("cold");
+    pool.release(&first.vm).await.expect("release");
+    assert!(
+        !pool.list().await.expect("ls")[0]
+            .labels
+            .contains_key("sam-claim")
+    );
+    let theirs = "c0".repeat(16);
+    fake.state.lock().expect("state").inject.competing_claim = Some(theirs.clone());
+    let second = pool
+        .acquire(Size::Small, &owner, &Answers(true))
+        .await
+        .expect("a new node");
+    assert!(!second.reused, "took a node another acquirer holds");
+    assert_ne!(second.vm.id, first.vm.id);
+    assert_eq!(fake.server_count(), 2);
+    let vms = pool.list().await.expect("ls");
+    let old = vms
+        .iter()
+        .find(|v| v.id == first.vm.id)
+        .expect("still there");
+    assert_eq!(old.labels.get("sam-claim"), Some(&theirs));
+    assert_eq!(old.pool_state(), Some(PoolState::Busy));
+    // without a competitor, our own claim holds
+    fake.state.lock().expect("state").inject.competing_claim = None;
+    pool.release(&second.vm).await.expect("release");
+    let third = pool
+        .acquire(Size::Small, &owner, &Answers(true))
+        .await
+        .expect("warm");
+    assert!(third.reused);
+    assert_eq!(third.vm.id, second.vm.id);
+    assert_eq!(third.vm.labels.get("sam-claim").map(String::len), Some(32));
+    for id in [&first.vm.id, &second.vm.id] {
+        pool.provider.delete(id).await.expect("delete");
+    }
+    srv.assert_clean();
+}
