@@ -125,9 +125,14 @@ pub(crate) struct Shared {
     pub config: RwLock<AgentsConfig>,
     /// Agent environment per target, with the peer that sent it.
     creds: Mutex<HashMap<CredKey, (sam_protocol::NodeId, Vec<(String, String)>)>>,
+    /// Values replaced by a later set: a running agent may still hold them.
+    retired: Mutex<Vec<String>>,
     actors: Mutex<HashMap<String, runner::Handle>>,
     pub shutdown: CancellationToken,
 }
+
+/// Most replaced credential values remembered for redaction.
+const MAX_RETIRED: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CredKey {
@@ -169,10 +174,18 @@ impl Shared {
     /// writes into a document).
     pub fn secrets(&self) -> Vec<String> {
         let creds = self.creds.lock().unwrap_or_else(|p| p.into_inner());
-        creds
+        let mut all: Vec<String> = creds
             .values()
             .flat_map(|(_, set)| set.iter().map(|(_, v)| v.clone()))
-            .collect()
+            .collect();
+        all.extend(
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
     }
 
     /// The launcher for a workspace.
@@ -245,6 +258,7 @@ impl Agents {
             workspaces,
             config: RwLock::new(config),
             creds: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
             actors: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         });
@@ -264,6 +278,11 @@ impl Agents {
     }
 
     /// Stops every runner and agent process.
+    /// Every agent key peers sent (to keep them out of commits and PRs).
+    pub fn secrets(&self) -> Vec<String> {
+        self.shared.secrets()
+    }
+
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
@@ -391,11 +410,18 @@ impl Agents {
                     }
                 };
                 let Credentials { env } = credentials;
-                self.shared
+                let old = self
+                    .shared
                     .creds
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key, (grant.peer, env));
+                if let Some((_, old)) = old {
+                    let mut retired = self.shared.retired.lock().unwrap_or_else(|p| p.into_inner());
+                    retired.extend(old.into_iter().map(|(_, v)| v));
+                    let extra = retired.len().saturating_sub(MAX_RETIRED);
+                    retired.drain(..extra);
+                }
                 Ok(AgentResponse::Cancelled { turn: None })
             }
             AgentRequest::Cancel { conv } => {

@@ -209,7 +209,7 @@ impl Prs {
                 commit: None,
             },
         };
-        let text = redact(&describe(&outcome, conv, s), &s.token);
+        let text = redact(&describe(&outcome, conv, s), &self.secrets(s));
         info!(conv, "{}", text.lines().next().unwrap_or(""));
         let author = self.inner.node_id.clone();
         let written = self
@@ -280,9 +280,10 @@ impl Prs {
         turn_failed: bool,
         retry: bool,
     ) -> PrOutcome {
+        let secrets = self.secrets(s);
         let fail = |stage: &str, message: String, commit: Option<String>| PrOutcome::Failed {
             stage: stage.into(),
-            message: redact(&message, &s.token),
+            message: redact(&message, &secrets),
             commit,
         };
         // 1. On the PR branch (keeping the working tree).
@@ -313,7 +314,7 @@ impl Prs {
         };
         if dirty {
             let transcript = self.excerpt(conv, 400).await;
-            let message = commit_message(&s.idea, conv, &transcript);
+            let message = redact(&commit_message(&s.idea, conv, &transcript), &secrets);
             let id = [
                 ("GIT_AUTHOR_NAME".to_string(), s.identity.name.clone()),
                 ("GIT_AUTHOR_EMAIL".to_string(), s.identity.email.clone()),
@@ -437,9 +438,19 @@ impl Prs {
         if let Err(e) = gh.repo(&owner, &repo).await {
             return fail("pr", e, commit);
         }
-        let body = pr_body(&s.idea, &self.excerpt(conv, EXCERPT).await);
+        let body = redact(
+            &pr_body(&s.idea, &self.excerpt(conv, EXCERPT).await),
+            &secrets,
+        );
         match gh
-            .open(&owner, &repo, &s.branch, &s.base, &title(&s.idea), &body)
+            .open(
+                &owner,
+                &repo,
+                &s.branch,
+                &s.base,
+                &redact(&title(&s.idea), &secrets),
+                &body,
+            )
             .await
         {
             Ok((p, reused)) => PrOutcome::Opened {
@@ -491,6 +502,13 @@ impl Prs {
     }
 
     /// The transcript's user and agent text, links removed, cut to `max` characters.
+    /// What never goes into a commit, a PR or a document: the token and the agent keys.
+    fn secrets(&self, s: &PrSettings) -> Vec<String> {
+        let mut all = self.inner.agents.secrets();
+        all.push(s.token.clone());
+        all
+    }
+
     async fn excerpt(&self, conv: &str, max: usize) -> String {
         let msgs = self
             .inner
@@ -572,11 +590,9 @@ pub fn unlink(text: &str) -> String {
         .join(" ")
 }
 
-fn redact(text: &str, secret: &str) -> String {
-    if secret.len() < 4 {
-        return text.to_string();
-    }
-    text.replace(secret, "[redacted]")
+/// `text` with each secret (the GitHub token, the agent keys peers sent) as `[redacted]`.
+fn redact(text: &str, secrets: &[String]) -> String {
+    crate::agent::writer::Redactor::new(secrets.iter().cloned()).redact(text)
 }
 
 /// The system message for an outcome.
@@ -637,6 +653,10 @@ mod tests {
         assert_eq!(title("\n  Add a README\nmore"), "Add a README");
         assert_eq!(title(&"x".repeat(100)).chars().count(), 72);
         assert_eq!(unlink("see https://a.b/c now"), "see [link removed] now");
-        assert_eq!(redact("tok ghp_1234 x", "ghp_1234"), "tok [redacted] x");
+        let secrets = ["ghp_1234".to_string(), "sk-ant-5678".to_string()];
+        assert_eq!(
+            redact("tok ghp_1234 x sk-ant-5678", &secrets),
+            "tok [redacted] x [redacted]"
+        );
     }
 }
