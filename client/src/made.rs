@@ -154,12 +154,6 @@ pub fn matches_repo(repo: &str, req: &CredentialRequest) -> Result<(), String> {
             "the workspace's repository is a {scheme} URL, so it needs no credential from here"
         ));
     }
-    if !req.protocol.eq_ignore_ascii_case(scheme) {
-        return Err(format!(
-            "the workspace's repository is {scheme}, not {}",
-            req.protocol
-        ));
-    }
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     let asked = req.host.to_ascii_lowercase();
     // git names the port when the URL does: `h:8080`; a default port may be named or not.
@@ -176,6 +170,12 @@ pub fn matches_repo(repo: &str, req: &CredentialRequest) -> Result<(), String> {
                 None => host,
             },
             req.host
+        ));
+    }
+    if !req.protocol.eq_ignore_ascii_case(scheme) {
+        return Err(format!(
+            "the workspace's repository is {scheme}, not {}",
+            req.protocol
         ));
     }
     if let Some(path) = &req.path {

@@ -103,7 +103,7 @@ pub async fn run(paths: &ClientPaths, cmd: WorkspaceCmd) -> Result<Output> {
     result
 }
 
-pub(crate) async fn ws(
+pub async fn ws(
     client: &NodeClient,
     request: WorkspaceRequest,
 ) -> Result<WorkspaceResponse> {
@@ -321,13 +321,14 @@ pub(crate) async fn creation_logs(client: &NodeClient, id: &str) -> Result<Works
     Ok(info)
 }
 
-/// One long poll for a credential request, answered when one comes.
-pub(crate) async fn serve_one_credential(client: &NodeClient) -> Result<()> {
+/// One long poll for a credential request, answered when one comes; returns the line said
+/// on stderr about it (`None`: no request came).
+pub async fn serve_one_credential(client: &NodeClient) -> Result<Option<String>> {
     let WorkspaceResponse::Credential(req) = ws(client, WorkspaceRequest::WaitCredential).await?
     else {
         bail!("node answered a credential poll with something else");
     };
-    let Some(req) = req else { return Ok(()) };
+    let Some(req) = req else { return Ok(None) };
     // Only a workspace this client created, and only its repository's host (crate::made).
     let verdict = crate::made::check(&client.my_id(), &client.node_id(), &req);
     let answer = match &verdict {
@@ -339,12 +340,13 @@ pub(crate) async fn serve_one_credential(client: &NodeClient) -> Result<()> {
         (Ok(()), Some(_)) => "answered".to_string(),
         (Ok(()), None) => "none found, refused".to_string(),
     };
-    eprintln!(
+    let line = format!(
         "git credentials for {}://{} asked by workspace {}: {what}",
         clean(&req.protocol),
         clean(&req.host),
         clean(&req.workspace),
     );
+    eprintln!("{line}");
     ws(
         client,
         WorkspaceRequest::AnswerCredential {
@@ -353,7 +355,7 @@ pub(crate) async fn serve_one_credential(client: &NodeClient) -> Result<()> {
         },
     )
     .await?;
-    Ok(())
+    Ok(Some(line))
 }
 
 /// Text from the node, fit for one line of stderr (no control characters, bounded).

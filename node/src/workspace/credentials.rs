@@ -128,6 +128,18 @@ impl Broker {
         };
     }
 
+    /// The workspaces with a credential request waiting for an answer (status and tests).
+    pub fn waiting(&self) -> Vec<String> {
+        let inner = self.lock();
+        inner
+            .queue
+            .iter()
+            .filter_map(|id| inner.pending.get(id))
+            .filter(|p| p.reply.is_some())
+            .map(|p| p.request.workspace.clone())
+            .collect()
+    }
+
     /// Asks the clients for a credential; `None` when none answered in time or one refused.
     pub async fn ask(
         &self,
