@@ -226,7 +226,13 @@ mod tests {
         let local = "http://10.0.0.2:8080/r.git";
         assert!(matches_repo(local, &req("http", "10.0.0.2:8080", Some("r.git"))).is_ok());
         assert!(matches_repo(local, &req("http", "10.0.0.2", None)).is_err());
-        assert!(matches_repo("git@github.com:me/app.git", &req("https", "github.com", None)).is_err());
+        assert!(
+            matches_repo(
+                "git@github.com:me/app.git",
+                &req("https", "github.com", None)
+            )
+            .is_err()
+        );
     }
 
     #[test]

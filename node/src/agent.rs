@@ -124,12 +124,15 @@ pub(crate) struct Shared {
     pub workspaces: Workspaces,
     pub config: RwLock<AgentsConfig>,
     /// Agent environment per target, with the peer that sent it.
-    creds: Mutex<HashMap<CredKey, (sam_protocol::NodeId, Vec<(String, String)>)>>,
+    creds: Mutex<HashMap<CredKey, PeerEnv>>,
     /// Values replaced by a later set: a running agent may still hold them.
     retired: Mutex<Vec<String>>,
     actors: Mutex<HashMap<String, runner::Handle>>,
     pub shutdown: CancellationToken,
 }
+
+/// An agent environment and the peer that sent it.
+type PeerEnv = (sam_protocol::NodeId, Vec<(String, String)>);
 
 /// Most replaced credential values remembered for redaction.
 const MAX_RETIRED: usize = 256;
@@ -417,7 +420,11 @@ impl Agents {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key, (grant.peer, env));
                 if let Some((_, old)) = old {
-                    let mut retired = self.shared.retired.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut retired = self
+                        .shared
+                        .retired
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     retired.extend(old.into_iter().map(|(_, v)| v));
                     let extra = retired.len().saturating_sub(MAX_RETIRED);
                     retired.drain(..extra);

@@ -116,20 +116,25 @@ async fn a_collaborators_workspace_never_asks_the_owner_or_a_teammate_for_creden
         }),
     )
     .await
-    .expect("create")
-    else {
+    .expect("create") else {
         panic!("not info")
     };
     // Its clone asks for a credential.
     let broker = n.handle.node.workspaces().broker().clone();
     let start = std::time::Instant::now();
     while !broker.waiting().contains(&info.id) {
-        assert!(start.elapsed() < GUARD, "the clone never asked for a credential");
+        assert!(
+            start.elapsed() < GUARD,
+            "the clone never asked for a credential"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The owner's and the teammate's long polls run their full course and get nothing.
     let (o, t) = tokio::join!(poll(&owner), poll(&teammate));
-    assert_eq!(o, None, "the owner's client was asked for a collaborator's workspace");
+    assert_eq!(
+        o, None,
+        "the owner's client was asked for a collaborator's workspace"
+    );
     assert_eq!(t, None, "a teammate was asked for another's workspace");
     // The creator gets it.
     let req = poll(&collab).await.expect("the creator is asked");
@@ -289,7 +294,13 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     hits
 }
 
-async fn send_env(n: &AgentNode, key: &SecretKey, ticket: &sam_protocol::Ticket, conv: &str, env: &[(&str, &str)]) -> Result<Response, ConnectError> {
+async fn send_env(
+    n: &AgentNode,
+    key: &SecretKey,
+    ticket: &sam_protocol::Ticket,
+    conv: &str,
+    env: &[(&str, &str)],
+) -> Result<Response, ConnectError> {
     let (ep, c) = harness::client(key, ticket).await.expect("connect");
     let r = c
         .request(Request::Agent(AgentRequest::Credentials {
@@ -317,8 +328,21 @@ async fn agent_env_other_than_agent_keys_is_refused() {
     let n = AgentNode::start(&[]).await;
     let conv = n.conv(&[]).await;
     let ticket = n.handle.ticket();
-    for name in ["NODE_OPTIONS", "BASH_ENV", "GIT_SSH_COMMAND", "LD_PRELOAD", "HOME"] {
-        let r = send_env(&n, &n.owner, &ticket, &conv, &[("ANTHROPIC_API_KEY", "sk-fine-123456"), (name, "/tmp/evil")]).await;
+    for name in [
+        "NODE_OPTIONS",
+        "BASH_ENV",
+        "GIT_SSH_COMMAND",
+        "LD_PRELOAD",
+        "HOME",
+    ] {
+        let r = send_env(
+            &n,
+            &n.owner,
+            &ticket,
+            &conv,
+            &[("ANTHROPIC_API_KEY", "sk-fine-123456"), (name, "/tmp/evil")],
+        )
+        .await;
         match r {
             Err(ConnectError::Remote(e)) => {
                 assert_eq!(e.code, ErrorCode::BadRequest, "{name}: {e:?}");
@@ -328,13 +352,22 @@ async fn agent_env_other_than_agent_keys_is_refused() {
         }
     }
     // The refused sets were not kept: the agent has no key at all.
-    let p = n.prompt(&conv, "env ANTHROPIC_API_KEY; env NODE_OPTIONS").await;
+    let p = n
+        .prompt(&conv, "env ANTHROPIC_API_KEY; env NODE_OPTIONS")
+        .await;
     n.ended(&conv, &p).await;
     let text = util::agent_text(&n.messages(&conv).await);
     assert!(text.contains("ANTHROPIC_API_KEY is not set"), "{text}");
     assert!(text.contains("NODE_OPTIONS is not set"), "{text}");
     // Known keys are taken.
-    let r = send_env(&n, &n.owner, &ticket, &conv, &[("ANTHROPIC_API_KEY", "sk-fine-123456")]).await;
+    let r = send_env(
+        &n,
+        &n.owner,
+        &ticket,
+        &conv,
+        &[("ANTHROPIC_API_KEY", "sk-fine-123456")],
+    )
+    .await;
     assert!(matches!(r, Ok(Response::Agent(_))), "{r:?}");
 }
 
@@ -356,7 +389,9 @@ async fn the_owner_may_allow_more_agent_env_names() {
     )
     .await
     .expect("start");
-    let (ep, c) = harness::client(&owner, &handle.ticket()).await.expect("connect");
+    let (ep, c) = harness::client(&owner, &handle.ticket())
+        .await
+        .expect("connect");
     let send = |name: &str| {
         Request::Agent(AgentRequest::Credentials {
             conv: None,
@@ -383,8 +418,18 @@ async fn the_owner_may_allow_more_agent_env_names() {
 async fn an_agent_echoing_its_key_never_puts_it_in_the_document() {
     let n = AgentNode::start(&[]).await;
     let conv = n.conv(&[]).await;
-    let key = format!("sk-ant-planted-{:016x}", std::process::id() as u64 * 7919 + 3);
-    let r = send_env(&n, &n.owner, &n.handle.ticket(), &conv, &[("ANTHROPIC_API_KEY", &key)]).await;
+    let key = format!(
+        "sk-ant-planted-{:016x}",
+        std::process::id() as u64 * 7919 + 3
+    );
+    let r = send_env(
+        &n,
+        &n.owner,
+        &n.handle.ticket(),
+        &conv,
+        &[("ANTHROPIC_API_KEY", &key)],
+    )
+    .await;
     assert!(matches!(r, Ok(Response::Agent(_))), "{r:?}");
     let p = n.prompt(&conv, "leak ANTHROPIC_API_KEY; say done").await;
     let end = n.ended(&conv, &p).await;
@@ -404,7 +449,10 @@ async fn an_agent_echoing_its_key_never_puts_it_in_the_document() {
     }
     assert!(!all.contains(&key), "the key is in the document:\n{all}");
     // Nor any piece of it long enough to matter (the split chunks were joined first).
-    assert!(!all.contains(&key[..key.len() - 4]), "part of the key:\n{all}");
+    assert!(
+        !all.contains(&key[..key.len() - 4]),
+        "part of the key:\n{all}"
+    );
     assert!(all.contains("my key is [redacted] (leaked)"), "{all}");
     assert!(all.contains("thinking about [redacted]"), "{all}");
     assert!(all.contains("x-api-key: [redacted]"), "{all}");
@@ -428,7 +476,10 @@ async fn the_nodes_home_documents_and_sockets_are_private() {
             .expect("docs")
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&conv)))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&conv))
+            })
             .collect();
         if !files.is_empty() {
             break files;
@@ -444,7 +495,10 @@ async fn the_nodes_home_documents_and_sockets_are_private() {
     assert_eq!(mode(&home.join("node.addr")), 0o600);
     // The credential sockets live in a run folder only the node's user can enter.
     let run = home.join("run");
-    n.node().workspaces().broker().ensure_socket(&run, "permtest");
+    n.node()
+        .workspaces()
+        .broker()
+        .ensure_socket(&run, "permtest");
     assert!(run.join("permtest").join("cred.sock").exists());
     assert_eq!(mode(&run), 0o700, "run folder");
     n.node().workspaces().broker().stop_socket("permtest");

@@ -103,10 +103,7 @@ pub async fn run(paths: &ClientPaths, cmd: WorkspaceCmd) -> Result<Output> {
     result
 }
 
-pub async fn ws(
-    client: &NodeClient,
-    request: WorkspaceRequest,
-) -> Result<WorkspaceResponse> {
+pub async fn ws(client: &NodeClient, request: WorkspaceRequest) -> Result<WorkspaceResponse> {
     let asked = match &request {
         WorkspaceRequest::Create(spec) => Some(spec.repo.clone()),
         _ => None,
@@ -118,7 +115,12 @@ pub async fn ws(
             if let (Some(repo), WorkspaceResponse::Info(info)) = (asked, &w)
                 && info.repo == repo
             {
-                crate::made::record(&client.my_id(), &client.node_id(), &info.id, repo.as_deref());
+                crate::made::record(
+                    &client.my_id(),
+                    &client.node_id(),
+                    &info.id,
+                    repo.as_deref(),
+                );
             }
             Ok(w)
         }
@@ -360,10 +362,7 @@ pub async fn serve_one_credential(client: &NodeClient) -> Result<Option<String>>
 
 /// Text from the node, fit for one line of stderr (no control characters, bounded).
 fn clean(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 /// This side's credential: `SAM_GIT_USERNAME`/`SAM_GIT_PASSWORD`, else

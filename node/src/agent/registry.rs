@@ -190,10 +190,22 @@ mod tests {
     #[test]
     fn only_agent_keys_and_the_owners_names_are_agent_env() {
         let extra = vec!["MY_PROXY_TOKEN".to_string()];
-        for ok in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MISTRAL_API_KEY", "MY_PROXY_TOKEN"] {
+        for ok in [
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "MISTRAL_API_KEY",
+            "MY_PROXY_TOKEN",
+        ] {
             assert!(env_allowed(ok, &extra), "{ok}");
         }
-        for bad in ["LD_PRELOAD", "PATH", "NODE_OPTIONS", "BASH_ENV", "GIT_SSH_COMMAND", "HOME"] {
+        for bad in [
+            "LD_PRELOAD",
+            "PATH",
+            "NODE_OPTIONS",
+            "BASH_ENV",
+            "GIT_SSH_COMMAND",
+            "HOME",
+        ] {
             assert!(!env_allowed(bad, &extra), "{bad}");
         }
     }

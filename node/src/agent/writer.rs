@@ -200,16 +200,13 @@ impl Writer {
             }
             Op::ToolUpdate(slot, mut u) => {
                 u.title = u.title.map(|t| r.redact(&t));
-                u.locations = u
-                    .locations
-                    .map(|l| l.iter().map(|x| r.redact(x)).collect());
+                u.locations = u.locations.map(|l| l.iter().map(|x| r.redact(x)).collect());
                 if let Some(chunk) = u.output_chunk.take() {
                     let now = r.chunk(slot, Stream::Output, &chunk);
                     u.output_chunk = (!now.is_empty()).then_some(now);
                 }
                 let ends = u.status.is_some();
-                if u.output_chunk.is_some() || u.title.is_some() || u.locations.is_some() || ends
-                {
+                if u.output_chunk.is_some() || u.title.is_some() || u.locations.is_some() || ends {
                     out.push(Op::ToolUpdate(slot, u));
                 }
                 if ends {
@@ -402,7 +399,10 @@ mod tests {
     fn a_secret_split_across_chunks_is_redacted() {
         let key = "sk-ant-0123456789";
         let mut r = Redactor::new([key.to_string(), "abc".to_string()]);
-        assert_eq!(stream(&mut r, &["the key is ", key, "."]), "the key is [redacted].");
+        assert_eq!(
+            stream(&mut r, &["the key is ", key, "."]),
+            "the key is [redacted]."
+        );
         // Split at every position, and byte by byte.
         for i in 1..key.len() {
             let out = stream(&mut r, &["k=", &key[..i], &key[i..], " end"]);
@@ -417,7 +417,10 @@ mod tests {
         // Values too short to be keys are left alone.
         assert_eq!(r.redact("abc abc"), "abc abc");
         // Multi-byte text around a held prefix.
-        assert_eq!(stream(&mut r, &["é sk-", "ant-0", "123456789 ü"]), "é [redacted] ü");
+        assert_eq!(
+            stream(&mut r, &["é sk-", "ant-0", "123456789 ü"]),
+            "é [redacted] ü"
+        );
     }
 
     #[test]

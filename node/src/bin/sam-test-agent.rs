@@ -400,8 +400,10 @@ impl Agent {
                     "status": "pending", "rawInput": { "command": format!("echo {v}") } }));
                 self.update(json!({ "sessionUpdate": "tool_call_update", "toolCallId": id,
                     "content": [{ "type": "content", "content": { "type": "text", "text": format!("{rest}={v}\n") } }] }));
-                self.update(json!({ "sessionUpdate": "tool_call_update", "toolCallId": id,
-                    "status": "completed" }));
+                self.update(
+                    json!({ "sessionUpdate": "tool_call_update", "toolCallId": id,
+                    "status": "completed" }),
+                );
             }
             "crash" => {
                 eprintln!("sam-test-agent: crashing on purpose: {rest}");

@@ -410,6 +410,58 @@ mod tests {
         assert!(broker.answer(&owner, req.id, None).is_err());
     }
 
+    /// A workspace's requests go to its creator alone; the owner key gets only those of
+    /// workspaces without a creator; nobody else may answer.
+    #[tokio::test]
+    async fn requests_go_to_the_workspace_creator_only() {
+        let broker = Broker::default();
+        let owner = Grant::owner(NodeId([1; 32]));
+        let collab = |k: u8| Grant {
+            role: Role::Collaborator,
+            capability_ids: vec![[k; 16]],
+            ..Grant::owner(NodeId([k; 32]))
+        };
+        let (creator, teammate) = (collab(2), collab(3));
+        broker.set_creator("theirs", Some(creator.peer));
+        let b = broker.clone();
+        let asker = tokio::spawn(async move {
+            b.ask("theirs", "https".into(), "github.com".into(), None)
+                .await
+        });
+        while broker.waiting().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(broker.claim(&owner).is_none(), "the owner was handed it");
+        assert!(
+            broker.claim(&teammate).is_none(),
+            "a teammate was handed it"
+        );
+        let req = broker.claim(&creator).expect("the creator is asked");
+        let cred = || {
+            Some(GitCredential {
+                username: "u".into(),
+                password: "p".into(),
+            })
+        };
+        for other in [&owner, &teammate] {
+            let e = broker.answer(other, req.id, cred()).expect_err("answered");
+            assert_eq!(e.code, ErrorCode::Forbidden);
+        }
+        broker.answer(&creator, req.id, cred()).expect("answer");
+        assert!(asker.await.expect("join").is_some());
+        // No creator recorded: the owner key only.
+        let b = broker.clone();
+        let asker =
+            tokio::spawn(async move { b.ask("legacy", "https".into(), "h".into(), None).await });
+        while broker.waiting().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(broker.claim(&creator).is_none());
+        let req = broker.claim(&owner).expect("the owner is asked");
+        broker.answer(&owner, req.id, None).expect("refuse");
+        assert!(asker.await.expect("join").is_none());
+    }
+
     /// A client that took a request and went away (its long poll dropped, its connection
     /// lost) does not eat it: after the lease the request goes to the next poll.
     #[tokio::test]

@@ -319,7 +319,11 @@ pub fn scrub_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
         return url.to_string();
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -357,14 +361,24 @@ mod tests {
     #[test]
     fn repo_urls_with_credentials_are_refused_and_scrubbed() {
         for (bad, clean) in [
-            ("https://u:ghp_secret@github.com/o/r.git", "https://github.com/o/r.git"),
-            ("https://ghp_secret@github.com/o/r", "https://github.com/o/r"),
+            (
+                "https://u:ghp_secret@github.com/o/r.git",
+                "https://github.com/o/r.git",
+            ),
+            (
+                "https://ghp_secret@github.com/o/r",
+                "https://github.com/o/r",
+            ),
             ("http://a:b@h:8080", "http://h:8080"),
             ("ssh://git:pw@h/r", "ssh://git@h/r"),
         ] {
             assert_eq!(scrub_url(bad), clean);
             let e = check_repo(bad).expect_err(bad);
-            assert!(!e.message.contains("secret") && !e.message.contains(":b@"), "{}", e.message);
+            assert!(
+                !e.message.contains("secret") && !e.message.contains(":b@"),
+                "{}",
+                e.message
+            );
         }
         for ok in [
             "https://github.com/o/r.git",
