@@ -148,9 +148,7 @@ impl Prs {
         }
         match req {
             PrRequest::Enable { conv, settings } => {
-                settings
-                    .check()
-                    .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+                check_settings(&settings)?;
                 // Turns that ended before now are not this idea's.
                 let done: HashSet<String> = self
                     .inner
@@ -168,8 +166,7 @@ impl Prs {
             PrRequest::Run { conv, settings } => {
                 let settings = match settings {
                     Some(s) => {
-                        s.check()
-                            .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+                        check_settings(&s)?;
                         lock(&self.inner.settings).insert(conv.clone(), s.clone());
                         s
                     }
@@ -590,6 +587,23 @@ pub fn unlink(text: &str) -> String {
         .join(" ")
 }
 
+/// Settings a node keeps: checked, and without credentials in the repository URL (it is
+/// named in PR notes written into the document; the push asks the credential broker).
+fn check_settings(s: &PrSettings) -> Result<(), ErrorBody> {
+    s.check()
+        .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+    let clean = crate::workspace::scrub_url(&s.repo_url);
+    if clean != s.repo_url {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the repository URL carries credentials ({clean}): give the plain URL; the push asks your client through the credential broker"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `text` with each secret (the GitHub token, the agent keys peers sent) as `[redacted]`.
 fn redact(text: &str, secrets: &[String]) -> String {
     crate::agent::writer::Redactor::new(secrets.iter().cloned()).redact(text)
@@ -647,6 +661,27 @@ pub fn describe(o: &PrOutcome, conv: &str, s: &PrSettings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repository_url_with_credentials_is_refused() {
+        let mut s = PrSettings {
+            repo_url: "https://github.com/o/r.git".into(),
+            base: "main".into(),
+            branch: "sam/x".into(),
+            idea: "x".into(),
+            identity: sam_protocol::pr::GitIdentity {
+                name: "A".into(),
+                email: "a@example.invalid".into(),
+            },
+            token: "ghp_token".into(),
+            api: None,
+        };
+        check_settings(&s).expect("plain URL");
+        s.repo_url = "https://x:ghp_secret@github.com/o/r.git".into();
+        let e = check_settings(&s).expect_err("credentials");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(!e.message.contains("ghp_secret"), "{}", e.message);
+    }
 
     #[test]
     fn titles_and_links() {

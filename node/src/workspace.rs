@@ -23,6 +23,8 @@ mod docker;
 mod state;
 mod tarball;
 
+pub use state::scrub_url;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
