@@ -577,8 +577,6 @@ pub async fn open(
     let book = NodeBook::load(&paths.nodes())?;
     let entry = book.find(node)?.clone();
     let key = paths.identity()?;
-    // The workspaces this client creates are recorded here, for `sam workspace creds`.
-    crate::made::set_home(&paths.home);
     let ep = crate::endpoint::bind(&key, None).await?;
     let client = NodeClient::connect(&ep, &entry.ticket()?)
         .await

@@ -9,8 +9,9 @@
 //! a repository other than the workspace's is refused, and the refusal is said on stderr.
 //!
 //! Kept in memory for the process (`sam idea`, `sam move`, the GUI answer the requests of
-//! the workspaces they make themselves) and, once [`set_home`] was called (the CLI does),
-//! in `$SAM_HOME/workspaces.json` (`0600`) for `sam workspace creds` in another process.
+//! the workspaces they make themselves) and, once [`set_home`] was called (loading the
+//! client's identity does), in `$SAM_HOME/workspaces.json` (`0600`) for `sam workspace
+//! creds` or `sam pr` in another process.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -50,7 +51,7 @@ fn lock() -> std::sync::MutexGuard<'static, Book> {
 
 /// Keeps the record in `home/workspaces.json` from now on (and reads it).
 pub fn set_home(home: &Path) {
-    lock().file = Some(home.join("workspaces.json"));
+    lock().file = Some(crate::ClientPaths::new(home).made_workspaces());
 }
 
 fn load(file: &Path) -> Vec<Made> {
