@@ -130,6 +130,16 @@ impl NodeClient {
         })
     }
 
+    /// The node's NodeId (hex).
+    pub fn node_id(&self) -> String {
+        self.ticket.addr.id.to_string()
+    }
+
+    /// This client's own NodeId (hex).
+    pub fn my_id(&self) -> String {
+        self.ep.id().to_string()
+    }
+
     /// The current connection.
     pub fn conn(&self) -> Connection {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod docs;
 pub mod endpoint;
 pub mod gui;
+pub mod made;
 pub mod paths;
 pub mod serve;
 pub mod streams;

@@ -46,8 +46,16 @@ impl ClientPaths {
         self.home.join("docs")
     }
 
-    /// Loads this peer's key, creating it on first use.
+    /// Where this client records the workspaces it creates (`0600`): the only ones whose
+    /// git credential requests it answers (`crate::made`).
+    pub fn made_workspaces(&self) -> PathBuf {
+        self.home.join("workspaces.json")
+    }
+
+    /// Loads this peer's key, creating it on first use. The process acts as this peer from
+    /// now on: the workspaces it creates are recorded under this home (`crate::made`).
     pub fn identity(&self) -> Result<sam_protocol::SecretKey> {
+        crate::made::set_home(&self.home);
         sam_protocol::SecretKey::load_or_create(&self.key())
             .with_context(|| format!("load identity from {}", self.key().display()))
     }

@@ -131,6 +131,7 @@ impl DocStore {
     pub fn open(dir: impl Into<PathBuf>, opts: StoreOptions) -> Result<Self, CrdtError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        private_dir(&dir).map_err(io("make private", &dir))?;
         Ok(Self {
             dir,
             opts,
@@ -258,7 +259,7 @@ impl DocStore {
     fn open_log(&mut self, id: &str) -> Result<&mut OpenDoc, CrdtError> {
         if !self.open.contains_key(id) {
             let path = self.log_path(id);
-            let mut log = OpenOptions::new()
+            let mut log = private_file()
                 .create(true)
                 .append(true)
                 .open(&path)
@@ -324,7 +325,12 @@ impl DocStore {
         let path = self.snapshot_path(&id);
         let tmp = self.dir.join(format!("{id}.am.tmp"));
         {
-            let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+            let mut f = private_file()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
             f.write_all(&bytes).map_err(io("write", &tmp))?;
             f.sync_all().map_err(io("fsync", &tmp))?;
         }
@@ -384,7 +390,12 @@ impl DocStore {
                     let mut aside = log_path.as_os_str().to_owned();
                     aside.push(format!(".torn-{}", unix_ts()));
                     let aside = PathBuf::from(aside);
-                    fs::write(&aside, &data[scan.valid_len..]).map_err(io("write", &aside))?;
+                    private_file()
+                        .write(true)
+                        .create_new(true)
+                        .open(&aside)
+                        .and_then(|mut f| f.write_all(&data[scan.valid_len..]))
+                        .map_err(io("write", &aside))?;
                     let f = OpenOptions::new()
                         .write(true)
                         .open(&log_path)
@@ -438,6 +449,30 @@ impl DocStore {
         self.open_log(id)?.saved_heads = heads;
         Ok(conv)
     }
+}
+
+/// Options for a new store file: readable by the node's (or client's) user alone (`0600`).
+fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o
+}
+
+/// The store's directory is its user's alone (`0700`): conversations are private even
+/// where files were made by an older version with wider modes.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if fs::metadata(dir)?.permissions().mode() & 0o777 != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(what: &'static str, path: &Path, reason: String) -> Result<CrdtError, CrdtError> {

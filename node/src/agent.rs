@@ -80,6 +80,9 @@ pub struct AgentsConfig {
     pub extra_args: HashMap<String, Vec<String>>,
     /// Environment given to every agent (not secret: e.g. a fake LLM's base URL in tests).
     pub extra_env: Vec<(String, String)>,
+    /// Names peers may set for agents besides [`registry::AGENT_ENV`] (the node config's
+    /// `agent_env`, set by its owner).
+    pub allowed_env: Vec<String>,
 }
 
 impl Default for AgentsConfig {
@@ -90,6 +93,7 @@ impl Default for AgentsConfig {
             cancel_grace: Duration::from_secs(10),
             extra_args: HashMap::new(),
             extra_env: Vec::new(),
+            allowed_env: Vec::new(),
         }
     }
 }
@@ -119,10 +123,19 @@ pub(crate) struct Shared {
     pub docs: DocHost,
     pub workspaces: Workspaces,
     pub config: RwLock<AgentsConfig>,
-    creds: Mutex<HashMap<CredKey, Vec<(String, String)>>>,
+    /// Agent environment per target, with the peer that sent it.
+    creds: Mutex<HashMap<CredKey, PeerEnv>>,
+    /// Values replaced by a later set: a running agent may still hold them.
+    retired: Mutex<Vec<String>>,
     actors: Mutex<HashMap<String, runner::Handle>>,
     pub shutdown: CancellationToken,
 }
+
+/// An agent environment and the peer that sent it.
+type PeerEnv = (sam_protocol::NodeId, Vec<(String, String)>);
+
+/// Most replaced credential values remembered for redaction.
+const MAX_RETIRED: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CredKey {
@@ -139,15 +152,20 @@ impl Shared {
     }
 
     /// Environment for an agent of `conv` in `workspace`: workspace credentials, then the
-    /// conversation's on top.
+    /// conversation's on top. Two peers' sets are never mixed: when the conversation's set
+    /// was sent by another peer than the workspace's, only the conversation's is used (else
+    /// a collaborator's `ANTHROPIC_BASE_URL` could send the owner's key to its own server).
     pub fn credentials(&self, conv: &str, workspace: &str) -> Vec<(String, String)> {
         let creds = self.creds.lock().unwrap_or_else(|p| p.into_inner());
+        let ws = creds.get(&CredKey::Workspace(workspace.into()));
+        let cv = creds.get(&CredKey::Conv(conv.into()));
+        let sets = match (ws, cv) {
+            (Some((a, _)), Some((b, _))) if a != b => vec![cv],
+            _ => vec![ws, cv],
+        };
         let mut env: Vec<(String, String)> = Vec::new();
-        for key in [
-            CredKey::Workspace(workspace.into()),
-            CredKey::Conv(conv.into()),
-        ] {
-            for (k, v) in creds.get(&key).into_iter().flatten() {
+        for (_, set) in sets.into_iter().flatten() {
+            for (k, v) in set {
                 env.retain(|(n, _)| n != k);
                 env.push((k.clone(), v.clone()));
             }
@@ -155,10 +173,22 @@ impl Shared {
         env
     }
 
-    /// Every credential value (to redact agent stderr).
+    /// Every credential value (redacted from agent stderr and from everything an agent
+    /// writes into a document).
     pub fn secrets(&self) -> Vec<String> {
         let creds = self.creds.lock().unwrap_or_else(|p| p.into_inner());
-        creds.values().flatten().map(|(_, v)| v.clone()).collect()
+        let mut all: Vec<String> = creds
+            .values()
+            .flat_map(|(_, set)| set.iter().map(|(_, v)| v.clone()))
+            .collect();
+        all.extend(
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
     }
 
     /// The launcher for a workspace.
@@ -231,6 +261,7 @@ impl Agents {
             workspaces,
             config: RwLock::new(config),
             creds: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
             actors: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         });
@@ -250,6 +281,11 @@ impl Agents {
     }
 
     /// Stops every runner and agent process.
+    /// Every agent key peers sent (to keep them out of commits and PRs).
+    pub fn secrets(&self) -> Vec<String> {
+        self.shared.secrets()
+    }
+
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
@@ -342,6 +378,22 @@ impl Agents {
                 credentials
                     .check()
                     .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+                let allowed = self.shared.config().allowed_env;
+                if let Some((name, _)) = credentials
+                    .env
+                    .iter()
+                    .find(|(k, _)| !registry::env_allowed(k, &allowed))
+                {
+                    warn!(peer = %grant.peer.short(), name, "agent environment refused");
+                    return Err(ErrorBody::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{name} is not an agent key this node accepts (accepted: {}{}); the node's owner can allow more names with `agent_env` in the node's config.toml",
+                            registry::AGENT_ENV.join(", "),
+                            allowed.iter().map(|a| format!(", {a}")).collect::<String>()
+                        ),
+                    ));
+                }
                 let key = match (conv, workspace) {
                     (Some(c), _) => {
                         self.check_conv(grant, needed, &c).await?;
@@ -361,11 +413,22 @@ impl Agents {
                     }
                 };
                 let Credentials { env } = credentials;
-                self.shared
+                let old = self
+                    .shared
                     .creds
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, env);
+                    .insert(key, (grant.peer, env));
+                if let Some((_, old)) = old {
+                    let mut retired = self
+                        .shared
+                        .retired
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    retired.extend(old.into_iter().map(|(_, v)| v));
+                    let extra = retired.len().saturating_sub(MAX_RETIRED);
+                    retired.drain(..extra);
+                }
                 Ok(AgentResponse::Cancelled { turn: None })
             }
             AgentRequest::Cancel { conv } => {

@@ -94,6 +94,10 @@ pub struct NodeConfig {
     /// enforced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_disk_gb: Option<u64>,
+    /// Environment variable names peers may set for agents, besides the known agent keys
+    /// (`sam_node::agent::registry::AGENT_ENV`). Anything else a peer sends is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_env: Vec<String>,
 }
 
 fn default_bind() -> SocketAddr {
@@ -112,6 +116,7 @@ impl NodeConfig {
             workspace_pids_limit: None,
             workspace_memory_mb: None,
             workspace_disk_gb: None,
+            agent_env: Vec::new(),
         }
     }
 
@@ -141,10 +146,25 @@ impl NodeConfig {
     }
 }
 
+/// Creates `dir` (and its parents) and makes `dir` itself `0700`: the node's home, its run
+/// folder and its documents are for the node's user alone.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically (temp file + rename) with mode `0600`.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no parent directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    create_private_dir(dir).with_context(|| format!("create {}", dir.display()))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -170,6 +190,7 @@ pub fn init(paths: &NodePaths, owner: NodeId, bind: Option<SocketAddr>) -> Resul
             paths.dir.display()
         );
     }
+    create_private_dir(&paths.dir).with_context(|| format!("create {}", paths.dir.display()))?;
     let key = sam_protocol::SecretKey::load_or_create(&paths.key())?;
     let mut cfg = NodeConfig::new(owner);
     if let Some(b) = bind {

@@ -148,9 +148,7 @@ impl Prs {
         }
         match req {
             PrRequest::Enable { conv, settings } => {
-                settings
-                    .check()
-                    .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+                check_settings(&settings)?;
                 // Turns that ended before now are not this idea's.
                 let done: HashSet<String> = self
                     .inner
@@ -168,8 +166,7 @@ impl Prs {
             PrRequest::Run { conv, settings } => {
                 let settings = match settings {
                     Some(s) => {
-                        s.check()
-                            .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+                        check_settings(&s)?;
                         lock(&self.inner.settings).insert(conv.clone(), s.clone());
                         s
                     }
@@ -209,7 +206,7 @@ impl Prs {
                 commit: None,
             },
         };
-        let text = redact(&describe(&outcome, conv, s), &s.token);
+        let text = redact(&describe(&outcome, conv, s), &self.secrets(s));
         info!(conv, "{}", text.lines().next().unwrap_or(""));
         let author = self.inner.node_id.clone();
         let written = self
@@ -280,9 +277,10 @@ impl Prs {
         turn_failed: bool,
         retry: bool,
     ) -> PrOutcome {
+        let secrets = self.secrets(s);
         let fail = |stage: &str, message: String, commit: Option<String>| PrOutcome::Failed {
             stage: stage.into(),
-            message: redact(&message, &s.token),
+            message: redact(&message, &secrets),
             commit,
         };
         // 1. On the PR branch (keeping the working tree).
@@ -313,7 +311,7 @@ impl Prs {
         };
         if dirty {
             let transcript = self.excerpt(conv, 400).await;
-            let message = commit_message(&s.idea, conv, &transcript);
+            let message = redact(&commit_message(&s.idea, conv, &transcript), &secrets);
             let id = [
                 ("GIT_AUTHOR_NAME".to_string(), s.identity.name.clone()),
                 ("GIT_AUTHOR_EMAIL".to_string(), s.identity.email.clone()),
@@ -437,9 +435,19 @@ impl Prs {
         if let Err(e) = gh.repo(&owner, &repo).await {
             return fail("pr", e, commit);
         }
-        let body = pr_body(&s.idea, &self.excerpt(conv, EXCERPT).await);
+        let body = redact(
+            &pr_body(&s.idea, &self.excerpt(conv, EXCERPT).await),
+            &secrets,
+        );
         match gh
-            .open(&owner, &repo, &s.branch, &s.base, &title(&s.idea), &body)
+            .open(
+                &owner,
+                &repo,
+                &s.branch,
+                &s.base,
+                &redact(&title(&s.idea), &secrets),
+                &body,
+            )
             .await
         {
             Ok((p, reused)) => PrOutcome::Opened {
@@ -491,6 +499,13 @@ impl Prs {
     }
 
     /// The transcript's user and agent text, links removed, cut to `max` characters.
+    /// What never goes into a commit, a PR or a document: the token and the agent keys.
+    fn secrets(&self, s: &PrSettings) -> Vec<String> {
+        let mut all = self.inner.agents.secrets();
+        all.push(s.token.clone());
+        all
+    }
+
     async fn excerpt(&self, conv: &str, max: usize) -> String {
         let msgs = self
             .inner
@@ -572,11 +587,26 @@ pub fn unlink(text: &str) -> String {
         .join(" ")
 }
 
-fn redact(text: &str, secret: &str) -> String {
-    if secret.len() < 4 {
-        return text.to_string();
+/// Settings a node keeps: checked, and without credentials in the repository URL (it is
+/// named in PR notes written into the document; the push asks the credential broker).
+fn check_settings(s: &PrSettings) -> Result<(), ErrorBody> {
+    s.check()
+        .map_err(|m| ErrorBody::new(ErrorCode::BadRequest, m))?;
+    let clean = crate::workspace::scrub_url(&s.repo_url);
+    if clean != s.repo_url {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the repository URL carries credentials ({clean}): give the plain URL; the push asks your client through the credential broker"
+            ),
+        ));
     }
-    text.replace(secret, "[redacted]")
+    Ok(())
+}
+
+/// `text` with each secret (the GitHub token, the agent keys peers sent) as `[redacted]`.
+fn redact(text: &str, secrets: &[String]) -> String {
+    crate::agent::writer::Redactor::new(secrets.iter().cloned()).redact(text)
 }
 
 /// The system message for an outcome.
@@ -633,10 +663,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repository_url_with_credentials_is_refused() {
+        let mut s = PrSettings {
+            repo_url: "https://github.com/o/r.git".into(),
+            base: "main".into(),
+            branch: "sam/x".into(),
+            idea: "x".into(),
+            identity: sam_protocol::pr::GitIdentity {
+                name: "A".into(),
+                email: "a@example.invalid".into(),
+            },
+            token: "ghp_token".into(),
+            api: None,
+        };
+        check_settings(&s).expect("plain URL");
+        s.repo_url = "https://x:ghp_secret@github.com/o/r.git".into();
+        let e = check_settings(&s).expect_err("credentials");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(!e.message.contains("ghp_secret"), "{}", e.message);
+    }
+
+    #[test]
     fn titles_and_links() {
         assert_eq!(title("\n  Add a README\nmore"), "Add a README");
         assert_eq!(title(&"x".repeat(100)).chars().count(), 72);
         assert_eq!(unlink("see https://a.b/c now"), "see [link removed] now");
-        assert_eq!(redact("tok ghp_1234 x", "ghp_1234"), "tok [redacted] x");
+        let secrets = ["ghp_1234".to_string(), "sk-ant-5678".to_string()];
+        assert_eq!(
+            redact("tok ghp_1234 x sk-ant-5678", &secrets),
+            "tok [redacted] x [redacted]"
+        );
     }
 }

@@ -229,9 +229,15 @@ impl Node {
         paths: NodePaths,
         cfg: NodeConfig,
         key: SecretKey,
-        agents_config: crate::agent::AgentsConfig,
+        mut agents_config: crate::agent::AgentsConfig,
     ) -> Result<NodeHandle> {
         let owner = cfg.owner_id()?;
+        // The node's home (key, config, shares, documents, run folder) is its user's alone.
+        crate::config::create_private_dir(&paths.dir)
+            .with_context(|| format!("create {}", paths.dir.display()))?;
+        agents_config
+            .allowed_env
+            .extend(cfg.agent_env.iter().cloned());
         let endpoint = crate::endpoint::bind(&key, &cfg).await?;
         let addr = crate::endpoint::ticket_addr(&endpoint, &cfg);
         let docs = crate::docs::DocHost::start(&paths.docs())?;

@@ -23,10 +23,13 @@ mod docker;
 mod state;
 mod tarball;
 
+pub use state::scrub_url;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sam_protocol::NodeId;
 use sam_protocol::auth::Grant;
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::workspace::{
@@ -55,6 +58,8 @@ pub mod label {
     pub const IMAGE: &str = "sam.image";
     pub const LIGHTWEIGHT: &str = "sam.lightweight";
     pub const PORTS: &str = "sam.ports";
+    /// NodeId (hex) of the peer that created the workspace.
+    pub const CREATOR: &str = "sam.creator";
 }
 /// Marker file written in a container once its workspace is ready.
 pub const READY_MARKER: &str = "/var/lib/sam/ready";
@@ -260,7 +265,10 @@ impl Workspaces {
         request: WorkspaceRequest,
     ) -> Result<WorkspaceResponse, ErrorBody> {
         match request {
-            WorkspaceRequest::Create(spec) => self.create(spec).await.map(WorkspaceResponse::Info),
+            WorkspaceRequest::Create(spec) => self
+                .create_by(spec, Some(grant.peer))
+                .await
+                .map(WorkspaceResponse::Info),
             WorkspaceRequest::List => self.list().await.map(WorkspaceResponse::List),
             WorkspaceRequest::Get { id } => self.get(&id).await.map(WorkspaceResponse::Info),
             // The ctl handler runs the graceful teardown first (crate::teardown).
@@ -296,6 +304,16 @@ impl Workspaces {
     /// that exists already: a ready or creating workspace is returned as it is; a
     /// stopped or failed one is brought back.
     pub async fn create(&self, spec: CreateWorkspace) -> Result<WorkspaceInfo, ErrorBody> {
+        self.create_by(spec, None).await
+    }
+
+    /// [`Self::create`] for a peer: the workspace's git credential requests go to
+    /// `creator` alone (`None`: to the node's owner key).
+    pub async fn create_by(
+        &self,
+        spec: CreateWorkspace,
+        creator: Option<NodeId>,
+    ) -> Result<WorkspaceInfo, ErrorBody> {
         self.shared.client().await?;
         self.shared.discover().await?;
         let name = match &spec.name {
@@ -333,10 +351,11 @@ impl Workspaces {
             user: "sam".into(),
             forward_ports: Vec::new(),
         };
-        self.shared
-            .state
-            .insert(Entry::new(info.clone(), Some(spec.clone())));
-        info!(workspace = %id, %name, repo = ?spec.repo, "creating workspace");
+        let mut entry = Entry::new(info.clone(), Some(spec.clone()));
+        entry.creator = creator;
+        self.shared.state.insert(entry);
+        self.shared.broker.set_creator(&id, creator);
+        info!(workspace = %id, %name, repo = ?spec.repo.as_deref().map(state::scrub_url), creator = ?creator.map(|c| c.short()), "creating workspace");
         create::spawn(self.shared.clone(), id);
         Ok(info)
     }
@@ -489,6 +508,7 @@ impl Shared {
         let mut revived = Vec::new();
         for entry in found {
             revived.push(entry.info.id.clone());
+            self.broker.set_creator(&entry.info.id, entry.creator);
             self.state.insert_if_absent(entry);
         }
         for id in &revived {

@@ -19,6 +19,7 @@ mod pr;
 mod pr_docker;
 mod real_agents;
 mod real_agents_node;
+mod secrets;
 mod sharing;
 mod teardown;
 mod workspace_io;

@@ -103,12 +103,27 @@ pub async fn run(paths: &ClientPaths, cmd: WorkspaceCmd) -> Result<Output> {
     result
 }
 
-pub(crate) async fn ws(
-    client: &NodeClient,
-    request: WorkspaceRequest,
-) -> Result<WorkspaceResponse> {
+pub async fn ws(client: &NodeClient, request: WorkspaceRequest) -> Result<WorkspaceResponse> {
+    let asked = match &request {
+        WorkspaceRequest::Create(spec) => Some(spec.repo.clone()),
+        _ => None,
+    };
     match client.request(Request::Workspace(request)).await? {
-        Response::Workspace(w) => Ok(w),
+        Response::Workspace(w) => {
+            // What this client made, and from which repo: the only credential requests it
+            // answers (crate::made).
+            if let (Some(repo), WorkspaceResponse::Info(info)) = (asked, &w)
+                && info.repo == repo
+            {
+                crate::made::record(
+                    &client.my_id(),
+                    &client.node_id(),
+                    &info.id,
+                    repo.as_deref(),
+                );
+            }
+            Ok(w)
+        }
         other => bail!("node answered with something else: {other:?}"),
     }
 }
@@ -308,25 +323,32 @@ pub(crate) async fn creation_logs(client: &NodeClient, id: &str) -> Result<Works
     Ok(info)
 }
 
-/// One long poll for a credential request, answered when one comes.
-pub(crate) async fn serve_one_credential(client: &NodeClient) -> Result<()> {
+/// One long poll for a credential request, answered when one comes; returns the line said
+/// on stderr about it (`None`: no request came).
+pub async fn serve_one_credential(client: &NodeClient) -> Result<Option<String>> {
     let WorkspaceResponse::Credential(req) = ws(client, WorkspaceRequest::WaitCredential).await?
     else {
         bail!("node answered a credential poll with something else");
     };
-    let Some(req) = req else { return Ok(()) };
-    let answer = local_credential(&req).await;
-    eprintln!(
-        "git credentials for {}://{} asked by workspace {}: {}",
-        req.protocol,
-        req.host,
-        req.workspace,
-        if answer.is_some() {
-            "answered"
-        } else {
-            "none found, refused"
-        }
+    let Some(req) = req else { return Ok(None) };
+    // Only a workspace this client created, and only its repository's host (crate::made).
+    let verdict = crate::made::check(&client.my_id(), &client.node_id(), &req);
+    let answer = match &verdict {
+        Ok(()) => local_credential(&req).await,
+        Err(_) => None,
+    };
+    let what = match (&verdict, &answer) {
+        (Err(why), _) => format!("refused ({why})"),
+        (Ok(()), Some(_)) => "answered".to_string(),
+        (Ok(()), None) => "none found, refused".to_string(),
+    };
+    let line = format!(
+        "git credentials for {}://{} asked by workspace {}: {what}",
+        clean(&req.protocol),
+        clean(&req.host),
+        clean(&req.workspace),
     );
+    eprintln!("{line}");
     ws(
         client,
         WorkspaceRequest::AnswerCredential {
@@ -335,7 +357,12 @@ pub(crate) async fn serve_one_credential(client: &NodeClient) -> Result<()> {
         },
     )
     .await?;
-    Ok(())
+    Ok(Some(line))
+}
+
+/// Text from the node, fit for one line of stderr (no control characters, bounded).
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 /// This side's credential: `SAM_GIT_USERNAME`/`SAM_GIT_PASSWORD`, else

@@ -18,6 +18,27 @@ pub const GEMINI_VERSION: &str = "0.61.0";
 pub const VIBE_PKG: &str = "mistral-vibe";
 pub const VIBE_VERSION: &str = "3.0.2";
 
+/// Environment variable names a peer may set for agents (`AgentRequest::Credentials`):
+/// the keys and LLM addresses of the known agents. The node's owner may allow more
+/// (`agent_env` in the node's `config.toml`); any other name (`LD_PRELOAD`, `PATH`,
+/// `NODE_OPTIONS`, `BASH_ENV`, `GIT_SSH_COMMAND`, …) is refused, since it would let a
+/// peer run code in the agent's process.
+pub const AGENT_ENV: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "MISTRAL_API_KEY",
+];
+
+/// May a peer set `name` for an agent? Known agent keys, plus `extra` (the owner's list).
+pub fn env_allowed(name: &str, extra: &[String]) -> bool {
+    AGENT_ENV.contains(&name) || extra.iter().any(|e| e == name)
+}
+
 /// The agents SAM knows by name.
 pub const KNOWN: &[&str] = &["claude", "codex", "gemini", "vibe", "custom"];
 
@@ -165,6 +186,29 @@ pub fn split_command(cmd: &str) -> Result<Vec<String>, AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_agent_keys_and_the_owners_names_are_agent_env() {
+        let extra = vec!["MY_PROXY_TOKEN".to_string()];
+        for ok in [
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "MISTRAL_API_KEY",
+            "MY_PROXY_TOKEN",
+        ] {
+            assert!(env_allowed(ok, &extra), "{ok}");
+        }
+        for bad in [
+            "LD_PRELOAD",
+            "PATH",
+            "NODE_OPTIONS",
+            "BASH_ENV",
+            "GIT_SSH_COMMAND",
+            "HOME",
+        ] {
+            assert!(!env_allowed(bad, &extra), "{bad}");
+        }
+    }
 
     #[test]
     fn split() {

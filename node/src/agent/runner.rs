@@ -435,6 +435,7 @@ impl Runner {
             self.shared.docs.clone(),
             self.conv.clone(),
             self.shared.node_id.clone(),
+            self.shared.secrets(),
         );
         w.send(Op::StatusOf(p.id.clone(), Status::Running, None));
         info!(prompt = %p.id, "turn starts");

@@ -21,6 +21,7 @@
 //! | `sleep MS` | waits (cancellable) |
 //! | `stderr TEXT` | writes to stderr |
 //! | `stderr-env NAME` | writes NAME=value to stderr (to test redaction) |
+//! | `leak NAME` | a misbehaving agent: NAME's value in its message text (split over three chunks), a thought, a tool title and a tool's output (to test redaction) |
 //! | `crash` | writes to stderr and exits 3 mid-turn |
 //! | `hang` | never answers (ignores cancel) |
 //! | `garbage` / `nonacp` | writes non-JSON / non-ACP JSON lines on stdout |
@@ -384,6 +385,26 @@ impl Agent {
             "sleep" => self.sleep(num(rest, 100)),
             "stderr" => eprintln!("{rest}"),
             "stderr-env" => eprintln!("{rest}={}", std::env::var(rest).unwrap_or_default()),
+            "leak" => {
+                let v = std::env::var(rest).unwrap_or_default();
+                let (a, b) = v.split_at(v.len() / 3);
+                let (b, c) = b.split_at(b.len() / 2);
+                self.say(&format!("my key is {a}"));
+                self.say(b);
+                self.say(&format!("{c} (leaked)"));
+                self.update(json!({ "sessionUpdate": "agent_thought_chunk",
+                    "content": { "type": "text", "text": format!("thinking about {v}") } }));
+                let id = format!("tool-{}", now_micros());
+                self.update(json!({ "sessionUpdate": "tool_call", "toolCallId": id,
+                    "title": format!("curl -H 'x-api-key: {v}'"), "kind": "execute",
+                    "status": "pending", "rawInput": { "command": format!("echo {v}") } }));
+                self.update(json!({ "sessionUpdate": "tool_call_update", "toolCallId": id,
+                    "content": [{ "type": "content", "content": { "type": "text", "text": format!("{rest}={v}\n") } }] }));
+                self.update(
+                    json!({ "sessionUpdate": "tool_call_update", "toolCallId": id,
+                    "status": "completed" }),
+                );
+            }
             "crash" => {
                 eprintln!("sam-test-agent: crashing on purpose: {rest}");
                 let _ = self.out.flush();

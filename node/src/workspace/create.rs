@@ -172,7 +172,10 @@ fn labels(
         ),
     ]);
     if let Some(r) = &spec.repo {
-        l.insert(label::REPO.to_string(), r.clone());
+        l.insert(label::REPO.to_string(), super::state::scrub_url(r));
+    }
+    if let Ok(Some(c)) = shared.state.with(&info.id, |e| e.creator) {
+        l.insert(label::CREATOR.to_string(), c.to_string());
     }
     if let Some(b) = &spec.branch {
         l.insert(label::BRANCH.to_string(), b.clone());
@@ -724,6 +727,7 @@ pub async fn discover(shared: &Shared, docker: &Docker) -> Result<Vec<Entry>, Er
         };
         let mut entry = Entry::new(info, Some(spec));
         entry.container_id = Some(cid);
+        entry.creator = get(label::CREATOR).and_then(|c| c.parse().ok());
         entries.push(entry);
     }
     Ok(entries)

@@ -10,11 +10,20 @@
 //! 3. The node queues a [`CredentialRequest`]. Clients that are willing to answer
 //!    keep a long poll `WorkspaceRequest::WaitCredential` open on `sam/ctl/1` (the
 //!    server→client path is a client-held long poll: no extra stream type, works
-//!    through the same request/response frames, and only owner/collaborator clients
-//!    allowed on that workspace are handed the request).
+//!    through the same request/response frames). A request is handed only to the peer
+//!    that created the workspace ([`Broker::set_creator`]; kept across restarts in a
+//!    container label), and answered only by it; a workspace with no recorded creator
+//!    (adopted, or made before creators were recorded) is served by the node's owner
+//!    key alone. A collaborator's workspace so never reaches the owner's (or a
+//!    teammate's) client, which may hold credentials for the same host.
 //! 4. The client answers with `AnswerCredential` from `git credential fill` on its
-//!    side (or `SAM_GIT_USERNAME`/`SAM_GIT_PASSWORD`); the node hands the answer to
-//!    the waiting helper, which prints it to git. Nothing is cached on the node.
+//!    side (or `SAM_GIT_USERNAME`/`SAM_GIT_PASSWORD`), and only for the protocol and host
+//!    of the repository it created that workspace with (it refuses anything else, and
+//!    says so on stderr); the node hands the answer to the waiting helper, which prints
+//!    it to git. Nothing is cached on the node.
+//!
+//! The socket is `0666` so the container's user can reach it, but the run folder that
+//! holds the per-workspace folders is `0700`: no other user of the host can get to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -27,6 +36,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sam_protocol::NodeId;
 use sam_protocol::auth::Grant;
 use sam_protocol::capability::{Role, Scope};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
@@ -69,6 +79,31 @@ struct Inner {
     pending: HashMap<u64, Pending>,
     queue: VecDeque<u64>,
     sockets: HashMap<String, CancellationToken>,
+    /// The peer that created each workspace: the only one its requests go to.
+    creators: HashMap<String, NodeId>,
+}
+
+impl Inner {
+    /// May this grant be handed (and answer) a credential request of `workspace`? Only
+    /// the peer that created the workspace, while it may still use the workspace; for a
+    /// workspace without a recorded creator, only the node's owner key.
+    fn may_answer(&self, grant: &Grant, workspace: &str) -> bool {
+        match self.creators.get(workspace) {
+            Some(creator) => {
+                grant.peer == *creator
+                    && grant.allows(
+                        Role::Collaborator,
+                        Some(&Scope::Workspace(workspace.to_string())),
+                    )
+            }
+            None => is_node_owner(grant),
+        }
+    }
+}
+
+/// The owner's own key (not a holder of a delegated owner capability).
+fn is_node_owner(grant: &Grant) -> bool {
+    grant.role == Role::Owner && grant.scope.is_none() && grant.capability_ids.is_empty()
 }
 
 /// Queue of credential requests, and the per-workspace sockets. Cheap to clone.
@@ -82,6 +117,27 @@ pub struct Broker {
 impl Broker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records who created `workspace` (`None`: unknown, so only the owner is asked).
+    pub fn set_creator(&self, workspace: &str, creator: Option<NodeId>) {
+        let mut inner = self.lock();
+        match creator {
+            Some(c) => inner.creators.insert(workspace.to_string(), c),
+            None => inner.creators.remove(workspace),
+        };
+    }
+
+    /// The workspaces with a credential request waiting for an answer (status and tests).
+    pub fn waiting(&self) -> Vec<String> {
+        let inner = self.lock();
+        inner
+            .queue
+            .iter()
+            .filter_map(|id| inner.pending.get(id))
+            .filter(|p| p.reply.is_some())
+            .map(|p| p.request.workspace.clone())
+            .collect()
     }
 
     /// Asks the clients for a credential; `None` when none answered in time or one refused.
@@ -148,17 +204,16 @@ impl Broker {
 
     fn claim(&self, grant: &Grant) -> Option<CredentialRequest> {
         let mut inner = self.lock();
-        let Inner { pending, queue, .. } = &mut *inner;
         // Claimed requests stay queued until answered, so a claim whose client went away
         // is handed out again once its lease is over.
-        let id = *queue.iter().find(|id| {
-            pending.get(id).is_some_and(|p| {
+        let id = *inner.queue.iter().find(|id| {
+            inner.pending.get(id).is_some_and(|p| {
                 p.reply.is_some()
                     && p.claimed.is_none_or(|t| t.elapsed() >= CLAIM_LEASE)
-                    && allowed(grant, &p.request.workspace)
+                    && inner.may_answer(grant, &p.request.workspace)
             })
         })?;
-        let p = pending.get_mut(&id)?;
+        let p = inner.pending.get_mut(&id)?;
         p.claimed = Some(tokio::time::Instant::now());
         debug!(id, workspace = %p.request.workspace, peer = %grant.peer.short(), "credential request handed out");
         Some(p.request.clone())
@@ -172,18 +227,22 @@ impl Broker {
         answer: Option<GitCredential>,
     ) -> Result<(), ErrorBody> {
         let mut inner = self.lock();
-        let Some(p) = inner.pending.get_mut(&id) else {
+        let Some(workspace) = inner.pending.get(&id).map(|p| p.request.workspace.clone()) else {
             return Err(ErrorBody::new(
                 ErrorCode::NotFound,
                 format!("no credential request {id} is waiting (answered or timed out)"),
             ));
         };
-        if !allowed(grant, &p.request.workspace) {
+        if !inner.may_answer(grant, &workspace) {
+            warn!(id, workspace, peer = %grant.peer.short(), "credential answer refused: not the workspace's creator");
             return Err(ErrorBody::new(
                 ErrorCode::Forbidden,
-                "you may not answer credential requests of this workspace",
+                "only the peer that created this workspace answers its credential requests",
             ));
         }
+        let Some(p) = inner.pending.get_mut(&id) else {
+            return Err(ErrorBody::new(ErrorCode::NotFound, "request gone"));
+        };
         if let Some(tx) = p.reply.take() {
             let _ = tx.send(answer);
         }
@@ -204,15 +263,20 @@ impl Broker {
     }
 
     pub fn stop_socket(&self, workspace: &str) {
-        if let Some(t) = self.lock().sockets.remove(workspace) {
+        let mut inner = self.lock();
+        inner.creators.remove(workspace);
+        if let Some(t) = inner.sockets.remove(workspace) {
             t.cancel();
         }
     }
 
     fn bind(&self, run_dir: &Path, workspace: &str) -> std::io::Result<CancellationToken> {
         use std::os::unix::fs::PermissionsExt;
+        // Nobody else on the host may reach the sockets: the run folder is the owner's.
+        crate::config::create_private_dir(run_dir)?;
         let dir = run_dir.join(workspace);
         std::fs::create_dir_all(&dir)?;
+        // Traversable by the container's user through the bind mount only.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
         let path = dir.join(SOCKET);
         if path.as_os_str().len() > 107 {
@@ -295,14 +359,6 @@ impl Broker {
     }
 }
 
-/// May this grant answer for this workspace? Collaborators and owners on it.
-fn allowed(grant: &Grant, workspace: &str) -> bool {
-    grant.allows(
-        Role::Collaborator,
-        Some(&Scope::Workspace(workspace.to_string())),
-    )
-}
-
 /// Values git would misread (newlines, NUL) are refused.
 fn valid_value(v: &str) -> bool {
     !v.contains(['\n', '\0'])
@@ -352,6 +408,58 @@ mod tests {
         let got = asker.await.expect("join").expect("credential");
         assert_eq!(got.username, "u");
         assert!(broker.answer(&owner, req.id, None).is_err());
+    }
+
+    /// A workspace's requests go to its creator alone; the owner key gets only those of
+    /// workspaces without a creator; nobody else may answer.
+    #[tokio::test]
+    async fn requests_go_to_the_workspace_creator_only() {
+        let broker = Broker::default();
+        let owner = Grant::owner(NodeId([1; 32]));
+        let collab = |k: u8| Grant {
+            role: Role::Collaborator,
+            capability_ids: vec![[k; 16]],
+            ..Grant::owner(NodeId([k; 32]))
+        };
+        let (creator, teammate) = (collab(2), collab(3));
+        broker.set_creator("theirs", Some(creator.peer));
+        let b = broker.clone();
+        let asker = tokio::spawn(async move {
+            b.ask("theirs", "https".into(), "github.com".into(), None)
+                .await
+        });
+        while broker.waiting().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(broker.claim(&owner).is_none(), "the owner was handed it");
+        assert!(
+            broker.claim(&teammate).is_none(),
+            "a teammate was handed it"
+        );
+        let req = broker.claim(&creator).expect("the creator is asked");
+        let cred = || {
+            Some(GitCredential {
+                username: "u".into(),
+                password: "p".into(),
+            })
+        };
+        for other in [&owner, &teammate] {
+            let e = broker.answer(other, req.id, cred()).expect_err("answered");
+            assert_eq!(e.code, ErrorCode::Forbidden);
+        }
+        broker.answer(&creator, req.id, cred()).expect("answer");
+        assert!(asker.await.expect("join").is_some());
+        // No creator recorded: the owner key only.
+        let b = broker.clone();
+        let asker =
+            tokio::spawn(async move { b.ask("legacy", "https".into(), "h".into(), None).await });
+        while broker.waiting().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(broker.claim(&creator).is_none());
+        let req = broker.claim(&owner).expect("the owner is asked");
+        broker.answer(&owner, req.id, None).expect("refuse");
+        assert!(asker.await.expect("join").is_none());
     }
 
     /// A client that took a request and went away (its long poll dropped, its connection

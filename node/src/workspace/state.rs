@@ -26,6 +26,9 @@ pub struct Entry {
     /// What it was created from (to build it anew); `None` for adopted containers.
     pub spec: Option<CreateWorkspace>,
     pub adopted: bool,
+    /// The peer that asked for it (its git credential requests go to that peer alone);
+    /// kept in the `sam.creator` label.
+    pub creator: Option<sam_protocol::NodeId>,
     /// The creation pipeline while it runs (aborted when the workspace is removed).
     pub task: Option<tokio::task::JoinHandle<()>>,
     /// Held by a container create/start in flight, which an abort does not stop.
@@ -42,6 +45,7 @@ impl Entry {
             container_id: None,
             spec,
             adopted: false,
+            creator: None,
             task: None,
             docker_calls: Default::default(),
             log: VecDeque::new(),
@@ -292,10 +296,48 @@ pub fn check_repo(repo: &str) -> Result<(), ErrorBody> {
     {
         return Err(ErrorBody::new(
             ErrorCode::BadRequest,
-            format!("bad repo URL {repo:?}"),
+            format!("bad repo URL {:?}", scrub_url(repo)),
+        ));
+    }
+    if scrub_url(repo) != repo {
+        // The URL would land in labels, logs, `sam workspace ls` and documents.
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the repo URL carries credentials ({}): give the plain URL; git asks your client for credentials through SAM's credential broker",
+                scrub_url(repo)
+            ),
         ));
     }
     Ok(())
+}
+
+/// `url` without the credentials of its authority: `https://user:token@host/p` →
+/// `https://host/p`; for `ssh://` only a password is dropped (`ssh://git@host/p` stays).
+/// Text that is not a `scheme://` URL is returned as it is.
+pub fn scrub_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return url.to_string();
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let (userinfo, host) = (&authority[..at], &authority[at + 1..]);
+    let ssh = scheme.to_ascii_lowercase().contains("ssh");
+    match userinfo.split_once(':') {
+        None if ssh => url.to_string(),
+        Some((user, _)) if ssh => format!("{scheme}://{user}@{host}{tail}"),
+        _ => format!("{scheme}://{host}{tail}"),
+    }
 }
 
 pub fn check_branch(branch: &str) -> Result<(), ErrorBody> {
@@ -315,6 +357,40 @@ pub fn check_branch(branch: &str) -> Result<(), ErrorBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_urls_with_credentials_are_refused_and_scrubbed() {
+        for (bad, clean) in [
+            (
+                "https://u:ghp_secret@github.com/o/r.git",
+                "https://github.com/o/r.git",
+            ),
+            (
+                "https://ghp_secret@github.com/o/r",
+                "https://github.com/o/r",
+            ),
+            ("http://a:b@h:8080", "http://h:8080"),
+            ("ssh://git:pw@h/r", "ssh://git@h/r"),
+        ] {
+            assert_eq!(scrub_url(bad), clean);
+            let e = check_repo(bad).expect_err(bad);
+            assert!(
+                !e.message.contains("secret") && !e.message.contains(":b@"),
+                "{}",
+                e.message
+            );
+        }
+        for ok in [
+            "https://github.com/o/r.git",
+            "git@github.com:o/r.git",
+            "ssh://git@h/r",
+            "/srv/repo.git",
+            "https://h/p?x=a@b",
+        ] {
+            assert_eq!(scrub_url(ok), ok);
+            check_repo(ok).expect(ok);
+        }
+    }
 
     #[test]
     fn names() {
