@@ -105,15 +105,8 @@ fn spec(owner: &SecretKey, url: String, sha256: String) -> (SecretKey, Bootstrap
 
 #[tokio::test]
 async fn user_data_boots_a_node_in_debian_and_its_ticket_works() {
-    let gw: IpAddr = docker(&[
-        "network",
-        "inspect",
-        "bridge",
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ])
-    .parse()
-    .expect("bridge gateway ip");
+    // docker0's own address: a fresh Docker leaves the bridge's IPAM `Gateway` empty.
+    let gw: IpAddr = crate::support::git_http::bridge_ip();
     let bin = node_bin();
     let http = serve_file(gw, &bin);
     let owner = SecretKey::generate();
