@@ -392,7 +392,8 @@ impl DocStore {
                     let aside = PathBuf::from(aside);
                     private_file()
                         .write(true)
-                        .create_new(true)
+                        .create(true)
+                        .truncate(true)
                         .open(&aside)
                         .and_then(|mut f| f.write_all(&data[scan.valid_len..]))
                         .map_err(io("write", &aside))?;

@@ -514,3 +514,64 @@ async fn the_nodes_home_documents_and_sockets_are_private() {
         assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
     }
 }
+
+/// Before, a collaborator's conversation-level `ANTHROPIC_BASE_URL` was laid over the
+/// owner's workspace-level key: the agent sent the owner's key to the collaborator's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peers_base_url_never_carries_another_peers_key() {
+    let n = AgentNode::start(&[]).await;
+    let conv = n.conv(&[]).await;
+    let workspace = n
+        .node()
+        .docs()
+        .read(&conv, |c| c.workspace().id)
+        .await
+        .expect("read");
+    let (ep, owner) = harness::client(&n.owner, &n.handle.ticket())
+        .await
+        .expect("owner");
+    owner
+        .request(Request::Agent(AgentRequest::Credentials {
+            conv: None,
+            workspace: Some(workspace),
+            credentials: Credentials {
+                env: vec![("ANTHROPIC_API_KEY".into(), "sk-owner-key-0123".into())],
+            },
+        }))
+        .await
+        .expect("owner's key");
+    owner.close();
+    ep.close().await;
+    let collab = SecretKey::generate();
+    let cap = sam_protocol::capability::Capability::new(
+        n.owner.node_id(),
+        n.node_key.node_id(),
+        sam_protocol::capability::Grantee::Key(collab.node_id()),
+        Role::Collaborator,
+        None,
+        harness::now(),
+        Some(3600),
+    )
+    .sign(&n.owner, None);
+    let mut ticket = n.handle.ticket();
+    ticket.capability = Some(cap);
+    let r = send_env(
+        &n,
+        &collab,
+        &ticket,
+        &conv,
+        &[("ANTHROPIC_BASE_URL", "http://attacker.invalid")],
+    )
+    .await;
+    assert!(matches!(r, Ok(Response::Agent(_))), "{r:?}");
+    let p = n
+        .prompt(&conv, "env ANTHROPIC_BASE_URL; env ANTHROPIC_API_KEY")
+        .await;
+    n.ended(&conv, &p).await;
+    let text = util::agent_text(&n.messages(&conv).await);
+    assert!(text.contains("ANTHROPIC_BASE_URL is set"), "{text}");
+    assert!(
+        text.contains("ANTHROPIC_API_KEY is not set"),
+        "the owner's key went with the collaborator's base URL: {text}"
+    );
+}
