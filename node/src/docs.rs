@@ -284,7 +284,8 @@ enum After {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rights {
     /// May change the steering fields (`workspace`, `agent`, `agent_cmd`, `policy`,
-    /// `acp_session`, `hosts`, `served_by`): the node's owner and unscoped collaborators.
+    /// `acp_session`, `hosts`, `served_by`): the node's owner and unscoped collaborators
+    /// (never a scoped grant, whatever its role).
     pub steer: bool,
     /// Who the peer is, for the refusal ("a collaborator scoped to conversation X").
     pub who: String,
@@ -294,8 +295,9 @@ impl Rights {
     /// The rights of `grant`.
     pub fn of(grant: &sam_protocol::Grant) -> Self {
         use sam_protocol::capability::Role;
-        let steer = grant.role == Role::Owner
-            || (grant.role == Role::Collaborator && grant.scope.is_none());
+        // Unscoped only: an `owner` delegated on one conversation or workspace holds that,
+        // not the node, and must not point its conversation elsewhere.
+        let steer = grant.role >= Role::Collaborator && grant.scope.is_none();
         let who = match &grant.scope {
             Some(scope) => format!("a {} scoped to {scope}", grant.role),
             None => format!("an unscoped {}", grant.role),

@@ -623,3 +623,41 @@ async fn a_change_with_a_huge_op_counter_cannot_break_the_nodes_own_writes() {
     assert_eq!(snapshot(&n, &a).await.policy.as_deref(), Some("ask"));
     assert_eq!(snapshot(&n, &b).await.workspace.1, "ws-b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_grant_scoped_to_one_conversation_or_workspace_cannot_steer_it_elsewhere() {
+    // The node's owner may delegate `owner` on one conversation or workspace (to share and
+    // revoke it). That grant covers that conversation, not the node: it must not point the
+    // conversation at another workspace or make the node run a command of its choosing.
+    let n = AgentNode::start(&[]).await;
+    let a = conv_on(&n, "ws-a").await;
+    let marker = n.dir.path().join("pwned-by-scoped-owner");
+    for scope in [
+        Scope::Conversation(a.clone()),
+        Scope::Workspace("ws-a".into()),
+    ] {
+        let (key, ticket) = member(&n, Role::Owner, Some(scope.clone()));
+        let ep = endpoint(&key).await;
+        let me = key.node_id().to_string();
+        let mut replica = fetch(&ep, &ticket, &a).await;
+        let mut doc = replica.automerge().clone();
+        let (_, ws) = doc.get(ROOT, "workspace").expect("get").expect("ws");
+        doc.put(&ws, "id", "ws-b").expect("put");
+        doc.put(ROOT, "agent_cmd", evil_cmd(&marker)).expect("put");
+        doc.commit();
+        replica = Conversation::from_automerge(doc).expect("valid");
+        replica
+            .append_user_message(&me, "go", Status::Queued)
+            .expect("prompt");
+        let err = push(&ep, &ticket, &a, &mut replica).await;
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("may not change")),
+            "an owner scoped to {scope} steered the conversation: {err:?}"
+        );
+        let after = snapshot(&n, &a).await;
+        assert_eq!(after.workspace.1, "ws-a", "scope {scope}");
+        assert_eq!(after.messages, 0, "scope {scope}");
+    }
+    assert_never_ran(&marker).await;
+    assert!(!n.root.join("ws-b").exists(), "nothing ran in ws-b");
+}
