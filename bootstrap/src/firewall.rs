@@ -53,6 +53,9 @@ if [ "$action" = install ]; then
   # Docker creates it too (and jumps to it first from FORWARD); made here when Docker is not
   # up yet, Docker then keeps it and its rules.
   ipt -n -L DOCKER-USER >/dev/null 2>&1 || ipt -N DOCKER-USER
+  # Docker's iptables backend jumps there first from FORWARD; its nftables backend does not,
+  # but packets still pass this table's FORWARD hook, so the jump is made when missing.
+  ipt -C FORWARD -j DOCKER-USER 2>/dev/null || ipt -I FORWARD 1 -j DOCKER-USER
 fi
 if ipt -n -L DOCKER-USER >/dev/null 2>&1; then
   # forwarded: a container's packets to an off-host metadata service, from any Docker network
