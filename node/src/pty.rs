@@ -441,7 +441,9 @@ async fn start(
         exec_id: exec.id,
         clients: HashMap::new(),
         scrollback: Vec::new(),
-        size: (open.cols, open.rows),
+        // Unknown: Docker does not always apply `console_size`, so the first attach
+        // resizes the tty explicitly.
+        size: (0, 0),
     };
     let tid = id.clone();
     tokio::spawn(async move {
