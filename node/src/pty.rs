@@ -32,8 +32,8 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::Role;
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::{
-    PTY_RESET_TOO_SLOW, PTY_SCROLLBACK, PTY_VIEWER_BUFFER, PtyFrame, PtyOpen, PtyOpened,
-    PtyTarget, check_size,
+    PTY_RESET_TOO_SLOW, PTY_SCROLLBACK, PTY_VIEWER_BUFFER, PtyFrame, PtyOpen, PtyOpened, PtyTarget,
+    check_size,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -549,7 +549,11 @@ impl Actor {
         }
         for id in &slow {
             if let Some(c) = self.clients.get(id) {
-                debug!(client = id, read_only = c.read_only, "terminal client too slow; detached");
+                debug!(
+                    client = id,
+                    read_only = c.read_only,
+                    "terminal client too slow; detached"
+                );
                 c.kicked.cancel();
             }
         }

@@ -16,7 +16,10 @@ use crate::support::harness::{TestNode, client, endpoint};
 
 async fn served(n: &TestNode, key: &sam_protocol::SecretKey, ticket: &sam_protocol::Ticket) {
     let (_ep, c) = client(key, ticket).await.expect("connects");
-    assert_eq!(c.request(Request::Ping).await.expect("ping"), Response::Pong);
+    assert_eq!(
+        c.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    );
     let _ = n;
 }
 
@@ -44,7 +47,10 @@ async fn a_peer_over_its_connection_limit_is_refused_with_the_reason_and_others_
                 "{e}"
             ),
             Err(other) => panic!("expected a refusal with the reason, got {other}"),
-            Ok(_) => panic!("connection {} over the limit was let in", MAX_CONNS_PER_PEER + 1),
+            Ok(_) => panic!(
+                "connection {} over the limit was let in",
+                MAX_CONNS_PER_PEER + 1
+            ),
         }
     }
     // Nobody else is affected: the owner and another collaborator are served.
@@ -64,7 +70,9 @@ async fn a_peer_over_its_connection_limit_is_refused_with_the_reason_and_others_
     .expect("ping");
     send.finish().expect("finish");
     assert_eq!(
-        read_frame::<Response>(&mut recv, MAX_FRAME).await.expect("pong"),
+        read_frame::<Response>(&mut recv, MAX_FRAME)
+            .await
+            .expect("pong"),
         Response::Pong
     );
 
@@ -98,8 +106,7 @@ async fn a_connection_cannot_hold_more_open_streams_than_the_limit() {
     // QUIC flow control stops us (the node has not granted more): never past the limit.
     let mut streams = Vec::new();
     loop {
-        let Ok(opened) = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await
-        else {
+        let Ok(opened) = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await else {
             break;
         };
         let (mut send, recv) = opened.expect("open");
@@ -124,17 +131,24 @@ async fn a_connection_cannot_hold_more_open_streams_than_the_limit() {
     // one connection (as the CLI and the GUI do) is never held up by it.
     let (_oep, o) = client(&n.owner, &n.handle.ticket()).await.expect("owner");
     for _ in 0..3 * MAX_STREAMS_PER_CONN {
-        assert_eq!(o.request(Request::Ping).await.expect("ping"), Response::Pong);
+        assert_eq!(
+            o.request(Request::Ping).await.expect("ping"),
+            Response::Pong
+        );
     }
 
     // Finishing requests gives their streams back (QUIC announces new credit once an
     // eighth of the window is free): then the next stream opens.
     for _ in 0..=MAX_STREAMS_PER_CONN / 8 {
         let (mut send, mut recv) = streams.remove(0);
-        send.write_all(&ping[2..]).await.expect("rest of the request");
+        send.write_all(&ping[2..])
+            .await
+            .expect("rest of the request");
         send.finish().expect("finish");
         assert_eq!(
-            read_frame::<Response>(&mut recv, MAX_FRAME).await.expect("pong"),
+            read_frame::<Response>(&mut recv, MAX_FRAME)
+                .await
+                .expect("pong"),
             Response::Pong
         );
     }

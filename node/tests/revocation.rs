@@ -28,7 +28,13 @@ impl Tmpfs {
     fn mount(size: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output()
             .expect("run mount");
@@ -62,7 +68,10 @@ impl Tmpfs {
         let _ = f.sync_all();
         // Proof that it is full: not one more byte fits.
         let mut probe = std::fs::File::create(self.path().join("probe")).expect("probe");
-        assert!(probe.write_all(&[0u8; 4096]).is_err(), "the disk is not full");
+        assert!(
+            probe.write_all(&[0u8; 4096]).is_err(),
+            "the disk is not full"
+        );
         let _ = std::fs::remove_file(self.path().join("probe"));
         path
     }
@@ -70,7 +79,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -150,7 +162,10 @@ async fn revoke_on_a_full_disk_is_reported_in_force_at_once_and_saved_when_space
         .expect("register");
     let ticket = ticket_for(&handle.ticket(), &cap);
     let (_mep, m) = client(&mallory, &ticket).await.expect("mallory gets in");
-    assert_eq!(m.request(Request::Ping).await.expect("ping"), Response::Pong);
+    assert_eq!(
+        m.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    );
     // A live stream: half a request, the node waits for the rest.
     let live = m.conn();
     let (mut send, mut recv) = live.open_bi().await.expect("stream");
@@ -182,7 +197,10 @@ async fn revoke_on_a_full_disk_is_reported_in_force_at_once_and_saved_when_space
     let Response::Shares(list) = owner.request(Request::ListShares).await.expect("ls") else {
         panic!("not shares")
     };
-    assert!(list.iter().any(|s| s.capability.id == cap.cap.id && s.revoked));
+    assert!(
+        list.iter()
+            .any(|s| s.capability.id == cap.cap.id && s.revoked)
+    );
     let st = status(&owner).await;
     assert!(
         st.warnings.iter().any(|w| w.contains("not yet saved")),
@@ -261,7 +279,10 @@ async fn a_damaged_share_file_admits_only_the_owner_until_it_is_repaired() {
     let (_oep, o) = client(&owner, &handle.ticket())
         .await
         .expect("the owner is never locked out");
-    assert_eq!(o.request(Request::Ping).await.expect("ping"), Response::Pong);
+    assert_eq!(
+        o.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    );
     // Everyone else is refused: the live connection is cut, a new one refused.
     assert_eq!(close_code(&a.conn()).await, close::SHARES_DAMAGED);
     let msg = refusal(client(&alice, &ticket_for(&handle.ticket(), &cap_a)).await);
@@ -304,7 +325,10 @@ async fn a_damaged_share_file_admits_only_the_owner_until_it_is_repaired() {
     let (_aep, a) = client(&alice, &ticket_for(&handle.ticket(), &cap_a))
         .await
         .expect("alice is admitted again after the repair");
-    assert_eq!(a.request(Request::Ping).await.expect("ping"), Response::Pong);
+    assert_eq!(
+        a.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    );
     let msg = refusal(client(&bob, &ticket_for(&handle.ticket(), &cap_b)).await);
     assert!(msg.contains("revoked"), "{msg}");
     eventually("Bob's revocation is saved after the repair", || {
