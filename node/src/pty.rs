@@ -32,8 +32,8 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::Role;
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::{
-    PTY_RESET_TOO_SLOW, PTY_SCROLLBACK, PTY_VIEWER_BUFFER, PtyFrame, PtyOpen, PtyOpened,
-    PtyTarget, check_size,
+    PTY_RESET_TOO_SLOW, PTY_SCROLLBACK, PTY_VIEWER_BUFFER, PtyFrame, PtyOpen, PtyOpened, PtyTarget,
+    check_size,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -441,7 +441,9 @@ async fn start(
         exec_id: exec.id,
         clients: HashMap::new(),
         scrollback: Vec::new(),
-        size: (open.cols, open.rows),
+        // Unknown: Docker does not always apply `console_size`, so the first attach
+        // resizes the tty explicitly.
+        size: (0, 0),
     };
     let tid = id.clone();
     tokio::spawn(async move {
@@ -547,7 +549,11 @@ impl Actor {
         }
         for id in &slow {
             if let Some(c) = self.clients.get(id) {
-                debug!(client = id, read_only = c.read_only, "terminal client too slow; detached");
+                debug!(
+                    client = id,
+                    read_only = c.read_only,
+                    "terminal client too slow; detached"
+                );
                 c.kicked.cancel();
             }
         }

@@ -118,7 +118,9 @@ impl ShareFile {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file exists but is not a share file (truncated, garbage, hand-edited).
-    #[error("{path} is damaged ({reason}); fix it or restore it from a copy (deleting it would forget every revocation)")]
+    #[error(
+        "{path} is damaged ({reason}); fix it or restore it from a copy (deleting it would forget every revocation)"
+    )]
     Damaged { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}")]
     Io {
@@ -206,7 +208,8 @@ impl ShareStore {
             aside = sibling(&self.path, &format!(".corrupt-{ts}-{n}"));
             n += 1;
         }
-        let bytes = fs::read(&self.path).with_context(|| format!("read {}", self.path.display()))?;
+        let bytes =
+            fs::read(&self.path).with_context(|| format!("read {}", self.path.display()))?;
         write_durable(&aside, &bytes)?;
         Ok(aside)
     }
