@@ -7,7 +7,6 @@
 //! overflow, an allocation over libFuzzer's `-rss_limit_mb`/`-malloc_limit_mb`, or a
 //! failed assertion below (an invariant of the decoder) is a crash.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use sam_crdt::{Conversation, NewConversation, Role as MsgRole, Status, SyncPeer};
@@ -275,21 +274,19 @@ fn base_conversation() -> Conversation {
 }
 
 thread_local! {
-    static BASE: RefCell<Option<Conversation>> = const { RefCell::new(None) };
+    /// The saved base conversation: each input gets a fresh copy (loaded from these bytes).
+    static BASE: Vec<u8> = base_conversation().save();
 }
 
-fn with_base<R>(f: impl FnOnce(&Conversation) -> R) -> R {
-    BASE.with(|b| {
-        let mut b = b.borrow_mut();
-        f(b.get_or_insert_with(base_conversation))
-    })
+fn fresh_base() -> Conversation {
+    BASE.with(|b| Conversation::load(b).expect("the base conversation loads"))
 }
 
 /// A peer's Automerge sync message through sam-crdt's receive path, into a valid
 /// conversation (as the node receives it) and into an empty replica (as a client
 /// does), then the answer and the schema's accessors on the result.
 pub fn sync_message(data: &[u8]) {
-    let mut conv = with_base(Conversation::clone);
+    let mut conv = fresh_base();
     let mut peer = SyncPeer::new();
     if peer.receive(&mut conv, data).is_ok() {
         let _ = peer.generate(&mut conv);
@@ -303,7 +300,7 @@ pub fn sync_message(data: &[u8]) {
         let _ = peer.generate(&mut replica);
         let _ = replica.title();
     }
-    let mut conv = with_base(Conversation::clone);
+    // The live path, on the same document (one fresh copy per input).
     let _ = SyncPeer::new().receive_live(&mut conv, data);
 }
 
