@@ -13,8 +13,8 @@ use sam_crdt::{Conversation, NewConversation, Role as MsgRole, Status, SyncPeer}
 use sam_protocol::auth::{AuthPolicy, authorize};
 use sam_protocol::capability::{Capability, Grantee, MAX_PROOF_DEPTH, Role, Scope};
 use sam_protocol::ctl::{
-    Hello, HelloReply, REQUEST_HEAD_LEN, Request, RequestFrame, RequestGate, RequestKind,
-    Response, RoleGate, decode_request, peek_request,
+    Hello, HelloReply, REQUEST_HEAD_LEN, Request, RequestFrame, RequestGate, RequestKind, Response,
+    RoleGate, decode_request, peek_request,
 };
 use sam_protocol::doc::{DocFrame, DocOpen};
 use sam_protocol::frame::{self, MAX_FRAME};
@@ -107,7 +107,9 @@ struct History;
 
 impl RequestGate for History {
     fn max_len(&self) -> usize {
-        RequestKind::Ping.max_len().max(RequestKind::ConvList.max_len())
+        RequestKind::Ping
+            .max_len()
+            .max(RequestKind::ConvList.max_len())
     }
     fn admit(&self, kind: RequestKind) -> Result<(), sam_protocol::ctl::ErrorBody> {
         match kind {
@@ -174,7 +176,10 @@ pub fn ticket(data: &[u8]) {
 }
 
 fn check_capability(c: &SignedCapability) {
-    assert!(c.proofs.len() <= MAX_PROOF_DEPTH, "decoded an over-long chain");
+    assert!(
+        c.proofs.len() <= MAX_PROOF_DEPTH,
+        "decoded an over-long chain"
+    );
     let owner = key(1).node_id();
     let node = key(2).node_id();
     // As given, and against the keys it names itself (so signatures get checked).
