@@ -7,6 +7,43 @@ use crate::{Conversation, CrdtError};
 /// Default cap on one received sync message: 16 MiB.
 pub const DEFAULT_MAX_SYNC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Most hash probes a peer's bloom filter may ask for (Automerge writes 7).
+const MAX_BLOOM_PROBES: u64 = 64;
+
+/// Refuses bloom filters Automerge 0.12 cannot take from a peer: one that announces
+/// entries but holds no bits makes `BloomFilter::contains_hash` divide by zero (a panic,
+/// found by the `sync_message` fuzz target), and one asking for billions of probes makes
+/// it allocate a probe list that large.
+fn check_blooms(msg: &sync::Message) -> Result<(), CrdtError> {
+    fn leb(bytes: &mut &[u8]) -> Option<u64> {
+        let mut v: u64 = 0;
+        for (i, b) in bytes.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                *bytes = &bytes[i + 1..];
+                return Some(v);
+            }
+        }
+        None
+    }
+    for have in &msg.have {
+        let bytes = have.bloom.to_bytes();
+        if bytes.is_empty() {
+            continue;
+        }
+        let mut rest = &bytes[..];
+        let header = (leb(&mut rest), leb(&mut rest), leb(&mut rest));
+        let ok = matches!(header, (Some(_), Some(_), Some(probes)) if probes <= MAX_BLOOM_PROBES)
+            && !rest.is_empty();
+        if !ok {
+            return Err(CrdtError::SyncDecode(
+                "the sync message's bloom filter is malformed (no bits, or too many probes)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The sync state with one remote peer for one document.
 ///
 /// Feed every byte string from the peer to [`Self::receive`] and send whatever
@@ -62,6 +99,7 @@ impl SyncPeer {
             });
         }
         let msg = sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
+        check_blooms(&msg)?;
         conv.receive_sync_message(&mut self.state, msg, None)
     }
 
@@ -85,6 +123,7 @@ impl SyncPeer {
             });
         }
         let msg = sync::Message::decode(bytes).map_err(|e| CrdtError::SyncDecode(e.to_string()))?;
+        check_blooms(&msg)?;
         conv.receive_sync_message(&mut self.state, msg, Some(guard))
     }
 
