@@ -31,4 +31,10 @@ fn a_bloom_filter_without_bits_is_refused() {
     assert!(err.to_string().contains("bloom filter"), "{err}");
     let mut replica = Conversation::new_replica();
     assert!(SyncPeer::new().receive(&mut replica, bytes).is_err());
+    // The node applies peers' messages through the guarded path: the same check.
+    let allow = |_: &sam_crdt::GuardedChange| Ok(());
+    let err = SyncPeer::new()
+        .receive_guarded(&mut conv, bytes, &allow)
+        .expect_err("refused");
+    assert!(err.to_string().contains("bloom filter"), "{err}");
 }
