@@ -65,6 +65,9 @@ impl Guarded {
     }
 }
 
+/// The caller's decision on a [`GuardedChange`]: `Err` carries the reason for the refusal.
+pub type GuardFn<'a> = &'a dyn Fn(&GuardedChange) -> Result<(), String>;
+
 /// What a guarded receive changed, for the caller's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardedChange {

@@ -6,7 +6,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{ChangeHash, ObjId, ObjType, PatchAction, PatchLog, Prop, ROOT, Value};
 
 use super::{Conversation, MsgEntry, validate};
-use crate::guard::{Guarded, GuardedChange};
+use crate::guard::{GuardFn, Guarded, GuardedChange};
 use crate::{CrdtError, SchemaError};
 
 /// The highest operation counter a received change may reach (2^31): leaves 2^31 counters for
@@ -29,7 +29,7 @@ impl Conversation {
         &mut self,
         state: &mut sync::State,
         message: sync::Message,
-        guard: Option<&dyn Fn(&GuardedChange) -> Result<(), String>>,
+        guard: Option<GuardFn<'_>>,
     ) -> Result<(), CrdtError> {
         self.commit_pending();
         let before = self.doc.get_heads();
