@@ -388,6 +388,16 @@ impl Conversation {
         !self.doc.get_missing_deps(&[]).is_empty()
     }
 
+    /// Forgets changes received from peers that still wait for dependencies (O(document)
+    /// when there are any; nothing otherwise).
+    pub fn drop_queued_changes(&mut self) -> Result<(), CrdtError> {
+        if !self.has_queued_changes() {
+            return Ok(());
+        }
+        let heads = self.heads();
+        self.rollback_to(&heads)
+    }
+
     /// Replaces the document by its state at `heads` (drops everything newer, including changes
     /// queued for missing dependencies) and rebuilds the index.
     pub(crate) fn rollback_to(&mut self, heads: &[ChangeHash]) -> Result<(), CrdtError> {

@@ -330,9 +330,11 @@ impl Rights {
 }
 
 struct Entry {
-    /// Changes from a peer without steering rights wait in the document's queue for
-    /// dependencies: whoever's message completes them, they are checked as that peer's.
-    tainted: bool,
+    /// The peer without steering rights whose changes wait in the document's queue for
+    /// dependencies: only its own messages may complete them; before any other peer's
+    /// message is applied, or a message generated for another peer, they are dropped (the
+    /// peer sends them again in a later sync if it still means them).
+    tainted_by: Option<u64>,
     conv: Conversation,
     peers: HashMap<u64, SyncPeer>,
     watchers: HashMap<u64, Watcher>,
@@ -353,7 +355,7 @@ impl Entry {
             Vec::new()
         };
         Self {
-            tainted: false,
+            tainted_by: None,
             conv,
             peers: HashMap::new(),
             watchers: HashMap::new(),
@@ -362,6 +364,18 @@ impl Entry {
             dirty,
             live: broadcast::channel(LIVE_BACKLOG).0,
             live_heads,
+        }
+    }
+
+    /// Drops changes queued for dependencies by a restricted peer other than `peer`.
+    fn drop_queue_unless_from(&mut self, peer: u64) {
+        if let Some(t) = self.tainted_by
+            && t != peer
+        {
+            if let Err(e) = self.conv.drop_queued_changes() {
+                error!(error = %e, "cannot drop a restricted peer's queued changes");
+            }
+            self.tainted_by = None;
         }
     }
 
@@ -483,21 +497,12 @@ impl Actor {
                 reply,
             } => {
                 let r = self.entry(&id).and_then(|e| {
+                    // Changes a restricted peer left waiting for dependencies are its own
+                    // business: another peer's message never completes them (they would be
+                    // checked under that peer's rights), so they are dropped first.
+                    e.drop_queue_unless_from(peer);
                     let sync = e.peers.entry(peer).or_default();
                     let before = e.conv.heads();
-                    // Queued changes of a restricted peer are checked as restricted, whoever
-                    // completes them.
-                    let rights = if e.tainted {
-                        Rights {
-                            steer: false,
-                            who: format!(
-                                "{} (completing changes queued by a peer without that right)",
-                                rights.who
-                            ),
-                        }
-                    } else {
-                        rights
-                    };
                     // A document still arriving (not stored yet; only unscoped collaborators
                     // may send one) may take any shape on the way — a fork's history names its
                     // parent's id until its last change — and is stored only under the id it
@@ -507,7 +512,7 @@ impl Actor {
                         if stored { rights.check(&id, c) } else { Ok(()) }
                     };
                     let res = sync.receive_guarded(&mut e.conv, &bytes, &guard);
-                    e.tainted = e.conv.has_queued_changes() && (e.tainted || !rights.steer);
+                    e.tainted_by = (e.conv.has_queued_changes() && !rights.steer).then_some(peer);
                     res.map_err(|err| match err {
                         sam_crdt::CrdtError::Forbidden(why) => {
                             ErrorBody::new(ErrorCode::Forbidden, why)
@@ -611,6 +616,7 @@ impl Actor {
 
     fn generate(&mut self, id: &str, peer: u64) -> Option<Vec<u8>> {
         let e = self.docs.get_mut(id)?;
+        e.drop_queue_unless_from(peer);
         e.peers.entry(peer).or_default().generate(&mut e.conv)
     }
 

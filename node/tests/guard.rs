@@ -661,3 +661,106 @@ async fn an_owner_grant_scoped_to_one_conversation_or_workspace_cannot_steer_it_
     assert_never_ran(&marker).await;
     assert!(!n.root.join("ws-b").exists(), "nothing ran in ws-b");
 }
+
+/// Opens a raw `sam/doc/1` stream for `id` (the attacker controls every frame it sends).
+async fn raw_doc_stream(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    id: &str,
+) -> (
+    iroh::endpoint::Connection,
+    iroh::endpoint::SendStream,
+    iroh::endpoint::RecvStream,
+) {
+    use sam_protocol::doc::DocOpen;
+    let (conn, _) = sam_client::conn::connect(ep, ticket, sam_protocol::alpn::DOC)
+        .await
+        .expect("hello");
+    let (mut send, mut recv) = conn.open_bi().await.expect("bi");
+    sam_protocol::wire::write_frame(
+        &mut send,
+        &DocOpen {
+            conversation: id.to_string(),
+            create: false,
+        },
+    )
+    .await
+    .expect("open");
+    match sam_protocol::wire::read_frame::<sam_protocol::stream::OpenReply>(&mut recv, 1 << 16)
+        .await
+        .expect("reply")
+    {
+        sam_protocol::stream::OpenReply::Ok => {}
+        sam_protocol::stream::OpenReply::Error(e) => panic!("refused: {e}"),
+    }
+    (conn, send, recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_peers_queued_change_is_never_completed_by_another_peer() {
+    // The attacker sends c2 (sets `agent_cmd`) without its dependency c1 (a harmless title
+    // edit); c2 waits in the node's queue. Then c1 reaches the node from the owner (who got
+    // it from the attacker, e.g. through `sam serve`). c2 must not apply under the owner's
+    // rights, and the owner's message must not be refused for the attacker's queued change.
+    let n = AgentNode::start(&[]).await;
+    let a = conv_on(&n, "ws-a").await;
+    let (key, ticket) = member(&n, Role::Collaborator, Some(Scope::Conversation(a.clone())));
+    let ep = endpoint(&key).await;
+    let replica = fetch(&ep, &ticket, &a).await;
+    let mut doc = replica.automerge().clone();
+    let base = doc.get_heads();
+    let (_, title) = doc.get(ROOT, "title").expect("get").expect("title");
+    doc.splice_text(&title, 0, 0, "re: ").expect("c1");
+    doc.commit();
+    let c1 = doc.get_last_local_change().expect("c1").clone();
+    doc.put(ROOT, "agent_cmd", "sh -c 'echo pwned'")
+        .expect("c2");
+    doc.commit();
+    let c2 = doc.get_last_local_change().expect("c2").clone();
+    assert_eq!(c2.deps(), &[c1.hash()]);
+    let message = |changes: Vec<automerge::Change>| {
+        automerge::sync::Message {
+            heads: base.clone(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: changes
+                .into_iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect::<Vec<_>>()
+                .into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode()
+    };
+    let (_conn, mut send, _recv) = raw_doc_stream(&ep, &ticket, &a).await;
+    sam_protocol::wire::write_frame(
+        &mut send,
+        &sam_protocol::doc::DocFrame::Sync(message(vec![c2])),
+    )
+    .await
+    .expect("send c2");
+    // Let the node apply (queue) it: the owner's fetch below goes through the same actor.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The owner's replica learns c1 and pushes it.
+    let owner_ep = endpoint(&n.owner).await;
+    let owner_ticket = n.handle.ticket();
+    let mut owner_replica = fetch(&owner_ep, &owner_ticket, &a).await;
+    let mut od = owner_replica.automerge().clone();
+    od.apply_changes([c1]).expect("c1");
+    owner_replica = Conversation::from_automerge(od).expect("valid");
+    assert_eq!(
+        push(&owner_ep, &owner_ticket, &a, &mut owner_replica).await,
+        None,
+        "the owner is not refused"
+    );
+    let after = snapshot(&n, &a).await;
+    assert_eq!(
+        after.agent_cmd.as_deref(),
+        Some(agent_util::test_agent().as_str()),
+        "c2 never applied"
+    );
+    let title_now = n.node().docs().read(&a, |c| c.title()).await.expect("read");
+    assert!(title_now.starts_with("re: "), "c1 applied: {title_now}");
+}

@@ -140,8 +140,16 @@ async fn serve_stream(
     let result = async {
         loop {
             if resync {
+                // Automerge answers until it has nothing new to say; the same message twice
+                // in a row means it would repeat itself (seen with a peer's change waiting
+                // for a dependency): stop and wait for the peer.
+                let mut last: Option<Vec<u8>> = None;
                 while let Some(msg) = docs.generate(&id, peer).await {
-                    write_frame(&mut send, &DocFrame::Sync(msg)).await?;
+                    if last.as_ref() == Some(&msg) {
+                        break;
+                    }
+                    write_frame(&mut send, &DocFrame::Sync(msg.clone())).await?;
+                    last = Some(msg);
                 }
                 resync = false;
             }
