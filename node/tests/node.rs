@@ -13,6 +13,7 @@ mod chat_docker;
 mod credential_poll;
 mod docs;
 mod guard;
+mod links;
 mod moves;
 mod pr;
 mod pr_docker;
