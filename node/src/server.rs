@@ -116,8 +116,8 @@ impl Node {
         agents_config: crate::agent::AgentsConfig,
     ) -> Result<NodeHandle> {
         let owner = cfg.owner_id()?;
-        let endpoint = crate::endpoint::bind(&key, &cfg).await?;
-        let addr = crate::endpoint::ticket_addr(&endpoint, &cfg);
+        let (endpoint, bound) = crate::endpoint::bind(&key, &cfg).await?;
+        let addr = crate::endpoint::ticket_addr(&endpoint, &cfg, &bound);
         let docs = crate::docs::DocHost::start(&paths.docs())?;
         let workspaces = crate::workspace::Workspaces::new(
             crate::workspace::WorkspaceConfig::new(

@@ -40,7 +40,6 @@ const STEPS: usize = 15;
 const GUARD: Duration = Duration::from_secs(30);
 
 #[test]
-#[ignore = "fails until iroh stops killing the endpoint on a failed rebind: see docs/links-upstream.md"]
 fn links_survive_docker_interface_churn() {
     if std::env::var_os(CHILD_ENV).is_some() {
         churn_in_this_namespace();
