@@ -84,7 +84,14 @@ struct Seen {
     major: AtomicUsize,
     /// netwatch's "rebinding <addr>" (the UDP socket closed and bound again).
     rebinds: AtomicUsize,
+    /// The interface state of the last link change each watched endpoint (bound inside a
+    /// span named in [`WATCHED`]) logged.
+    states: Mutex<std::collections::HashMap<&'static str, String>>,
 }
+
+/// Spans the node's and the client's endpoints are bound in: iroh logs their link changes
+/// inside them, so the test knows which endpoint saw which interfaces.
+const WATCHED: [&str; 2] = ["sam_links_node", "sam_links_client"];
 
 struct CountLayer(Arc<Seen>);
 
@@ -92,6 +99,7 @@ struct CountLayer(Arc<Seen>);
 struct Fields {
     is_major: bool,
     message: String,
+    state: String,
 }
 
 impl Visit for Fields {
@@ -101,14 +109,19 @@ impl Visit for Fields {
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.message = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "state" => self.state = format!("{value:?}"),
+            _ => {}
         }
     }
 }
 
-impl<S: tracing::Subscriber> Layer<S> for CountLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+impl<S> Layer<S> for CountLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let mut f = Fields::default();
         event.record(&mut f);
         let target = event.metadata().target();
@@ -117,6 +130,14 @@ impl<S: tracing::Subscriber> Layer<S> for CountLayer {
             if f.is_major {
                 self.0.major.fetch_add(1, Ordering::SeqCst);
             }
+            let who = ctx.event_scope(event).and_then(|scope| {
+                scope
+                    .from_root()
+                    .find_map(|span| WATCHED.into_iter().find(|w| *w == span.name()))
+            });
+            if let Some(who) = who {
+                self.0.states.lock().expect("lock").insert(who, f.state);
+            }
         } else if target.starts_with("netwatch::udp") && f.message.starts_with("rebinding") {
             self.0.rebinds.fetch_add(1, Ordering::SeqCst);
         }
@@ -124,11 +145,23 @@ impl<S: tracing::Subscriber> Layer<S> for CountLayer {
 }
 
 impl Seen {
-    /// Waits until iroh logged at least `n` more link changes than `before`; `false` when
-    /// it did not within the guard time.
-    async fn wait_past(&self, before: usize, n: usize) -> bool {
+    /// Waits until the last link change both watched endpoints logged lists interface
+    /// `name` (`present`) or does not; `false` when they did not within the guard time.
+    async fn wait_for(&self, name: &str, present: bool) -> bool {
+        let quoted = format!("{name:?}");
         tokio::time::timeout(GUARD, async {
-            while self.link_changes.load(Ordering::SeqCst) < before + n {
+            loop {
+                let done = {
+                    let states = self.states.lock().expect("lock");
+                    WATCHED.iter().all(|w| {
+                        states
+                            .get(w)
+                            .is_some_and(|s| s.contains(&quoted) == present)
+                    })
+                };
+                if done {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -206,10 +239,14 @@ fn churn_in_this_namespace() {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         );
+    // Spans too: iroh's endpoint actor span (`iroh::socket`) and this file's
+    // `sam_links_*` spans, so a link change can be traced to the endpoint that saw it.
     let count = CountLayer(seen.clone()).with_filter(
         Targets::new()
             .with_target("iroh::_events::link_change", tracing::Level::DEBUG)
-            .with_target("netwatch::udp", tracing::Level::DEBUG),
+            .with_target("netwatch::udp", tracing::Level::DEBUG)
+            .with_target("iroh::socket", tracing::Level::INFO)
+            .with_target(module_path!(), tracing::Level::INFO),
     );
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(count).with(fmt))
         .expect("subscriber");
@@ -269,9 +306,14 @@ async fn ping(conn: &Connection) -> Result<(), String> {
 }
 
 async fn churn(links: &mut Links, seen: &Arc<Seen>) {
-    let n = TestNode::start().await;
+    use tracing::Instrument as _;
+    let n = TestNode::start()
+        .instrument(tracing::info_span!("sam_links_node"))
+        .await;
     let (key, ticket) = n.member(Role::Viewer);
-    let ep = client_endpoint(&key).await;
+    let ep = client_endpoint(&key)
+        .instrument(tracing::info_span!("sam_links_client"))
+        .await;
     let (conn, _) = connect(&ep, &ticket, alpn::CTL).await.expect("first dial");
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -355,7 +397,6 @@ async fn churn(links: &mut Links, seen: &Arc<Seen>) {
     // The churn: a bridge or a veth pair appears with an address, iroh notices; it goes
     // away, iroh notices. Each wait needs both long-lived endpoints (node and client).
     for i in 0..STEPS {
-        let before = seen.link_changes.load(Ordering::SeqCst);
         let name = if i % 2 == 0 {
             let name = format!("sam-lb{i}");
             links.add_bridge(&name, &format!("10.252.{i}.1/24"));
@@ -365,12 +406,11 @@ async fn churn(links: &mut Links, seen: &Arc<Seen>) {
             links.add_veth(&name, &format!("sam-lv{i}b"), &format!("10.251.{i}.1/30"));
             name
         };
-        if !seen.wait_past(before, 2).await {
+        if !seen.wait_for(&name, true).await {
             fail(&failures, format!("iroh never noticed {name} appearing"));
         }
-        let before = seen.link_changes.load(Ordering::SeqCst);
         links.remove(&name);
-        if !seen.wait_past(before, 2).await {
+        if !seen.wait_for(&name, false).await {
             fail(&failures, format!("iroh never noticed {name} going away"));
         }
     }
