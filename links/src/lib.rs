@@ -137,11 +137,31 @@ fn reachable(a: SocketAddr) -> Vec<SocketAddr> {
     out
 }
 
+/// Socket buffers as large as iroh's own UDP transport asks for (7 MiB; the kernel may
+/// clamp them), so a fast transfer is not throttled by drops at the socket.
+const SOCKET_BUFFER: usize = 7 << 20;
+
+/// A non-blocking UDP socket bound to `addr` (IPv6 only for an IPv6 address).
+fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = s.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!("sam-links: receive buffer: {e}");
+    }
+    if let Err(e) = s.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!("sam-links: send buffer: {e}");
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
 impl CustomTransport for Udp {
     fn bind(&self) -> io::Result<Box<dyn CustomEndpoint>> {
-        let std = std::net::UdpSocket::bind(self.bind)?;
-        std.set_nonblocking(true)?;
-        let sock = UdpSocket::from_std(std)?;
+        let sock = UdpSocket::from_std(bind_socket(self.bind)?)?;
         let local = sock.local_addr()?;
         *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(local);
         let direct = reachable(local);
