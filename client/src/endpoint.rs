@@ -19,12 +19,11 @@ pub async fn bind(key: &sam_protocol::SecretKey, bind: Option<SocketAddr>) -> Re
             _ => SocketAddr::from(([0, 0, 0, 0], 0)),
         },
     };
-    // SAM's own UDP transport, not iroh's: iroh closes and binds its socket again at
-    // every interface Docker adds, and a failed bind kills the endpoint (see `sam_links`).
     Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&key.to_bytes()))
         .clear_ip_transports()
-        .add_custom_transport(sam_links::Udp::new(bind))
+        .bind_addr(bind)
+        .with_context(|| format!("bad bind address {bind}"))?
         .bind()
         .await
         .with_context(|| format!("cannot bind the client endpoint on {bind}"))
@@ -33,11 +32,7 @@ pub async fn bind(key: &sam_protocol::SecretKey, bind: Option<SocketAddr>) -> Re
 /// The iroh address of a ticket's node.
 pub fn endpoint_addr(addr: &NodeAddr) -> Result<EndpointAddr> {
     let id = iroh::EndpointId::from_bytes(addr.id.as_bytes()).context("bad node id in ticket")?;
-    let mut addrs: Vec<TransportAddr> = addr
-        .direct
-        .iter()
-        .map(|a| sam_links::transport_addr(*a))
-        .collect();
+    let mut addrs: Vec<TransportAddr> = addr.direct.iter().map(|a| TransportAddr::Ip(*a)).collect();
     if let Some(r) = &addr.relay {
         addrs.push(TransportAddr::Relay(
             r.parse::<RelayUrl>().context("bad relay url in ticket")?,

@@ -78,17 +78,26 @@ pub struct Server {
 /// Starts serving on `bind` (e.g. `0.0.0.0:0`, tests `127.0.0.1:0`).
 pub async fn start(paths: &ClientPaths, bind: std::net::SocketAddr) -> Result<Server> {
     let key = paths.identity()?;
-    // SAM's own UDP transport, as every SAM endpoint (see `sam_links`).
-    let udp = sam_links::Udp::new(bind);
     let ep = Endpoint::builder(presets::Minimal)
         .secret_key(IrohKey::from_bytes(&key.to_bytes()))
         .alpns(vec![alpn::CTL.to_vec(), alpn::DOC.to_vec()])
         .clear_ip_transports()
-        .add_custom_transport(udp.clone())
+        .bind_addr(bind)
+        .with_context(|| format!("bad bind address {bind}"))?
         .bind()
         .await
-        .with_context(|| format!("bind the history server on {bind}"))?;
-    let mut direct = udp.direct_addrs();
+        .context("bind the history server")?;
+    let mut direct: Vec<_> = ep
+        .bound_sockets()
+        .into_iter()
+        .map(|a| {
+            if a.ip().is_unspecified() {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
+            } else {
+                a
+            }
+        })
+        .collect();
     direct.truncate(sam_protocol::ticket::MAX_DIRECT_ADDRS);
     let state = Arc::new(State {
         me: key.node_id(),

@@ -1,6 +1,5 @@
 //! Building the node's iroh endpoint from its config.
 
-use std::net::SocketAddr;
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
@@ -24,14 +23,8 @@ pub fn transport_config() -> QuicTransportConfig {
         .build()
 }
 
-/// Binds an endpoint: direct UDP on `cfg.bind` through SAM's own transport (a socket
-/// that network changes never close: see `sam_links`), a relay only when configured.
-/// Also returns where peers reach the socket (for [`ticket_addr`]).
-pub async fn bind(
-    key: &sam_protocol::SecretKey,
-    cfg: &NodeConfig,
-) -> Result<(Endpoint, Vec<SocketAddr>)> {
-    let udp = sam_links::Udp::new(cfg.bind);
+/// Binds an endpoint: direct UDP on `cfg.bind`, a relay only when configured.
+pub async fn bind(key: &sam_protocol::SecretKey, cfg: &NodeConfig) -> Result<Endpoint> {
     let mut b = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&key.to_bytes()))
         .transport_config(transport_config())
@@ -42,26 +35,43 @@ pub async fn bind(
                 .collect(),
         )
         .clear_ip_transports()
-        .add_custom_transport(udp.clone());
+        .bind_addr(cfg.bind)
+        .with_context(|| format!("bad bind address {}", cfg.bind))?;
     b = match &cfg.relay {
         Some(url) => b.relay_mode(RelayMode::custom([
             RelayUrl::from_str(url).with_context(|| format!("bad relay url {url}"))?
         ])),
         None => b.relay_mode(RelayMode::Disabled),
     };
-    let ep = b
-        .bind()
+    b.bind()
         .await
-        .with_context(|| format!("cannot bind the node endpoint on {}", cfg.bind))?;
-    Ok((ep, udp.direct_addrs()))
+        .with_context(|| format!("cannot bind the node endpoint on {}", cfg.bind))
 }
 
-/// The address to put in tickets: the configured `advertise` addresses, then `bound`
-/// (where [`bind`] says peers reach the socket), and the relay.
-pub fn ticket_addr(ep: &Endpoint, cfg: &NodeConfig, bound: &[SocketAddr]) -> NodeAddr {
+/// The address to put in tickets: bound sockets (unspecified ones expanded to
+/// loopback), plus the configured `advertise` addresses and relay.
+pub fn ticket_addr(ep: &Endpoint, cfg: &NodeConfig) -> NodeAddr {
     let mut direct: Vec<_> = cfg.advertise.clone();
-    for &a in bound {
-        if !direct.contains(&a) && direct.len() < sam_protocol::ticket::MAX_DIRECT_ADDRS {
+    for a in ep.bound_sockets() {
+        let a = if a.ip().is_unspecified() {
+            let ip = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, a.port())
+        } else {
+            a
+        };
+        if !direct.contains(&a) {
+            direct.push(a);
+        }
+    }
+    for t in ep.addr().addrs {
+        if let iroh::TransportAddr::Ip(a) = t
+            && !direct.contains(&a)
+            && direct.len() < sam_protocol::ticket::MAX_DIRECT_ADDRS
+        {
             direct.push(a);
         }
     }

@@ -238,8 +238,8 @@ impl Node {
         agents_config
             .allowed_env
             .extend(cfg.agent_env.iter().cloned());
-        let (endpoint, bound) = crate::endpoint::bind(&key, &cfg).await?;
-        let addr = crate::endpoint::ticket_addr(&endpoint, &cfg, &bound);
+        let endpoint = crate::endpoint::bind(&key, &cfg).await?;
+        let addr = crate::endpoint::ticket_addr(&endpoint, &cfg);
         let docs = crate::docs::DocHost::start(&paths.docs())?;
         let workspaces = crate::workspace::Workspaces::new(
             crate::workspace::WorkspaceConfig::new(

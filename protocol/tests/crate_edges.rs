@@ -10,17 +10,13 @@ use serde_json::Value;
 /// Allowed direct dependencies between SAM crates (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("sam-protocol", &[]),
-    ("sam-links", &[]),
     ("sam-crdt", &["sam-protocol"]),
     ("sam-bootstrap", &["sam-protocol"]),
     ("sam-provisioner", &["sam-protocol", "sam-bootstrap"]),
-    (
-        "sam-node",
-        &["sam-protocol", "sam-crdt", "sam-bootstrap", "sam-links"],
-    ),
+    ("sam-node", &["sam-protocol", "sam-crdt", "sam-bootstrap"]),
     (
         "sam-client",
-        &["sam-protocol", "sam-crdt", "sam-provisioner", "sam-links"],
+        &["sam-protocol", "sam-crdt", "sam-provisioner"],
     ),
 ];
 
