@@ -8,6 +8,7 @@
 //! `bootstrap/agents/install-agents.sh claude` and `cargo build --workspace --bins`.
 
 use crate::support::git_http::bridge_ip;
+use crate::support::harness::walk;
 use crate::support::real_agents;
 
 use std::net::SocketAddr;
@@ -344,23 +345,4 @@ async fn sam_chat_with_claude_in_a_docker_workspace_and_a_permission_from_a_team
     let _ = Command::new("docker")
         .args(["rm", "-f", &container])
         .output();
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

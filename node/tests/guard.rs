@@ -4,7 +4,9 @@
 //! names another workspace, another agent command, another id — and the node refuses, rolls
 //! the change back, tells the peer why, and keeps serving everyone else.
 
-use crate::support::agent_util;
+use crate::support::{agent_util, harness};
+
+use harness::{endpoint, now, walk};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,19 +36,6 @@ fn member(n: &AgentNode, role: Role, scope: Option<Scope>) -> (SecretKey, Ticket
     let mut t = n.handle.ticket();
     t.capability = Some(cap);
     (key, t)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-async fn endpoint(key: &SecretKey) -> Endpoint {
-    sam_client::endpoint::bind(key, Some("127.0.0.1:0".parse().expect("addr")))
-        .await
-        .expect("bind")
 }
 
 /// A conversation of the owner's on workspace `ws`, stored on the node.
@@ -137,25 +126,6 @@ fn store_files(dir: &Path, id: &str) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out.sort();
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
     out
 }
 
