@@ -68,13 +68,6 @@ section "Build: cargo build --workspace --bins"
 cargo build --workspace --bins
 
 section "Test: cargo test --workspace"
-# One test at a time within each test binary. Node and client tests run real nodes in the
-# test process; iroh 1.4 rebinds its UDP socket when Docker adds an interface, and that
-# rebind fails for good when another test of the same process is spawning a program at that
-# moment (a child between fork and exec still holds the socket: docs/links-upstream.md).
-# Running tests one by one keeps one test's container churn away from another's spawns
-# until SAM's own transport (reverted for now) lands. Override with RUST_TEST_THREADS.
-export RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}"
 cargo test --workspace "$@"
 
 disk_report

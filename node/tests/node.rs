@@ -14,6 +14,7 @@ mod credential_poll;
 mod decode;
 mod docs;
 mod guard;
+mod links;
 mod moves;
 mod peer_limits;
 mod pr;

@@ -365,8 +365,37 @@ pub(crate) fn is_interesting_interface(name: &str) -> bool {
             return false;
         }
     }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        if is_container_plumbing(name) {
+            return false;
+        }
+    }
     let _ = name;
     true
+}
+
+/// Interfaces a container runtime makes for its containers on Linux: the host ends of
+/// container veth pairs (`veth…`), Docker's default bridge (`docker0`) and the bridges of
+/// user-defined Docker networks (`br-` and 12 hex digits), Podman's (`podman…`,
+/// `cni-podman…`) and CNI's (`cni…`).
+///
+/// They come and go with every container and network, carry no default route, and traffic
+/// to anyone outside the host never leaves through them, so a socket bound to a wildcard
+/// or loopback address is as good after their change as before. Counting them as a major
+/// change made every container start rebind every iroh endpoint on the host (iroh #4488).
+/// A change of the default route, of address families or of any other interface is still
+/// major.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn is_container_plumbing(name: &str) -> bool {
+    let docker_network_bridge = name
+        .strip_prefix("br-")
+        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    docker_network_bridge
+        || name.starts_with("veth")
+        || name.starts_with("docker")
+        || name.starts_with("podman")
+        || name.starts_with("cni")
 }
 
 /// The details about a default route.
@@ -463,6 +492,29 @@ mod tests {
         let mut new = State::fake();
         new.interfaces.clear();
         assert!(new.is_major_change(&old));
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn container_plumbing_is_not_a_major_change() {
+        let old = State::fake();
+        for name in ["veth3f2a1b7", "docker0", "br-0123456789ab", "podman1", "cni0"] {
+            let mut new = State::fake();
+            let mut iface = Interface::fake();
+            iface.index = 10;
+            iface.name = name.to_string();
+            new.interfaces.insert(name.to_string(), iface);
+            assert!(!new.is_major_change(&old), "{name}");
+            assert!(!old.is_major_change(&new), "{name} removed");
+        }
+        for name in ["eth1", "wlan0", "tun0", "wg0", "br-lan", "br0", "enp3s0"] {
+            let mut new = State::fake();
+            let mut iface = Interface::fake();
+            iface.index = 10;
+            iface.name = name.to_string();
+            new.interfaces.insert(name.to_string(), iface);
+            assert!(new.is_major_change(&old), "{name}");
+        }
     }
 
     #[tokio::test]

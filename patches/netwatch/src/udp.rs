@@ -81,7 +81,12 @@ impl UdpSocket {
     pub fn rebind(&self) -> io::Result<()> {
         {
             let mut guard = self.socket.write().unwrap();
-            guard.rebind()?;
+            if let Err(err) = guard.rebind() {
+                // Closed: let the next send or receive try again (`maybe_rebind`) instead of
+                // waiting for the next network change.
+                self.mark_broken();
+                return Err(err);
+            }
 
             // Clear errors
             self.is_broken
@@ -835,7 +840,7 @@ impl SocketState {
             };
         }
 
-        match Self::bind(addr) {
+        match Self::bind_retrying(addr) {
             Ok(new_state) => {
                 *self = new_state;
                 Ok(())
@@ -844,6 +849,34 @@ impl SocketState {
                 // Stay in Closed state but allow future rebind attempts
                 debug!("rebind failed, will retry on next attempt: {}", err);
                 Err(err)
+            }
+        }
+    }
+
+    /// Binds `addr` again after the old socket was dropped, retrying while the port is
+    /// still in use.
+    ///
+    /// Dropping our descriptor does not release the port while another copy of it lives:
+    /// a child process of ours between `fork` and `exec` holds one (`SOCK_CLOEXEC` closes
+    /// it only at `exec`), which in a process that starts programs while the network
+    /// changes (a container manager) is common. That copy goes away within milliseconds,
+    /// so a few short waits turn a rebind that would leave the socket closed for good
+    /// (and the endpoint with it, iroh #4289) into one that succeeds. Any other error
+    /// is returned at once.
+    fn bind_retrying(addr: SocketAddr) -> io::Result<Self> {
+        /// Waits between attempts: about 0.6 s in all, longer than any `fork`→`exec`.
+        const WAITS_MS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 128, 256];
+        let mut waits = WAITS_MS.iter();
+        loop {
+            match Self::bind(addr) {
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse && addr.port() != 0 => {
+                    let Some(ms) = waits.next() else {
+                        return Err(err);
+                    };
+                    debug!("rebind of {addr}: port still in use, retrying in {ms} ms");
+                    std::thread::sleep(std::time::Duration::from_millis(*ms));
+                }
+                other => return other,
             }
         }
     }
