@@ -75,3 +75,106 @@ pub async fn enroll(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iroh::endpoint::presets;
+    use sam_protocol::SecretKey;
+    use sam_protocol::enroll::{EnrollProof, sign_proof};
+    use sam_protocol::wire::read_bounded;
+
+    /// How a fake node answers the enrollment request.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Honest,
+        /// The real node id, signed by another key (a node that does not hold its key).
+        OtherKey,
+        /// A valid signature, but over an old nonce (a replayed answer).
+        OldNonce,
+    }
+
+    fn ep_builder(key: &SecretKey) -> iroh::endpoint::Builder {
+        Endpoint::builder(presets::Minimal)
+            .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
+            .clear_ip_transports()
+            .bind_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind addr")
+    }
+
+    /// A stand-in for a node's enrollment endpoint that answers one request as told.
+    async fn fake_node(enrollment: &SecretKey, owner: NodeId, answer: Answer) -> Vec<SocketAddr> {
+        let ep = ep_builder(enrollment)
+            .alpns(vec![sam_protocol::alpn::ENROLL.to_vec()])
+            .bind()
+            .await
+            .expect("bind fake node");
+        let addrs = ep.bound_sockets();
+        let enroll_id = enrollment.node_id();
+        tokio::spawn(async move {
+            let conn = ep.accept().await.expect("incoming").await.expect("conn");
+            let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+            let req: EnrollRequest = read_bounded(&mut recv).await.expect("request");
+            let node = SecretKey::generate();
+            let addr = NodeAddr {
+                id: node.node_id(),
+                direct: addrs_of(&ep),
+                relay: None,
+            };
+            let proof: EnrollProof = match answer {
+                Answer::Honest => sign_proof(&node, addr, &enroll_id, &owner, &req.nonce),
+                Answer::OtherKey => {
+                    let mut p = sign_proof(
+                        &SecretKey::generate(),
+                        addr.clone(),
+                        &enroll_id,
+                        &owner,
+                        &req.nonce,
+                    );
+                    p.node = addr;
+                    p
+                }
+                Answer::OldNonce => sign_proof(&node, addr, &enroll_id, &owner, &[0u8; 32]),
+            };
+            write_frame(&mut send, &EnrollResponse::Enrolled(proof))
+                .await
+                .expect("answer");
+            send.finish().expect("finish");
+            let _ = conn.closed().await;
+            ep.close().await;
+        });
+        addrs
+    }
+
+    fn addrs_of(ep: &Endpoint) -> Vec<SocketAddr> {
+        ep.bound_sockets()
+    }
+
+    async fn enroll_against(answer: Answer) -> Result<NodeAddr, EnrollFailure> {
+        let owner = SecretKey::generate();
+        let enrollment = SecretKey::generate();
+        let addrs = fake_node(&enrollment, owner.node_id(), answer).await;
+        let ep = ep_builder(&owner).bind().await.expect("bind owner");
+        let got = enroll(&ep, &enrollment.node_id(), &owner.node_id(), &addrs).await;
+        ep.close().await;
+        got
+    }
+
+    #[tokio::test]
+    async fn a_forged_enrollment_answer_is_refused() {
+        // the stand-in works: an honest answer enrolls
+        let node = enroll_against(Answer::Honest).await.expect("honest answer");
+        assert_ne!(node.id, NodeId([0; 32]));
+        for (answer, what) in [
+            (Answer::OtherKey, "signed by another key"),
+            (Answer::OldNonce, "over an old nonce"),
+        ] {
+            match enroll_against(answer).await {
+                Err(EnrollFailure::Final(EnrollError::BadProof(m))) => {
+                    assert!(m.contains("signature"), "{what}: {m}")
+                }
+                other => panic!("an answer {what} was not refused as forged: {other:?}"),
+            }
+        }
+    }
+}
