@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use iroh::endpoint::presets;
+use iroh::endpoint::{VarInt, presets};
 use iroh::{Endpoint, RelayMode};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::enroll::{
@@ -52,7 +52,10 @@ pub fn system_clock() -> Clock {
 /// it is closed and its key deleted.
 pub const EXPIRED_GRACE: Duration = Duration::from_secs(600);
 /// Most enrollment connections handled at once (others are refused at the handshake).
-const MAX_CONNS: usize = 8;
+const MAX_CONNS: usize = 32;
+/// How long a dialer that is not the owner is kept: long enough to open its stream and read
+/// the refusal, short enough that strangers cannot hold the connection slots.
+const STRANGER: Duration = Duration::from_secs(2);
 /// Bound on each step of one connection (handshake, the request, the answer being read).
 const STEP: Duration = Duration::from_secs(10);
 /// Largest `enroll.toml` read.
@@ -262,7 +265,9 @@ async fn handle(incoming: iroh::endpoint::Incoming, state: Arc<State>) {
         _ => return,
     };
     let peer = NodeId(*conn.remote_id().as_bytes());
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(STEP, conn.accept_bi()).await else {
+    let wait = if peer == state.owner { STEP } else { STRANGER };
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(wait, conn.accept_bi()).await else {
+        conn.close(VarInt::from_u32(1), b"enrollment refused");
         return;
     };
     // Who is asking comes first: only the owner's request is read at all.
@@ -297,8 +302,9 @@ async fn handle(incoming: iroh::endpoint::Incoming, state: Arc<State>) {
     };
     if send.write_all(&bytes).await.is_ok() && send.finish().is_ok() {
         // the dialer closes once it has read the answer
-        let _ = tokio::time::timeout(STEP, conn.closed()).await;
+        let _ = tokio::time::timeout(wait, conn.closed()).await;
     }
+    conn.close(VarInt::from_u32(0), b"done");
     if *state.used.lock().await {
         state.done.cancel();
     }

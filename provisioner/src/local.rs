@@ -355,7 +355,7 @@ impl Provider for Local {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(cleanup(format!(
-                    "sam-node did not announce its address within {:?}",
+                    "sam-node did not announce its enrollment address within {:?}",
                     self.start_timeout
                 )));
             }
