@@ -171,8 +171,9 @@ impl Vm {
     }
 }
 
-/// What to create.
-#[derive(Debug, Clone)]
+/// What to create. `Debug` shows the user-data's size only: it holds the one-time enrollment
+/// key until the node is enrolled.
+#[derive(Clone)]
 pub struct CreateSpec {
     /// Server name (a valid hostname).
     pub name: String,
@@ -184,6 +185,21 @@ pub struct CreateSpec {
     pub user_data: String,
     /// Only these locations/zones, in order; the provider's configured list when empty.
     pub locations: Vec<String>,
+}
+
+impl std::fmt::Debug for CreateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSpec")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("enrollment", &self.enrollment.short())
+            .field(
+                "user_data",
+                &format_args!("<{} bytes>", self.user_data.len()),
+            )
+            .field("locations", &self.locations)
+            .finish()
+    }
 }
 
 impl CreateSpec {
@@ -392,6 +408,27 @@ mod tests {
             prop_assert!(l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
             prop_assert_eq!(parse_node_label(&l), Some(id));
         }
+    }
+
+    #[test]
+    fn create_spec_debug_hides_the_user_data() {
+        let key = SecretKey::generate();
+        let hex = data_encoding::HEXLOWER.encode(&key.to_bytes());
+        let spec = CreateSpec {
+            name: "n".into(),
+            size: Size::Small,
+            enrollment: key.node_id(),
+            user_data: format!("enroll_key = {hex}"),
+            locations: vec![],
+        };
+        let dbg = format!(
+            "{spec:?} {:?}",
+            Enrollment {
+                key,
+                expires_unix: 1
+            }
+        );
+        assert!(!dbg.contains(&hex), "{dbg}");
     }
 
     #[test]
