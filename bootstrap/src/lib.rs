@@ -8,14 +8,18 @@
 //! The script, in order:
 //! 1. installs Docker from the distribution's packages (`docker.io`) when `docker` is missing;
 //! 2. downloads `sam-node` from a release URL and refuses it unless its sha256 is the pinned one;
-//! 3. writes the node key (`0600`) and `config.toml` under `$SAM_HOME/node/` (owner, bind
-//!    `0.0.0.0:7447`, advertise = the public IPv4 found at boot, optional relay);
+//! 3. writes a one-time enrollment (`enroll.toml`, `0600`: a throwaway key, its expiry, the
+//!    enrollment port) and `config.toml` under `$SAM_HOME/node/` (owner, bind `0.0.0.0:7447`,
+//!    advertise = the public IPv4 found at boot, optional relay);
 //! 4. blocks containers from the cloud metadata service (`169.254.0.0/16`, see [`firewall`]),
 //!    failing closed: no node starts on a host where the rules could not be installed;
 //! 5. starts `sam-node run`: a systemd unit where systemd runs, else `nohup` in the background.
 //!
-//! The node key is made by the provisioner, so the node's ticket is known before the VM boots.
-//! The script never traces itself (`set -x`) and [`BootstrapSpec`]'s `Debug` hides the key.
+//! The node's key is never in the user-data: `sam-node` makes it at first boot, and the
+//! provisioner learns the node's id by enrolling it (`sam/enroll/1`, see
+//! `sam_protocol::enroll`) with the enrollment key's public id, which only it knows. The
+//! script never traces itself (`set -x`) and [`BootstrapSpec`]'s `Debug` hides the
+//! enrollment key.
 
 mod config;
 pub mod firewall;
@@ -65,8 +69,12 @@ pub enum Advertise {
 /// Everything the user-data needs.
 #[derive(Clone)]
 pub struct BootstrapSpec {
-    /// The node's identity, made by the provisioner.
-    pub node_key: SecretKey,
+    /// The one-time enrollment key (never the node's key: the node makes its own).
+    pub enrollment: SecretKey,
+    /// Unix seconds after which the node refuses the enrollment.
+    pub enroll_expires_unix: u64,
+    /// UDP port of the temporary enrollment endpoint (default 7448).
+    pub enroll_port: u16,
     /// The node's owner.
     pub owner: NodeId,
     pub release: NodeRelease,
@@ -90,10 +98,18 @@ pub struct BootstrapSpec {
 }
 
 impl BootstrapSpec {
-    /// Defaults: port 7447, detected public IPv4, Docker installed, `/var/lib/sam`.
-    pub fn new(node_key: SecretKey, owner: NodeId, release: NodeRelease) -> Self {
+    /// Defaults: port 7447, enrollment on 7448, detected public IPv4, Docker installed,
+    /// `/var/lib/sam`.
+    pub fn new(
+        enrollment: SecretKey,
+        enroll_expires_unix: u64,
+        owner: NodeId,
+        release: NodeRelease,
+    ) -> Self {
         Self {
-            node_key,
+            enrollment,
+            enroll_expires_unix,
+            enroll_port: sam_protocol::enroll::DEFAULT_ENROLL_PORT,
             owner,
             release,
             port: DEFAULT_PORT,
@@ -113,8 +129,10 @@ impl BootstrapSpec {
 impl fmt::Debug for BootstrapSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BootstrapSpec")
-            .field("node_key", &"<secret>")
-            .field("node_id", &self.node_key.node_id().short())
+            .field("enrollment_key", &"<secret>")
+            .field("enrollment", &self.enrollment.node_id().short())
+            .field("enroll_expires_unix", &self.enroll_expires_unix)
+            .field("enroll_port", &self.enroll_port)
             .field("owner", &self.owner.short())
             .field("release", &self.release)
             .field("port", &self.port)
@@ -147,6 +165,8 @@ pub enum BootstrapError {
     BadCommand { index: usize },
     #[error("port 0 cannot be advertised: pick a fixed UDP port")]
     ZeroPort,
+    #[error("the enrollment port must differ from the node's port {0} and not be 0")]
+    BadEnrollPort(u16),
     #[error("cannot write the node config: {0}")]
     Config(String),
 }

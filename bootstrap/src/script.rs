@@ -124,6 +124,9 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     if spec.port == 0 {
         return Err(BootstrapError::ZeroPort);
     }
+    if spec.enroll_port == 0 || spec.enroll_port == spec.port {
+        return Err(BootstrapError::BadEnrollPort(spec.port));
+    }
     if let Some(relay) = &spec.relay {
         check_url(relay)?;
     }
@@ -153,14 +156,21 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         &[]
     };
     let unit = systemd_unit_requiring(&spec.node_bin, &spec.sam_home, requires)?;
-    let key = data_encoding::HEXLOWER.encode(&spec.node_key.to_bytes());
+    let enroll = toml::to_string(&sam_protocol::enroll::EnrollFile::new(
+        &spec.enrollment,
+        spec.enroll_expires_unix,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), spec.enroll_port),
+    ))
+    .map_err(|e| BootstrapError::Config(e.to_string()))?;
 
     let mut s = String::with_capacity(8 * 1024);
     s.push_str("#!/bin/sh\n");
     s.push_str(
-        "# SAM node bootstrap (rendered by sam-bootstrap): Docker, sam-node, key, config, start.\n",
+        "# SAM node bootstrap (rendered by sam-bootstrap): Docker, sam-node, enrollment, config, start.\n",
     );
-    s.push_str("# Holds the node's secret key: never run it with `sh -x`, never log it.\n");
+    s.push_str(
+        "# Holds no node key (sam-node makes its own); the one-time enrollment key expires.\n",
+    );
     s.push_str(PRELUDE);
     // Every interpolated value is single-quoted.
     let vars = [
@@ -191,9 +201,12 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         s.push_str(METADATA);
     }
     s.push_str(INSTALL_NODE);
-    s.push_str("cat >\"$SAM_HOME/node/node.key\" <<'SAM_NODE_KEY'\n");
-    s.push_str(&key);
-    s.push_str("\nSAM_NODE_KEY\nchmod 0600 \"$SAM_HOME/node/node.key\"\n");
+    s.push_str("cat >\"$SAM_HOME/node/enroll.toml\" <<'SAM_NODE_ENROLL'\n");
+    s.push_str(&enroll);
+    if !enroll.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str("SAM_NODE_ENROLL\nchmod 0600 \"$SAM_HOME/node/enroll.toml\"\n");
     s.push_str("cat >\"$SAM_HOME/node/config.toml\" <<'SAM_NODE_CONFIG'\n");
     s.push_str(&config);
     if !config.ends_with('\n') {

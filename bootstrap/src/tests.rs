@@ -8,6 +8,7 @@ fn spec() -> BootstrapSpec {
     let owner = SecretKey::from_bytes([7; 32]).node_id();
     BootstrapSpec::new(
         SecretKey::from_bytes([9; 32]),
+        1_900_000_000,
         owner,
         NodeRelease {
             url: "https://releases.example/sam-node-x86_64".into(),
@@ -17,20 +18,30 @@ fn spec() -> BootstrapSpec {
 }
 
 fn key_hex(spec: &BootstrapSpec) -> String {
-    data_encoding::HEXLOWER.encode(&spec.node_key.to_bytes())
+    data_encoding::HEXLOWER.encode(&spec.enrollment.to_bytes())
 }
 
 #[test]
-fn script_has_key_config_checksum_and_start() {
+fn script_has_enrollment_config_checksum_and_start() {
     let spec = spec();
     let text = render_user_data(&spec).expect("render");
     assert!(text.starts_with("#!/bin/sh\n"));
     assert!(text.len() <= USER_DATA_LIMIT);
-    // the key, exactly once, inside its heredoc, then made 0600
+    // the one-time enrollment (key, expiry, port), exactly once, inside its heredoc, then
+    // made 0600; no node key is written at all (sam-node makes its own)
     let key = key_hex(&spec);
     assert_eq!(text.matches(&key).count(), 1);
-    assert!(text.contains(&format!("<<'SAM_NODE_KEY'\n{key}\nSAM_NODE_KEY\n")));
-    assert!(text.contains("chmod 0600 \"$SAM_HOME/node/node.key\""));
+    let heredoc = text
+        .split("<<'SAM_NODE_ENROLL'\n")
+        .nth(1)
+        .and_then(|t| t.split("SAM_NODE_ENROLL\n").next())
+        .expect("enrollment heredoc");
+    let file: sam_protocol::enroll::EnrollFile = toml::from_str(heredoc).expect("enroll.toml");
+    assert_eq!(file.key, key);
+    assert_eq!(file.expires_unix, 1_900_000_000);
+    assert_eq!(file.bind, "0.0.0.0:7448".parse().expect("addr"));
+    assert!(text.contains("chmod 0600 \"$SAM_HOME/node/enroll.toml\""));
+    assert!(!text.contains("node.key"));
     assert!(text.contains("umask 077"));
     // the pinned checksum and its check
     assert!(text.contains(&format!("NODE_SHA256='{}'", "ab".repeat(32))));
@@ -134,6 +145,12 @@ fn bad_inputs_are_refused() {
         render_user_data(&s),
         Err(BootstrapError::ZeroPort)
     ));
+    let mut s = spec();
+    s.enroll_port = s.port;
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadEnrollPort(_))
+    ));
 }
 
 #[test]
@@ -162,7 +179,7 @@ proptest! {
     #[test]
     fn any_key_and_owner_render_under_the_limit(k in any::<[u8; 32]>(), o in any::<[u8; 32]>()) {
         let mut s = spec();
-        s.node_key = SecretKey::from_bytes(k);
+        s.enrollment = SecretKey::from_bytes(k);
         s.owner = SecretKey::from_bytes(o).node_id();
         let text = render_user_data(&s).expect("render");
         prop_assert!(text.len() < USER_DATA_LIMIT);

@@ -55,7 +55,9 @@ async fn main() -> Result<()> {
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let pool = Pool::new(Local::new(tmp.path(), node_bin()?), PoolPolicy::default());
     let owner = SecretKey::generate();
-    let probe = IrohProbe::bind(lo).await.map_err(anyhow::Error::msg)?;
+    let probe = IrohProbe::bind_as(&owner, lo)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let ep = sam_client::endpoint::bind(&owner, Some(lo)).await?;
     let (mut cold, mut warm) = (Steps::default(), Steps::default());
 

@@ -1,7 +1,8 @@
 //! The rendered cloud-init user-data, run for real in a plain Debian container (`sam-base:1`):
 //! it downloads the freshly built `sam-node` from a tiny HTTP server on the Docker bridge,
-//! checks its sha256, writes the key and config, starts the node; then we connect to it by
-//! its ticket (the container's bridge IP, port 7447) as the owner. Docker install is skipped
+//! checks its sha256, writes the one-time enrollment and config, starts the node, which makes
+//! its own key; then we enroll it as the owner (the container's bridge IP, port 7448) and
+//! connect to it at the node id it proved (port 7447). Docker install is skipped
 //! (`install_docker = false`: no registry here). Traffic goes only to that container.
 
 use std::io::{Read, Write};
@@ -92,7 +93,13 @@ fn run_container(name: &str, script: &Path) -> Container {
 
 fn spec(owner: &SecretKey, url: String, sha256: String) -> (SecretKey, BootstrapSpec) {
     let key = SecretKey::generate();
-    let mut spec = BootstrapSpec::new(key.clone(), owner.node_id(), NodeRelease { url, sha256 });
+    let expires = sam_provisioner::pool::now_unix() + 3600;
+    let mut spec = BootstrapSpec::new(
+        key.clone(),
+        expires,
+        owner.node_id(),
+        NodeRelease { url, sha256 },
+    );
     spec.install_docker = false;
     // an unprivileged container has no firewall of its own to change (the metadata block is
     // tested against the host's dockerd in bootstrap/tests/metadata_block.rs)
@@ -129,15 +136,44 @@ async fn user_data_boots_a_node_in_debian_and_its_ticket_works() {
         .parse()
         .expect("container ip");
 
-    let ticket = Ticket::new(NodeAddr {
-        id: key.node_id(),
-        direct: vec![SocketAddr::new(ip, sam_bootstrap::DEFAULT_PORT)],
-        relay: None,
-    });
     let ep = sam_client::endpoint::bind(&owner, Some(SocketAddr::new(gw, 0)))
         .await
         .expect("bind");
     let t0 = Instant::now();
+    let enroll_at = [SocketAddr::new(
+        ip,
+        sam_protocol::enroll::DEFAULT_ENROLL_PORT,
+    )];
+    let node = loop {
+        match sam_provisioner::enroll::enroll(&ep, &key.node_id(), &owner.node_id(), &enroll_at)
+            .await
+        {
+            Ok(node) => break node,
+            Err(sam_provisioner::EnrollFailure::NotYet(e))
+                if t0.elapsed() < Duration::from_secs(90) =>
+            {
+                tracing::debug!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!(
+                "node in the container was never enrolled: {e}\nuser-data log:\n{}\nnode log:\n{}",
+                docker(&["exec", &c.0, "cat", "/var/log/user-data.log"]),
+                docker(&[
+                    "exec",
+                    &c.0,
+                    "sh",
+                    "-c",
+                    "cat /var/log/sam-node.log || true"
+                ]),
+            ),
+        }
+    };
+    assert_ne!(node.id, key.node_id());
+    let ticket = Ticket::new(NodeAddr {
+        id: node.id,
+        direct: vec![SocketAddr::new(ip, sam_bootstrap::DEFAULT_PORT)],
+        relay: None,
+    });
     let client = loop {
         match NodeClient::connect(&ep, &ticket).await {
             Ok(c) => break c,
@@ -160,7 +196,7 @@ async fn user_data_boots_a_node_in_debian_and_its_ticket_works() {
     };
     match client.request(Request::Status).await.expect("status") {
         Response::Status(s) => {
-            assert_eq!(s.node, key.node_id());
+            assert_eq!(s.node, node.id);
             assert_eq!(s.owner, owner.node_id());
         }
         other => panic!("unexpected {other:?}"),
@@ -178,6 +214,19 @@ async fn user_data_boots_a_node_in_debian_and_its_ticket_works() {
         "/var/lib/sam/node/node.key",
     ]);
     assert_eq!(mode, "600");
+    // the node made that key itself: it is nowhere in the user-data, and the one-time
+    // enrollment is gone
+    let node_key = docker(&["exec", &c.0, "cat", "/var/lib/sam/node/node.key"]);
+    assert_eq!(node_key.len(), 64);
+    assert!(
+        !ud.contains(&node_key),
+        "the node's key is in its user-data"
+    );
+    let gone = Command::new("docker")
+        .args(["exec", &c.0, "test", "-e", "/var/lib/sam/node/enroll.toml"])
+        .status()
+        .expect("docker exec");
+    assert!(!gone.success(), "the used enrollment is still on disk");
     let cfg = docker(&["exec", &c.0, "cat", "/var/lib/sam/node/config.toml"]);
     assert!(cfg.contains(&format!("{ip}:7447")), "{cfg}");
 

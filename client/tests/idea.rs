@@ -260,12 +260,18 @@ impl Drop for Cleanup {
         {
             for e in entries.flatten().filter(is_node_dir) {
                 let id = e.file_name().to_string_lossy().into_owned();
+                // the node made its own key: its containers carry its id, not the VM's
+                let node = sam_protocol::SecretKey::load(&e.path().join("node").join("node.key"))
+                    .map(|k| k.node_id().to_string());
                 let _ = Command::new(sibling("sam"))
                     .env("SAM_HOME", home)
                     .env("SAM_NODE_BIN", sibling("sam-node"))
                     .args(["vm", "rm", &id, "--provider", "local"])
                     .output();
                 remove_containers_of(&id);
+                if let Ok(node) = node {
+                    remove_containers_of(&node);
+                }
             }
         }
         for n in &self.0 {
@@ -337,7 +343,7 @@ fn steps(json: &serde_json::Value) -> String {
 async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     let s = Setup::new().await;
     let pool_dir = s.home.join("provider").join("local");
-    let _cleanup = Cleanup(vec![], Some((s.home.clone(), pool_dir.clone())));
+    let mut cleanup = Cleanup(vec![], Some((s.home.clone(), pool_dir.clone())));
     let nodes_made = || {
         std::fs::read_dir(&pool_dir)
             .map(|d| d.flatten().filter(is_node_dir).count())
@@ -359,14 +365,18 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert_eq!(cold["reused"], false, "{cold}");
     assert_eq!(cold["released"], true, "{cold}\n{stderr}");
     let vm = cold["vm"].as_str().expect("vm id").to_string();
-    assert_eq!(cold["node"].as_str(), Some(vm.as_str()));
+    // the node made its own key: its id is learnt by enrolling it, it is not the VM's id
+    // (the enrollment's)
+    let node = cold["node"].as_str().expect("node id").to_string();
+    assert_ne!(node, vm);
+    cleanup.0.push(node.clone());
     assert!(
         cold["pr"].as_str().unwrap_or("").ends_with("/o/r/pull/1"),
         "{cold}"
     );
     assert!(stderr.contains("first token"), "{stderr}");
     assert_eq!(nodes_made(), 1);
-    assert_eq!(containers_of(&vm), 0, "the workspace was not removed");
+    assert_eq!(containers_of(&node), 0, "the workspace was not removed");
     let pool = s
         .sam()
         .args(["--json", "pool", "ls", "--provider", "local"])
@@ -400,7 +410,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
         "{warm}"
     );
     assert_eq!(nodes_made(), 1, "a second node was created");
-    assert_eq!(containers_of(&vm), 0);
+    assert_eq!(containers_of(&node), 0);
     println!(
         "BENCH sam idea, local provider, warm (idle node reused), process {t_warm:?}:\n{}",
         steps(&warm)
@@ -430,7 +440,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert!(msg.contains("step 'workspace' failed"), "{msg}\n{stderr}");
     assert!(stderr.contains("idle in the warm pool"), "{stderr}");
     assert_eq!(nodes_made(), 1);
-    assert_eq!(containers_of(&vm), 0);
+    assert_eq!(containers_of(&node), 0);
 
     // 4. Ctrl-C while the workspace is being made: it is removed, the node goes back idle.
     let mut child = s
@@ -468,7 +478,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
     assert!(!status.success(), "{seen}");
     assert!(seen.contains("interrupted"), "{seen}");
     assert!(seen.contains("idle in the warm pool"), "{seen}");
-    assert_eq!(containers_of(&vm), 0, "{seen}");
+    assert_eq!(containers_of(&node), 0, "{seen}");
     assert_eq!(nodes_made(), 1);
 
     // 5. --keep: the PR is opened, the workspace stays for follow-ups, the node stays busy
@@ -489,7 +499,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
             .is_some_and(|u| u.contains("/o/r/pull/")),
         "{kept}"
     );
-    assert_eq!(containers_of(&vm), 1, "{stderr}");
+    assert_eq!(containers_of(&node), 1, "{stderr}");
     let pool = s
         .sam()
         .args(["--json", "pool", "ls", "--provider", "local"])
@@ -509,7 +519,7 @@ async fn sam_idea_from_the_local_pool_reuses_the_warm_node() {
         "{}",
         String::from_utf8_lossy(&rel.stderr)
     );
-    remove_containers_of(&vm);
+    remove_containers_of(&node);
 
     // No secret reached the node's files (config, logs, conversation store) or the client's
     // (other than the user's own 0600 files, which hold none here: the token is in the env).

@@ -8,9 +8,10 @@ use sam_client::NodeClient;
 use sam_protocol::SecretKey;
 use sam_protocol::ctl::{Request, Response};
 use sam_provisioner::pool::now_unix;
+use sam_provisioner::provider::with_node;
 use sam_provisioner::{
-    CreateSpec, IrohProbe, Local, Pool, PoolError, PoolPolicy, PoolState, Probe, Provider,
-    ProviderError, Size,
+    CreateSpec, EnrollFailure, Enrollment, IrohProbe, Local, Pool, PoolError, PoolPolicy,
+    PoolState, Probe, Provider, ProviderError, Size, Vm,
 };
 
 use crate::support::bins::node_bin;
@@ -33,24 +34,23 @@ async fn status_as_owner(owner: &SecretKey, ticket: &sam_protocol::Ticket) {
 }
 
 #[tokio::test]
-async fn local_provider_create_ticket_connect_delete() {
+async fn local_provider_create_enroll_ticket_connect_delete() {
     let tmp = tempfile::tempdir().expect("tmp");
     let local = Local::new(tmp.path().join("nodes"), node_bin());
     let owner = SecretKey::generate();
-    let key = SecretKey::generate();
-    let node = key.node_id();
+    let enrollment = Enrollment::new(now_unix(), 3600);
+    let enroll_id = enrollment.id();
     let spec = CreateSpec {
-        name: CreateSpec::default_name(&node),
+        name: CreateSpec::default_name(&enroll_id),
         size: Size::Small,
-        node,
+        enrollment: enroll_id,
         user_data: local
-            .user_data(&key, &owner.node_id(), None)
+            .user_data(&enrollment, &owner.node_id(), None)
             .expect("user-data"),
         locations: vec![],
     };
     let vm = local.create(&spec).await.expect("create");
-    assert_eq!(vm.id, node.to_string());
-    assert_eq!(vm.node_id(), Some(node));
+    assert_eq!(vm.id, enroll_id.to_string());
     assert_eq!(vm.pool_state(), Some(PoolState::Busy));
     let state = tmp.path().join("nodes").join(&vm.id).join("vm.json");
     #[cfg(unix)]
@@ -63,8 +63,27 @@ async fn local_provider_create_ticket_connect_delete() {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    // not enrolled yet: no node id, no ticket
+    assert_eq!(vm.node_id(), None);
+    assert!(local.ticket(&vm).is_err());
+    let probe = IrohProbe::bind_as(&owner, loopback()).await.expect("probe");
+    let node = probe
+        .enroll(
+            &enroll_id,
+            &owner.node_id(),
+            &local.enroll_addrs(&vm).expect("enroll addrs"),
+        )
+        .await
+        .expect("enroll");
+    probe.close().await;
+    let vm = local
+        .set_labels(&vm.id, &with_node(vm.labels.clone(), &node.id))
+        .await
+        .expect("label");
+    assert_eq!(vm.node_id(), Some(node.id));
+
     let ticket = local.ticket(&vm).expect("ticket");
-    assert_eq!(ticket.addr.id, node);
+    assert_eq!(ticket.addr.id, node.id);
     status_as_owner(&owner, &ticket).await;
 
     assert_eq!(local.list().await.expect("list"), vec![vm.clone()]);
@@ -100,7 +119,7 @@ async fn warm_pool_reuses_and_reaps() {
         },
     );
     let owner = SecretKey::generate();
-    let probe = IrohProbe::bind(loopback()).await.expect("probe");
+    let probe = IrohProbe::bind_as(&owner, loopback()).await.expect("probe");
 
     let first = pool
         .acquire(Size::Small, &owner.node_id(), &probe)
@@ -149,6 +168,14 @@ impl Probe for Never {
     async fn reachable(&self, _: &sam_protocol::Ticket) -> bool {
         false
     }
+    async fn enroll(
+        &self,
+        _: &sam_protocol::NodeId,
+        _: &sam_protocol::NodeId,
+        _: &[SocketAddr],
+    ) -> Result<sam_protocol::NodeAddr, EnrollFailure> {
+        Err(EnrollFailure::NotYet("never".into()))
+    }
 }
 
 #[tokio::test]
@@ -195,4 +222,128 @@ async fn a_node_binary_that_fails_leaves_nothing() {
             .count(),
         0
     );
+}
+
+/// The local provider, recording the user-data of every create.
+struct Recording {
+    inner: Local,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Provider for Recording {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn create(&self, spec: &CreateSpec) -> Result<Vm, ProviderError> {
+        self.seen.lock().expect("lock").push(spec.user_data.clone());
+        self.inner.create(spec).await
+    }
+    async fn list(&self) -> Result<Vec<Vm>, ProviderError> {
+        self.inner.list().await
+    }
+    async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.delete(id).await
+    }
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vm, ProviderError> {
+        self.inner.set_labels(id, labels).await
+    }
+    fn user_data(
+        &self,
+        enrollment: &Enrollment,
+        owner: &sam_protocol::NodeId,
+        release: Option<&sam_provisioner::NodeRelease>,
+    ) -> Result<String, ProviderError> {
+        self.inner.user_data(enrollment, owner, release)
+    }
+    fn ticket(&self, vm: &Vm) -> Result<sam_protocol::Ticket, ProviderError> {
+        self.inner.ticket(vm)
+    }
+    fn enroll_addrs(&self, vm: &Vm) -> Result<Vec<SocketAddr>, ProviderError> {
+        self.inner.enroll_addrs(vm)
+    }
+}
+
+/// Every run of 64 hex digits in `text`, decoded: each 32-byte key written in it.
+fn hex_keys(text: &str) -> Vec<[u8; 32]> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 64 <= b.len() {
+        let run = &b[i..i + 64];
+        if run.iter().all(u8::is_ascii_hexdigit) {
+            let mut key = [0u8; 32];
+            for (k, pair) in key.iter_mut().zip(run.chunks(2)) {
+                let s = std::str::from_utf8(pair).expect("ascii");
+                *k = u8::from_str_radix(s, 16).expect("hex");
+            }
+            out.push(key);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The node key never travels in user-data: a node made by the pool makes its own key, the
+/// id the client learns by enrolling it is that key's, and nothing in the user-data (or the
+/// labels) is that key. Before, the provisioner made the key and wrote it into the user-data.
+#[tokio::test]
+async fn a_provisioned_nodes_user_data_holds_no_node_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let nodes = tmp.path().join("nodes");
+    let pool = Pool::new(
+        Recording {
+            inner: Local::new(&nodes, node_bin()),
+            seen: Default::default(),
+        },
+        PoolPolicy::default(),
+    );
+    let owner = SecretKey::generate();
+    let probe = IrohProbe::bind_as(&owner, loopback()).await.expect("probe");
+    let got = pool
+        .acquire(Size::Small, &owner.node_id(), &probe)
+        .await
+        .expect("acquire");
+    probe.close().await;
+
+    // the key the node made on its own disk is the one the client learnt
+    let key_file = nodes.join(&got.vm.id).join("node").join("node.key");
+    let node_key = SecretKey::load(&key_file).expect("the node made its own key");
+    assert_eq!(got.ticket.addr.id, node_key.node_id());
+    assert_eq!(got.vm.node_id(), Some(node_key.node_id()));
+    status_as_owner(&owner, &got.ticket).await;
+
+    // no 32-byte key written anywhere in the user-data is the node's secret (nor its
+    // public id: the node is not known before it boots)
+    let seen = pool.provider.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let ud = &seen[0];
+    let keys = hex_keys(ud);
+    assert!(
+        !keys.is_empty(),
+        "the enrollment key is in the user-data: {ud}"
+    );
+    assert!(
+        !keys.contains(&node_key.to_bytes()),
+        "the node's secret key is in its user-data"
+    );
+    assert!(
+        !keys.contains(node_key.node_id().as_bytes()),
+        "the node's id was known before it booted: it was not made on the node"
+    );
+    // and the enrollment in it is used up: the node deleted its key
+    assert!(
+        !nodes
+            .join(&got.vm.id)
+            .join("node")
+            .join("enroll.toml")
+            .exists()
+    );
+    for v in got.vm.labels.values() {
+        assert!(!hex_keys(v).contains(&node_key.to_bytes()));
+    }
+    pool.provider.delete(&got.vm.id).await.expect("delete");
 }

@@ -12,7 +12,7 @@ use sam_protocol::prov::{ProvNode, ProvRequest, ProvResponse};
 use sam_protocol::workspace::{CreateWorkspace, WorkspaceRequest, WorkspaceResponse};
 use sam_protocol::{Role, SecretKey};
 use sam_provisioner::serve::{ServeConfig, request, serve};
-use sam_provisioner::{IrohProbe, Local, Pool, PoolPolicy};
+use sam_provisioner::{Local, Pool, PoolPolicy};
 
 use crate::support::bins::node_bin;
 
@@ -52,8 +52,7 @@ async fn members_get_nodes_with_their_own_capability() {
         role: Role::Collaborator,
         capability_ttl_secs: Some(3600),
     };
-    let probe = IrohProbe::bind(lo()).await.expect("probe");
-    let svc = serve(pool, prov_key.clone(), cfg, lo(), probe)
+    let svc = serve(pool, prov_key.clone(), cfg, lo())
         .await
         .expect("serve");
 
@@ -302,8 +301,7 @@ async fn team(
         role: Role::Collaborator,
         capability_ttl_secs: Some(3600),
     };
-    let probe = IrohProbe::bind(lo()).await.expect("probe");
-    let svc = serve(pool, SecretKey::generate(), cfg, lo(), probe)
+    let svc = serve(pool, SecretKey::generate(), cfg, lo())
         .await
         .expect("serve");
     let mut out = Vec::new();
@@ -387,17 +385,23 @@ impl sam_provisioner::Provider for Gate {
     }
     fn user_data(
         &self,
-        key: &SecretKey,
+        enrollment: &sam_provisioner::Enrollment,
         owner: &sam_protocol::NodeId,
         release: Option<&sam_provisioner::NodeRelease>,
     ) -> Result<String, sam_provisioner::ProviderError> {
-        self.inner.user_data(key, owner, release)
+        self.inner.user_data(enrollment, owner, release)
     }
     fn ticket(
         &self,
         vm: &sam_provisioner::Vm,
     ) -> Result<sam_protocol::Ticket, sam_provisioner::ProviderError> {
         self.inner.ticket(vm)
+    }
+    fn enroll_addrs(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<Vec<std::net::SocketAddr>, sam_provisioner::ProviderError> {
+        self.inner.enroll_addrs(vm)
     }
 }
 
@@ -420,14 +424,12 @@ async fn two_members_asking_at_once_never_share_the_idle_node() {
         role: Role::Collaborator,
         capability_ttl_secs: Some(3600),
     };
-    let probe = IrohProbe::bind(lo()).await.expect("probe");
     let gate = Arc::new(gate);
     let svc = serve(
         Pool::new(GateRef(gate.clone()), PoolPolicy::default()),
         SecretKey::generate(),
         cfg,
         lo(),
-        probe,
     )
     .await
     .expect("serve");
@@ -513,17 +515,23 @@ impl sam_provisioner::Provider for GateRef {
     }
     fn user_data(
         &self,
-        key: &SecretKey,
+        enrollment: &sam_provisioner::Enrollment,
         owner: &sam_protocol::NodeId,
         release: Option<&sam_provisioner::NodeRelease>,
     ) -> Result<String, sam_provisioner::ProviderError> {
-        self.0.user_data(key, owner, release)
+        self.0.user_data(enrollment, owner, release)
     }
     fn ticket(
         &self,
         vm: &sam_provisioner::Vm,
     ) -> Result<sam_protocol::Ticket, sam_provisioner::ProviderError> {
         self.0.ticket(vm)
+    }
+    fn enroll_addrs(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<Vec<std::net::SocketAddr>, sam_provisioner::ProviderError> {
+        self.0.enroll_addrs(vm)
     }
 }
 

@@ -38,6 +38,22 @@ impl NodePaths {
         self.dir.join("node.addr")
     }
 
+    /// A cloud node's pending one-time enrollment, written by the user-data (`0600`); deleted
+    /// once used or expired (see [`crate::enroll`]).
+    pub fn enroll(&self) -> PathBuf {
+        self.dir.join("enroll.toml")
+    }
+
+    /// Where a node serving its enrollment writes that endpoint's address (local provider).
+    pub fn enroll_addr(&self) -> PathBuf {
+        self.dir.join("enroll.addr")
+    }
+
+    /// The record of the enrollment this node used: it never serves another.
+    pub fn enrolled(&self) -> PathBuf {
+        self.dir.join("enrolled.json")
+    }
+
     pub fn shares(&self) -> PathBuf {
         self.dir.join("shares.json")
     }

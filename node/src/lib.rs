@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctl;
 pub mod docs;
 pub mod endpoint;
+pub mod enroll;
 pub mod fake_llm;
 pub mod files;
 pub mod inside;

@@ -185,6 +185,8 @@ pub struct NodeHandle {
     pub node: Node,
     pub router: Router,
     pub addr: NodeAddr,
+    /// The first-boot enrollment being served, if any ([`crate::enroll`]).
+    pub enroll: Option<crate::enroll::EnrollHandle>,
 }
 
 impl NodeHandle {
@@ -200,6 +202,9 @@ impl NodeHandle {
         self.node.last_save_before_exit();
         self.node.inner.agents.shutdown();
         self.node.inner.prs.shutdown();
+        if let Some(e) = self.enroll {
+            e.shutdown().await;
+        }
         self.router.shutdown().await.context("router shutdown")?;
         let _ = std::fs::remove_file(self.node.inner.paths.addr());
         Ok(())
@@ -210,8 +215,22 @@ impl Node {
     /// Loads config and key from `paths` and starts serving.
     pub async fn start(paths: NodePaths) -> Result<NodeHandle> {
         let cfg = NodeConfig::load(&paths.config())?;
-        let key = SecretKey::load(&paths.key())
-            .with_context(|| format!("load node key from {}", paths.dir.display()))?;
+        // A cloud node's first boot: it makes its own key (the user-data holds only a one-time
+        // enrollment, see `crate::enroll`).
+        let key = if crate::enroll::pending(&paths) {
+            crate::config::create_private_dir(&paths.dir)
+                .with_context(|| format!("create {}", paths.dir.display()))?;
+            let made = !paths.key().exists();
+            let key = SecretKey::load_or_create(&paths.key())
+                .with_context(|| format!("load or make the node key in {}", paths.dir.display()))?;
+            if made {
+                info!(node = %key.node_id(), "made this node's key (first boot)");
+            }
+            key
+        } else {
+            SecretKey::load(&paths.key())
+                .with_context(|| format!("load node key from {}", paths.dir.display()))?
+        };
         Self::start_with(paths, cfg, key).await
     }
 
@@ -322,7 +341,28 @@ impl Node {
         let json = serde_json::to_vec(&addr).context("serialise address")?;
         crate::config::write_private(&paths.addr(), &json)?;
         info!(node = %node.inner.id, owner = %owner, addrs = ?addr.direct, "node listening");
-        Ok(NodeHandle { node, router, addr })
+        // Not fatal: the node serves its owner's ticket either way; the log says why not.
+        let enroll = match crate::enroll::start(
+            &paths,
+            &key,
+            owner,
+            addr.clone(),
+            crate::enroll::system_clock(),
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                error!("cannot serve this node's enrollment: {e:#}");
+                None
+            }
+        };
+        Ok(NodeHandle {
+            node,
+            router,
+            addr,
+            enroll,
+        })
     }
 
     pub fn id(&self) -> NodeId {

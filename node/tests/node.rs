@@ -13,6 +13,7 @@ mod chat_docker;
 mod credential_poll;
 mod decode;
 mod docs;
+mod enroll;
 mod guard;
 mod links;
 mod moves;

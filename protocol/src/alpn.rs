@@ -12,6 +12,9 @@ pub const PORT: &[u8] = b"sam/port/1";
 pub const FILE: &[u8] = b"sam/file/1";
 /// The team provisioner service.
 pub const PROV: &[u8] = b"sam/prov/1";
+/// Enrollment of a new cloud node: served on a temporary endpoint whose key is the one-time
+/// enrollment key from user-data, never by the node's own endpoint (see [`crate::enroll`]).
+pub const ENROLL: &[u8] = b"sam/enroll/1";
 
 /// Every ALPN a node serves.
 pub const NODE_ALPNS: &[&[u8]] = &[CTL, DOC, PTY, PORT, FILE];

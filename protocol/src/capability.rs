@@ -393,7 +393,7 @@ mod bounded_proofs {
     }
 }
 
-mod sig_bytes {
+pub(crate) mod sig_bytes {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {

@@ -14,6 +14,7 @@ pub mod capability;
 pub mod ctl;
 pub mod doc;
 pub mod duration;
+pub mod enroll;
 pub mod frame;
 pub mod identity;
 pub mod pr;

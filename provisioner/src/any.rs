@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use sam_bootstrap::NodeRelease;
-use sam_protocol::{NodeId, SecretKey, Ticket};
+use sam_protocol::{NodeId, Ticket};
 
-use crate::provider::{CreateSpec, PoolState, Provider, ProviderError, Vm};
+use crate::provider::{CreateSpec, Enrollment, PoolState, Provider, ProviderError, Vm};
 use crate::{Hetzner, Local, Scaleway};
 
 /// `local`, `hetzner` or `scaleway`.
@@ -53,15 +53,19 @@ impl Provider for AnyProvider {
 
     fn user_data(
         &self,
-        key: &SecretKey,
+        enrollment: &Enrollment,
         owner: &NodeId,
         release: Option<&NodeRelease>,
     ) -> Result<String, ProviderError> {
-        each!(self, p => p.user_data(key, owner, release))
+        each!(self, p => p.user_data(enrollment, owner, release))
     }
 
     fn ticket(&self, vm: &Vm) -> Result<Ticket, ProviderError> {
         each!(self, p => p.ticket(vm))
+    }
+
+    fn enroll_addrs(&self, vm: &Vm) -> Result<Vec<std::net::SocketAddr>, ProviderError> {
+        each!(self, p => p.enroll_addrs(vm))
     }
 
     async fn mark(&self, vm: &Vm, state: PoolState, now_unix: u64) -> Result<Vm, ProviderError> {

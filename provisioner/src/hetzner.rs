@@ -264,9 +264,10 @@ impl Hetzner {
         }
     }
 
-    /// Deletes every server labelled with this node (used when a create answer was unreadable).
-    async fn delete_by_node(&self, node_label_value: &str) -> String {
-        let selector = format!("{}={node_label_value}", labels::NODE);
+    /// Deletes every server labelled with this enrollment (used when a create answer was
+    /// unreadable).
+    async fn delete_by_enrollment(&self, enroll_label_value: &str) -> String {
+        let selector = format!("{}={enroll_label_value}", labels::ENROLL);
         let what = "list servers";
         let found = match self
             .api
@@ -324,7 +325,7 @@ impl Provider for Hetzner {
         } else {
             &spec.locations
         };
-        let labels = new_vm_labels(spec.size, &spec.node);
+        let labels = new_vm_labels(spec.size, &spec.enrollment);
         let mut tried = Vec::new();
         for location in locations {
             let what = format!("create server in {location}");
@@ -345,7 +346,9 @@ impl Provider for Hetzner {
                 return match self.api.json::<CreateResponse>(&what, &reply) {
                     Ok(created) => self.finish_create(created).await,
                     Err(e) => {
-                        let cleanup = self.delete_by_node(&node_label(&spec.node)).await;
+                        let cleanup = self
+                            .delete_by_enrollment(&node_label(&spec.enrollment))
+                            .await;
                         Err(ProviderError::CreateFailed {
                             provider: NAME,
                             name: spec.name.clone(),

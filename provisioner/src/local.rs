@@ -1,11 +1,14 @@
 //! The `local` provider: nodes on this machine as `sam-node` processes. No cloud account.
 //!
-//! Each node lives in `<state dir>/<node id hex>/`: that directory is the node's `SAM_HOME`
-//! (so `node/node.key`, `node/config.toml`, `node/node.addr`, `node/node.log`), and `vm.json`
-//! (`0600`) next to it holds what a cloud would keep for us: the labels, the pid, the size and
-//! the creation time. The VM id is the node id. The key is made by the provisioner, so the
-//! NodeId is known before the process starts; the node binds `127.0.0.1:0` and announces its
-//! real address in `node/node.addr`, which is where [`Local::ticket`](Provider::ticket) reads it.
+//! Each node lives in `<state dir>/<VM id>/`: that directory is the node's `SAM_HOME` (so
+//! `node/config.toml`, `node/enroll.toml`, `node/node.key`, `node/node.addr`, `node/node.log`),
+//! and `vm.json` (`0600`) next to it holds what a cloud would keep for us: the labels, the pid,
+//! the size and the creation time. Like a cloud VM, a local node gets only a one-time
+//! enrollment (its user-data): the VM id is the enrollment's public id, and the node makes its
+//! own key at start. It binds `127.0.0.1:0` for both endpoints and announces their addresses
+//! in `node/enroll.addr` (where [`Local::enroll_addrs`](Provider::enroll_addrs) reads it) and
+//! `node/node.addr` (where [`Local::ticket`](Provider::ticket) reads it, checked against the
+//! enrolled node id in the labels).
 //!
 //! The processes outlive the provisioner that started them (like VMs). `list` reports only
 //! live ones; `delete` sends SIGTERM, then SIGKILL after a grace period, and removes the
@@ -24,7 +27,7 @@ use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Size;
-use crate::provider::{CreateSpec, ProviderError, Vm, new_vm_labels};
+use crate::provider::{CreateSpec, Enrollment, ProviderError, Vm, labels, new_vm_labels};
 use crate::{Provider, pool::now_unix};
 
 const NAME: &str = "local";
@@ -32,11 +35,14 @@ const NAME: &str = "local";
 const MAX_STATE_FILE: u64 = 64 * 1024;
 
 /// What [`Local::user_data`](Provider::user_data) renders: the local provider's "cloud-init".
+/// No node key: a one-time enrollment, as on a cloud.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LocalUserData {
-    /// The node's secret key, 64 hex digits.
-    node_key: String,
+    /// The one-time enrollment key, 64 hex digits.
+    enroll_key: String,
+    /// Unix seconds after which the node refuses the enrollment.
+    enroll_expires_unix: u64,
     owner: NodeId,
 }
 
@@ -45,6 +51,8 @@ struct LocalUserData {
 #[serde(deny_unknown_fields)]
 struct VmState {
     name: String,
+    /// The VM id: the enrollment's public id (the node's own id is in the labels once it is
+    /// enrolled).
     node: NodeId,
     size: Size,
     pid: u32,
@@ -151,11 +159,40 @@ impl Local {
         })
     }
 
-    fn spawn(&self, dir: &Path, key: &SecretKey, owner: &NodeId) -> Result<Child, String> {
+    /// Where the node serving enrollment `id` announced that endpoint.
+    fn read_enroll_addrs(&self, id: &str) -> Result<Vec<SocketAddr>, ProviderError> {
+        let dir = self.vm_dir(id)?;
+        let bytes = read_small(&dir.join("node").join("enroll.addr")).map_err(|detail| {
+            ProviderError::Malformed {
+                provider: NAME,
+                what: format!("node {id}"),
+                detail: format!("no enrollment address yet ({detail})"),
+            }
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ProviderError::Malformed {
+            provider: NAME,
+            what: format!("node {id}"),
+            detail: format!("enroll.addr: {e}"),
+        })
+    }
+
+    fn spawn(
+        &self,
+        dir: &Path,
+        enroll_key: &SecretKey,
+        ud: &LocalUserData,
+    ) -> Result<Child, String> {
+        let owner = &ud.owner;
         let node_dir = dir.join("node");
         fs::create_dir_all(&node_dir).map_err(|e| format!("create {}: {e}", node_dir.display()))?;
-        key.write_new(&node_dir.join("node.key"))
-            .map_err(|e| e.to_string())?;
+        let enroll = sam_protocol::enroll::EnrollFile::new(
+            enroll_key,
+            ud.enroll_expires_unix,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        let text = toml::to_string(&enroll).map_err(|e| e.to_string())?;
+        write_private(&node_dir.join("enroll.toml"), text.as_bytes())
+            .map_err(|e| format!("write enroll.toml: {e}"))?;
         let cfg = sam_bootstrap::NodeConfigFile {
             owner: owner.to_string(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -224,12 +261,13 @@ impl Provider for Local {
 
     fn user_data(
         &self,
-        key: &SecretKey,
+        enrollment: &Enrollment,
         owner: &NodeId,
         _release: Option<&sam_bootstrap::NodeRelease>,
     ) -> Result<String, ProviderError> {
         serde_json::to_string(&LocalUserData {
-            node_key: data_encoding::HEXLOWER.encode(&key.to_bytes()),
+            enroll_key: data_encoding::HEXLOWER.encode(&enrollment.key.to_bytes()),
+            enroll_expires_unix: enrollment.expires_unix,
             owner: *owner,
         })
         .map_err(|e| ProviderError::Config(e.to_string()))
@@ -249,15 +287,18 @@ impl Provider for Local {
             )
         })?;
         let key_bytes: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
-            .decode(ud.node_key.as_bytes())
+            .decode(ud.enroll_key.as_bytes())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| fail("node_key is not 64 hex digits".into(), ""))?;
+            .ok_or_else(|| fail("enroll_key is not 64 hex digits".into(), ""))?;
         let key = SecretKey::from_bytes(key_bytes);
-        if key.node_id() != spec.node {
-            return Err(fail("the key does not match spec.node".into(), ""));
+        if key.node_id() != spec.enrollment {
+            return Err(fail(
+                "the enrollment key does not match spec.enrollment".into(),
+                "",
+            ));
         }
-        let id = spec.node.to_string();
+        let id = spec.enrollment.to_string();
         let dir = self.dir.join(&id);
         if dir.exists() {
             return Err(fail(format!("{} exists already", dir.display()), ""));
@@ -266,24 +307,24 @@ impl Provider for Local {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            // the node's key lives inside
+            // the node's keys live inside
             let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
         }
         let cleanup = |reason: String| {
             let _ = fs::remove_dir_all(&dir);
             fail(reason, " (its directory was removed)")
         };
-        let mut child = match self.spawn(&dir, &key, &ud.owner) {
+        let mut child = match self.spawn(&dir, &key, &ud) {
             Ok(c) => c,
             Err(e) => return Err(cleanup(e)),
         };
         let state = VmState {
             name: spec.name.clone(),
-            node: spec.node,
+            node: spec.enrollment,
             size: spec.size,
             pid: child.id(),
             created_unix: now_unix(),
-            labels: new_vm_labels(spec.size, &spec.node),
+            labels: new_vm_labels(spec.size, &spec.enrollment),
         };
         if let Err(e) = Self::write_state(&dir, &state) {
             let _ = child.kill();
@@ -293,7 +334,7 @@ impl Provider for Local {
         let t0 = Instant::now();
         let log = dir.join("node").join("node.log");
         loop {
-            if self.node_addr(&id).is_ok() {
+            if self.read_enroll_addrs(&id).is_ok() {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -314,7 +355,7 @@ impl Provider for Local {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(cleanup(format!(
-                    "sam-node did not announce its address within {:?}",
+                    "sam-node did not announce its enrollment address within {:?}",
                     self.start_timeout
                 )));
             }
@@ -394,8 +435,32 @@ impl Provider for Local {
         Ok(Self::vm(&state, "running"))
     }
 
+    /// The node's announced address, when it is the node the labels name (enrolled).
     fn ticket(&self, vm: &Vm) -> Result<Ticket, ProviderError> {
-        Ok(Ticket::new(self.node_addr(&vm.id)?))
+        let malformed = |detail: String| ProviderError::Malformed {
+            provider: NAME,
+            what: format!("node {}", vm.id),
+            detail,
+        };
+        let Some(enrolled) = vm.node_id() else {
+            return Err(malformed(format!(
+                "not enrolled (no readable {} label)",
+                labels::NODE
+            )));
+        };
+        let addr = self.node_addr(&vm.id)?;
+        if addr.id != enrolled {
+            return Err(malformed(format!(
+                "node.addr names node {}, not the enrolled node {}",
+                addr.id.short(),
+                enrolled.short()
+            )));
+        }
+        Ok(Ticket::new(addr))
+    }
+
+    fn enroll_addrs(&self, vm: &Vm) -> Result<Vec<SocketAddr>, ProviderError> {
+        self.read_enroll_addrs(&vm.id)
     }
 }
 

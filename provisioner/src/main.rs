@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sam_provisioner::serve::TeamConfig;
-use sam_provisioner::{AnyProvider, IrohProbe, Local, Pool};
+use sam_provisioner::{AnyProvider, Local, Pool};
 use sam_provisioner::{Hetzner, Provider, ProvidersConfig, Scaleway, Vm};
 
 #[derive(Parser)]
@@ -185,13 +185,7 @@ fn serve(team: &std::path::Path, mut cfg: ProvidersConfig, json: bool) -> Result
     });
     let rt = tokio::runtime::Runtime::new().context("start tokio")?;
     rt.block_on(async move {
-        let probe_bind = if tc.bind.ip().is_loopback() {
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0))
-        } else {
-            std::net::SocketAddr::from(([0, 0, 0, 0], 0))
-        };
-        let probe = IrohProbe::bind(probe_bind).await.map_err(anyhow::Error::msg)?;
-        let handle = sam_provisioner::serve::serve(pool, key, sc, tc.bind, probe).await?;
+        let handle = sam_provisioner::serve::serve(pool, key, sc, tc.bind).await?;
         let ticket = sam_protocol::Ticket::new(handle.addr.clone());
         if json {
             println!("{}", serde_json::json!({ "provisioner": handle.addr.id.to_string(), "ticket": ticket.to_string() }));

@@ -20,6 +20,9 @@ pub struct PoolPolicy {
     pub max_workspaces_large: usize,
     /// How long a new node has to answer at its ticket before it is deleted (s). Default 5 min.
     pub ready_timeout_secs: u64,
+    /// How long a new node's one-time enrollment is valid (s): after that the node refuses
+    /// it and deletes its key. Default 1 h.
+    pub enroll_ttl_secs: u64,
 }
 
 impl Default for PoolPolicy {
@@ -30,6 +33,7 @@ impl Default for PoolPolicy {
             max_workspaces_medium: 4,
             max_workspaces_large: 8,
             ready_timeout_secs: 300,
+            enroll_ttl_secs: sam_protocol::enroll::DEFAULT_ENROLL_TTL_SECS,
         }
     }
 }

@@ -1,24 +1,33 @@
-//! Reaching a node over iroh: is it up, at the address its ticket says?
+//! Reaching a node over iroh: is it up, at the address its ticket says? And enrolling a new
+//! one (as its owner).
 
 use std::net::SocketAddr;
 
 use iroh::endpoint::presets;
 use iroh::{Endpoint, EndpointAddr, TransportAddr};
-use sam_protocol::Ticket;
+use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
 
 use crate::pool::Probe;
 
 /// Probes by completing a QUIC handshake on `sam/ctl/1` (which proves the node holds the
-/// ticket's key), then closing. No request is sent.
+/// ticket's key), then closing. No request is sent. Enrolls new nodes on `sam/enroll/1`,
+/// which only works when the endpoint's key is the nodes' owner ([`IrohProbe::bind_as`]).
 #[derive(Debug, Clone)]
 pub struct IrohProbe {
     ep: Endpoint,
 }
 
 impl IrohProbe {
-    /// An endpoint with a throwaway key on `bind` (`127.0.0.1:0` in tests), relays off.
+    /// An endpoint with a throwaway key on `bind` (`127.0.0.1:0` in tests), relays off. It
+    /// probes, but a node refuses its enrollment (it is not the owner): use [`Self::bind_as`]
+    /// for a pool that creates nodes.
     pub async fn bind(bind: SocketAddr) -> Result<Self, String> {
-        let key = iroh::SecretKey::from_bytes(&sam_protocol::SecretKey::generate().to_bytes());
+        Self::bind_as(&SecretKey::generate(), bind).await
+    }
+
+    /// An endpoint with the owner's `key` on `bind`, relays off: probes and enrolls.
+    pub async fn bind_as(key: &SecretKey, bind: SocketAddr) -> Result<Self, String> {
+        let key = iroh::SecretKey::from_bytes(&key.to_bytes());
         let ep = Endpoint::builder(presets::Minimal)
             .secret_key(key)
             .clear_ip_transports()
@@ -67,5 +76,14 @@ impl Probe for IrohProbe {
                 false
             }
         }
+    }
+
+    async fn enroll(
+        &self,
+        enrollment: &NodeId,
+        owner: &NodeId,
+        addrs: &[SocketAddr],
+    ) -> Result<NodeAddr, crate::enroll::EnrollFailure> {
+        crate::enroll::enroll(&self.ep, enrollment, owner, addrs).await
     }
 }

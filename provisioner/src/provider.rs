@@ -18,8 +18,11 @@ pub mod labels {
     /// `small`, `medium` or `large`.
     pub const SIZE: &str = "sam-size";
     /// The node's NodeId in lowercase base32 (52 chars): Hetzner label values hold at most 63
-    /// characters, the hex form has 64.
+    /// characters, the hex form has 64. Set once the node is enrolled (its id is learnt then).
     pub const NODE: &str = "sam-node";
+    /// The public id of the one-time enrollment the VM was made with (base32 like
+    /// [`NODE`]): never a secret, it finds the VM before its node id is known.
+    pub const ENROLL: &str = "sam-enroll";
     /// Unix seconds when the node became idle.
     pub const IDLE_SINCE: &str = "sam-idle-since";
     /// The random token of the acquisition that holds a busy node (32 hex digits): an
@@ -65,14 +68,54 @@ impl PoolState {
     }
 }
 
-/// The labels a new SAM VM gets.
-pub fn new_vm_labels(size: Size, node: &NodeId) -> BTreeMap<String, String> {
+/// The labels a new SAM VM gets: busy, its size and its enrollment's public id (the node id
+/// is added by [`with_node`] once the node is enrolled).
+pub fn new_vm_labels(size: Size, enrollment: &NodeId) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::SAM.to_owned(), "1".to_owned()),
         (labels::POOL.to_owned(), PoolState::Busy.as_str().to_owned()),
         (labels::SIZE.to_owned(), size.as_str().to_owned()),
-        (labels::NODE.to_owned(), node_label(node)),
+        (labels::ENROLL.to_owned(), node_label(enrollment)),
     ])
+}
+
+/// `labels` with the enrolled node's id.
+pub fn with_node(mut labels: BTreeMap<String, String>, node: &NodeId) -> BTreeMap<String, String> {
+    labels.insert(labels::NODE.to_owned(), node_label(node));
+    labels
+}
+
+/// A one-time enrollment: the throwaway key a new VM's user-data carries instead of a node
+/// key, and when it expires. The provisioner keeps only its public id.
+#[derive(Clone)]
+pub struct Enrollment {
+    pub key: SecretKey,
+    pub expires_unix: u64,
+}
+
+impl Enrollment {
+    /// A fresh enrollment valid for `ttl_secs` from `now_unix`.
+    pub fn new(now_unix: u64, ttl_secs: u64) -> Self {
+        Self {
+            key: SecretKey::generate(),
+            expires_unix: now_unix.saturating_add(ttl_secs),
+        }
+    }
+
+    /// The enrollment key's public id (what the provisioner dials).
+    pub fn id(&self) -> NodeId {
+        self.key.node_id()
+    }
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("key", &"<secret>")
+            .field("id", &self.id().short())
+            .field("expires_unix", &self.expires_unix)
+            .finish()
+    }
 }
 
 /// `labels` with the pool state set (and the idle time when idle, removed when busy).
@@ -128,24 +171,41 @@ impl Vm {
     }
 }
 
-/// What to create.
-#[derive(Debug, Clone)]
+/// What to create. `Debug` shows the user-data's size only: it holds the one-time enrollment
+/// key until the node is enrolled.
+#[derive(Clone)]
 pub struct CreateSpec {
     /// Server name (a valid hostname).
     pub name: String,
     pub size: Size,
-    /// The node's id (its key is inside `user_data`).
-    pub node: NodeId,
+    /// The public id of the enrollment inside `user_data` (the node's own id is learnt when
+    /// it is enrolled; no node key is ever in `user_data`).
+    pub enrollment: NodeId,
     /// From `sam_bootstrap::render_user_data`; at most 32 KiB.
     pub user_data: String,
     /// Only these locations/zones, in order; the provider's configured list when empty.
     pub locations: Vec<String>,
 }
 
+impl std::fmt::Debug for CreateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSpec")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("enrollment", &self.enrollment.short())
+            .field(
+                "user_data",
+                &format_args!("<{} bytes>", self.user_data.len()),
+            )
+            .field("locations", &self.locations)
+            .finish()
+    }
+}
+
 impl CreateSpec {
-    /// `sam-<first 12 base32 chars of the node id>`.
-    pub fn default_name(node: &NodeId) -> String {
-        format!("sam-{}", &node_label(node)[..12])
+    /// `sam-<first 12 base32 chars of the id>` (the enrollment's for a new VM).
+    pub fn default_name(id: &NodeId) -> String {
+        format!("sam-{}", &node_label(id)[..12])
     }
 }
 
@@ -237,11 +297,12 @@ pub trait Provider: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<Vm, ProviderError>> + Send;
 
-    /// The user-data that makes a node with `key`, owned by `owner`. Clouds render the
-    /// `sam-bootstrap` script (which needs a `sam-node` release); [`crate::Local`] has its own.
+    /// The user-data that makes a node owned by `owner`, enrolled with `enrollment` (the node
+    /// makes its own key). Clouds render the `sam-bootstrap` script (which needs a `sam-node`
+    /// release); [`crate::Local`] has its own.
     fn user_data(
         &self,
-        key: &SecretKey,
+        enrollment: &Enrollment,
         owner: &NodeId,
         release: Option<&sam_bootstrap::NodeRelease>,
     ) -> Result<String, ProviderError> {
@@ -251,7 +312,12 @@ pub trait Provider: Send + Sync {
                 self.name()
             ))
         })?;
-        let mut spec = sam_bootstrap::BootstrapSpec::new(key.clone(), *owner, release);
+        let mut spec = sam_bootstrap::BootstrapSpec::new(
+            enrollment.key.clone(),
+            enrollment.expires_unix,
+            *owner,
+            release,
+        );
         if self.name() == "hetzner" {
             spec.advertise = sam_bootstrap::Advertise::Detect {
                 metadata_urls: vec![sam_bootstrap::HETZNER_PUBLIC_IPV4_URL.to_owned()],
@@ -269,6 +335,19 @@ pub trait Provider: Send + Sync {
     /// IPv4 and port 7447, and the NodeId from the `sam-node` label.
     fn ticket(&self, vm: &Vm) -> Result<Ticket, ProviderError> {
         cloud_ticket(self.name(), vm)
+    }
+
+    /// Where a new VM serves its enrollment. Clouds: the public IPv4 and port 7448.
+    fn enroll_addrs(&self, vm: &Vm) -> Result<Vec<SocketAddr>, ProviderError> {
+        let ip = vm.public_ipv4.ok_or_else(|| ProviderError::Malformed {
+            provider: self.name(),
+            what: format!("server {}", vm.id),
+            detail: "no public IPv4 address (yet)".into(),
+        })?;
+        Ok(vec![SocketAddr::new(
+            ip,
+            sam_protocol::enroll::DEFAULT_ENROLL_PORT,
+        )])
     }
 
     /// Marks a server idle (since `now_unix`) or busy.
@@ -329,6 +408,27 @@ mod tests {
             prop_assert!(l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
             prop_assert_eq!(parse_node_label(&l), Some(id));
         }
+    }
+
+    #[test]
+    fn create_spec_debug_hides_the_user_data() {
+        let key = SecretKey::generate();
+        let hex = data_encoding::HEXLOWER.encode(&key.to_bytes());
+        let spec = CreateSpec {
+            name: "n".into(),
+            size: Size::Small,
+            enrollment: key.node_id(),
+            user_data: format!("enroll_key = {hex}"),
+            locations: vec![],
+        };
+        let dbg = format!(
+            "{spec:?} {:?}",
+            Enrollment {
+                key,
+                expires_unix: 1
+            }
+        );
+        assert!(!dbg.contains(&hex), "{dbg}");
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl Provider for Scaleway {
         } else {
             &spec.locations
         };
-        let tags = labels_to_tags(&new_vm_labels(spec.size, &spec.node));
+        let tags = labels_to_tags(&new_vm_labels(spec.size, &spec.enrollment));
         let mut tried = Vec::new();
         for zone in zones {
             let Some(image) = self.resolve_image(zone, &machine_type).await? else {

@@ -111,13 +111,13 @@ impl ServeHandle {
 }
 
 /// Starts the service on `bind` with the provisioner's `key`. The pool must make nodes owned
-/// by `key` (see the module docs); `probe` checks that a node answers.
+/// by `key` (see the module docs). The service's own endpoint (the owner's key) probes and
+/// enrolls new nodes.
 pub async fn serve<P: Provider + 'static>(
     pool: Pool<P>,
     key: SecretKey,
     cfg: ServeConfig,
     bind: SocketAddr,
-    probe: IrohProbe,
 ) -> Result<ServeHandle, ServeError> {
     let err = |reason: String| ServeError::Bind { bind, reason };
     let ep = Endpoint::builder(presets::Minimal)
@@ -152,7 +152,7 @@ pub async fn serve<P: Provider + 'static>(
             key,
             ep: ep.clone(),
             cfg,
-            probe,
+            probe: IrohProbe::with_endpoint(ep.clone()),
             hand_out: tokio::sync::Mutex::new(()),
         }),
     };

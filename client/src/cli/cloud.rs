@@ -445,8 +445,10 @@ pub(crate) fn pool_for(
 
 async fn create(paths: &ClientPaths, provider: ProviderName, size: Size) -> Result<Output> {
     let pool = pool_for(paths, provider)?;
-    let owner = paths.identity()?.node_id();
-    let probe = IrohProbe::bind(probe_bind()?)
+    let key = paths.identity()?;
+    let owner = key.node_id();
+    // the owner's key: new nodes are enrolled by their owner only
+    let probe = IrohProbe::bind_as(&key, probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
     let got = pool.acquire(size, &owner, &probe).await;

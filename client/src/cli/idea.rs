@@ -231,8 +231,10 @@ async fn acquire(
         anyhow::anyhow!("unknown provider {provider:?}: use local, hetzner or scaleway")
     })?;
     let pool = super::cloud::pool_for(paths, name)?;
-    let owner = paths.identity()?.node_id();
-    let probe = IrohProbe::bind(super::cloud::probe_bind()?)
+    let key = paths.identity()?;
+    let owner = key.node_id();
+    // the owner's key: new nodes are enrolled by their owner only
+    let probe = IrohProbe::bind_as(&key, super::cloud::probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
     if intr.pressed() {

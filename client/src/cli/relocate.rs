@@ -474,8 +474,10 @@ async fn acquire(paths: &ClientPaths, provider: &str, size: Option<&str>) -> Res
         None => sam_provisioner::Size::Small,
     };
     let pool = super::cloud::pool_for(paths, name)?;
-    let owner = paths.identity()?.node_id();
-    let probe = sam_provisioner::IrohProbe::bind(super::cloud::probe_bind()?)
+    let key = paths.identity()?;
+    let owner = key.node_id();
+    // the owner's key: new nodes are enrolled by their owner only
+    let probe = sam_provisioner::IrohProbe::bind_as(&key, super::cloud::probe_bind()?)
         .await
         .map_err(anyhow::Error::msg)?;
     let got = pool.acquire(size, &owner, &probe).await;

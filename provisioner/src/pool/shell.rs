@@ -10,21 +10,33 @@
 //! read-back, in which case the later writer wins and the earlier one sees it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sam_bootstrap::NodeRelease;
-use sam_protocol::{NodeId, SecretKey, Ticket};
+use sam_protocol::{NodeAddr, NodeId, Ticket};
 use thiserror::Error;
 
 use super::{PoolPolicy, now_unix};
 use crate::config::Size;
+use crate::enroll::EnrollFailure;
 use crate::provider::{
-    CreateSpec, PoolState, Provider, ProviderError, Vm, labels, with_pool_state,
+    CreateSpec, Enrollment, PoolState, Provider, ProviderError, Vm, labels, with_node,
+    with_pool_state,
 };
 
-/// Says whether a node answers at its ticket's address.
+/// Says whether a node answers at its ticket's address, and enrolls new nodes.
 pub trait Probe: Send + Sync {
     fn reachable(&self, ticket: &Ticket) -> impl Future<Output = bool> + Send;
+
+    /// Enrolls the new node serving `enrollment` at `addrs`, as `owner`: its own address, its
+    /// id proven by its signature ([`crate::enroll::enroll`]).
+    fn enroll(
+        &self,
+        enrollment: &NodeId,
+        owner: &NodeId,
+        addrs: &[SocketAddr],
+    ) -> impl Future<Output = Result<NodeAddr, EnrollFailure>> + Send;
 }
 
 /// What [`Pool::acquire`] hands out.
@@ -48,6 +60,14 @@ pub enum PoolError {
         provider: &'static str,
         id: String,
         secs: u64,
+        /// `deleted` or why deleting failed.
+        cleanup: String,
+    },
+    #[error("node {id} ({provider}) could not be enrolled: {reason}; it was {cleanup}")]
+    Enroll {
+        provider: &'static str,
+        id: String,
+        reason: String,
         /// `deleted` or why deleting failed.
         cleanup: String,
     },
@@ -136,27 +156,63 @@ impl<P: Provider> Pool<P> {
         }))
     }
 
-    /// A new node, reachable, marked busy.
+    /// A new node, enrolled, reachable, marked busy. Its user-data holds a one-time enrollment
+    /// (valid [`PoolPolicy::enroll_ttl_secs`]), never a node key: the node makes its own, and
+    /// its id is learnt by enrolling it as `owner` (`probe`'s key must be the owner's).
     pub async fn create(
         &self,
         size: Size,
         owner: &NodeId,
         probe: &impl Probe,
     ) -> Result<Acquired, PoolError> {
-        let key = SecretKey::generate();
-        let node = key.node_id();
+        let enrollment = Enrollment::new(now_unix(), self.policy.enroll_ttl_secs);
+        let enroll_id = enrollment.id();
         let user_data = self
             .provider
-            .user_data(&key, owner, self.release.as_ref())?;
-        drop(key);
+            .user_data(&enrollment, owner, self.release.as_ref())?;
+        // Only the public id is needed from here on.
+        drop(enrollment);
         let spec = CreateSpec {
-            name: CreateSpec::default_name(&node),
+            name: CreateSpec::default_name(&enroll_id),
             size,
-            node,
+            enrollment: enroll_id,
             user_data,
             locations: Vec::new(),
         };
         let vm = self.provider.create(&spec).await?;
+        let t0 = Instant::now();
+        let node = match self.enroll(&vm, &enroll_id, owner, probe).await {
+            Ok(node) => node,
+            Err(Some(reason)) => {
+                return Err(PoolError::Enroll {
+                    provider: self.provider.name(),
+                    id: vm.id.clone(),
+                    reason,
+                    cleanup: self.delete_reason(&vm.id).await,
+                });
+            }
+            Err(None) => {
+                return Err(PoolError::Unreachable {
+                    provider: self.provider.name(),
+                    id: vm.id.clone(),
+                    secs: self.ready_timeout.as_secs(),
+                    cleanup: self.delete_reason(&vm.id).await,
+                });
+            }
+        };
+        // The node id is public: it goes in the labels (the pool's only state).
+        let vm = match self
+            .provider
+            .set_labels(&vm.id, &with_node(vm.labels.clone(), &node.id))
+            .await
+        {
+            Ok(vm) => vm,
+            Err(e) => {
+                let cleanup = self.delete_reason(&vm.id).await;
+                tracing::warn!(vm = %vm.id, "cannot label the enrolled node; {cleanup}");
+                return Err(e.into());
+            }
+        };
         let ticket = match self.provider.ticket(&vm) {
             Ok(t) => t,
             Err(e) => {
@@ -165,10 +221,20 @@ impl<P: Provider> Pool<P> {
                 return Err(e.into());
             }
         };
-        if !self
-            .wait_reachable(&ticket, self.ready_timeout, probe)
-            .await
-        {
+        if ticket.addr.id != node.id {
+            return Err(PoolError::Enroll {
+                provider: self.provider.name(),
+                id: vm.id.clone(),
+                reason: format!(
+                    "the provider's ticket names node {}, the enrolled node is {}",
+                    ticket.addr.id.short(),
+                    node.id.short()
+                ),
+                cleanup: self.delete_reason(&vm.id).await,
+            });
+        }
+        let left = self.ready_timeout.saturating_sub(t0.elapsed());
+        if !self.wait_reachable(&ticket, left, probe).await {
             return Err(PoolError::Unreachable {
                 provider: self.provider.name(),
                 id: vm.id.clone(),
@@ -203,6 +269,54 @@ impl<P: Provider> Pool<P> {
         match self.provider.delete(id).await {
             Ok(()) => "deleted".to_owned(),
             Err(e) => format!("NOT deleted ({e}): delete it by hand"),
+        }
+    }
+
+    /// Enrolls the new `vm` until [`Self::ready_timeout`]: the node's address, or why not
+    /// (`Some`: refused or forged, final; `None`: nothing answered in time).
+    async fn enroll(
+        &self,
+        vm: &Vm,
+        enrollment: &NodeId,
+        owner: &NodeId,
+        probe: &impl Probe,
+    ) -> Result<NodeAddr, Option<String>> {
+        let t0 = Instant::now();
+        let mut vm = vm.clone();
+        let mut last = String::new();
+        loop {
+            let addrs = match self.provider.enroll_addrs(&vm) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            };
+            if let Some(addrs) = addrs {
+                let left = self.ready_timeout.saturating_sub(t0.elapsed());
+                match tokio::time::timeout(left, probe.enroll(enrollment, owner, &addrs)).await {
+                    Ok(Ok(node)) => {
+                        tracing::info!(vm = %vm.id, node = %node.id, "node enrolled");
+                        return Ok(node);
+                    }
+                    Ok(Err(EnrollFailure::Final(e))) => return Err(Some(e.to_string())),
+                    Ok(Err(EnrollFailure::NotYet(e))) => last = e,
+                    Err(_) => {}
+                }
+            }
+            let left = self.ready_timeout.saturating_sub(t0.elapsed());
+            if left.is_zero() {
+                tracing::warn!(vm = %vm.id, "not enrolled in time; last: {last}");
+                return Err(None);
+            }
+            tokio::time::sleep(self.probe_interval.min(left)).await;
+            // a cloud may give the VM its address only after the create answer
+            if vm.public_ipv4.is_none()
+                && let Ok(vms) = self.provider.list().await
+                && let Some(fresh) = vms.into_iter().find(|v| v.id == vm.id)
+            {
+                vm = fresh;
+            }
         }
     }
 

@@ -30,9 +30,10 @@ pub fn fast_timing() -> Timing {
 pub fn create_spec(size: Size) -> CreateSpec {
     let key = SecretKey::generate();
     let owner = SecretKey::generate().node_id();
-    let node = key.node_id();
+    let enrollment = key.node_id();
     let bs = sam_bootstrap::BootstrapSpec::new(
         key,
+        sam_provisioner::pool::now_unix() + 3600,
         owner,
         sam_bootstrap::NodeRelease {
             url: "https://releases.example/sam-node".into(),
@@ -40,9 +41,9 @@ pub fn create_spec(size: Size) -> CreateSpec {
         },
     );
     CreateSpec {
-        name: CreateSpec::default_name(&node),
+        name: CreateSpec::default_name(&enrollment),
         size,
-        node,
+        enrollment,
         user_data: sam_bootstrap::render_user_data(&bs).expect("user-data"),
         locations: vec![],
     }

@@ -1,23 +1,41 @@
 //! The warm pool over the Hetzner fake: state only in labels, spec-valid requests.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use sam_bootstrap::NodeRelease;
-use sam_protocol::{SecretKey, Ticket};
+use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
 use sam_provisioner::pool::now_unix;
 use sam_provisioner::{
-    Hetzner, HetznerConfig, Pool, PoolError, PoolPolicy, PoolState, Probe, Provider, ProviderError,
-    Size,
+    EnrollFailure, Hetzner, HetznerConfig, Pool, PoolError, PoolPolicy, PoolState, Probe, Provider,
+    ProviderError, Size,
 };
 
 use crate::fast_timing;
 use crate::hetzner_fake::{self, TOKEN};
 
-/// Every node "answers" (or none does); the fake's IPs are not real.
+/// Every node "answers" (or none does); the fake's IPs are not real. A new node enrolls with a
+/// fresh node id at the address it was dialed on.
 struct Answers(bool);
 impl Probe for Answers {
     async fn reachable(&self, _: &Ticket) -> bool {
         self.0
+    }
+
+    async fn enroll(
+        &self,
+        _: &NodeId,
+        _: &NodeId,
+        addrs: &[SocketAddr],
+    ) -> Result<NodeAddr, EnrollFailure> {
+        if !self.0 {
+            return Err(EnrollFailure::NotYet("nothing answers".into()));
+        }
+        Ok(NodeAddr {
+            id: SecretKey::generate().node_id(),
+            direct: addrs.to_vec(),
+            relay: None,
+        })
     }
 }
 

@@ -23,7 +23,12 @@ async fn create_list_label_delete() {
     assert_eq!(vm.location, "fr-par-1");
     assert_eq!(vm.machine_type, "DEV1-M");
     assert!(vm.id.starts_with("fr-par-1/"));
-    assert_eq!(vm.node_id(), Some(spec.node));
+    // no node id before the node is enrolled; the enrollment's public id finds the VM
+    assert_eq!(vm.node_id(), None);
+    assert_eq!(
+        vm.labels.get(sam_provisioner::provider::labels::ENROLL),
+        Some(&sam_provisioner::provider::node_label(&spec.enrollment))
+    );
     assert_eq!(vm.size(), Some(Size::Small));
     assert_eq!(
         vm.public_ipv4.map(|i| i.to_string()).as_deref(),
