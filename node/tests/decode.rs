@@ -264,10 +264,9 @@ async fn a_chain_one_link_too_long_is_refused_with_the_reason() {
         .expect("a chain of four delegations gets in");
     assert_eq!(c.welcome.role, Role::Viewer);
     let too_long = n.ticket_with(Some(chain(&n, 5, &peer)), None);
-    let err = client(&peer, &too_long)
-        .await
-        .err()
-        .expect("a chain of five is refused");
+    let Err(err) = client(&peer, &too_long).await else {
+        panic!("a chain of five is refused");
+    };
     let msg = err.to_string();
     assert!(msg.contains("at most 4"), "{msg}");
 }
