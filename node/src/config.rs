@@ -70,8 +70,13 @@ pub struct NodeConfig {
     /// Extra addresses to put in tickets (a VM's public IP and port).
     #[serde(default)]
     pub advertise: Vec<SocketAddr>,
-    /// A relay URL; no relay when absent.
-    #[serde(default)]
+    /// Relays: URLs of iroh relays, or `n0` for n0's public relays. Empty: no relay (the node
+    /// is reached only at its direct addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
+    /// The single relay of configs written before `relays` (still read; new configs write
+    /// `relays`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     /// Where dockerd listens (`unix:///var/run/docker.sock`, `tcp://…`); default:
     /// `DOCKER_HOST`, else the standard socket.
@@ -110,6 +115,7 @@ impl NodeConfig {
             owner: owner.to_string(),
             bind: default_bind(),
             advertise: Vec::new(),
+            relays: Vec::new(),
             relay: None,
             docker_host: None,
             base_image: None,
@@ -127,6 +133,13 @@ impl NodeConfig {
             .with_context(|| format!("owner {:?} in the node config is not a NodeId", self.owner))
     }
 
+    /// The relays this node uses: `relays` plus the old single `relay`, checked.
+    pub fn relay_setting(&self) -> Result<sam_protocol::relay::Relays> {
+        let mut items = self.relays.clone();
+        items.extend(self.relay.clone());
+        sam_protocol::relay::parse(&items).context("relays in the node config")
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = fs::read_to_string(path).with_context(|| {
             format!(
@@ -137,6 +150,8 @@ impl NodeConfig {
         let cfg: Self = toml::from_str(&text)
             .with_context(|| format!("node config {} is not valid", path.display()))?;
         cfg.owner_id()?;
+        cfg.relay_setting()
+            .with_context(|| format!("node config {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -183,7 +198,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `sam-node init`: writes the key and config; refuses to overwrite an existing node.
-pub fn init(paths: &NodePaths, owner: NodeId, bind: Option<SocketAddr>) -> Result<NodeId> {
+/// `relays` are `--relay` values (`n0`, `none`, URLs); empty: no relay.
+pub fn init(
+    paths: &NodePaths,
+    owner: NodeId,
+    bind: Option<SocketAddr>,
+    relays: &[String],
+) -> Result<NodeId> {
+    let setting = sam_protocol::relay::parse(relays).context("--relay")?;
     if paths.config().exists() {
         bail!(
             "a node is already set up in {} (delete that directory to start over)",
@@ -196,6 +218,10 @@ pub fn init(paths: &NodePaths, owner: NodeId, bind: Option<SocketAddr>) -> Resul
     if let Some(b) = bind {
         cfg.bind = b;
     }
+    if setting.n0 {
+        cfg.relays.push("n0".into());
+    }
+    cfg.relays.extend(setting.urls);
     cfg.save(&paths.config())?;
     Ok(key.node_id())
 }

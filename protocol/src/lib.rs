@@ -17,6 +17,7 @@ pub mod duration;
 pub mod frame;
 pub mod identity;
 pub mod pr;
+pub mod relay;
 pub mod prov;
 pub mod stream;
 pub mod ticket;

@@ -128,8 +128,9 @@ impl FromStr for Ticket {
         if ticket.addr.direct.len() > MAX_DIRECT_ADDRS {
             return Err(TicketError::Malformed("too many addresses".into()));
         }
-        if ticket.addr.relay.as_ref().is_some_and(|r| r.len() > 512) {
-            return Err(TicketError::Malformed("relay url too long".into()));
+        if let Some(r) = &ticket.addr.relay {
+            crate::relay::check_url(r)
+                .map_err(|e| TicketError::Malformed(format!("the node's relay: {e}")))?;
         }
         Ok(ticket)
     }
