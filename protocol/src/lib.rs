@@ -17,8 +17,8 @@ pub mod duration;
 pub mod frame;
 pub mod identity;
 pub mod pr;
-pub mod relay;
 pub mod prov;
+pub mod relay;
 pub mod stream;
 pub mod ticket;
 #[cfg(feature = "io")]

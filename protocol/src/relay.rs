@@ -68,7 +68,12 @@ pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Relays, RelayError> {
     let mut none = false;
     let mut count = 0usize;
     for item in items {
-        for part in item.as_ref().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in item
+            .as_ref()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             count += 1;
             if count > MAX_RELAYS {
                 return Err(RelayError::TooMany);
@@ -133,9 +138,6 @@ mod tests {
             .map(|i| format!("https://r{i}.example/"))
             .collect();
         assert_eq!(parse(&many), Err(RelayError::TooMany));
-        assert_eq!(
-            parse(&["none", "n0"]),
-            Err(RelayError::NoneWithOthers)
-        );
+        assert_eq!(parse(&["none", "n0"]), Err(RelayError::NoneWithOthers));
     }
 }
