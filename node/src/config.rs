@@ -225,3 +225,79 @@ pub fn init(
     cfg.save(&paths.config())?;
     Ok(key.node_id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> NodeId {
+        sam_protocol::SecretKey::generate().node_id()
+    }
+
+    #[test]
+    fn relays_are_read_from_both_keys_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let o = owner();
+        // A config written before `relays`: its single `relay` is still used.
+        std::fs::write(
+            &path,
+            format!("owner = \"{o}\"\nrelay = \"https://r.example/\"\n"),
+        )
+        .expect("write");
+        let cfg = NodeConfig::load(&path).expect("old config");
+        assert_eq!(
+            cfg.relay_setting().expect("relays").urls,
+            vec!["https://r.example/"]
+        );
+        std::fs::write(
+            &path,
+            format!("owner = \"{o}\"\nrelays = [\"n0\", \"http://10.0.0.1:3340/\"]\n"),
+        )
+        .expect("write");
+        let r = NodeConfig::load(&path)
+            .expect("new config")
+            .relay_setting()
+            .expect("relays");
+        assert!(r.n0);
+        assert_eq!(r.urls, vec!["http://10.0.0.1:3340/"]);
+        for bad in [
+            "relays = [\"relay.example\"]",
+            "relay = \"file:///x\"",
+            "relays = [\"none\", \"n0\"]",
+        ] {
+            std::fs::write(&path, format!("owner = \"{o}\"\n{bad}\n")).expect("write");
+            let err = NodeConfig::load(&path).expect_err(bad);
+            assert!(format!("{err:#}").contains("relay"), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn init_writes_the_relays_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = NodePaths::new(dir.path().join("a"));
+        init(
+            &paths,
+            owner(),
+            None,
+            &["n0".into(), "https://r.example/".into()],
+        )
+        .expect("init");
+        let cfg = NodeConfig::load(&paths.config()).expect("load");
+        assert_eq!(cfg.relays, vec!["n0", "https://r.example/"]);
+        let paths = NodePaths::new(dir.path().join("b"));
+        init(&paths, owner(), None, &["none".into()]).expect("init none");
+        assert!(
+            NodeConfig::load(&paths.config())
+                .expect("load")
+                .relays
+                .is_empty()
+        );
+        let paths = NodePaths::new(dir.path().join("c"));
+        assert!(init(&paths, owner(), None, &["not a relay".into()]).is_err());
+        assert!(
+            !paths.config().exists(),
+            "nothing written for a bad --relay"
+        );
+    }
+}

@@ -127,11 +127,13 @@ mod tests {
             "https://",
             "https://:443/",
             "https://a b",
-            "http://x\n",
+            "http://x\ny",
+            "http://x/\u{7}",
             "file:///etc/passwd",
         ] {
             assert!(parse(&[bad]).is_err(), "{bad:?} accepted");
         }
+        assert!(check_url("http://x\n").is_err());
         let long = format!("https://{}", "a".repeat(MAX_RELAY_URL_LEN));
         assert_eq!(parse(&[long]), Err(RelayError::TooLong));
         let many: Vec<String> = (0..=MAX_RELAYS)

@@ -228,6 +228,25 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_that_is_not_an_iroh_relay_url_is_refused() {
+        let mut t = sample(false);
+        t.addr.relay = Some("http://10.0.0.1:3340/".into());
+        assert_eq!(t.to_string().parse::<Ticket>().expect("relay"), t);
+        for bad in [
+            "file:///etc/passwd",
+            "10.0.0.1:3340",
+            "https://",
+            "http://a b/",
+        ] {
+            t.addr.relay = Some(bad.into());
+            let err = t.to_string().parse::<Ticket>().expect_err(bad);
+            assert!(err.to_string().contains("relay"), "{bad}: {err}");
+        }
+        t.addr.relay = Some(format!("https://{}", "a".repeat(600)));
+        assert!(t.to_string().parse::<Ticket>().is_err());
+    }
+
+    #[test]
     fn oversized() {
         let s = format!("sam2{}", "a".repeat(MAX_TICKET_LEN));
         assert!(matches!(s.parse::<Ticket>(), Err(TicketError::TooLong(_))));
