@@ -190,3 +190,55 @@ pub fn path_report(conn: &Connection, addr: &NodeAddr) -> PathReport {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_config_relays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        assert_eq!(
+            ClientConfig::load(&path).expect("missing is default"),
+            ClientConfig::default()
+        );
+        std::fs::write(&path, "relays = [\"n0\", \"http://10.0.0.1:3340/\"]\n").expect("write");
+        let r = ClientConfig::load(&path)
+            .expect("load")
+            .relay_setting()
+            .expect("relays");
+        assert!(r.n0);
+        assert_eq!(r.urls, vec!["http://10.0.0.1:3340/"]);
+        std::fs::write(&path, "relay = \"https://old.example/\"\n").expect("write");
+        let r = ClientConfig::load(&path)
+            .expect("old key")
+            .relay_setting()
+            .expect("relays");
+        assert_eq!(r.urls, vec!["https://old.example/"]);
+        std::fs::write(&path, "relays = [\"gopher://x\"]\n").expect("write");
+        assert!(
+            ClientConfig::load(&path)
+                .expect("load")
+                .relay_setting()
+                .is_err()
+        );
+        std::fs::write(&path, "relais = []\n").expect("write");
+        assert!(
+            ClientConfig::load(&path).is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn relay_modes() {
+        let none = relay_mode(&Relays::default()).expect("none");
+        assert!(
+            matches!(&none, RelayMode::Custom(m) if m.is_empty()),
+            "relay dialling stays on"
+        );
+        let own = relay_mode(&sam_protocol::relay::parse(&["http://10.0.0.1:3340/"]).expect("p"))
+            .expect("own");
+        assert!(matches!(&own, RelayMode::Custom(m) if m.len() == 1));
+    }
+}
