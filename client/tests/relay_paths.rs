@@ -259,6 +259,17 @@ fn relayed_connection_works_and_becomes_direct() {
     let text = ok(lab.sam(&me, &["status", "box"]));
     assert!(text.contains("path      relay"), "{text}");
 
+    // The relay's access control (an allowlist of NodeIds): a key not on it gets no path to
+    // the node at all — the node never sees it (a refusal by the node would say "refused").
+    let stranger = tmp.path().join("stranger");
+    let out = lab.sam(&stranger, &["connect", &ticket_text]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a key not on the relay's allowlist got through"
+    );
+    assert!(err.contains("cannot reach node"), "{err}");
+
     let ws_name = format!("relay{}", std::process::id());
     lab.workspace = Some(ws_name.clone());
     let ws = last(&ok(lab.sam(
