@@ -10,6 +10,9 @@
 //! isolated (a direct route opens) and a connection that stayed open the whole time becomes
 //! `direct`, every request on it answered throughout.
 //!
+//! Second test: a node restarted on another port is reached again with the old ticket (by
+//! NodeId, through the relay the ticket names).
+//!
 //! A guard kills the processes and deletes the namespaces (and with them every interface)
 //! even when the test fails. It needs root, as the Docker tests do (it fails, never skips,
 //! without). Waits have generous guards only; no timing is asserted.
@@ -44,12 +47,13 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Self {
+    /// `tag` tells this test's namespaces from another's running at the same time.
+    fn new(tag: &str) -> Self {
         let pid = std::process::id();
         let lab = Lab {
-            r: format!("samr-r-{pid}"),
-            c: format!("samr-c-{pid}"),
-            n: format!("samr-n-{pid}"),
+            r: format!("sam{tag}-r-{pid}"),
+            c: format!("sam{tag}-c-{pid}"),
+            n: format!("sam{tag}-n-{pid}"),
             procs: Vec::new(),
             workspace: None,
         };
@@ -195,6 +199,10 @@ fn relay_bin() -> PathBuf {
     p
 }
 
+fn old_ticket_id(t: &str) -> String {
+    t.parse::<Ticket>().expect("ticket").addr.id.to_string()
+}
+
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not json ({e}): {out}"))
 }
@@ -209,7 +217,7 @@ fn relayed_connection_works_and_becomes_direct() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let me = tmp.path().join("me");
     let node_home = tmp.path().join("node");
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("r");
 
     let owner = last(&ok(lab.sam(&me, &["id"])));
     let node_id = last(&ok(lab
@@ -373,7 +381,72 @@ fn relayed_connection_works_and_becomes_direct() {
     assert!(after.why_not_direct.is_none());
     assert!(requests > 0);
 
-    // A fresh `sam status` now goes direct as well.
+    // A fresh `sam status` goes direct as well (a fresh connection may be carried by the
+    // relay for its first moments when the relay answers first: asked again until direct,
+    // under a failure guard).
+    let t0 = Instant::now();
+    loop {
+        let st = json(&ok(lab.sam(&me, &["--json", "status", "box"])));
+        if st["path"] == "direct" {
+            assert_eq!(st["remote"], "10.77.0.3:7447", "{st}");
+            break;
+        }
+        assert!(t0.elapsed() < UPGRADE_GUARD, "never direct: {st}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A node restarted on another port is found again by its NodeId with the old ticket: the
+/// ticket names the node's relay, the relay forwards by NodeId, and iroh then learns the
+/// node's new direct address. Without a relay the old ticket names only the old port.
+#[test]
+fn a_node_restarted_on_another_port_is_reached_with_the_old_ticket() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root: it creates network namespaces, a bridge and veth pairs"
+    );
+    let relay_bin = relay_bin();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let node_home = tmp.path().join("node");
+    let mut lab = Lab::new("m");
+    // A direct route this time: only the node's address changes.
+    lab.open_direct_route();
+    let owner = last(&ok(lab.sam(&me, &["id"])));
+    ok(lab
+        .exec(&lab.n, &sibling("sam-node"))
+        .env("SAM_HOME", &node_home)
+        .args(["init", "--owner", &owner, "--bind", "0.0.0.0:7447"])
+        .args(["--relay", &format!("http://{RELAY_ADDR}/")])
+        .output()
+        .expect("sam-node init"));
+    let mut cmd = lab.exec(&lab.r, &relay_bin);
+    cmd.args(["--bind", RELAY_ADDR]);
+    lab.spawn_line(cmd);
+    let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
+    cmd.env("SAM_HOME", &node_home).arg("run");
+    let old_ticket = lab.spawn_line(cmd);
+    ok(lab.sam(&me, &["connect", &old_ticket, "--name", "box"]));
     let st = json(&ok(lab.sam(&me, &["--json", "status", "box"])));
-    assert_eq!(st["path"], "direct", "{st}");
+    assert_eq!(st["node"], old_ticket_id(&old_ticket), "{st}");
+
+    // The node restarts on port 7448; the client still has only the old ticket.
+    let mut node = lab.procs.pop().expect("node process");
+    let _ = node.kill();
+    let _ = node.wait();
+    let cfg_path = node_home.join("node/config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).expect("config");
+    assert!(cfg.contains("0.0.0.0:7447"), "{cfg}");
+    std::fs::write(&cfg_path, cfg.replace("0.0.0.0:7447", "0.0.0.0:7448")).expect("config");
+    let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
+    cmd.env("SAM_HOME", &node_home).arg("run");
+    let new_ticket: Ticket = lab.spawn_line(cmd).parse().expect("ticket");
+    assert!(new_ticket.addr.direct.iter().all(|a| a.port() != 7447));
+
+    let st = json(&ok(lab.sam(&me, &["--json", "status", "box"])));
+    assert_eq!(st["node"], new_ticket.addr.id.to_string(), "{st}");
+    assert!(
+        st["path"] == "relay" || st["remote"] == "10.77.0.3:7448",
+        "reached neither through the relay nor at the new port: {st}"
+    );
 }
