@@ -6,7 +6,8 @@
 //! iroh's own relay server from `tools/sam-relay`, with an allowlist of the two peers) runs
 //! in `R`, `sam-node` in `N` configured with `--relay`, `sam` in `C`. Through the relay:
 //! `sam connect`, `sam status --json` says `path: relay` with the relay's URL, requests
-//! round-trip, a file goes up and comes back down from a workspace. Then the ports stop being
+//! round-trip, a file goes up and comes back down from a workspace, a terminal echoes a
+//! command. Then the ports stop being
 //! isolated (a direct route opens) and a connection that stayed open the whole time becomes
 //! `direct`, every request on it answered throughout.
 //!
@@ -199,6 +200,46 @@ fn relay_bin() -> PathBuf {
     p
 }
 
+/// A terminal in workspace `ws` on its own connection (`sam/pty/1`): a command typed in,
+/// its output read back.
+async fn terminal_round_trip(ep: &iroh::Endpoint, ticket: &Ticket, ws: &str) {
+    use sam_protocol::stream::{PtyOpen, PtyTarget, encode_data};
+    use tokio::io::AsyncWriteExt;
+    let (conn, _) = sam_client::conn::connect(ep, ticket, sam_protocol::alpn::PTY)
+        .await
+        .expect("terminal connection");
+    let open = PtyOpen {
+        workspace: ws.into(),
+        target: PtyTarget::New,
+        shell: None,
+        cols: 80,
+        rows: 24,
+    };
+    let (_, mut send, mut recv) = sam_client::streams::open_pty(&conn, &open)
+        .await
+        .expect("open a terminal");
+    let mut f = Vec::new();
+    encode_data(b"echo relayed-$((6*7))\n", &mut f);
+    send.write_all(&f).await.expect("type");
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("relayed-42") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no output: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => seen.extend_from_slice(&buf[..n]),
+            Ok(Ok(None)) => panic!("terminal closed: {}", String::from_utf8_lossy(&seen)),
+            Ok(Err(e)) => panic!("terminal read: {e}"),
+            Err(_) => {}
+        }
+    }
+    conn.close(0u32.into(), b"bye");
+}
+
 fn old_ticket_id(t: &str) -> String {
     t.parse::<Ticket>().expect("ticket").addr.id.to_string()
 }
@@ -315,7 +356,6 @@ fn relayed_connection_works_and_becomes_direct() {
     );
     let st = json(&ok(lab.sam(&me, &["--json", "status", "box"])));
     assert_eq!(st["path"], "relay", "still no direct route: {st}");
-    ok(lab.sam(&me, &["workspace", "rm", &ws]));
 
     // One connection held open in the client's namespace: relayed, then direct once the
     // route opens, answering every request throughout.
@@ -324,6 +364,7 @@ fn relayed_connection_works_and_becomes_direct() {
         .expect("identity");
     let c_ns = format!("/run/netns/{}", lab.c);
     let lab_ref = &lab;
+    let ws_ref = ws.as_str();
     let (before, after, requests) = std::thread::scope(|s| {
         s.spawn(move || {
             let f = std::fs::File::open(&c_ns).expect("open the client's namespace");
@@ -349,6 +390,7 @@ fn relayed_connection_works_and_becomes_direct() {
                 };
                 status(client.clone()).await;
                 let before: PathReport = path_report(&client.conn(), &ticket.addr);
+                terminal_round_trip(&ep, &ticket, ws_ref).await;
                 lab_ref.open_direct_route();
                 let t0 = Instant::now();
                 let mut requests = 0;
@@ -373,6 +415,7 @@ fn relayed_connection_works_and_becomes_direct() {
         .join()
         .expect("client thread")
     });
+    ok(lab.sam(&me, &["workspace", "rm", &ws]));
     eprintln!("before the route opened: {before:?}\nafter: {after:?} ({requests} requests)");
     assert_eq!(before.path, "relay", "{before:?}");
     assert_eq!(before.relay_url.as_deref(), Some(relay_url.as_str()));
