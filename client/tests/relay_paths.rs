@@ -204,7 +204,6 @@ fn relay_bin() -> PathBuf {
 /// its output read back.
 async fn terminal_round_trip(ep: &iroh::Endpoint, ticket: &Ticket, ws: &str) {
     use sam_protocol::stream::{PtyOpen, PtyTarget, encode_data};
-    use tokio::io::AsyncWriteExt;
     let (conn, _) = sam_client::conn::connect(ep, ticket, sam_protocol::alpn::PTY)
         .await
         .expect("terminal connection");
