@@ -6,8 +6,8 @@
 //! iroh's own relay server from `tools/sam-relay`, with an allowlist of the two peers) runs
 //! in `R`, `sam-node` in `N` configured with `--relay`, `sam` in `C`. Through the relay:
 //! `sam connect`, `sam status --json` says `path: relay` with the relay's URL, requests
-//! round-trip, a file goes up and comes back down from a workspace, a terminal echoes a
-//! command. Then the ports stop being
+//! round-trip, a scripted agent turn streams, a file goes up and comes back down from a
+//! workspace, a terminal echoes a command. Then the ports stop being
 //! isolated (a direct route opens) and a connection that stayed open the whole time becomes
 //! `direct`, every request on it answered throughout.
 //!
@@ -277,8 +277,14 @@ fn relayed_connection_works_and_becomes_direct() {
         .unwrap_or_else(|| panic!("sam-relay said {line:?}"))
         .to_string();
 
+    // Agents run on the node's host (scripted `sam-test-agent`) for the streamed turn.
+    let ws_root = tmp.path().join("agent-ws");
+    std::fs::create_dir_all(&ws_root).expect("agent ws root");
     let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
-    cmd.env("SAM_HOME", &node_home).arg("run");
+    cmd.env("SAM_HOME", &node_home)
+        .env("SAM_AGENT_LAUNCHER", "host")
+        .env("SAM_AGENT_HOST_ROOT", &ws_root)
+        .arg("run");
     let ticket_text = lab.spawn_line(cmd);
     let ticket: Ticket = ticket_text.parse().expect("node ticket");
     assert_eq!(ticket.addr.relay.as_deref(), Some(relay_url.as_str()));
@@ -317,6 +323,26 @@ fn relayed_connection_works_and_becomes_direct() {
         "a key not on the relay's allowlist got through"
     );
     assert!(err.contains("cannot reach node"), "{err}");
+
+    // A streamed agent turn through the relay.
+    let agent = sibling("sam-test-agent");
+    let conv = last(&ok(lab.sam(
+        &me,
+        &[
+            "convs",
+            "new",
+            "--workspace",
+            "w1",
+            "--agent-cmd",
+            agent.to_str().expect("utf8"),
+        ],
+    )));
+    let out = ok(lab.sam(
+        &me,
+        &["prompt", &conv, "say relayed answer; chunks 5", "--follow"],
+    ));
+    assert!(out.contains("relayed answer"), "{out}");
+    assert!(out.contains("turn done"), "{out}");
 
     let ws_name = format!("relay{}", std::process::id());
     lab.workspace = Some(ws_name.clone());
