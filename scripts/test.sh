@@ -66,6 +66,12 @@ echo "@automerge/automerge $SAM_AUTOMERGE_JS_VERSION in $SAM_AUTOMERGE_JS"
 
 section "Build: cargo build --workspace --bins"
 cargo build --workspace --bins
+# iroh's relay server for the relay tests (client/tests/relay_paths.rs): its own small
+# workspace, so its `server` feature does not change how the main workspace builds iroh;
+# into the same target dir, next to `sam`. The test makes network namespaces with iproute2.
+cargo build --locked --manifest-path "$SAM_ROOT/tools/sam-relay/Cargo.toml" \
+    --target-dir "${CARGO_TARGET_DIR:-$SAM_ROOT/target}"
+command -v dpkg-query >/dev/null 2>&1 && ensure_apt iproute2
 
 section "Test: cargo test --workspace"
 cargo test --workspace "$@"

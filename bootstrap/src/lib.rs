@@ -66,6 +66,9 @@ pub enum Advertise {
     Fixed(Vec<SocketAddr>),
 }
 
+/// The relay a cloud node uses unless told otherwise: n0's public relays.
+pub const DEFAULT_CLOUD_RELAY: &str = "n0";
+
 /// Everything the user-data needs.
 #[derive(Clone)]
 pub struct BootstrapSpec {
@@ -81,7 +84,9 @@ pub struct BootstrapSpec {
     /// UDP port to bind on `0.0.0.0` (and to advertise).
     pub port: u16,
     pub advertise: Advertise,
-    /// Relay URL for the node; none when absent.
+    /// Relay for the node: the URL of an iroh relay, or `n0` for n0's public relays (the
+    /// default: a cloud node stays reachable when its direct address is not); none when
+    /// absent.
     pub relay: Option<String>,
     /// Install Docker when `docker` is missing.
     pub install_docker: bool,
@@ -116,7 +121,7 @@ impl BootstrapSpec {
             advertise: Advertise::Detect {
                 metadata_urls: Vec::new(),
             },
-            relay: None,
+            relay: Some(DEFAULT_CLOUD_RELAY.to_owned()),
             install_docker: true,
             block_metadata: true,
             sam_home: DEFAULT_SAM_HOME.to_owned(),

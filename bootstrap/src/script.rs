@@ -127,8 +127,15 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     if spec.enroll_port == 0 || spec.enroll_port == spec.port {
         return Err(BootstrapError::BadEnrollPort(spec.port));
     }
-    if let Some(relay) = &spec.relay {
+    if let Some(relay) = &spec.relay
+        && relay != crate::DEFAULT_CLOUD_RELAY
+    {
         check_url(relay)?;
+        // What sam-node accepts as a relay (no `file://`), so the node starts.
+        sam_protocol::relay::check_url(relay).map_err(|_| BootstrapError::BadUrl {
+            url: relay.clone(),
+            reason: "a relay is an http:// or https:// URL with a host, or `n0`",
+        })?;
     }
     for (index, cmd) in spec.extra_commands.iter().enumerate() {
         if cmd.chars().any(|c| c.is_control() && c != '\t') {

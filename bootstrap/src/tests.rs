@@ -212,3 +212,21 @@ fn user_data_blocks_the_metadata_service_before_the_node_starts() {
     assert!(!text.contains("SAM_METADATA_BLOCK"));
     assert!(!text.contains("Requires="));
 }
+
+#[test]
+fn a_cloud_node_uses_n0_relays_unless_told_otherwise() {
+    let text = render_user_data(&spec()).expect("render");
+    assert!(text.contains("relay = \"n0\""), "{text}");
+    let mut own = spec();
+    own.relay = Some("https://relay.example.org/".into());
+    let text = render_user_data(&own).expect("render");
+    assert!(text.contains("relay = \"https://relay.example.org/\""));
+    let mut none = spec();
+    none.relay = None;
+    assert!(!render_user_data(&none).expect("render").contains("relay ="));
+    let mut bad = spec();
+    for r in ["relay.example.org; rm -rf /", "file:///etc/passwd"] {
+        bad.relay = Some(r.into());
+        assert!(render_user_data(&bad).is_err(), "{r}");
+    }
+}

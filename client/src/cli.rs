@@ -706,10 +706,11 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
         bail!("node answered status with something else");
     };
     let rtt_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let path = crate::endpoint::path_report(&client.conn(), &entry.ticket()?.addr);
     client.close();
     ep.close().await;
     let mut text = format!(
-        "node      {} ({})\nversion   sam-node {} (protocol {})\nuptime    {}s\npeers     {}\nrole      {}\nconnect   {:.1} ms\nrtt       {:.2} ms\nreachable",
+        "node      {} ({})\nversion   sam-node {} (protocol {})\nuptime    {}s\npeers     {}\nrole      {}\nconnect   {:.1} ms\nrtt       {:.2} ms\npath      {}",
         entry.name,
         st.node,
         st.node_version,
@@ -718,8 +719,22 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
         st.peers,
         st.your_role,
         connect_ms,
-        rtt_ms
+        rtt_ms,
+        path.path,
     );
+    if let Some(r) = &path.remote {
+        text.push_str(&format!(" via {r}"));
+    }
+    if let Some(p) = path.rtt_ms {
+        text.push_str(&format!(" (path rtt {p:.2} ms)"));
+    }
+    if let Some(r) = &path.relay_url {
+        text.push_str(&format!("\nrelay     {r}"));
+    }
+    if let Some(w) = &path.why_not_direct {
+        text.push_str(&format!("\nwhy       {w}"));
+    }
+    text.push_str("\nreachable");
     for w in &st.warnings {
         text.push_str(&format!("\nWARNING   {w}"));
     }
@@ -729,6 +744,8 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
             "version": st.node_version, "protocol": st.protocol_version,
             "uptime_secs": st.uptime_secs, "peers": st.peers, "role": st.your_role.as_str(),
             "connect_ms": connect_ms, "rtt_ms": rtt_ms, "warnings": st.warnings,
+            "path": path.path, "relay_url": path.relay_url, "remote": path.remote,
+            "path_rtt_ms": path.rtt_ms, "why_not_direct": path.why_not_direct,
         }),
         text,
     ))

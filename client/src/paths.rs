@@ -31,6 +31,11 @@ impl ClientPaths {
         self.home.join("identity.key")
     }
 
+    /// The client's settings (`relays`), optional.
+    pub fn config(&self) -> PathBuf {
+        self.home.join("config.toml")
+    }
+
     /// Known nodes and their tickets (`0600`: tickets carry capabilities).
     pub fn nodes(&self) -> PathBuf {
         self.home.join("nodes.toml")

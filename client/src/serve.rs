@@ -78,8 +78,12 @@ pub struct Server {
 /// Starts serving on `bind` (e.g. `0.0.0.0:0`, tests `127.0.0.1:0`).
 pub async fn start(paths: &ClientPaths, bind: std::net::SocketAddr) -> Result<Server> {
     let key = paths.identity()?;
+    // The client's own relays (`SAM_RELAY`, `relays` in its config): teammates behind NAT
+    // reach this peer through them; its ticket names the home relay.
+    let relays = crate::endpoint::relays_from_env()?;
     let ep = Endpoint::builder(presets::Minimal)
         .secret_key(IrohKey::from_bytes(&key.to_bytes()))
+        .relay_mode(crate::endpoint::relay_mode(&relays)?)
         .alpns(vec![alpn::CTL.to_vec(), alpn::DOC.to_vec()])
         .clear_ip_transports()
         .bind_addr(bind)
@@ -87,6 +91,22 @@ pub async fn start(paths: &ClientPaths, bind: std::net::SocketAddr) -> Result<Se
         .bind()
         .await
         .context("bind the history server")?;
+    if !relays.is_none()
+        && tokio::time::timeout(std::time::Duration::from_secs(10), ep.online())
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            ?relays,
+            "no relay reached yet: teammates reach this peer only directly for now"
+        );
+    }
+    let relay = ep
+        .addr()
+        .relay_urls()
+        .next()
+        .map(|u| u.to_string())
+        .or_else(|| relays.urls.first().cloned());
     let mut direct: Vec<_> = ep
         .bound_sockets()
         .into_iter()
@@ -111,7 +131,7 @@ pub async fn start(paths: &ClientPaths, bind: std::net::SocketAddr) -> Result<Se
     let ticket = Ticket::new(NodeAddr {
         id: key.node_id(),
         direct,
-        relay: None,
+        relay,
     });
     Ok(Server { router, ticket })
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
 use sam_client::ClientPaths;
 use sam_client::gui::GuiApp;
 use sam_client::gui::files::{Dir, FilesView, Shown};
@@ -157,6 +158,7 @@ fn harness(size: egui::Vec2) -> Harness<'static, GuiApp> {
         name: "box".into(),
         reachable: Some(true),
         detail: "sam-node 0.1.0 · up 2 h".into(),
+        path: None,
     }];
     s.workspaces.insert(
         NODE.into(),
@@ -394,4 +396,26 @@ fn snapshot_settings_with_voice() {
     }
     settle(&mut h);
     h.snapshot("settings");
+}
+
+/// A node reached through a relay wears a "relay" badge in the sidebar (hover: which relay
+/// and why not direct); a direct one does not.
+#[test]
+fn sidebar_badge_for_a_relayed_node() {
+    let mut h = harness(egui::vec2(1100.0, 700.0));
+    h.state_mut().state.nodes[0].path = Some(sam_client::gui::state::NodePath {
+        kind: "relay".into(),
+        note: "through relay https://relay.example.org/".into(),
+    });
+    settle(&mut h);
+    assert!(h.query_by_label("relay").is_some(), "no relay badge");
+    h.state_mut().state.nodes[0].path = Some(sam_client::gui::state::NodePath {
+        kind: "direct".into(),
+        note: "direct path".into(),
+    });
+    settle(&mut h);
+    assert!(
+        h.query_by_label("relay").is_none(),
+        "a direct node shows the relay badge"
+    );
 }

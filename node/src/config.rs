@@ -86,8 +86,13 @@ pub struct NodeConfig {
     /// Extra addresses to put in tickets (a VM's public IP and port).
     #[serde(default)]
     pub advertise: Vec<SocketAddr>,
-    /// A relay URL; no relay when absent.
-    #[serde(default)]
+    /// Relays: URLs of iroh relays, or `n0` for n0's public relays. Empty: no relay (the node
+    /// is reached only at its direct addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
+    /// The single relay of configs written before `relays` (still read; new configs write
+    /// `relays`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     /// Where dockerd listens (`unix:///var/run/docker.sock`, `tcp://…`); default:
     /// `DOCKER_HOST`, else the standard socket.
@@ -126,6 +131,7 @@ impl NodeConfig {
             owner: owner.to_string(),
             bind: default_bind(),
             advertise: Vec::new(),
+            relays: Vec::new(),
             relay: None,
             docker_host: None,
             base_image: None,
@@ -143,6 +149,13 @@ impl NodeConfig {
             .with_context(|| format!("owner {:?} in the node config is not a NodeId", self.owner))
     }
 
+    /// The relays this node uses: `relays` plus the old single `relay`, checked.
+    pub fn relay_setting(&self) -> Result<sam_protocol::relay::Relays> {
+        let mut items = self.relays.clone();
+        items.extend(self.relay.clone());
+        sam_protocol::relay::parse(&items).context("relays in the node config")
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = fs::read_to_string(path).with_context(|| {
             format!(
@@ -153,6 +166,8 @@ impl NodeConfig {
         let cfg: Self = toml::from_str(&text)
             .with_context(|| format!("node config {} is not valid", path.display()))?;
         cfg.owner_id()?;
+        cfg.relay_setting()
+            .with_context(|| format!("node config {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -199,7 +214,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `sam-node init`: writes the key and config; refuses to overwrite an existing node.
-pub fn init(paths: &NodePaths, owner: NodeId, bind: Option<SocketAddr>) -> Result<NodeId> {
+/// `relays` are `--relay` values (`n0`, `none`, URLs); empty: no relay.
+pub fn init(
+    paths: &NodePaths,
+    owner: NodeId,
+    bind: Option<SocketAddr>,
+    relays: &[String],
+) -> Result<NodeId> {
+    let setting = sam_protocol::relay::parse(relays).context("--relay")?;
     if paths.config().exists() {
         bail!(
             "a node is already set up in {} (delete that directory to start over)",
@@ -212,6 +234,86 @@ pub fn init(paths: &NodePaths, owner: NodeId, bind: Option<SocketAddr>) -> Resul
     if let Some(b) = bind {
         cfg.bind = b;
     }
+    if setting.n0 {
+        cfg.relays.push("n0".into());
+    }
+    cfg.relays.extend(setting.urls);
     cfg.save(&paths.config())?;
     Ok(key.node_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> NodeId {
+        sam_protocol::SecretKey::generate().node_id()
+    }
+
+    #[test]
+    fn relays_are_read_from_both_keys_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let o = owner();
+        // A config written before `relays`: its single `relay` is still used.
+        std::fs::write(
+            &path,
+            format!("owner = \"{o}\"\nrelay = \"https://r.example/\"\n"),
+        )
+        .expect("write");
+        let cfg = NodeConfig::load(&path).expect("old config");
+        assert_eq!(
+            cfg.relay_setting().expect("relays").urls,
+            vec!["https://r.example/"]
+        );
+        std::fs::write(
+            &path,
+            format!("owner = \"{o}\"\nrelays = [\"n0\", \"http://10.0.0.1:3340/\"]\n"),
+        )
+        .expect("write");
+        let r = NodeConfig::load(&path)
+            .expect("new config")
+            .relay_setting()
+            .expect("relays");
+        assert!(r.n0);
+        assert_eq!(r.urls, vec!["http://10.0.0.1:3340/"]);
+        for bad in [
+            "relays = [\"relay.example\"]",
+            "relay = \"file:///x\"",
+            "relays = [\"none\", \"n0\"]",
+        ] {
+            std::fs::write(&path, format!("owner = \"{o}\"\n{bad}\n")).expect("write");
+            let err = NodeConfig::load(&path).expect_err(bad);
+            assert!(format!("{err:#}").contains("relay"), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn init_writes_the_relays_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = NodePaths::new(dir.path().join("a"));
+        init(
+            &paths,
+            owner(),
+            None,
+            &["n0".into(), "https://r.example/".into()],
+        )
+        .expect("init");
+        let cfg = NodeConfig::load(&paths.config()).expect("load");
+        assert_eq!(cfg.relays, vec!["n0", "https://r.example/"]);
+        let paths = NodePaths::new(dir.path().join("b"));
+        init(&paths, owner(), None, &["none".into()]).expect("init none");
+        assert!(
+            NodeConfig::load(&paths.config())
+                .expect("load")
+                .relays
+                .is_empty()
+        );
+        let paths = NodePaths::new(dir.path().join("c"));
+        assert!(init(&paths, owner(), None, &["not a relay".into()]).is_err());
+        assert!(
+            !paths.config().exists(),
+            "nothing written for a bad --relay"
+        );
+    }
 }

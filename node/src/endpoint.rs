@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use iroh::endpoint::{QuicTransportConfig, VarInt, presets};
-use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
+use iroh::{Endpoint, RelayMap, RelayMode, RelayUrl, SecretKey};
 use sam_protocol::NodeAddr;
 
 use crate::config::NodeConfig;
@@ -23,7 +23,29 @@ pub fn transport_config() -> QuicTransportConfig {
         .build()
 }
 
-/// Binds an endpoint: direct UDP on `cfg.bind`, a relay only when configured.
+/// iroh's relay mode for a relay setting: none disables relays; else a map of n0's public
+/// relays (`n0`) and the configured ones, among which iroh picks a home relay.
+pub fn relay_mode(relays: &sam_protocol::relay::Relays) -> Result<RelayMode> {
+    if relays.is_none() {
+        return Ok(RelayMode::Disabled);
+    }
+    let map = if relays.n0 {
+        RelayMode::Default.relay_map()
+    } else {
+        RelayMap::empty()
+    };
+    for url in &relays.urls {
+        let url = RelayUrl::from_str(url).with_context(|| format!("bad relay url {url}"))?;
+        map.insert(url.clone(), std::sync::Arc::new(url.into()));
+    }
+    Ok(RelayMode::Custom(map))
+}
+
+/// How long a starting node waits for its home relay before writing its address (a ticket
+/// then carries the first configured relay, or none for `n0` alone).
+pub const HOME_RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds an endpoint: direct UDP on `cfg.bind`, relays only when configured.
 pub async fn bind(key: &sam_protocol::SecretKey, cfg: &NodeConfig) -> Result<Endpoint> {
     let mut b = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&key.to_bytes()))
@@ -37,15 +59,32 @@ pub async fn bind(key: &sam_protocol::SecretKey, cfg: &NodeConfig) -> Result<End
         .clear_ip_transports()
         .bind_addr(cfg.bind)
         .with_context(|| format!("bad bind address {}", cfg.bind))?;
-    b = match &cfg.relay {
-        Some(url) => b.relay_mode(RelayMode::custom([
-            RelayUrl::from_str(url).with_context(|| format!("bad relay url {url}"))?
-        ])),
-        None => b.relay_mode(RelayMode::Disabled),
-    };
-    b.bind()
+    let relays = cfg.relay_setting()?;
+    b = b.relay_mode(relay_mode(&relays)?);
+    let ep = b
+        .bind()
         .await
-        .with_context(|| format!("cannot bind the node endpoint on {}", cfg.bind))
+        .with_context(|| format!("cannot bind the node endpoint on {}", cfg.bind))?;
+    if !relays.is_none()
+        && tokio::time::timeout(HOME_RELAY_WAIT, ep.online())
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            relays = ?relays,
+            "no relay reached yet; the node is reachable at its direct addresses and keeps trying"
+        );
+    }
+    Ok(ep)
+}
+
+/// The relay to put in tickets: the node's home relay once iroh picked one, else the first
+/// configured relay URL.
+pub fn ticket_relay(ep: &Endpoint, cfg: &NodeConfig) -> Option<String> {
+    if let Some(url) = ep.addr().relay_urls().next() {
+        return Some(url.to_string());
+    }
+    cfg.relay_setting().ok()?.urls.first().cloned()
 }
 
 /// The address to put in tickets: bound sockets (unspecified ones expanded to
@@ -79,6 +118,6 @@ pub fn ticket_addr(ep: &Endpoint, cfg: &NodeConfig) -> NodeAddr {
     NodeAddr {
         id: sam_protocol::NodeId(*ep.id().as_bytes()),
         direct,
-        relay: cfg.relay.clone(),
+        relay: ticket_relay(ep, cfg),
     }
 }

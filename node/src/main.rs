@@ -33,6 +33,10 @@ enum Cmd {
         /// UDP address to listen on (default 0.0.0.0:7447).
         #[arg(long)]
         bind: Option<SocketAddr>,
+        /// A relay for peers that cannot reach this node directly: the URL of an iroh relay,
+        /// `n0` for n0's public relays, or `none` (the default). Repeatable.
+        #[arg(long = "relay", value_name = "URL|n0|none")]
+        relays: Vec<String>,
     },
     /// Serve until Ctrl-C or SIGTERM.
     Run,
@@ -60,8 +64,12 @@ fn main() -> Result<()> {
     init_tracing(cli.verbose);
     let paths = NodePaths::from_env()?;
     match cli.cmd {
-        Cmd::Init { owner, bind } => {
-            let id = config::init(&paths, owner, bind)?;
+        Cmd::Init {
+            owner,
+            bind,
+            relays,
+        } => {
+            let id = config::init(&paths, owner, bind, &relays)?;
             if cli.json {
                 println!(
                     "{}",

@@ -29,7 +29,7 @@ pub fn known_addr(paths: &NodePaths, key: &SecretKey) -> Result<NodeAddr> {
     Ok(NodeAddr {
         id: key.node_id(),
         direct,
-        relay: cfg.relay,
+        relay: cfg.relay_setting()?.urls.first().cloned(),
     })
 }
 

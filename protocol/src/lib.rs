@@ -19,6 +19,7 @@ pub mod frame;
 pub mod identity;
 pub mod pr;
 pub mod prov;
+pub mod relay;
 pub mod stream;
 pub mod ticket;
 #[cfg(feature = "io")]

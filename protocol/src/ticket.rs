@@ -128,8 +128,9 @@ impl FromStr for Ticket {
         if ticket.addr.direct.len() > MAX_DIRECT_ADDRS {
             return Err(TicketError::Malformed("too many addresses".into()));
         }
-        if ticket.addr.relay.as_ref().is_some_and(|r| r.len() > 512) {
-            return Err(TicketError::Malformed("relay url too long".into()));
+        if let Some(r) = &ticket.addr.relay {
+            crate::relay::check_url(r)
+                .map_err(|e| TicketError::Malformed(format!("the node's relay: {e}")))?;
         }
         Ok(ticket)
     }
@@ -224,6 +225,25 @@ mod tests {
             format!("{s}!").parse::<Ticket>(),
             Err(TicketError::BadEncoding)
         );
+    }
+
+    #[test]
+    fn a_relay_that_is_not_an_iroh_relay_url_is_refused() {
+        let mut t = sample(false);
+        t.addr.relay = Some("http://10.0.0.1:3340/".into());
+        assert_eq!(t.to_string().parse::<Ticket>().expect("relay"), t);
+        for bad in [
+            "file:///etc/passwd",
+            "10.0.0.1:3340",
+            "https://",
+            "http://a b/",
+        ] {
+            t.addr.relay = Some(bad.into());
+            let err = t.to_string().parse::<Ticket>().expect_err(bad);
+            assert!(err.to_string().contains("relay"), "{bad}: {err}");
+        }
+        t.addr.relay = Some(format!("https://{}", "a".repeat(600)));
+        assert!(t.to_string().parse::<Ticket>().is_err());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Event {
         id: String,
         reachable: bool,
         detail: String,
+        /// The path the status request took (`sam status`'s path), when reachable.
+        path: Option<NodePath>,
     },
     /// Workspaces of a node, or why they could not be listed.
     Workspaces {
@@ -143,6 +145,30 @@ pub struct NodeView {
     /// `None` until the first status answer.
     pub reachable: Option<bool>,
     pub detail: String,
+    /// How the last status request reached the node (direct or through a relay).
+    pub path: Option<NodePath>,
+}
+
+/// How a node is reached: `kind` is `direct` or `relay` (`sam status`'s path), `note` says
+/// through which relay and why not direct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePath {
+    pub kind: String,
+    pub note: String,
+}
+
+impl From<crate::endpoint::PathReport> for NodePath {
+    fn from(p: crate::endpoint::PathReport) -> Self {
+        let mut note = match (&p.relay_url, p.path.as_str()) {
+            (Some(r), "relay") => format!("through relay {r}"),
+            _ => format!("{} path", p.path),
+        };
+        if let Some(w) = &p.why_not_direct {
+            note.push('\n');
+            note.push_str(w);
+        }
+        Self { kind: p.path, note }
+    }
 }
 
 /// One workspace of a node.
@@ -334,6 +360,7 @@ impl AppState {
                         NodeView {
                             reachable: prev.and_then(|p| p.reachable),
                             detail: prev.map(|p| p.detail.clone()).unwrap_or_default(),
+                            path: prev.and_then(|p| p.path.clone()),
                             id,
                             name,
                         }
@@ -344,6 +371,7 @@ impl AppState {
                 id,
                 reachable,
                 detail,
+                path,
             } => {
                 if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
                     if n.reachable == Some(true) && !reachable {
@@ -355,6 +383,7 @@ impl AppState {
                     }
                     n.reachable = Some(reachable);
                     n.detail = detail;
+                    n.path = path;
                 }
             }
             Event::Workspaces { node, list } => {

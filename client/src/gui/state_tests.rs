@@ -56,12 +56,14 @@ fn node_going_offline_notifies_once() {
         id: NODE.into(),
         reachable: true,
         detail: "ok".into(),
+        path: None,
     };
     assert!(s.apply(up).is_empty());
     let down = Event::NodeStatus {
         id: NODE.into(),
         reachable: false,
         detail: "gone".into(),
+        path: None,
     };
     let fresh = s.apply(down.clone());
     assert_eq!(fresh.len(), 1);

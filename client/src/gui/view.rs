@@ -92,6 +92,19 @@ fn dot(ui: &mut Ui, reachable: Option<bool>) {
     dot_colored(ui, c, t);
 }
 
+/// "relay" next to a node reached through a relay (hover: which, and why not direct).
+fn path_badge(ui: &mut Ui, path: Option<&crate::gui::state::NodePath>) {
+    let Some(p) = path.filter(|p| p.kind == "relay") else {
+        return;
+    };
+    ui.label(
+        RichText::new("relay")
+            .small()
+            .color(Color32::from_rgb(200, 150, 40)),
+    )
+    .on_hover_text(&p.note);
+}
+
 /// A small filled circle (painted: no font has to carry the glyph).
 pub fn dot_colored(ui: &mut Ui, color: Color32, tooltip: &str) {
     let (rect, resp) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
@@ -131,6 +144,9 @@ fn sidebar(ui: &mut Ui, state: &mut AppState, out: &mut Vec<Command>) {
                     dot(ui, n.reachable);
                     ui.label(RichText::new(&n.name).strong())
                         .on_hover_text(format!("{}\n{}", n.id, n.detail));
+                    if n.reachable == Some(true) {
+                        path_badge(ui, n.path.as_ref());
+                    }
                 });
                 ui.indent(("node", n.id.as_str()), |ui| {
                     match state.workspaces.get(&n.id).cloned() {

@@ -37,10 +37,15 @@ pub async fn poll_node(
     let result = tokio::time::timeout(POLL_TIMEOUT, poll(&ep, &entry, &events)).await;
     let status = match result {
         Ok(Ok((client, detail))) => {
+            let path = entry
+                .ticket()
+                .ok()
+                .map(|t| crate::endpoint::path_report(&client.conn(), &t.addr).into());
             events.emit(Event::NodeStatus {
                 id: entry.id.clone(),
                 reachable: true,
                 detail,
+                path,
             });
             Some(client)
         }
@@ -50,6 +55,7 @@ pub async fn poll_node(
                 id: entry.id.clone(),
                 reachable: false,
                 detail: format!("{e:#}"),
+                path: None,
             });
             None
         }
@@ -59,6 +65,7 @@ pub async fn poll_node(
                 id: entry.id.clone(),
                 reachable: false,
                 detail: "no answer within 4 s".into(),
+                path: None,
             });
             None
         }
