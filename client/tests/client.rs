@@ -18,5 +18,6 @@ mod gui_workspace;
 mod idea;
 mod local_pool;
 mod moves;
+mod team_cli;
 mod team_provisioner;
 mod voice;
