@@ -212,7 +212,11 @@ fn a_release_that_cannot_hold_a_conversation_is_refused_and_releases_nothing() {
         );
         assert!(prov.vm_dir(&vm).is_dir(), "{cmd} took the node");
         let ls = json(&ok(sam(&alice, &["--json", "team", "ls"])));
-        assert_eq!(ls[0]["id"], vm.as_str(), "{cmd}: the node is no longer hers");
+        assert_eq!(
+            ls[0]["id"],
+            vm.as_str(),
+            "{cmd}: the node is no longer hers"
+        );
     }
 
     std::fs::remove_dir_all(&blocker).expect("unblock");
@@ -221,4 +225,25 @@ fn a_release_that_cannot_hold_a_conversation_is_refused_and_releases_nothing() {
     assert!(!prov.vm_dir(&vm).exists());
     let t = texts(&alice, &conv);
     assert!(t.iter().any(|m| m == "only on the node"), "{t:?}");
+
+    // --force goes through and says on stderr what is lost.
+    let got = json(&ok(sam(
+        &alice,
+        &["--json", "team", "create", "--name", "box2"],
+    )));
+    let vm = got["id"].as_str().expect("vm id").to_owned();
+    let conv = last(&ok(sam(
+        &alice,
+        &["convs", "new", "--workspace", "w1", "--node", "box2"],
+    )));
+    forget_replica(&alice, &conv);
+    let blocker = alice.join("docs").join(format!("{conv}.log"));
+    std::fs::create_dir_all(blocker.join("x")).expect("blocker");
+    let out = sam(&alice, &["--json", "team", "rm", "box2", "--force"]);
+    let rm = json(&ok(&out));
+    assert_eq!(rm["forced"], true, "{rm}");
+    assert_eq!(rm["held_here"], 0, "{rm}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lost") && err.contains(&conv), "{err}");
+    assert!(!prov.vm_dir(&vm).exists());
 }

@@ -256,11 +256,8 @@ async fn give_back(
             None => n.id == node,
         })
         .with_context(|| format!("{node:?} is not a node the team provisioner handed to you"))?;
-    // Our own ticket when we have it (the book), else the provisioner's fresh one.
-    let ticket = match &entry {
-        Some(e) => e.ticket()?,
-        None => vm.ticket.clone(),
-    };
+    // The provisioner's fresh ticket for us (the one in the book may have expired).
+    let ticket = vm.ticket.clone();
     let name = entry
         .as_ref()
         .map(|e| e.name.clone())
@@ -270,8 +267,7 @@ async fn give_back(
     let mut lost: Vec<String> = Vec::new();
     let mut convs: Vec<String> = Vec::new();
     let mut open = Vec::new();
-    let client = match tokio::time::timeout(CONNECT_TIMEOUT, NodeClient::connect(ep, &ticket))
-        .await
+    let client = match tokio::time::timeout(CONNECT_TIMEOUT, NodeClient::connect(ep, &ticket)).await
     {
         Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
