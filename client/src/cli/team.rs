@@ -47,6 +47,7 @@ pub enum TeamCmd {
     },
     /// The nodes the provisioner handed to you.
     Ls {
+        /// The provisioner's ticket (default: the one remembered from `create --via`).
         #[arg(long)]
         via: Option<String>,
     },
@@ -57,6 +58,7 @@ pub enum TeamCmd {
         /// Release even when some conversation cannot be brought here (it is lost).
         #[arg(long)]
         force: bool,
+        /// The provisioner's ticket (default: the one remembered from `create --via`).
         #[arg(long)]
         via: Option<String>,
     },
@@ -66,6 +68,7 @@ pub enum TeamCmd {
         /// Delete even when some conversation cannot be brought here (it is lost).
         #[arg(long)]
         force: bool,
+        /// The provisioner's ticket (default: the one remembered from `create --via`).
         #[arg(long)]
         via: Option<String>,
     },
