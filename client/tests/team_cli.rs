@@ -158,10 +158,14 @@ fn a_released_node_leaves_its_conversations_with_the_member_and_nothing_for_the_
         "{t:?}"
     );
 
-    // bob gets a fresh node and nothing of alice's
+    // bob gets a fresh node and nothing of alice's (his --via is the line
+    // `sam-provisioner --json serve` prints)
+    let via_json = serde_json::json!({ "provisioner": "id", "ticket": via }).to_string();
     let b = json(&ok(sam(
         &bob,
-        &["--json", "team", "create", "--via", &via, "--name", "mine"],
+        &[
+            "--json", "team", "create", "--via", &via_json, "--name", "mine",
+        ],
     )));
     assert_eq!(b["reused"], false);
     assert_ne!(b["node"].as_str(), Some(a_node.as_str()));
