@@ -24,6 +24,7 @@ pub mod idea;
 pub mod ports;
 pub mod relocate;
 pub mod shell;
+pub mod team;
 pub mod teardown;
 pub mod up;
 pub mod voice;
@@ -91,6 +92,12 @@ pub enum Cmd {
     /// `sam provider add`, `sam vm ls|rm`, `sam pool ls|reap`.
     #[command(flatten)]
     Cloud(cloud::CloudCmd),
+    /// Nodes from a team provisioner: `sam team create|ls|release|rm` (release and rm bring
+    /// the node's conversations here first).
+    Team {
+        #[command(subcommand)]
+        cmd: team::TeamCmd,
+    },
     /// Known nodes.
     Nodes {
         #[command(subcommand)]
@@ -366,6 +373,7 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
             up::run(&paths, bind, then, cli.json).await
         }
         Cmd::Cloud(cmd) => cloud::run(&paths, cmd).await,
+        Cmd::Team { cmd } => team::run(&paths, cmd).await,
         Cmd::Id => {
             let id = paths.identity()?.node_id();
             Ok(Output::new(json!({ "id": id.to_string() }), id.to_string()))

@@ -19,5 +19,6 @@ mod idea;
 mod local_pool;
 mod moves;
 mod relay_paths;
+mod team_cli;
 mod team_provisioner;
 mod voice;

@@ -562,7 +562,7 @@ fn vm_json(provider: &str, v: &Vm, expires: Option<u64>) -> serde_json::Value {
 }
 
 /// Atomic write (temp file + rename), mode `0600` from the start.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().context("no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;

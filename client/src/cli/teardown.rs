@@ -79,7 +79,7 @@ pub(crate) async fn remove_keeping_history(
 /// Brings this client's replicas of the node's conversations that `pick` selects up to date
 /// and returns their streams, still open: while they are, this client is a peer in sync for
 /// each of them. Also returns every picked conversation and the ones that failed.
-async fn hold_conversations(
+pub(crate) async fn hold_conversations(
     paths: &ClientPaths,
     ep: &iroh::Endpoint,
     client: &NodeClient,
