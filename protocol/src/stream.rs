@@ -22,6 +22,11 @@ pub const MAX_PTY_CHUNK: usize = 64 * 1024;
 /// Output the node holds for one terminal viewer that does not keep up; past it the
 /// viewer is detached with [`PTY_RESET_TOO_SLOW`] (the others never wait for it).
 pub const PTY_VIEWER_BUFFER: usize = 1024 * 1024;
+/// QUIC connection close code of a node that is shutting down (a restart): the one
+/// close by the node after which a client dials again and resumes its streams (the
+/// others — revoked, expired, refused — are final).
+pub const CLOSE_NODE_SHUTDOWN: u32 = 4;
+
 /// QUIC stream reset code: the node detached this client from a terminal because it
 /// fell too far behind the output (see [`pty_reset_reason`]).
 pub const PTY_RESET_TOO_SLOW: u32 = 0x5350_0001;
@@ -42,6 +47,16 @@ pub enum PtyTarget {
     New,
     /// A terminal by id; an unknown id is an error.
     Id(String),
+    /// Reattach after a lost link (protocol 3): the terminal `id` of that `instance`
+    /// ([`PtyOpened::instance`]), output from absolute byte `from` on. A terminal of
+    /// another instance (the node restarted, the id was reused) is `NotFound`; output
+    /// before the scrollback's first byte is lost, and [`PtyOpened::offset`] then says
+    /// where the replay starts; `from` past the output so far is `BadRequest`.
+    Resume {
+        id: String,
+        instance: u64,
+        from: u64,
+    },
 }
 
 /// Header of a `sam/pty/1` stream.
@@ -67,6 +82,13 @@ pub struct PtyOpened {
     pub read_only: bool,
     /// Clients attached now, this one included.
     pub attached: u32,
+    /// Random per terminal and node process: a reattach names it, so a terminal of the
+    /// same id started after a node restart is never taken for this one.
+    pub instance: u64,
+    /// Absolute offset, in the terminal's whole output, of the first output byte that
+    /// follows on this stream. Every later byte is the next one: a client that counts
+    /// what it received knows where to resume ([`PtyTarget::Resume`]).
+    pub offset: u64,
 }
 
 /// Client→node messages on a PTY stream after the header.
