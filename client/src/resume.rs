@@ -18,10 +18,12 @@ use iroh::Endpoint;
 use iroh::endpoint::{Connection, ConnectionError, ReadError, RecvStream, SendStream};
 use sam_protocol::Ticket;
 use sam_protocol::ctl::ErrorBody;
+use sam_protocol::frame::MAX_FRAME;
 use sam_protocol::stream::{
-    CLOSE_NODE_SHUTDOWN, PTY_RESET_TOO_SLOW, PtyFrame, PtyOpen, PtyOpened, PtyTarget, encode_data,
-    pty_reset_reason,
+    CLOSE_NODE_SHUTDOWN, DownloadFrame, DownloadInfo, FileOpen, PTY_RESET_TOO_SLOW, PtyFrame,
+    PtyOpen, PtyOpened, PtyTarget, encode_data, pty_reset_reason,
 };
+use sam_protocol::wire::read_frame;
 use tokio::sync::mpsc;
 
 use crate::conn::ConnectError;
@@ -352,6 +354,225 @@ impl Run {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A download's bytes, handed from the task that fetches (and resumes) them to the
+/// thread that unpacks them.
+struct ChanReader {
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Opens a resumable download from byte `from`: its connection, stream and info.
+async fn open_download(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    workspace: &str,
+    remote: &str,
+    from: u64,
+) -> Result<(Connection, RecvStream, DownloadInfo), Loss> {
+    let (conn, _) = crate::conn::connect(ep, ticket, sam_protocol::alpn::FILE)
+        .await
+        .map_err(|e| classify_open(&e.into()))?;
+    let header = FileOpen::DownloadFrom {
+        workspace: workspace.into(),
+        path: remote.into(),
+        from,
+    };
+    let opened = async {
+        let (_send, mut recv) = crate::streams::open_stream(&conn, &header).await?;
+        let info = read_frame::<DownloadInfo>(&mut recv, MAX_FRAME).await?;
+        anyhow::Ok((recv, info))
+    }
+    .await;
+    match opened {
+        Ok((recv, info)) => Ok((conn, recv, info)),
+        Err(e) => {
+            conn.close(0u32.into(), b"bye");
+            Err(classify_open(&e))
+        }
+    }
+}
+
+/// Downloads `remote` (file or directory) from `workspace` into `local` as
+/// [`crate::streams::download`] does, but a lost link is dialled again (for up to `window`
+/// each time) and the download goes on from the byte it had reached; at the end the
+/// SHA-256 of the whole tar is checked against the node's, so the joined pieces are known
+/// to be one unchanged stream. Each retry is told to `note` (the CLI prints it on stderr).
+pub async fn download(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    workspace: &str,
+    remote: &str,
+    local: &std::path::Path,
+    window: Duration,
+    note: impl Fn(String) + Send + Sync + 'static,
+) -> Result<crate::streams::Transferred> {
+    let (conn, recv, info) = open_download(ep, ticket, workspace, remote, 0)
+        .await
+        .map_err(|l| match l {
+            Loss::Link(e) | Loss::Final(e) => anyhow::anyhow!(e),
+        })?;
+    let (dir, remote_name, name) = crate::streams::download_dest(&info, local)?;
+    let dest = dir.join(&name);
+    let limit = crate::streams::download_limit(&info);
+    let (tx, rx) = mpsc::channel(16);
+    let fetch = Fetch {
+        ep: ep.clone(),
+        ticket: ticket.clone(),
+        workspace: workspace.to_string(),
+        remote: remote.to_string(),
+        info: info.clone(),
+        window,
+        tx,
+        note: Box::new(note),
+    };
+    let fetcher = tokio::spawn(fetch.run(conn, recv));
+    let unpacked = tokio::task::spawn_blocking(move || {
+        let mut reader = ChanReader {
+            rx,
+            cur: Bytes::new(),
+        };
+        let r = crate::streams::unpack(&mut reader, &dir, &remote_name, &name, limit);
+        // The tar's reader may stop before the end: read on to the node's hash.
+        if r.is_ok() {
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+        }
+        r
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("unpacking task: {e}"))?;
+    let fetched = fetcher
+        .await
+        .map_err(|e| anyhow::anyhow!("download task: {e}"))?;
+    let (wire_bytes, hash) = fetched.map_err(|e| anyhow::anyhow!("{e}"))?;
+    unpacked?;
+    Ok(crate::streams::Transferred {
+        dest: dest.display().to_string(),
+        is_dir: info.is_dir,
+        size: info.size,
+        count: info.count,
+        wire_bytes,
+        sha256: Some(data_encoding::HEXLOWER.encode(&hash)),
+    })
+}
+
+struct Fetch {
+    ep: Endpoint,
+    ticket: Ticket,
+    workspace: String,
+    remote: String,
+    info: DownloadInfo,
+    window: Duration,
+    tx: mpsc::Sender<Result<Bytes, String>>,
+    note: Box<dyn Fn(String) + Send + Sync>,
+}
+
+impl Fetch {
+    /// Reads frames, resuming after a lost link; the tar's length and hash when the
+    /// node's hash matched every byte handed on.
+    async fn run(
+        self,
+        mut conn: Connection,
+        mut recv: RecvStream,
+    ) -> Result<(u64, [u8; 32]), String> {
+        let r = self.fetch(&mut conn, &mut recv).await;
+        conn.close(0u32.into(), b"bye");
+        if let Err(e) = &r {
+            let _ = self.tx.send(Err(e.clone())).await;
+        }
+        r
+    }
+
+    async fn fetch(
+        &self,
+        conn: &mut Connection,
+        recv: &mut RecvStream,
+    ) -> Result<(u64, [u8; 32]), String> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        let mut at = 0u64;
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            // Whole frames first.
+            loop {
+                let (frame, used) = match DownloadFrame::decode(&buf) {
+                    Ok(Some((f, n))) => (f, n),
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("bad download frame from the node: {e}")),
+                };
+                match frame {
+                    DownloadFrame::Data(d) => {
+                        hash.update(d);
+                        at += d.len() as u64;
+                        let data = buf.split_to(used).freeze().slice(5..);
+                        if self.tx.send(Ok(data)).await.is_err() {
+                            return Err("the download was not unpacked".into());
+                        }
+                        continue;
+                    }
+                    DownloadFrame::End(theirs) => {
+                        let ours: [u8; 32] = hash.finalize().into();
+                        if ours != theirs {
+                            return Err(format!(
+                                "the download failed its end-to-end check: the SHA-256 of the {at} bytes received differs from the node's (the files changed while it was resumed?); the local copy is not to be trusted: download it again"
+                            ));
+                        }
+                        return Ok((at, ours));
+                    }
+                    DownloadFrame::Error(m) => {
+                        return Err(format!("the node stopped the download: {m}"));
+                    }
+                }
+            }
+            let lost = match recv.read_chunk(256 * 1024).await {
+                Ok(Some(c)) => {
+                    buf.extend_from_slice(&c);
+                    continue;
+                }
+                Ok(None) => Loss::Final("the node ended the download without its checksum".into()),
+                Err(e) => classify(conn, &e),
+            };
+            let reason = match lost {
+                Loss::Final(e) => return Err(e),
+                Loss::Link(r) => r,
+            };
+            conn.close(0u32.into(), b"bye");
+            (self.note)(format!("link lost ({reason}); reconnecting…"));
+            let (c, r, info) = retry_link(self.window, || {
+                open_download(&self.ep, &self.ticket, &self.workspace, &self.remote, at)
+            })
+            .await
+            .map_err(|l| match l {
+                Loss::Link(e) | Loss::Final(e) => e,
+            })?;
+            *conn = c;
+            *recv = r;
+            buf.clear();
+            if info != self.info {
+                return Err(format!(
+                    "{} changed while the link was down ({} → {} bytes); download it again",
+                    self.info.path, self.info.size, info.size
+                ));
+            }
+            (self.note)(format!("resumed at byte {at}"));
         }
     }
 }

@@ -16,7 +16,7 @@ use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::{PTY_SCROLLBACK, PtyOpen, PtyOpened, PtyTarget};
 use sam_protocol::{SecretKey, Ticket, alpn};
 
-use crate::support::ws_common::{Container, docker_ready};
+use crate::support::ws_common::{Container, docker_ready, test_image};
 
 /// Prints `c1`..`c3000`, waits for a line of input, prints `c3001`..`c6000` and `fin42`.
 const COUNTER: &str = "stty -echo; i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo c$i; done; \
@@ -45,6 +45,47 @@ impl Rig {
             .adopt(&container.id, "/workspaces/repo", "root")
             .await
             .expect("adopt container");
+        Self {
+            dir,
+            owner,
+            node_key,
+            handle: Some(handle),
+            ws,
+            _container: container,
+        }
+    }
+
+    /// A node whose workspace is a container labelled as the node's own, so a restarted
+    /// node finds it again (as it finds the workspaces it made).
+    async fn start_labelled() -> Self {
+        docker_ready();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let owner = SecretKey::generate();
+        let node_key = SecretKey::generate();
+        let ws = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--rm", "--label", "sam.test=1"])
+            .args(["--label", &format!("sam.workspace={ws}")])
+            .args(["--label", &format!("sam.node={}", node_key.node_id())])
+            .args(["--label", "sam.root=/workspaces/repo", "--label", "sam.user=root"])
+            .arg(test_image())
+            .args([
+                "sh",
+                "-c",
+                "mkdir -p /var/lib/sam /workspaces/repo && touch /var/lib/sam/ready && exec sleep infinity",
+            ])
+            .output()
+            .expect("docker run");
+        assert!(
+            out.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let container = Container {
+            id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        };
+        container.sh("until [ -e /var/lib/sam/ready ]; do sleep 0.1; done");
+        let handle = start_node(&dir, &owner, &node_key, "127.0.0.1:0").await;
         Self {
             dir,
             owner,
@@ -104,11 +145,21 @@ async fn start_node(
     node_key: &SecretKey,
     bind: &str,
 ) -> NodeHandle {
-    let mut cfg = NodeConfig::new(owner.node_id());
-    cfg.bind = bind.parse().expect("addr");
-    Node::start_with(NodePaths::new(dir.path()), cfg, node_key.clone())
-        .await
-        .expect("node starts")
+    // The old endpoint's socket may take a moment to go after a shutdown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut cfg = NodeConfig::new(owner.node_id());
+        cfg.bind = bind.parse().expect("addr");
+        match Node::start_with(NodePaths::new(dir.path()), cfg, node_key.clone()).await {
+            Ok(h) => return h,
+            Err(e)
+                if format!("{e:#}").contains("in use") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("node starts: {e:#}"),
+        }
+    }
 }
 
 /// What a session has delivered so far.
@@ -343,4 +394,117 @@ async fn a_resume_never_takes_another_terminal_invents_output_or_hides_a_loss() 
     };
     let why = ended.expect_err("the terminal is gone");
     assert!(why.contains("NotFound") || why.contains("no "), "{why}");
+}
+
+// ---------------------------------------------------------------- downloads
+
+/// 64 MiB of random bytes at /workspaces/repo/big.bin; its SHA-256 (hex).
+fn big_file(c: &Container) -> String {
+    c.sh("head -c 67108864 /dev/urandom > /workspaces/repo/big.bin && sha256sum /workspaces/repo/big.bin")
+        .split_whitespace()
+        .next()
+        .expect("sum")
+        .to_string()
+}
+
+fn sha256_file(p: &std::path::Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(std::fs::read(p).expect("read download"));
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts a resumable download of big.bin into a new folder; returns the folder, the
+/// task and the notes it prints.
+fn start_download(
+    rig: &Rig,
+    ep: &Endpoint,
+) -> (
+    tempfile::TempDir,
+    tokio::task::JoinHandle<anyhow::Result<sam_client::streams::Transferred>>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let local = tempfile::tempdir().expect("tempdir");
+    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ep, ticket, ws, dest, n) = (
+        ep.clone(),
+        rig.ticket(),
+        rig.ws.clone(),
+        local.path().to_path_buf(),
+        notes.clone(),
+    );
+    let task = tokio::spawn(async move {
+        sam_client::resume::download(
+            &ep,
+            &ticket,
+            &ws,
+            "/workspaces/repo/big.bin",
+            &dest,
+            Duration::from_secs(60),
+            move |note| n.lock().expect("notes").push(note),
+        )
+        .await
+    });
+    (local, task, notes)
+}
+
+/// Waits until the download has written `bytes` locally (it is mid-transfer then).
+async fn until_written(path: &std::path::Path, bytes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_resumes_across_a_node_restart_and_is_checked_end_to_end() {
+    let mut rig = Rig::start_labelled().await;
+    let want = big_file(&rig._container);
+    let ep = rig.endpoint().await;
+    let (local, task, notes) = start_download(&rig, &ep);
+    let file = local.path().join("big.bin");
+    until_written(&file, 4 << 20).await;
+    // Killed and started again mid-transfer (same address, same home).
+    rig.restart().await;
+    let t = tokio::time::timeout(Duration::from_secs(300), task)
+        .await
+        .expect("the download ends in time")
+        .expect("task")
+        .expect("the download completes after the restart");
+    let notes = notes.lock().expect("notes").clone();
+    assert!(
+        notes.iter().any(|n| n.starts_with("link lost"))
+            && notes.iter().any(|n| n.starts_with("resumed at byte")),
+        "the restart was retried and said so: {notes:?}"
+    );
+    assert_eq!(t.size, 64 << 20);
+    assert!(t.sha256.is_some(), "the tar was checked end to end");
+    assert_eq!(sha256_file(&file), want, "every byte of the file is right");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_file_changed_while_the_link_was_down_fails_its_check() {
+    let mut rig = Rig::start_labelled().await;
+    big_file(&rig._container);
+    let ep = rig.endpoint().await;
+    let (local, task, _notes) = start_download(&rig, &ep);
+    until_written(&local.path().join("big.bin"), 4 << 20).await;
+    // While the node is down, the file is replaced by other bytes of the same size: the
+    // resumed tail would belong to another file.
+    let old = rig.handle.take().expect("node running");
+    let addr = old.addr.direct[0].to_string();
+    old.shutdown().await.expect("shutdown");
+    big_file(&rig._container);
+    rig.handle = Some(start_node(&rig.dir, &rig.owner, &rig.node_key, &addr).await);
+    let e = tokio::time::timeout(Duration::from_secs(300), task)
+        .await
+        .expect("the download ends in time")
+        .expect("task")
+        .expect_err("a joined download of two different files is refused");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("end-to-end check"), "{msg}");
 }

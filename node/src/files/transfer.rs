@@ -1,18 +1,26 @@
 //! `sam/file/1`: whole files and directories as tar streams, straight from and to
 //! Docker's archive API (`GET`/`PUT /containers/{id}/archive`), which already
 //! streams tar: the node only checks paths and limits and copies bytes.
+//!
+//! A resumable download ([`FileOpen::DownloadFrom`]) asks Docker for the same tar again
+//! and skips the bytes the client already has (Docker's tar of unchanged files is the
+//! same bytes: no access or change times); the SHA-256 of the whole tar, sent at the end,
+//! lets the client check that what it joined is one unchanged stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::Role;
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::{
-    DownloadInfo, FileOpen, MAX_TRANSFER_BYTES, MAX_TRANSFER_FILES, OpenReply, UploadPlan,
+    DownloadFrame, DownloadInfo, FileOpen, MAX_DOWNLOAD_CHUNK, MAX_TRANSFER_BYTES,
+    MAX_TRANSFER_FILES, OpenReply, UploadPlan,
 };
+use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::path;
@@ -76,8 +84,13 @@ async fn serve_stream(
     };
     let result = match open {
         FileOpen::Download { workspace, path } => {
-            download(&node, &session, &workspace, &path, &mut send).await
+            download(&node, &session, &workspace, &path, None, &mut send).await
         }
+        FileOpen::DownloadFrom {
+            workspace,
+            path,
+            from,
+        } => download(&node, &session, &workspace, &path, Some(from), &mut send).await,
         FileOpen::Upload {
             workspace,
             path,
@@ -106,6 +119,7 @@ async fn download(
     session: &Session,
     workspace: &str,
     p: &str,
+    from: Option<u64>,
     send: &mut SendStream,
 ) -> Result<(), ErrorBody> {
     node.recheck(&session.grant)?;
@@ -165,6 +179,10 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
         .max(1 << 20)
         .saturating_add(count.saturating_mul(TAR_SLACK_PER_ENTRY))
         .min(MAX_TRANSFER_BYTES + MAX_TRANSFER_FILES * TAR_SLACK_PER_ENTRY);
+    if let Some(from) = from {
+        send_from(&mut tar, from, cap, send).await;
+        return Ok(());
+    }
     let mut sent = 0u64;
     while let Some(chunk) = tar.next().await {
         let Ok(chunk) = chunk else {
@@ -180,6 +198,70 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
     Ok(())
+}
+
+/// Sends `tar` from byte `from` on in [`DownloadFrame`]s, hashing all of it, and ends
+/// with the hash (or an error frame).
+async fn send_from<S>(tar: &mut S, from: u64, cap: u64, send: &mut SendStream)
+where
+    S: futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+{
+    let mut hash = Sha256::new();
+    let mut at = 0u64;
+    let mut head = Vec::with_capacity(8);
+    let fail = |msg: String| {
+        let mut out = Vec::new();
+        DownloadFrame::Error(msg).encode(&mut out);
+        Bytes::from(out)
+    };
+    while let Some(chunk) = tar.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = send
+                    .write_chunk(fail(format!("reading the files failed: {e}")))
+                    .await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        hash.update(&chunk);
+        let end = at + chunk.len() as u64;
+        if end > cap {
+            let _ = send
+                .write_chunk(fail("the files grew past the size measured before".into()))
+                .await;
+            let _ = send.finish();
+            return;
+        }
+        // The part of this chunk at or after `from`.
+        let skip = usize::try_from(from.saturating_sub(at))
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
+        at = end;
+        let mut rest = chunk.slice(skip..);
+        while !rest.is_empty() {
+            let part = rest.split_to(rest.len().min(MAX_DOWNLOAD_CHUNK));
+            head.clear();
+            DownloadFrame::data_header(part.len(), &mut head);
+            if send.write_all(&head).await.is_err() || send.write_chunk(part).await.is_err() {
+                return;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(33);
+    if from > at {
+        DownloadFrame::Error(format!(
+            "cannot resume at byte {from}: the download is {at} bytes now (it changed)"
+        ))
+        .encode(&mut out);
+    } else {
+        DownloadFrame::End(hash.finalize().into()).encode(&mut out);
+    }
+    if send.write_all(&out).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+    }
 }
 
 struct Upload<'a> {

@@ -112,10 +112,19 @@ pub(super) async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Ev
                     if !local.is_dir() {
                         bail!("{} is not a folder", local.display());
                     }
-                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
-                    let r = crate::streams::download(&conn, &ws.1, &remote, &local).await;
-                    conn.close(0u32.into(), b"bye");
-                    let t = r?;
+                    let book = NodeBook::load(&paths.nodes())?;
+                    let ticket = book.find(Some(&ws.0))?.ticket()?;
+                    // Resumes after a lost link, silently; checked end to end.
+                    let t = crate::resume::download(
+                        ep,
+                        &ticket,
+                        &ws.1,
+                        &remote,
+                        &local,
+                        crate::resume::RESUME_WINDOW,
+                        |n| tracing::info!("download: {n}"),
+                    )
+                    .await?;
                     Ok(format!("{} bytes, now at {}", t.size, t.dest))
                 }
                 .await
