@@ -576,3 +576,51 @@ impl Fetch {
         }
     }
 }
+
+/// Forwards every connection accepted on `listener` to `port` in `workspace`
+/// ([`crate::streams::forward`]); when the link is lost it dials again (for up to
+/// `window` each time) and goes on: TCP connections that were open through the old
+/// link end, new ones go through the new one. Errors of one connection and each retry
+/// are told to `note`.
+pub async fn forward(
+    ep: Endpoint,
+    ticket: Ticket,
+    workspace: String,
+    port: u16,
+    listener: tokio::net::TcpListener,
+    window: Duration,
+    note: impl Fn(String) + Send + Sync + Clone + 'static,
+) -> Result<()> {
+    let (mut conn, _) = crate::conn::connect(&ep, &ticket, sam_protocol::alpn::PORT).await?;
+    loop {
+        let e = match crate::streams::forward(
+            conn.clone(),
+            workspace.clone(),
+            port,
+            &listener,
+            note.clone(),
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let reason = match classify(&conn, &e) {
+            Loss::Final(r) => anyhow::bail!("{e:#} ({r})"),
+            Loss::Link(r) => r,
+        };
+        conn.close(0u32.into(), b"bye");
+        note(format!("link lost ({reason}); reconnecting…"));
+        conn = retry_link(window, || async {
+            crate::conn::connect(&ep, &ticket, sam_protocol::alpn::PORT)
+                .await
+                .map(|(c, _)| c)
+                .map_err(|e| classify_open(&e.into()))
+        })
+        .await
+        .map_err(|l| match l {
+            Loss::Link(e) | Loss::Final(e) => anyhow::anyhow!(e),
+        })?;
+        note("forward re-established".into());
+    }
+}

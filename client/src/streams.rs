@@ -64,11 +64,12 @@ pub async fn open_port(
 
 /// Forwards every connection accepted on `listener` to `port` in `workspace`,
 /// until the QUIC connection ends. Errors of one connection go to `on_error`.
+/// [`crate::resume::forward`] dials again when the link is lost.
 pub async fn forward(
     conn: Connection,
     workspace: String,
     port: u16,
-    listener: TcpListener,
+    listener: &TcpListener,
     on_error: impl Fn(String) + Send + Sync + Clone + 'static,
 ) -> Result<()> {
     loop {

@@ -508,3 +508,71 @@ async fn a_download_whose_file_changed_while_the_link_was_down_fails_its_check()
     let msg = format!("{e:#}");
     assert!(msg.contains("end-to-end check"), "{msg}");
 }
+
+// ---------------------------------------------------------------- port forwards
+
+async fn http_get(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /index.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_forward_is_re_established_after_lost_links() {
+    let rig = Rig::start().await;
+    rig._container.exec_detached(
+        "cd /tmp && echo hello-from-container > index.txt && python3 -m http.server 8765",
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let local = listener.local_addr().expect("addr");
+    let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let task = tokio::spawn(sam_client::resume::forward(
+        rig.endpoint().await,
+        rig.ticket(),
+        rig.ws.clone(),
+        8765,
+        listener,
+        Duration::from_secs(60),
+        move |n| {
+            let _ = tx.send(n);
+        },
+    ));
+    // The server takes a moment to listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match http_get(local).await {
+            Ok(b) if b.contains("hello-from-container") => break,
+            other => {
+                assert!(std::time::Instant::now() < deadline, "no answer: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    while notes.try_recv().is_ok() {}
+    for round in 0..2 {
+        rig.handle().node.drop_all_links();
+        // Told, then back: a new connection goes through the new link.
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(120), notes.recv())
+                .await
+                .expect("a note in time")
+                .expect("the forward goes on");
+            if n == "forward re-established" {
+                break;
+            }
+        }
+        let body = http_get(local).await.expect("GET after the drop");
+        assert!(
+            body.contains("hello-from-container"),
+            "round {round}: {body}"
+        );
+    }
+    assert!(!task.is_finished(), "the forward is still running");
+    task.abort();
+}

@@ -233,7 +233,9 @@ pub(super) async fn forward(
     port: u16,
 ) -> Result<()> {
     let ep = ep?;
-    let conn = dial(&ep, paths, &ws.0, sam_protocol::alpn::PORT).await?;
+    let ticket = NodeBook::load(&paths.nodes())?
+        .find(Some(&ws.0))?
+        .ticket()?;
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -245,8 +247,15 @@ pub(super) async fn forward(
         port,
         state: Some(Ok(local.to_string())),
     });
-    crate::streams::forward(conn, ws.1, port, listener, |e| {
-        tracing::info!("forward: {e}")
-    })
+    // Re-established silently after a lost link.
+    crate::resume::forward(
+        ep,
+        ticket,
+        ws.1,
+        port,
+        listener,
+        crate::resume::RESUME_WINDOW,
+        |n| tracing::info!("forward: {n}"),
+    )
     .await
 }
