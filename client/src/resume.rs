@@ -21,7 +21,7 @@ use sam_protocol::ctl::ErrorBody;
 use sam_protocol::frame::MAX_FRAME;
 use sam_protocol::stream::{
     CLOSE_NODE_SHUTDOWN, DownloadFrame, DownloadInfo, FileOpen, PTY_RESET_TOO_SLOW, PtyFrame,
-    PtyOpen, PtyOpened, PtyTarget, encode_data, pty_reset_reason,
+    PtyOpen, PtyOpened, PtyTarget, UploadAt, UploadPlan, encode_data, pty_reset_reason,
 };
 use sam_protocol::wire::read_frame;
 use tokio::sync::mpsc;
@@ -622,5 +622,197 @@ pub async fn forward(
             Loss::Link(e) | Loss::Final(e) => anyhow::anyhow!(e),
         })?;
         note("forward re-established".into());
+    }
+}
+
+/// Writes a tar as [`DownloadFrame`]s, leaving out its first `skip` bytes (the node has
+/// them) but hashing all of it.
+struct FrameWriter<W> {
+    inner: W,
+    skip: u64,
+    pos: u64,
+    hash: sha2::Sha256,
+    head: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for FrameWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        self.hash.update(buf);
+        let start = usize::try_from(self.skip.saturating_sub(self.pos))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.pos += buf.len() as u64;
+        for chunk in buf[start..].chunks(sam_protocol::stream::MAX_DOWNLOAD_CHUNK) {
+            self.head.clear();
+            DownloadFrame::data_header(chunk.len(), &mut self.head);
+            self.inner.write_all(&self.head)?;
+            self.inner.write_all(chunk)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Opens a resumable upload: its connection, streams, plan and the byte to go on from.
+async fn open_upload(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    header: &FileOpen,
+) -> Result<(Connection, SendStream, RecvStream, UploadPlan, u64), Loss> {
+    let (conn, _) = crate::conn::connect(ep, ticket, sam_protocol::alpn::FILE)
+        .await
+        .map_err(|e| classify_open(&e.into()))?;
+    let opened = async {
+        let (send, mut recv) = crate::streams::open_stream(&conn, header).await?;
+        let plan = read_frame::<UploadPlan>(&mut recv, MAX_FRAME).await?;
+        let at = read_frame::<UploadAt>(&mut recv, MAX_FRAME).await?;
+        anyhow::Ok((send, recv, plan, at.at))
+    }
+    .await;
+    match opened {
+        Ok((send, recv, plan, at)) => Ok((conn, send, recv, plan, at)),
+        Err(e) => {
+            conn.close(0u32.into(), b"bye");
+            Err(classify_open(&e))
+        }
+    }
+}
+
+/// Uploads `local` (file or directory) to `remote` in `workspace` as
+/// [`crate::streams::upload`] does, but a lost link is dialled again (for up to `window`
+/// each time) and the upload goes on from the byte the node holds; the node unpacks it
+/// only when the SHA-256 of the whole tar matches. When the link is lost after the whole
+/// tar went out, nothing is sent again (the node may have unpacked it): the error says so.
+pub async fn upload(
+    ep: &Endpoint,
+    ticket: &Ticket,
+    workspace: &str,
+    local: &std::path::Path,
+    remote: &str,
+    window: Duration,
+    note: impl Fn(String),
+) -> Result<crate::streams::Transferred> {
+    use sam_protocol::stream::{MAX_TRANSFER_BYTES, MAX_TRANSFER_FILES, OpenReply};
+    let meta = std::fs::symlink_metadata(local)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", local.display()))?;
+    let name = local
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| anyhow::anyhow!("{} has no file name", local.display()))?;
+    let (size, count) = crate::streams::local_stats(local)?;
+    if size > MAX_TRANSFER_BYTES || count > MAX_TRANSFER_FILES {
+        anyhow::bail!(
+            "{} holds {size} bytes in {count} files; the limit is {MAX_TRANSFER_BYTES} bytes and {MAX_TRANSFER_FILES} files",
+            local.display()
+        );
+    }
+    let header = FileOpen::UploadFrom {
+        workspace: workspace.into(),
+        path: remote.into(),
+        name,
+        size,
+        count,
+        upload: rand::random(),
+    };
+    let is_dir = meta.is_dir();
+    let mut opened = open_upload(ep, ticket, &header)
+        .await
+        .map_err(|l| match l {
+            Loss::Link(e) | Loss::Final(e) => anyhow::anyhow!(e),
+        })?;
+    loop {
+        let (conn, send, mut recv, plan, at) = opened;
+        let local2 = local.to_path_buf();
+        let top = plan.top_name.clone();
+        let sent =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(SendStream, u64, [u8; 32])> {
+                use sha2::Digest;
+                let w = FrameWriter {
+                    inner: tokio_util::io::SyncIoBridge::new(send),
+                    skip: at,
+                    pos: 0,
+                    hash: sha2::Sha256::new(),
+                    head: Vec::new(),
+                };
+                let mut b = tar::Builder::new(w);
+                b.follow_symlinks(false);
+                if is_dir {
+                    b.append_dir_all(&top, &local2)?;
+                } else {
+                    b.append_path_with_name(&local2, &top)?;
+                }
+                let mut w = b.into_inner()?;
+                if w.pos < at {
+                    return Err(std::io::Error::other(format!(
+                        "{} shrank while the link was down; upload it again",
+                        local2.display()
+                    )));
+                }
+                let hash: [u8; 32] = w.hash.finalize().into();
+                let mut end = Vec::with_capacity(33);
+                DownloadFrame::End(hash).encode(&mut end);
+                std::io::Write::write_all(&mut w.inner, &end)?;
+                std::io::Write::flush(&mut w.inner)?;
+                Ok((w.inner.into_inner(), w.pos, hash))
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("packing task: {e}"))?;
+        let (mut send, wire_bytes, hash) = match sent {
+            Ok(x) => x,
+            Err(e) => {
+                let reason = match classify(&conn, &e) {
+                    Loss::Final(r) => {
+                        conn.close(0u32.into(), b"bye");
+                        anyhow::bail!("the upload failed: {e} ({r})");
+                    }
+                    // The link is fine: the node refused (its reason is on the stream) or
+                    // a local error; final either way.
+                    Loss::Link(_) if conn.close_reason().is_none() => {
+                        let why = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            read_frame::<OpenReply>(&mut recv, MAX_FRAME),
+                        )
+                        .await;
+                        conn.close(0u32.into(), b"bye");
+                        if let Ok(Ok(OpenReply::Error(body))) = why {
+                            return Err(anyhow::anyhow!(body));
+                        }
+                        anyhow::bail!("the upload failed: {e}");
+                    }
+                    Loss::Link(r) => r,
+                };
+                conn.close(0u32.into(), b"bye");
+                note(format!("link lost ({reason}); reconnecting…"));
+                opened = retry_link(window, || open_upload(ep, ticket, &header))
+                    .await
+                    .map_err(|l| match l {
+                        Loss::Link(e) | Loss::Final(e) => anyhow::anyhow!(e),
+                    })?;
+                note(format!("resumed at byte {}", opened.4));
+                continue;
+            }
+        };
+        let _ = send.finish();
+        let reply = read_frame::<OpenReply>(&mut recv, MAX_FRAME).await;
+        conn.close(0u32.into(), b"bye");
+        return match reply {
+            Ok(OpenReply::Ok) => Ok(crate::streams::Transferred {
+                dest: plan.dest,
+                is_dir,
+                size,
+                count,
+                wire_bytes,
+                sha256: Some(data_encoding::HEXLOWER.encode(&hash)),
+            }),
+            Ok(OpenReply::Error(e)) => Err(anyhow::anyhow!(e)),
+            Err(e) => Err(anyhow::anyhow!(
+                "the link was lost after the whole upload was sent ({e}): whether the node unpacked it is unknown, and it is not sent twice; check with `sam files ls`"
+            )),
+        };
     }
 }

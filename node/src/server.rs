@@ -333,6 +333,11 @@ impl Node {
         self.inner.owner
     }
 
+    /// The node's home folder (`SAM_HOME`).
+    pub fn home(&self) -> &std::path::Path {
+        &self.inner.paths.dir
+    }
+
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
     }

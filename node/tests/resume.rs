@@ -576,3 +576,181 @@ async fn a_port_forward_is_re_established_after_lost_links() {
     assert!(!task.is_finished(), "the forward is still running");
     task.abort();
 }
+
+// ---------------------------------------------------------------- uploads
+
+/// The staged uploads in the node's home.
+fn staged(rig: &Rig) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(rig.dir.path().join("uploads"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_resumes_across_a_node_restart_and_is_checked_end_to_end() {
+    let mut rig = Rig::start_labelled().await;
+    let src = tempfile::tempdir().expect("tempdir");
+    let file = src.path().join("up.bin");
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).expect("write");
+    let want = sha256_file(&file);
+    drop(data);
+    let ep = rig.endpoint().await;
+    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ep2, ticket, ws, f2, n) = (
+        ep.clone(),
+        rig.ticket(),
+        rig.ws.clone(),
+        file.clone(),
+        notes.clone(),
+    );
+    let task = tokio::spawn(async move {
+        sam_client::resume::upload(
+            &ep2,
+            &ticket,
+            &ws,
+            &f2,
+            "/workspaces/repo/up.bin",
+            Duration::from_secs(60),
+            move |note| n.lock().expect("notes").push(note),
+        )
+        .await
+    });
+    // Mid-transfer: the node holds a part.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let held: u64 = staged(&rig)
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        if held >= 4 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.restart().await;
+    let t = tokio::time::timeout(Duration::from_secs(300), task)
+        .await
+        .expect("the upload ends in time")
+        .expect("task")
+        .expect("the upload completes after the restart");
+    let notes = notes.lock().expect("notes").clone();
+    let resumed_at: u64 = notes
+        .iter()
+        .find_map(|n| n.strip_prefix("resumed at byte ")?.parse().ok())
+        .unwrap_or_else(|| panic!("the restart was retried and said so: {notes:?}"));
+    assert!(resumed_at > 0, "the node kept what it had: {notes:?}");
+    assert!(t.sha256.is_some());
+    let got = rig
+        ._container
+        .sh("sha256sum /workspaces/repo/up.bin")
+        .split_whitespace()
+        .next()
+        .expect("sum")
+        .to_string();
+    assert_eq!(got, want, "every byte arrived once, in order");
+    assert!(staged(&rig).is_empty(), "the stage is gone once unpacked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_resume_or_complete_another_peers_upload() {
+    use sam_protocol::capability::{Capability, Grantee};
+    use sam_protocol::stream::{DownloadFrame, FileOpen, OpenReply, UploadAt, UploadPlan};
+    use sam_protocol::wire::read_frame;
+    let rig = Rig::start_labelled().await;
+    let header = |name: &str| FileOpen::UploadFrom {
+        workspace: rig.ws.clone(),
+        path: "/workspaces/repo".into(),
+        name: name.into(),
+        size: 1 << 20,
+        count: 1,
+        upload: [7; 16],
+    };
+    // The owner sends part of an upload and loses the link.
+    let (_e, conn) = {
+        let ep = rig.endpoint().await;
+        let (c, _) = connect(&ep, &rig.ticket(), alpn::FILE)
+            .await
+            .expect("connect");
+        (ep, c)
+    };
+    let (mut send, mut recv) = sam_client::streams::open_stream(&conn, &header("victim.bin"))
+        .await
+        .expect("open");
+    read_frame::<UploadPlan>(&mut recv, 4096)
+        .await
+        .expect("plan");
+    assert_eq!(
+        read_frame::<UploadAt>(&mut recv, 4096)
+            .await
+            .expect("at")
+            .at,
+        0
+    );
+    let mut out = Vec::new();
+    DownloadFrame::Data(&[b's'; 1000]).encode(&mut out);
+    send.write_all(&out).await.expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while staged(&rig)
+        .iter()
+        .all(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) < 1000)
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing staged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    conn.close(0u32.into(), b"gone");
+
+    // A collaborator names the same upload id: it starts from nothing, never from the
+    // owner's bytes, and completing "its" upload unpacks only what it sent.
+    let mallory = SecretKey::generate();
+    let mut t = rig.ticket();
+    t.capability = Some(
+        Capability::new(
+            rig.owner.node_id(),
+            rig.node_key.node_id(),
+            Grantee::Key(mallory.node_id()),
+            sam_protocol::Role::Collaborator,
+            None,
+            sam_client::now_secs(),
+            None,
+        )
+        .sign(&rig.owner, None),
+    );
+    let ep = sam_client::endpoint::bind(&mallory, Some("127.0.0.1:0".parse().expect("addr")))
+        .await
+        .expect("bind");
+    let (mconn, _) = connect(&ep, &t, alpn::FILE).await.expect("connect");
+    let (mut send, mut recv) = sam_client::streams::open_stream(&mconn, &header("mallory.bin"))
+        .await
+        .expect("open");
+    read_frame::<UploadPlan>(&mut recv, 4096)
+        .await
+        .expect("plan");
+    let at = read_frame::<UploadAt>(&mut recv, 4096)
+        .await
+        .expect("at")
+        .at;
+    assert_eq!(at, 0, "another peer's upload is not this peer's to resume");
+    // An end with a hash that does not match what arrived is refused, nothing unpacked.
+    let mut out = Vec::new();
+    DownloadFrame::End([0; 32]).encode(&mut out);
+    send.write_all(&out).await.expect("send");
+    match read_frame::<OpenReply>(&mut recv, 1 << 16)
+        .await
+        .expect("reply")
+    {
+        OpenReply::Error(e) => assert!(e.message.contains("SHA-256"), "{}", e.message),
+        OpenReply::Ok => panic!("an upload whose hash does not match was unpacked"),
+    }
+    let ls = rig._container.sh("ls /workspaces/repo");
+    assert!(
+        !ls.contains("victim.bin") && !ls.contains("mallory.bin"),
+        "{ls}"
+    );
+}

@@ -231,6 +231,26 @@ pub enum FileOpen {
         path: String,
         from: u64,
     },
+    /// An upload that survives a lost link (protocol 3): as `Upload`, but the node keeps
+    /// what it received under `upload` (a random id the client picks; only the same peer
+    /// may name it again) and answers [`UploadAt`] after the [`UploadPlan`]; the client
+    /// sends the tar from that byte on in [`DownloadFrame`]s (`Data`, then `End` with the
+    /// SHA-256 of the whole tar). The node unpacks it only when the hash matches.
+    UploadFrom {
+        workspace: String,
+        path: String,
+        name: String,
+        size: u64,
+        count: u64,
+        upload: [u8; 16],
+    },
+}
+
+/// Sent by the node after the [`UploadPlan`] of a [`FileOpen::UploadFrom`]: the bytes of
+/// the tar it already holds; the client goes on from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAt {
+    pub at: u64,
 }
 
 /// Largest data frame of a [`FileOpen::DownloadFrom`] stream.

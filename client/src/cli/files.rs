@@ -229,10 +229,20 @@ pub async fn run(paths: &ClientPaths, cmd: FilesCmd) -> Result<Output> {
             remote,
             node,
         } => {
-            let (ep, conn, _) =
-                super::dial(paths, node.as_deref(), sam_protocol::alpn::FILE).await?;
-            let r = crate::streams::upload(&conn, &workspace, Path::new(&local), &remote).await;
-            conn.close(0u32.into(), b"bye");
+            let (ep, ticket, entry) = super::endpoint_for(paths, node.as_deref()).await?;
+            // A lost link is dialled again and the upload goes on from what the node
+            // holds; what was retried goes to stderr.
+            let r = crate::resume::upload(
+                &ep,
+                &ticket,
+                &workspace,
+                Path::new(&local),
+                &remote,
+                crate::resume::RESUME_WINDOW,
+                |n| eprintln!("sam: {n}"),
+            )
+            .await
+            .with_context(|| format!("node {}", entry.name));
             ep.close().await;
             let t = r?;
             Ok(Output::new(
