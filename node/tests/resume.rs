@@ -754,3 +754,47 @@ async fn a_peer_cannot_resume_or_complete_another_peers_upload() {
         "{ls}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_transfers_round_trip_a_directory() {
+    let rig = Rig::start_labelled().await;
+    let src = tempfile::tempdir().expect("tempdir");
+    let tree = src.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).expect("mkdir");
+    std::fs::write(tree.join("top.txt"), b"top").expect("write");
+    std::fs::write(tree.join("a/b/deep.txt"), b"deep").expect("write");
+    std::fs::write(tree.join("a/empty"), b"").expect("write");
+    let ep = rig.endpoint().await;
+    let up = sam_client::resume::upload(
+        &ep,
+        &rig.ticket(),
+        &rig.ws,
+        &tree,
+        "/workspaces/repo",
+        Duration::from_secs(30),
+        |n| panic!("nothing to retry: {n}"),
+    )
+    .await
+    .expect("upload");
+    assert_eq!(up.dest, "/workspaces/repo/tree");
+    let back = tempfile::tempdir().expect("tempdir");
+    let down = sam_client::resume::download(
+        &ep,
+        &rig.ticket(),
+        &rig.ws,
+        "/workspaces/repo/tree",
+        back.path(),
+        Duration::from_secs(30),
+        |n| panic!("nothing to retry: {n}"),
+    )
+    .await
+    .expect("download");
+    assert!(down.is_dir && down.sha256.is_some());
+    for (p, want) in [
+        ("tree/top.txt", &b"top"[..]),
+        ("tree/a/b/deep.txt", b"deep"),
+        ("tree/a/empty", b""),
+    ] {
+        assert_eq!(std::fs::read(back.path().join(p)).expect(p), want, "{p}");
+    }
+}
