@@ -266,8 +266,7 @@ async fn a_chain_one_link_too_long_is_refused_with_the_reason() {
     let too_long = n.ticket_with(Some(chain(&n, 5, &peer)), None);
     let err = client(&peer, &too_long)
         .await
-        .err()
-        .expect("a chain of five is refused");
+        .expect_err("a chain of five is refused");
     let msg = err.to_string();
     assert!(msg.contains("at most 4"), "{msg}");
 }

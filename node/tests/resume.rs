@@ -414,16 +414,12 @@ fn sha256_file(p: &std::path::Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+type Transfer = tokio::task::JoinHandle<anyhow::Result<sam_client::streams::Transferred>>;
+type Notes = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Starts a resumable download of big.bin into a new folder; returns the folder, the
 /// task and the notes it prints.
-fn start_download(
-    rig: &Rig,
-    ep: &Endpoint,
-) -> (
-    tempfile::TempDir,
-    tokio::task::JoinHandle<anyhow::Result<sam_client::streams::Transferred>>,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
+fn start_download(rig: &Rig, ep: &Endpoint) -> (tempfile::TempDir, Transfer, Notes) {
     let local = tempfile::tempdir().expect("tempdir");
     let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (ep, ticket, ws, dest, n) = (

@@ -166,7 +166,7 @@ async fn a_viewer_that_stops_reading_is_dropped_with_a_reason_and_never_stalls_t
     // Far more output than the viewer's buffer plus every QUIC window; the viewer
     // reads nothing.
     const XS: usize = 24 * 1024 * 1024;
-    assert!(XS > 8 * PTY_VIEWER_BUFFER);
+    const { assert!(XS > 8 * PTY_VIEWER_BUFFER) };
     a.type_(&format!(
         "head -c {XS} /dev/zero | tr '\\0' x; echo; echo end-$((6*7))\r"
     ))
