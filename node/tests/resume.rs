@@ -794,3 +794,27 @@ async fn resumable_transfers_round_trip_a_directory() {
         assert_eq!(std::fs::read(back.path().join(p)).expect(p), want, "{p}");
     }
 }
+
+// ---------------------------------------------------------------- ctl
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ctl_client_dials_again_after_a_node_restart_for_a_read() {
+    use sam_protocol::ctl::{Request, Response};
+    let mut rig = Rig::start_labelled().await;
+    let ep = rig.endpoint().await;
+    let client = sam_client::NodeClient::connect(&ep, &rig.ticket())
+        .await
+        .expect("ctl");
+    assert!(matches!(
+        client.request(Request::Ping).await.expect("ping"),
+        Response::Pong
+    ));
+    // The node restarts (its close says "shutting down", not a refusal): the same client
+    // dials again for a request that only reads.
+    rig.restart().await;
+    let r = client
+        .request(Request::Ping)
+        .await
+        .expect("a read after the restart is sent on a new connection");
+    assert!(matches!(r, Response::Pong), "{r:?}");
+}
