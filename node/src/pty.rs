@@ -643,6 +643,10 @@ impl Actor {
                     },
                 );
                 let skip = usize::try_from(start - self.base).unwrap_or(usize::MAX);
+                // The tty has its size before the client hears it is attached (a
+                // command typed at once sees it); no output is read meanwhile, so the
+                // scrollback and its offset stay exact.
+                self.resize_to_smallest().await;
                 let _ = reply.send(Ok(Attached {
                     scrollback: self.scrollback.get(skip..).unwrap_or_default().to_vec(),
                     offset: start,
@@ -651,7 +655,6 @@ impl Actor {
                     queued,
                     kicked,
                 }));
-                self.resize_to_smallest().await;
             }
             Cmd::ReadOnlyNotice { client } => {
                 if let Some(c) = self.clients.get(&client) {
