@@ -55,7 +55,12 @@ pub fn classify(conn: &Connection, e: &dyn std::fmt::Display) -> Loss {
             "the node closed the connection: {}",
             String::from_utf8_lossy(&c.reason)
         )),
-        Some(ConnectionError::LocallyClosed) => Loss::Final("the connection was closed".into()),
+        // The resuming streams own their connection and close it only after deciding to
+        // stop, so a local close seen here is not ours: iroh closes connections itself
+        // when it rebinds at a network change (iroh#4488, seen under Docker's churn).
+        Some(ConnectionError::LocallyClosed) => {
+            Loss::Link("the connection was closed under us (a network change?)".into())
+        }
         Some(ConnectionError::VersionMismatch) => Loss::Final("QUIC version mismatch".into()),
         Some(other) => Loss::Link(other.to_string()),
         // The stream broke while the connection lives: dialling again asks the node.
