@@ -562,6 +562,19 @@ pub async fn run(cli: Cli, paths: ClientPaths) -> Result<Output> {
     }
 }
 
+/// A known node's ticket and a bound endpoint, for streams that dial again by
+/// themselves after a lost link ([`crate::resume`]).
+pub async fn endpoint_for(
+    paths: &ClientPaths,
+    node: Option<&str>,
+) -> Result<(iroh::Endpoint, Ticket, crate::NodeEntry)> {
+    let book = NodeBook::load(&paths.nodes())?;
+    let entry = book.find(node)?.clone();
+    let ep = crate::endpoint::bind(&paths.identity()?, None).await?;
+    let ticket = entry.ticket()?;
+    Ok((ep, ticket, entry))
+}
+
 /// Connects to a known node on `alpn` (hello done).
 pub async fn dial(
     paths: &ClientPaths,

@@ -156,11 +156,18 @@ impl NodeClient {
         // Dial again only when the transport died under us: not after our own close, not
         // when the node closed the connection with a reason (revocation, refusal), and a
         // request that went out only when it merely reads.
+        // A node that restarts closes with CLOSE_NODE_SHUTDOWN: that is a lost link too.
+        let shutdown = |r: &ConnectionError| {
+            matches!(r, ConnectionError::ApplicationClosed(c)
+                if c.error_code.into_inner() == u64::from(sam_protocol::stream::CLOSE_NODE_SHUTDOWN))
+        };
+        let refused = matches!(e, ConnectError::Refused(_) | ConnectError::Remote(_))
+            && !conn.close_reason().is_some_and(|r| shutdown(&r));
         let transport_died = !self.closed.load(Ordering::SeqCst)
-            && !matches!(e, ConnectError::Refused(_) | ConnectError::Remote(_))
-            && conn
-                .close_reason()
-                .is_some_and(|r| !matches!(r, ConnectionError::ApplicationClosed(_)));
+            && !refused
+            && conn.close_reason().is_some_and(|r| {
+                !matches!(r, ConnectionError::ApplicationClosed(_)) || shutdown(&r)
+            });
         if !transport_died || (sent && !request.is_read_only()) {
             return Err(e);
         }

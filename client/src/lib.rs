@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod gui;
 pub mod made;
 pub mod paths;
+pub mod resume;
 pub mod serve;
 pub mod streams;
 pub mod voice;

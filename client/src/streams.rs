@@ -64,11 +64,12 @@ pub async fn open_port(
 
 /// Forwards every connection accepted on `listener` to `port` in `workspace`,
 /// until the QUIC connection ends. Errors of one connection go to `on_error`.
+/// [`crate::resume::forward`] dials again when the link is lost.
 pub async fn forward(
     conn: Connection,
     workspace: String,
     port: u16,
-    listener: TcpListener,
+    listener: &TcpListener,
     on_error: impl Fn(String) + Send + Sync + Clone + 'static,
 ) -> Result<()> {
     loop {
@@ -133,6 +134,10 @@ pub struct Transferred {
     pub count: u64,
     /// Bytes on the wire (tar).
     pub wire_bytes: u64,
+    /// SHA-256 (hex) of the whole tar, checked against the node's after a resumable
+    /// download ([`crate::resume::download`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Downloads `remote` (file or directory) from `workspace` into `local`: an
@@ -150,33 +155,11 @@ pub async fn download(
     };
     let (_send, mut recv) = open_stream(conn, &header).await?;
     let info = read_frame::<DownloadInfo>(&mut recv, MAX_FRAME).await?;
-    let remote_name = info
-        .path
-        .rsplit('/')
-        .next()
-        .unwrap_or("download")
-        .to_string();
-    let (dir, name) = if local.is_dir() {
-        (local.to_path_buf(), remote_name.clone())
-    } else {
-        let parent = match local.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = local
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("{} is not a usable local path", local.display()))?
-            .to_string();
-        (parent, name)
-    };
+    let (dir, remote_name, name) = download_dest(&info, local)?;
     let dest = dir.join(&name);
     let counted = CountingReader::new(SyncIoBridge::new(recv));
     let wire = counted.count.clone();
-    let limit = info
-        .size
-        .saturating_add(info.count.saturating_mul(2048))
-        .saturating_add(1 << 20);
+    let limit = download_limit(&info);
     tokio::task::spawn_blocking(move || unpack(counted, &dir, &remote_name, &name, limit))
         .await
         .context("unpacking task")??;
@@ -186,11 +169,51 @@ pub async fn download(
         size: info.size,
         count: info.count,
         wire_bytes: wire.load(std::sync::atomic::Ordering::Relaxed),
+        sha256: None,
     })
 }
 
+/// Where a download lands: the local folder, the tar's top name, and the name there.
+pub(crate) fn download_dest(
+    info: &DownloadInfo,
+    local: &Path,
+) -> Result<(PathBuf, String, String)> {
+    let remote_name = info
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or("download")
+        .to_string();
+    if local.is_dir() {
+        return Ok((local.to_path_buf(), remote_name.clone(), remote_name));
+    }
+    let parent = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{} is not a usable local path", local.display()))?
+        .to_string();
+    Ok((parent, remote_name, name))
+}
+
+/// Most tar bytes read for a download of `info`.
+pub(crate) fn download_limit(info: &DownloadInfo) -> u64 {
+    info.size
+        .saturating_add(info.count.saturating_mul(2048))
+        .saturating_add(1 << 20)
+}
+
 /// Unpacks a tar whose top entry is `from` into `dir`, renaming it to `to`.
-fn unpack(r: impl std::io::Read, dir: &Path, from: &str, to: &str, limit: u64) -> Result<()> {
+pub(crate) fn unpack(
+    r: impl std::io::Read,
+    dir: &Path,
+    from: &str,
+    to: &str,
+    limit: u64,
+) -> Result<()> {
     let mut ar = tar::Archive::new(std::io::Read::take(r, limit));
     ar.set_preserve_permissions(true);
     ar.set_overwrite(true);
@@ -330,6 +353,7 @@ pub async fn upload(
         size,
         count,
         wire_bytes: wire.load(std::sync::atomic::Ordering::Relaxed),
+        sha256: None,
     })
 }
 

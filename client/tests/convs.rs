@@ -352,3 +352,142 @@ fn log_follow_survives_a_node_restart() {
     ok(sam(&me, &["prompt", &conv, "after the restart"]));
     wait_for("after the restart", 60);
 }
+
+/// `sam prompt --follow` (and so `sam chat`, which prompts the same way) rides over a lost
+/// link as `sam log --follow` does: the node restarts mid-turn, the follower says so,
+/// dials again and reports how the turn really ended, instead of failing with the link.
+#[test]
+fn prompt_follow_rides_over_a_node_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let node_home = tmp.path().join("host");
+    let ws_root = tmp.path().join("ws");
+    std::fs::create_dir_all(ws_root.join("w1")).expect("ws root");
+    let owner = last(&ok(sam(&me, &["id"])));
+    let bind = format!("127.0.0.1:{}", free_udp_port());
+    ok(Command::new(node_bin())
+        .env("SAM_HOME", &node_home)
+        .args(["init", "--owner", &owner, "--bind", &bind])
+        .output()
+        .expect("init"));
+    let start = || {
+        let mut child = Command::new(node_bin())
+            .env("SAM_HOME", &node_home)
+            .env("SAM_AGENT_LAUNCHER", "host")
+            .env("SAM_AGENT_HOST_ROOT", &ws_root)
+            .arg("run")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run node");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ticket");
+        (NodeProc(child), line.trim().to_string())
+    };
+    let (node, ticket) = start();
+    ok(sam(&me, &["connect", &ticket, "--name", "box"]));
+    let agent = test_agent();
+    let conv = last(&ok(sam(
+        &me,
+        &[
+            "convs",
+            "new",
+            "--workspace",
+            "w1",
+            "--agent-cmd",
+            agent.to_str().expect("utf8"),
+        ],
+    )));
+    let mut follower = NodeProc(
+        Command::new(sam_bin())
+            .env("SAM_HOME", &me)
+            .env("SAM_BIND", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .args(["prompt", &conv, "permit; say after the answer", "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("prompt --follow"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(follower.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(follower.0.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let running_permission = || {
+        let log = ok(sam(&me, &["--json", "log", &conv]));
+        let v: serde_json::Value = serde_json::from_str(log.trim()).ok()?;
+        v.as_array()?
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "permission" && m["status"] == "running")
+            .and_then(|m| m["id"].as_str().map(String::from))
+    };
+    // Mid-turn: the agent waits on a permission.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while running_permission().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no permission request"
+        );
+        ok(sam(&me, &["sync"]));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut seen = String::new();
+    let mut wait_for = |what: &str, secs: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(_) => panic!("no {what:?} from sam prompt --follow within {secs} s:\n{seen}"),
+            }
+        }
+        seen.clone()
+    };
+    drop(node);
+    wait_for("link lost", 60);
+    let (_node, _ticket) = start();
+    wait_for("on box again", 60);
+    // Whatever the restarted node made of the turn, the follower reports its end: answer
+    // any permission it asks again until the follower is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = follower.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never ended"
+        );
+        if let Some(perm) = running_permission() {
+            let _ = sam(&me, &["permit", &conv, &perm, "yes-once"]);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let out = rx.iter().collect::<Vec<_>>().join("\n");
+    let all = format!("{seen}{out}");
+    assert!(
+        !all.contains("before the turn ended"),
+        "the follower gave up with the link: {all}"
+    );
+    assert!(
+        all.contains("turn done") || all.contains("the turn failed"),
+        "the follower reports the turn's end ({status}): {all}"
+    );
+}

@@ -18,7 +18,9 @@ use sam_protocol::ctl::{
 };
 use sam_protocol::doc::{DocFrame, DocOpen};
 use sam_protocol::frame::{self, MAX_FRAME};
-use sam_protocol::stream::{FileOpen, OpenReply, PortOpen, PtyFrame, PtyOpen, PtyOpened};
+use sam_protocol::stream::{
+    DownloadFrame, FileOpen, OpenReply, PortOpen, PtyFrame, PtyOpen, PtyOpened, UploadAt,
+};
 use sam_protocol::{NodeAddr, SecretKey, SignedCapability, Ticket};
 
 #[path = "../../node/src/agent/acp/lines.rs"]
@@ -98,6 +100,18 @@ pub fn frame(data: &[u8]) {
     let mut rest = data;
     while let Ok(Some((_, used))) = PtyFrame::decode(rest) {
         assert!(used > 0 && used <= rest.len());
+        rest = &rest[used..];
+    }
+    let _ = frame::decode_frame::<UploadAt>(data, MAX_FRAME);
+    // Resumable transfer frames (both ways): bounded, and data/end re-encode exactly.
+    let mut rest = data;
+    while let Ok(Some((f, used))) = DownloadFrame::decode(rest) {
+        assert!(used > 0 && used <= rest.len());
+        if !matches!(f, DownloadFrame::Error(_)) {
+            let mut again = Vec::new();
+            f.encode(&mut again);
+            assert_eq!(again, &rest[..used]);
+        }
         rest = &rest[used..];
     }
 }

@@ -195,13 +195,10 @@ async fn main() -> Result<()> {
     let (pconn, _) = connect(&ep, &ticket, alpn::PORT).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let local = listener.local_addr()?;
-    tokio::spawn(sam_client::streams::forward(
-        pconn,
-        ws.clone(),
-        9400,
-        listener,
-        |e| eprintln!("{e}"),
-    ));
+    let fws = ws.clone();
+    tokio::spawn(async move {
+        sam_client::streams::forward(pconn, fws, 9400, &listener, |e| eprintln!("{e}")).await
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sam_fwd = pull(local).await?;
     let ssh_fwd = match &ssh {

@@ -15,6 +15,12 @@
 //! - Viewers attach read-only: their input is dropped and they are told once.
 //! - A terminal outlives its clients (reattach with its id) and ends when its
 //!   shell exits; the node then finishes every attached stream.
+//! - **Resume**: the output is one byte sequence with absolute offsets; the scrollback
+//!   knows the offset of its first byte ([`PtyOpened::offset`] of every attach). A client
+//!   whose link was lost reattaches with [`PtyTarget::Resume`] and gets exactly the bytes
+//!   from where it was, or learns how many fell out of the scrollback. The one byte
+//!   sequence outside it is the read-only notice sent to a viewer that types anyway
+//!   (`sam` clients never send a viewer's input, so their offsets stay exact).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -93,6 +99,8 @@ pub struct Terminals {
 #[derive(Debug, Clone)]
 struct TermHandle {
     id: String,
+    /// Random, so a reattach never takes another terminal of the same id for this one.
+    instance: u64,
     workspace: String,
     inbox: mpsc::Sender<Cmd>,
     input: mpsc::Sender<Bytes>,
@@ -104,7 +112,9 @@ enum Cmd {
         cols: u16,
         rows: u16,
         read_only: bool,
-        reply: oneshot::Sender<Attached>,
+        /// Resume from this absolute offset; `None`: the scrollback.
+        from: Option<u64>,
+        reply: oneshot::Sender<Result<Attached, ErrorBody>>,
     },
     Resize {
         client: u64,
@@ -122,6 +132,8 @@ enum Cmd {
 
 struct Attached {
     scrollback: Vec<u8>,
+    /// Absolute offset of `scrollback`'s first byte.
+    offset: u64,
     output: mpsc::Receiver<Bytes>,
     count: u32,
     /// Bytes queued for this client and not yet written to its stream.
@@ -149,6 +161,20 @@ impl Terminals {
                         ErrorBody::new(
                             ErrorCode::NotFound,
                             format!("no terminal {id} in workspace {}", open.workspace),
+                        )
+                    })?,
+            ),
+            PtyTarget::Resume { id, instance, .. } => Some(
+                map.values()
+                    .find(|h| &h.id == id && h.workspace == open.workspace && h.instance == *instance)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ErrorBody::new(
+                            ErrorCode::NotFound,
+                            format!(
+                                "terminal {id} in workspace {} is gone (its shell exited or the node restarted)",
+                                open.workspace
+                            ),
                         )
                     })?,
             ),
@@ -232,6 +258,8 @@ async fn serve_stream(
         terminal: handle.id.clone(),
         read_only,
         attached: attached.count,
+        instance: handle.instance,
+        offset: attached.offset,
     };
     debug!(peer = %session.grant.peer.short(), terminal = %handle.id, read_only, "terminal attached");
     let inbox = handle.inbox.clone();
@@ -269,6 +297,10 @@ async fn open_terminal(
     let client = terms.next_client.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     let gone = || ErrorBody::new(ErrorCode::NotFound, "the terminal has just exited");
+    let from = match &open.target {
+        PtyTarget::Resume { from, .. } => Some(*from),
+        _ => None,
+    };
     handle
         .inbox
         .send(Cmd::Attach {
@@ -276,11 +308,12 @@ async fn open_terminal(
             cols: open.cols,
             rows: open.rows,
             read_only,
+            from,
             reply: tx,
         })
         .await
         .map_err(|_| gone())?;
-    let attached = rx.await.map_err(|_| gone())?;
+    let attached = rx.await.map_err(|_| gone())??;
     Ok((handle, read_only, client, attached))
 }
 
@@ -441,6 +474,7 @@ async fn start(
         exec_id: exec.id,
         clients: HashMap::new(),
         scrollback: Vec::new(),
+        base: 0,
         // Unknown: Docker does not always apply `console_size`, so the first attach
         // resizes the tty explicitly.
         size: (0, 0),
@@ -453,6 +487,7 @@ async fn start(
     });
     Ok(TermHandle {
         id,
+        instance: rand::random(),
         workspace: open.workspace.clone(),
         inbox: inbox_tx,
         input: input_tx,
@@ -486,6 +521,8 @@ struct Actor {
     exec_id: String,
     clients: HashMap<u64, Client>,
     scrollback: Vec<u8>,
+    /// Absolute offset of `scrollback[0]` in the terminal's whole output.
+    base: u64,
     size: (u16, u16),
 }
 
@@ -521,6 +558,7 @@ impl Actor {
         if self.scrollback.len() > 2 * PTY_SCROLLBACK {
             let cut = self.scrollback.len() - PTY_SCROLLBACK;
             self.scrollback.drain(..cut);
+            self.base += cut as u64;
         }
         let mut gone = Vec::new();
         let mut slow = Vec::new();
@@ -572,8 +610,25 @@ impl Actor {
                 cols,
                 rows,
                 read_only,
+                from,
                 reply,
             } => {
+                let end = self.base + self.scrollback.len() as u64;
+                // A fresh attach gets the last PTY_SCROLLBACK bytes; a resume everything
+                // from its offset the node still holds (up to 2 × PTY_SCROLLBACK).
+                let start = match from {
+                    None => end.saturating_sub(PTY_SCROLLBACK as u64).max(self.base),
+                    Some(f) if f > end => {
+                        let _ = reply.send(Err(ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "cannot resume at byte {f}: this terminal has written {end} bytes"
+                            ),
+                        )));
+                        return;
+                    }
+                    Some(f) => f.max(self.base),
+                };
                 let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
                 let queued = Arc::new(AtomicUsize::new(0));
                 let kicked = CancellationToken::new();
@@ -587,15 +642,19 @@ impl Actor {
                         kicked: kicked.clone(),
                     },
                 );
-                let start = self.scrollback.len().saturating_sub(PTY_SCROLLBACK);
-                let _ = reply.send(Attached {
-                    scrollback: self.scrollback[start..].to_vec(),
+                let skip = usize::try_from(start - self.base).unwrap_or(usize::MAX);
+                // The tty has its size before the client hears it is attached (a
+                // command typed at once sees it); no output is read meanwhile, so the
+                // scrollback and its offset stay exact.
+                self.resize_to_smallest().await;
+                let _ = reply.send(Ok(Attached {
+                    scrollback: self.scrollback.get(skip..).unwrap_or_default().to_vec(),
+                    offset: start,
                     output: rx,
                     count: self.clients.len() as u32,
                     queued,
                     kicked,
-                });
-                self.resize_to_smallest().await;
+                }));
             }
             Cmd::ReadOnlyNotice { client } => {
                 if let Some(c) = self.clients.get(&client) {

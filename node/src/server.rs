@@ -38,7 +38,7 @@ pub mod close {
     pub const REFUSED: u32 = 1;
     pub const REVOKED: u32 = 2;
     pub const EXPIRED: u32 = 3;
-    pub const SHUTDOWN: u32 = 4;
+    pub const SHUTDOWN: u32 = sam_protocol::stream::CLOSE_NODE_SHUTDOWN;
     pub const PROTOCOL: u32 = 5;
     /// The peer already holds [`super::MAX_CONNS_PER_PEER`] connections.
     pub const TOO_MANY: u32 = 6;
@@ -373,6 +373,11 @@ impl Node {
         self.inner.owner
     }
 
+    /// The node's home folder (`SAM_HOME`).
+    pub fn home(&self) -> &std::path::Path {
+        &self.inner.paths.dir
+    }
+
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
     }
@@ -510,6 +515,14 @@ impl Node {
 
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveConn>> {
         self.inner.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends every live connection as a shutdown does (close code
+    /// [`close::SHUTDOWN`]) while terminals, workspaces and transfers' sources stay: the
+    /// clients dial again and resume their streams. What a restart looks like to them,
+    /// without one (the resume tests use it).
+    pub fn drop_all_links(&self) {
+        self.cancel_all();
     }
 
     fn cancel_all(&self) {

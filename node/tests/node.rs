@@ -22,6 +22,7 @@ mod pr;
 mod pr_docker;
 mod real_agents;
 mod real_agents_node;
+mod resume;
 mod revocation;
 mod secrets;
 mod sharing;

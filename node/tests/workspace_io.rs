@@ -315,9 +315,9 @@ async fn dev_server_is_detected_and_forwarded() {
         let local = listener.local_addr().expect("addr");
         let c = conn.clone();
         let ws = rig.ws.clone();
-        let task = tokio::spawn(sam_client::streams::forward(c, ws, port, listener, |e| {
-            eprintln!("{e}")
-        }));
+        let task = tokio::spawn(async move {
+            sam_client::streams::forward(c, ws, port, &listener, |e| eprintln!("{e}")).await
+        });
         let body = http_get(local, "/index.txt").await;
         assert!(body.starts_with("HTTP/1.0 200"), "{body}");
         assert!(body.contains("hello-from-container"), "{body}");

@@ -35,4 +35,6 @@ pub use ticket::{NodeAddr, Ticket, TicketError};
 
 /// Version of the `sam/*` protocol family spoken by this build. Every hello names it.
 /// 2: a capability's proof chain is a flat, bounded list (version 1 nested it).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: terminal output has byte offsets ([`stream::PtyOpened::offset`]) and a client
+/// reattaches after a lost link from where it was ([`stream::PtyTarget::Resume`]).
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -22,6 +22,11 @@ pub const MAX_PTY_CHUNK: usize = 64 * 1024;
 /// Output the node holds for one terminal viewer that does not keep up; past it the
 /// viewer is detached with [`PTY_RESET_TOO_SLOW`] (the others never wait for it).
 pub const PTY_VIEWER_BUFFER: usize = 1024 * 1024;
+/// QUIC connection close code of a node that is shutting down (a restart): the one
+/// close by the node after which a client dials again and resumes its streams (the
+/// others — revoked, expired, refused — are final).
+pub const CLOSE_NODE_SHUTDOWN: u32 = 4;
+
 /// QUIC stream reset code: the node detached this client from a terminal because it
 /// fell too far behind the output (see [`pty_reset_reason`]).
 pub const PTY_RESET_TOO_SLOW: u32 = 0x5350_0001;
@@ -42,6 +47,16 @@ pub enum PtyTarget {
     New,
     /// A terminal by id; an unknown id is an error.
     Id(String),
+    /// Reattach after a lost link (protocol 3): the terminal `id` of that `instance`
+    /// ([`PtyOpened::instance`]), output from absolute byte `from` on. A terminal of
+    /// another instance (the node restarted, the id was reused) is `NotFound`; output
+    /// before the scrollback's first byte is lost, and [`PtyOpened::offset`] then says
+    /// where the replay starts; `from` past the output so far is `BadRequest`.
+    Resume {
+        id: String,
+        instance: u64,
+        from: u64,
+    },
 }
 
 /// Header of a `sam/pty/1` stream.
@@ -67,6 +82,13 @@ pub struct PtyOpened {
     pub read_only: bool,
     /// Clients attached now, this one included.
     pub attached: u32,
+    /// Random per terminal and node process: a reattach names it, so a terminal of the
+    /// same id started after a node restart is never taken for this one.
+    pub instance: u64,
+    /// Absolute offset, in the terminal's whole output, of the first output byte that
+    /// follows on this stream. Every later byte is the next one: a client that counts
+    /// what it received knows where to resume ([`PtyTarget::Resume`]).
+    pub offset: u64,
 }
 
 /// Client→node messages on a PTY stream after the header.
@@ -200,6 +222,141 @@ pub enum FileOpen {
         /// Files and directories in the upload (for the count limit).
         count: u64,
     },
+    /// A download that survives a lost link (protocol 3): as `Download`, but the tar is
+    /// sent from its byte `from` on, in [`DownloadFrame`]s, and ends with the SHA-256 of
+    /// the whole tar (bytes before `from` included), so a client that resumed knows the
+    /// pieces it joined are one unchanged stream.
+    DownloadFrom {
+        workspace: String,
+        path: String,
+        from: u64,
+    },
+    /// An upload that survives a lost link (protocol 3): as `Upload`, but the node keeps
+    /// what it received under `upload` (a random id the client picks; only the same peer
+    /// may name it again) and answers [`UploadAt`] after the [`UploadPlan`]; the client
+    /// sends the tar from that byte on in [`DownloadFrame`]s (`Data`, then `End` with the
+    /// SHA-256 of the whole tar). The node unpacks it only when the hash matches.
+    UploadFrom {
+        workspace: String,
+        path: String,
+        name: String,
+        size: u64,
+        count: u64,
+        upload: [u8; 16],
+    },
+}
+
+/// Sent by the node after the [`UploadPlan`] of a [`FileOpen::UploadFrom`]: the bytes of
+/// the tar it already holds; the client goes on from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAt {
+    pub at: u64,
+}
+
+/// Largest data frame of a [`FileOpen::DownloadFrom`] stream.
+pub const MAX_DOWNLOAD_CHUNK: usize = 1 << 20;
+/// Longest error message of a [`DownloadFrame::Error`].
+pub const MAX_DOWNLOAD_ERROR: usize = 4096;
+
+/// Node→client frames of a [`FileOpen::DownloadFrom`] stream, after its
+/// [`DownloadInfo`]. Wire form (no serde on the hot path):
+/// - `0x00` + u32 BE length (1..=[`MAX_DOWNLOAD_CHUNK`]) + tar bytes;
+/// - `0x01` + 32 bytes: the end, with the SHA-256 of the whole tar;
+/// - `0x02` + u16 BE length (..=[`MAX_DOWNLOAD_ERROR`]) + UTF-8: the node gave up (final).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadFrame<'a> {
+    Data(&'a [u8]),
+    End([u8; 32]),
+    Error(String),
+}
+
+/// A download frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadFrameError {
+    #[error("unknown download frame tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("download frame of {0} bytes is not within 1..={MAX_DOWNLOAD_CHUNK}")]
+    BadLength(usize),
+}
+
+const DL_DATA: u8 = 0;
+const DL_END: u8 = 1;
+const DL_ERROR: u8 = 2;
+
+impl DownloadFrame<'_> {
+    /// Appends the header of a data frame of `len` bytes (the bytes follow).
+    pub fn data_header(len: usize, out: &mut Vec<u8>) {
+        out.push(DL_DATA);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+    }
+
+    /// Appends the wire form of `self` to `out`; an error message is cut to
+    /// [`MAX_DOWNLOAD_ERROR`] bytes (at a character boundary).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            DownloadFrame::Data(d) => {
+                Self::data_header(d.len(), out);
+                out.extend_from_slice(d);
+            }
+            DownloadFrame::End(h) => {
+                out.push(DL_END);
+                out.extend_from_slice(h);
+            }
+            DownloadFrame::Error(m) => {
+                let mut end = m.len().min(MAX_DOWNLOAD_ERROR);
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.push(DL_ERROR);
+                out.extend_from_slice(&(end as u16).to_be_bytes());
+                out.extend_from_slice(&m.as_bytes()[..end]);
+            }
+        }
+    }
+
+    /// Decodes one frame from the front of `buf`: `Ok(None)` when more bytes are
+    /// needed, else the frame and how many bytes it used. Never allocates more than
+    /// an error message.
+    pub fn decode(buf: &[u8]) -> Result<Option<(DownloadFrame<'_>, usize)>, DownloadFrameError> {
+        let Some(&tag) = buf.first() else {
+            return Ok(None);
+        };
+        match tag {
+            DL_DATA => {
+                let Some(l) = buf.get(1..5) else {
+                    return Ok(None);
+                };
+                let len = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
+                if len == 0 || len > MAX_DOWNLOAD_CHUNK {
+                    return Err(DownloadFrameError::BadLength(len));
+                }
+                Ok(buf
+                    .get(5..5 + len)
+                    .map(|d| (DownloadFrame::Data(d), 5 + len)))
+            }
+            DL_END => Ok(buf.get(1..33).map(|h| {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(h);
+                (DownloadFrame::End(hash), 33)
+            })),
+            DL_ERROR => {
+                let Some(l) = buf.get(1..3) else {
+                    return Ok(None);
+                };
+                let len = u16::from_be_bytes([l[0], l[1]]) as usize;
+                if len > MAX_DOWNLOAD_ERROR {
+                    return Err(DownloadFrameError::BadLength(len));
+                }
+                Ok(buf.get(3..3 + len).map(|m| {
+                    (
+                        DownloadFrame::Error(String::from_utf8_lossy(m).into_owned()),
+                        3 + len,
+                    )
+                }))
+            }
+            t => Err(DownloadFrameError::UnknownTag(t)),
+        }
+    }
 }
 
 /// Sent by the node after accepting an upload.
@@ -278,7 +435,62 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn download_frames_round_trip_and_refuse_bad_lengths() {
+        let frames = vec![
+            DownloadFrame::Data(b"tar bytes"),
+            DownloadFrame::Error("gone".into()),
+            DownloadFrame::End([7; 32]),
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            f.encode(&mut buf);
+        }
+        let mut got = Vec::new();
+        let mut b = &buf[..];
+        while let Some((f, n)) = DownloadFrame::decode(b).expect("decode") {
+            got.push(f);
+            b = &b[n..];
+        }
+        assert_eq!(got, frames);
+        for cut in 0..buf.len() {
+            let mut b = &buf[..cut];
+            while let Ok(Some((_, n))) = DownloadFrame::decode(b) {
+                b = &b[n..];
+            }
+            assert!(DownloadFrame::decode(b).expect("no error").is_none());
+        }
+        // A peer announcing a huge or empty chunk is refused before anything is read.
+        assert_eq!(
+            DownloadFrame::decode(&[0, 0xff, 0xff, 0xff, 0xff]),
+            Err(DownloadFrameError::BadLength(u32::MAX as usize))
+        );
+        assert_eq!(
+            DownloadFrame::decode(&[0, 0, 0, 0, 0]),
+            Err(DownloadFrameError::BadLength(0))
+        );
+        assert_eq!(
+            DownloadFrame::decode(&[2, 0xff, 0xff]),
+            Err(DownloadFrameError::BadLength(0xffff))
+        );
+        assert_eq!(
+            DownloadFrame::decode(&[9]),
+            Err(DownloadFrameError::UnknownTag(9))
+        );
+        let long = "é".repeat(MAX_DOWNLOAD_ERROR);
+        let mut buf = Vec::new();
+        DownloadFrame::Error(long).encode(&mut buf);
+        let (f, n) = DownloadFrame::decode(&buf).expect("ok").expect("whole");
+        assert_eq!(n, buf.len());
+        assert!(matches!(f, DownloadFrame::Error(m) if m.len() <= MAX_DOWNLOAD_ERROR));
+    }
+
     proptest! {
+        #[test]
+        fn download_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = DownloadFrame::decode(&data);
+        }
+
         #[test]
         fn big_data_is_split(data in proptest::collection::vec(any::<u8>(), 0..200_000)) {
             let mut buf = Vec::new();

@@ -182,25 +182,38 @@ fn turn_state(conv: &Conversation, msg: &MessageId) -> Option<TurnEnd> {
     })
 }
 
-/// Follows `conv` until the turn of prompt `msg` ends; Ctrl-C cancels the turn.
+/// Follows `conv` until the turn of prompt `msg` ends; Ctrl-C cancels the turn. A lost
+/// link is dialled again, as `sam log --follow` does (said on stderr); nothing is sent
+/// twice: following only reads.
 pub async fn follow_turn(paths: &ClientPaths, id: &str, msg: &MessageId) -> Result<TurnEnd> {
     let (mut replicas, mut doc) = resolve(paths, id)?;
-    let book = NodeBook::load(&paths.nodes())?;
-    let entry = book.find(Some(&doc.workspace().node))?.clone();
+    let entry = super::convs::follow_node(paths, &doc)?;
     let key = paths.identity()?;
     let ep = crate::endpoint::bind(&key, None).await?;
     let mut stream = open_stream(&ep, &entry.ticket()?, id, false).await?;
     let mut printer = Printer::default();
     let (tx, mut rx) = tokio::sync::watch::channel(None);
-    let msg2 = msg.clone();
-    let follow = stream.follow(
-        &mut doc,
-        |c| replicas.save(c),
-        move |c| {
-            printer.show_after(&c.messages(), &msg2);
-            let _ = tx.send(turn_state(c, &msg2));
-        },
-    );
+    let following = async {
+        let mut wait = super::convs::FOLLOW_RETRY_MIN;
+        loop {
+            let ended = stream
+                .follow(
+                    &mut doc,
+                    |c| replicas.save(c),
+                    |c| {
+                        printer.show_after(&c.messages(), msg);
+                        let _ = tx.send(turn_state(c, msg));
+                    },
+                )
+                .await;
+            let reason = match ended {
+                Ok(()) => "the node ended the stream".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            eprintln!("\nsam: link lost ({reason}); following again…");
+            stream = super::convs::follow_again(&ep, paths, &doc, id, &mut wait).await?;
+        }
+    };
     let end = async {
         loop {
             if let Some(e) = *rx.borrow_and_update() {
@@ -212,10 +225,7 @@ pub async fn follow_turn(paths: &ClientPaths, id: &str, msg: &MessageId) -> Resu
         }
     };
     let result = tokio::select! {
-        r = follow => {
-            r?;
-            bail!("the node closed the stream before the turn ended")
-        }
+        r = following => r,
         e = end => Ok(e),
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\ncancelling the turn…");

@@ -384,27 +384,7 @@ pub async fn log(paths: &ClientPaths, conv: &str, follow: bool) -> Result<Output
                 Err(e) => format!("{e:#}"),
             };
             eprintln!("sam: link lost ({reason}); following again…");
-            loop {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(FOLLOW_RETRY_MAX);
-                let node = follow_node(paths, &doc)?;
-                match open_stream(&ep, &node.ticket()?, &id, false).await {
-                    Ok(s) => {
-                        eprintln!(
-                            "sam: following {} on {} again",
-                            &id[..8.min(id.len())],
-                            node.name
-                        );
-                        stream = s;
-                        wait = FOLLOW_RETRY_MIN;
-                        break;
-                    }
-                    Err(e) => eprintln!(
-                        "sam: {} not reachable ({e:#}); next try in {:.0?}",
-                        node.name, wait
-                    ),
-                }
-            }
+            stream = follow_again(&ep, paths, &doc, &id, &mut wait).await?;
         }
     };
     let r: Result<()> = tokio::select! {
@@ -416,12 +396,43 @@ pub async fn log(paths: &ClientPaths, conv: &str, follow: bool) -> Result<Output
     Ok(Output::new(serde_json::Value::Null, ""))
 }
 
+/// Dials the node hosting `doc` now (a `sam move` changes it) until a stream to `id`
+/// opens, waiting `wait` (doubling) between tries; each try is said on stderr.
+pub(crate) async fn follow_again(
+    ep: &iroh::Endpoint,
+    paths: &ClientPaths,
+    doc: &Conversation,
+    id: &str,
+    wait: &mut Duration,
+) -> Result<crate::docs::DocStream> {
+    loop {
+        tokio::time::sleep(*wait).await;
+        *wait = (*wait * 2).min(FOLLOW_RETRY_MAX);
+        let node = follow_node(paths, doc)?;
+        match open_stream(ep, &node.ticket()?, id, false).await {
+            Ok(s) => {
+                eprintln!(
+                    "sam: following {} on {} again",
+                    &id[..8.min(id.len())],
+                    node.name
+                );
+                *wait = FOLLOW_RETRY_MIN;
+                return Ok(s);
+            }
+            Err(e) => eprintln!(
+                "sam: {} not reachable ({e:#}); next try in {:.0?}",
+                node.name, wait
+            ),
+        }
+    }
+}
+
 /// Waits between tries to follow a conversation again.
-const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(500);
+pub(crate) const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(500);
 const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The book's entry of the node hosting `doc` now.
-fn follow_node(paths: &ClientPaths, doc: &Conversation) -> Result<NodeEntry> {
+pub(crate) fn follow_node(paths: &ClientPaths, doc: &Conversation) -> Result<NodeEntry> {
     let book = NodeBook::load(&paths.nodes())?;
     Ok(book.find(Some(&doc.workspace().node))?.clone())
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use sam_protocol::ctl::{Request, Response};
 use sam_protocol::workspace::{
@@ -198,15 +198,29 @@ pub async fn run(paths: &ClientPaths, cmd: FilesCmd) -> Result<Output> {
             local,
             node,
         } => {
-            let (ep, conn, _) =
-                super::dial(paths, node.as_deref(), sam_protocol::alpn::FILE).await?;
-            let r = crate::streams::download(&conn, &workspace, &remote, Path::new(&local)).await;
-            conn.close(0u32.into(), b"bye");
+            let (ep, ticket, entry) = super::endpoint_for(paths, node.as_deref()).await?;
+            // A lost link is dialled again and the download resumes where it was; what
+            // was retried goes to stderr.
+            let r = crate::resume::download(
+                &ep,
+                &ticket,
+                &workspace,
+                &remote,
+                Path::new(&local),
+                crate::resume::RESUME_WINDOW,
+                |n| eprintln!("sam: {n}"),
+            )
+            .await
+            .with_context(|| format!("node {}", entry.name));
             ep.close().await;
             let t = r?;
+            let sum = t.sha256.as_deref().unwrap_or_default();
             Ok(Output::new(
                 json!(t),
-                format!("{} bytes in {} entries\n{}", t.size, t.count, t.dest),
+                format!(
+                    "{} bytes in {} entries\n{}\nsha256 (tar, checked) {sum}",
+                    t.size, t.count, t.dest
+                ),
             ))
         }
         FilesCmd::Put {
@@ -215,10 +229,20 @@ pub async fn run(paths: &ClientPaths, cmd: FilesCmd) -> Result<Output> {
             remote,
             node,
         } => {
-            let (ep, conn, _) =
-                super::dial(paths, node.as_deref(), sam_protocol::alpn::FILE).await?;
-            let r = crate::streams::upload(&conn, &workspace, Path::new(&local), &remote).await;
-            conn.close(0u32.into(), b"bye");
+            let (ep, ticket, entry) = super::endpoint_for(paths, node.as_deref()).await?;
+            // A lost link is dialled again and the upload goes on from what the node
+            // holds; what was retried goes to stderr.
+            let r = crate::resume::upload(
+                &ep,
+                &ticket,
+                &workspace,
+                Path::new(&local),
+                &remote,
+                crate::resume::RESUME_WINDOW,
+                |n| eprintln!("sam: {n}"),
+            )
+            .await
+            .with_context(|| format!("node {}", entry.name));
             ep.close().await;
             let t = r?;
             Ok(Output::new(

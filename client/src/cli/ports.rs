@@ -101,7 +101,7 @@ pub async fn forward(
     port: u16,
     local: Option<u16>,
 ) -> Result<Output> {
-    let (ep, conn, _) = super::dial(paths, node, sam_protocol::alpn::PORT).await?;
+    let (ep, ticket, _) = super::endpoint_for(paths, node).await?;
     let local = local.unwrap_or(port);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, local));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -109,9 +109,16 @@ pub async fn forward(
         .with_context(|| format!("cannot listen on {addr} (in use? pick another with --local)"))?;
     let bound = listener.local_addr()?;
     eprintln!("forwarding {bound} -> {workspace}:{port} (Ctrl-C to stop)");
-    let fwd = crate::streams::forward(conn, workspace.into(), port, listener, |e| {
-        eprintln!("forward: {e}")
-    });
+    // A lost link is dialled again (said on stderr); connections open through it end.
+    let fwd = crate::resume::forward(
+        ep.clone(),
+        ticket,
+        workspace.into(),
+        port,
+        listener,
+        crate::resume::RESUME_WINDOW,
+        |n| eprintln!("forward: {n}"),
+    );
     let result = tokio::select! {
         r = fwd => r,
         _ = tokio::signal::ctrl_c() => Ok(()),

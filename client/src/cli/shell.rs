@@ -9,12 +9,13 @@
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, Result};
-use sam_protocol::stream::{PtyFrame, PtyOpen, PtyTarget, encode_data};
+use sam_protocol::stream::{PtyOpen, PtyTarget};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::Output;
 use crate::paths::ClientPaths;
+use crate::resume::{PtyEvent, PtyIn, PtySession, RESUME_WINDOW, attach_pty};
 
 /// Restores the terminal when dropped.
 struct RawMode {
@@ -59,7 +60,9 @@ pub async fn run(
     new: bool,
     id: Option<String>,
 ) -> Result<Output> {
-    let (ep, conn, _entry) = super::dial(paths, node, sam_protocol::alpn::PTY).await?;
+    let book = crate::NodeBook::load(&paths.nodes())?;
+    let entry = book.find(node)?.clone();
+    let ep = crate::endpoint::bind(&paths.identity()?, None).await?;
     let (cols, rows) = term_size();
     let target = match (new, id) {
         (_, Some(id)) => PtyTarget::Id(id),
@@ -73,7 +76,15 @@ pub async fn run(
         cols,
         rows,
     };
-    let (opened, mut send, mut recv) = crate::streams::open_pty(&conn, &open).await?;
+    // The session reattaches by itself after a lost link (crate::resume).
+    let session = attach_pty(ep.clone(), entry.ticket()?, open, RESUME_WINDOW)
+        .await
+        .with_context(|| format!("node {}", entry.name))?;
+    let PtySession {
+        opened,
+        input: send,
+        mut events,
+    } = session;
     let mut note = format!(
         "[sam: terminal {} in {workspace}; {} attached",
         opened.terminal, opened.attached
@@ -109,29 +120,21 @@ pub async fn run(
         .context("cannot watch window size changes")?;
 
     let input = async {
-        let mut frame = Vec::with_capacity(16 * 1024);
         loop {
             tokio::select! {
                 data = in_rx.recv() => {
                     let Some(data) = data else {
                         // Local EOF (a pipe): detach, the terminal goes on.
-                        frame.clear();
-                        PtyFrame::Detach.encode(&mut frame);
-                        let _ = send.write_all(&frame).await;
-                        let _ = send.finish();
+                        let _ = send.send(PtyIn::Detach).await;
                         return;
                     };
-                    frame.clear();
-                    encode_data(&data, &mut frame);
-                    if send.write_all(&frame).await.is_err() {
+                    if send.send(PtyIn::Data(data)).await.is_err() {
                         return;
                     }
                 }
                 _ = winch.recv() => {
                     let (cols, rows) = term_size();
-                    frame.clear();
-                    PtyFrame::Resize { cols, rows }.encode(&mut frame);
-                    if send.write_all(&frame).await.is_err() {
+                    if send.send(PtyIn::Resize { cols, rows }).await.is_err() {
                         return;
                     }
                 }
@@ -140,9 +143,9 @@ pub async fn run(
     };
     let output = async {
         let mut stdout = std::io::stdout().lock();
-        loop {
-            match recv.read_chunk(64 * 1024).await {
-                Ok(Some(chunk)) => {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                PtyEvent::Output(chunk) => {
                     if stdout
                         .write_all(&chunk)
                         .and_then(|_| stdout.flush())
@@ -151,18 +154,25 @@ pub async fn run(
                         return Err(anyhow::anyhow!("cannot write to the terminal"));
                     }
                 }
-                Ok(None) => return Ok(()),
-                // The node says why it detached us (e.g. too far behind the output).
-                Err(iroh::endpoint::ReadError::Reset(code)) => {
-                    let code = code.into_inner();
-                    return Err(match sam_protocol::stream::pty_reset_reason(code) {
-                        Some(why) => anyhow::anyhow!("{why}"),
-                        None => anyhow::anyhow!("the node reset the terminal stream (code {code})"),
-                    });
+                // What was retried goes to stderr, never into the terminal's output.
+                PtyEvent::Lost { reason } => {
+                    eprint!("\r\n[sam: link lost ({reason}); reconnecting…]\r\n");
                 }
-                Err(e) => return Err(anyhow::anyhow!("the terminal stream broke: {e}")),
+                PtyEvent::Resumed { at, missed: 0 } => {
+                    eprint!("[sam: resumed at byte {at}]\r\n");
+                }
+                PtyEvent::Resumed { at, missed } => {
+                    eprint!(
+                        "[sam: resumed at byte {at}; {missed} bytes of output were lost (older than the node's scrollback)]\r\n"
+                    );
+                }
+                PtyEvent::ReadOnlyInput => {
+                    eprint!("\r\n[sam: read-only: viewers cannot type in this terminal]\r\n");
+                }
+                PtyEvent::Ended(r) => return r.map_err(|e| anyhow::anyhow!("{e}")),
             }
         }
+        Ok(())
     };
     tokio::pin!(output);
     // Local EOF only detaches: the output runs until the node finishes it.
@@ -171,7 +181,6 @@ pub async fn run(
         _ = input => output.await,
     };
     drop(raw);
-    conn.close(0u32.into(), b"bye");
     ep.close().await;
     result?;
     eprintln!("\r\n[sam: terminal {} closed]", opened.terminal);

@@ -1,18 +1,27 @@
 //! `sam/file/1`: whole files and directories as tar streams, straight from and to
 //! Docker's archive API (`GET`/`PUT /containers/{id}/archive`), which already
 //! streams tar: the node only checks paths and limits and copies bytes.
+//!
+//! A resumable download ([`FileOpen::DownloadFrom`]) asks Docker for the same tar again
+//! and skips the bytes the client already has (Docker's tar of unchanged files is the
+//! same bytes: no access or change times); the SHA-256 of the whole tar, sent at the end,
+//! lets the client check that what it joined is one unchanged stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use sam_protocol::capability::Role;
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::stream::{
-    DownloadInfo, FileOpen, MAX_TRANSFER_BYTES, MAX_TRANSFER_FILES, OpenReply, UploadPlan,
+    DownloadFrame, DownloadInfo, FileOpen, MAX_DOWNLOAD_CHUNK, MAX_TRANSFER_BYTES,
+    MAX_TRANSFER_FILES, OpenReply, UploadAt, UploadPlan,
 };
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use tracing::debug;
 
 use super::path;
@@ -28,17 +37,33 @@ const TAR_SLACK_PER_ENTRY: u64 = 3 * 512;
 #[derive(Debug, Clone)]
 pub struct FileHandler {
     node: Node,
+    stages: Stages,
 }
+
+/// One lock per staged upload: a resumed stream waits until the stream it replaces has
+/// let go of the file.
+type Stages = Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// A staged upload not touched for this long is removed (at the next resumable upload).
+const STAGE_TTL: Duration = Duration::from_secs(3600);
 
 impl FileHandler {
     pub fn new(node: Node) -> Self {
-        Self { node }
+        Self {
+            node,
+            stages: Stages::default(),
+        }
     }
 }
 
 impl ProtocolHandler for FileHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        serve_connection(&self.node, conn, serve_stream).await;
+        let stages = self.stages.clone();
+        serve_connection(&self.node, conn, move |node, session, send, recv| {
+            let stages = stages.clone();
+            async move { serve_stream(node, session, stages, send, recv).await }
+        })
+        .await;
         Ok(())
     }
 }
@@ -63,6 +88,7 @@ pub fn check_limits(size: u64, count: u64) -> Result<(), ErrorBody> {
 async fn serve_stream(
     node: Node,
     session: Arc<Session>,
+    stages: Stages,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -76,8 +102,13 @@ async fn serve_stream(
     };
     let result = match open {
         FileOpen::Download { workspace, path } => {
-            download(&node, &session, &workspace, &path, &mut send).await
+            download(&node, &session, &workspace, &path, None, &mut send).await
         }
+        FileOpen::DownloadFrom {
+            workspace,
+            path,
+            from,
+        } => download(&node, &session, &workspace, &path, Some(from), &mut send).await,
         FileOpen::Upload {
             workspace,
             path,
@@ -92,7 +123,25 @@ async fn serve_stream(
                 size,
                 count,
             };
-            upload(&node, &session, up, &mut send, recv).await
+            upload(&node, &session, up, None, &mut send, recv).await
+        }
+        FileOpen::UploadFrom {
+            workspace,
+            path,
+            name,
+            size,
+            count,
+            upload: id,
+        } => {
+            let up = Upload {
+                workspace: &workspace,
+                path: &path,
+                name: &name,
+                size,
+                count,
+            };
+            let staged = Some((stages, id));
+            upload(&node, &session, up, staged, &mut send, recv).await
         }
     };
     if let Err(e) = result {
@@ -106,6 +155,7 @@ async fn download(
     session: &Session,
     workspace: &str,
     p: &str,
+    from: Option<u64>,
     send: &mut SendStream,
 ) -> Result<(), ErrorBody> {
     node.recheck(&session.grant)?;
@@ -165,6 +215,10 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
         .max(1 << 20)
         .saturating_add(count.saturating_mul(TAR_SLACK_PER_ENTRY))
         .min(MAX_TRANSFER_BYTES + MAX_TRANSFER_FILES * TAR_SLACK_PER_ENTRY);
+    if let Some(from) = from {
+        send_from(&mut tar, from, cap, send).await;
+        return Ok(());
+    }
     let mut sent = 0u64;
     while let Some(chunk) = tar.next().await {
         let Ok(chunk) = chunk else {
@@ -182,6 +236,70 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
     Ok(())
 }
 
+/// Sends `tar` from byte `from` on in [`DownloadFrame`]s, hashing all of it, and ends
+/// with the hash (or an error frame).
+async fn send_from<S>(tar: &mut S, from: u64, cap: u64, send: &mut SendStream)
+where
+    S: futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+{
+    let mut hash = Sha256::new();
+    let mut at = 0u64;
+    let mut head = Vec::with_capacity(8);
+    let fail = |msg: String| {
+        let mut out = Vec::new();
+        DownloadFrame::Error(msg).encode(&mut out);
+        Bytes::from(out)
+    };
+    while let Some(chunk) = tar.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = send
+                    .write_chunk(fail(format!("reading the files failed: {e}")))
+                    .await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        hash.update(&chunk);
+        let end = at + chunk.len() as u64;
+        if end > cap {
+            let _ = send
+                .write_chunk(fail("the files grew past the size measured before".into()))
+                .await;
+            let _ = send.finish();
+            return;
+        }
+        // The part of this chunk at or after `from`.
+        let skip = usize::try_from(from.saturating_sub(at))
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
+        at = end;
+        let mut rest = chunk.slice(skip..);
+        while !rest.is_empty() {
+            let part = rest.split_to(rest.len().min(MAX_DOWNLOAD_CHUNK));
+            head.clear();
+            DownloadFrame::data_header(part.len(), &mut head);
+            if send.write_all(&head).await.is_err() || send.write_chunk(part).await.is_err() {
+                return;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(33);
+    if from > at {
+        DownloadFrame::Error(format!(
+            "cannot resume at byte {from}: the download is {at} bytes now (it changed)"
+        ))
+        .encode(&mut out);
+    } else {
+        DownloadFrame::End(hash.finalize().into()).encode(&mut out);
+    }
+    if send.write_all(&out).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+    }
+}
+
 struct Upload<'a> {
     workspace: &'a str,
     path: &'a str,
@@ -194,6 +312,7 @@ async fn upload(
     node: &Node,
     session: &Session,
     up: Upload<'_>,
+    staged: Option<(Stages, [u8; 16])>,
     send: &mut SendStream,
     recv: RecvStream,
 ) -> Result<(), ErrorBody> {
@@ -270,23 +389,44 @@ async fn upload(
         .saturating_add(1 << 20);
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let over2 = over.clone();
-    let body = futures_util::stream::unfold((recv, 0u64), move |(mut recv, seen)| {
-        let over = over2.clone();
-        async move {
-            match recv.read_chunk(256 * 1024).await {
-                Ok(Some(c)) => {
-                    let seen = seen + c.len() as u64;
-                    if seen > cap {
-                        over.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let _ = recv.stop(1u32.into());
-                        return None;
-                    }
-                    Some((c, (recv, seen)))
-                }
-                _ => None,
+    let mut stage_file = None;
+    let body = if let Some((stages, id)) = staged {
+        let stage = Stage::new(node, &session.grant.peer, &stages, id)?;
+        match stage.receive(cap, send, recv).await {
+            Ok(Some(file)) => {
+                stage_file = Some(stage.path.clone());
+                read_file(file).boxed()
+            }
+            // The link was lost: what arrived waits for the resume.
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                stage.remove();
+                let _ = write_frame(send, &OpenReply::Error(e)).await;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+                return Ok(());
             }
         }
-    });
+    } else {
+        futures_util::stream::unfold((recv, 0u64), move |(mut recv, seen)| {
+            let over = over2.clone();
+            async move {
+                match recv.read_chunk(256 * 1024).await {
+                    Ok(Some(c)) => {
+                        let seen = seen + c.len() as u64;
+                        if seen > cap {
+                            over.store(true, std::sync::atomic::Ordering::Relaxed);
+                            let _ = recv.stop(1u32.into());
+                            return None;
+                        }
+                        Some((c, (recv, seen)))
+                    }
+                    _ => None,
+                }
+            }
+        })
+        .boxed()
+    };
     let opts = bollard::query_parameters::UploadToContainerOptions {
         path: dir,
         no_overwrite_dir_non_dir: Some("true".into()),
@@ -295,6 +435,9 @@ async fn upload(
     let result = docker
         .upload_to_container(&t.container_id, Some(opts), bollard::body_stream(body))
         .await;
+    if let Some(p) = stage_file {
+        let _ = std::fs::remove_file(p);
+    }
     let final_reply = if over.load(std::sync::atomic::Ordering::Relaxed) {
         Err(ErrorBody::new(
             ErrorCode::TooLarge,
@@ -318,6 +461,187 @@ async fn upload(
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
     Ok(())
+}
+
+/// A resumable upload's bytes on the node's disk (`<home>/uploads/<peer>-<id>.tar`,
+/// `0600` in a `0700` folder) until they are complete and checked.
+struct Stage {
+    path: std::path::PathBuf,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Stage {
+    fn new(
+        node: &Node,
+        peer: &sam_protocol::NodeId,
+        stages: &Stages,
+        id: [u8; 16],
+    ) -> Result<Self, ErrorBody> {
+        let dir = node.home().join("uploads");
+        crate::config::create_private_dir(&dir).map_err(|e| {
+            ErrorBody::new(ErrorCode::Internal, format!("cannot keep uploads: {e:#}"))
+        })?;
+        sweep(&dir);
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        // The peer is part of the name: nobody resumes (or reads) another peer's upload.
+        let key = format!("{peer}-{hex}");
+        let lock = stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Ok(Self {
+            path: dir.join(format!("{key}.tar")),
+            lock,
+        })
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Tells the client where to go on, appends what it sends, and checks the end: the
+    /// file, rewound, when complete and its hash matches; `None` when the link was lost.
+    async fn receive(
+        &self,
+        cap: u64,
+        send: &mut SendStream,
+        mut recv: RecvStream,
+    ) -> Result<Option<tokio::fs::File>, ErrorBody> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let io = |e: std::io::Error| {
+            ErrorBody::new(ErrorCode::Internal, format!("cannot keep the upload: {e}"))
+        };
+        let _guard = tokio::time::timeout(Duration::from_secs(30), self.lock.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                ErrorBody::new(
+                    ErrorCode::Conflict,
+                    "this upload is still being received on another stream",
+                )
+            })?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .await
+            .map_err(io)?;
+        let mut at = file.metadata().await.map_err(io)?.len();
+        let too_large = || {
+            ErrorBody::new(
+                ErrorCode::TooLarge,
+                "the upload sent more than the bytes it announced",
+            )
+        };
+        if at > cap {
+            return Err(too_large());
+        }
+        if write_frame(send, &UploadAt { at }).await.is_err() {
+            return Ok(None);
+        }
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            loop {
+                let (frame, used) = match DownloadFrame::decode(&buf) {
+                    Ok(Some(x)) => x,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("bad upload frame: {e}"),
+                        ));
+                    }
+                };
+                match frame {
+                    DownloadFrame::Data(d) => {
+                        at += d.len() as u64;
+                        if at > cap {
+                            return Err(too_large());
+                        }
+                        file.write_all(d).await.map_err(io)?;
+                    }
+                    DownloadFrame::End(theirs) => {
+                        file.flush().await.map_err(io)?;
+                        let path = self.path.clone();
+                        let ours = tokio::task::spawn_blocking(move || sha256_of(&path))
+                            .await
+                            .map_err(|e| io(std::io::Error::other(e)))?
+                            .map_err(io)?;
+                        if ours != theirs {
+                            return Err(ErrorBody::new(
+                                ErrorCode::BadRequest,
+                                "the upload's SHA-256 does not match the bytes that arrived; nothing was unpacked: upload it again",
+                            ));
+                        }
+                        file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                        return Ok(Some(file));
+                    }
+                    DownloadFrame::Error(m) => {
+                        return Err(ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("the client gave the upload up: {m}"),
+                        ));
+                    }
+                }
+                let _ = buf.split_to(used);
+            }
+            match recv.read_chunk(256 * 1024).await {
+                Ok(Some(c)) => buf.extend_from_slice(&c),
+                // Cut off before its end: keep what arrived for a resume.
+                _ => {
+                    let _ = file.flush().await;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+fn sha256_of(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Removes staged uploads nobody resumed within [`STAGE_TTL`].
+fn sweep(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STAGE_TTL);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The bytes of `file` as a body stream.
+fn read_file(file: tokio::fs::File) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        match file.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => Some((buf.freeze(), file)),
+            _ => None,
+        }
+    })
 }
 
 /// Uploaded files belong to the workspace user, not to whoever the tar named.

@@ -95,6 +95,13 @@ async fn sam_shell_under_a_pty() {
     // The shell is up once it answers.
     writer.write_all(b"echo cli-$((2+3))\r").expect("type");
     wait_for("cli-5", &mut seen);
+    // Every link drops (issue #18): `sam shell` says so, reattaches by itself, and the
+    // same shell goes on.
+    rig.handle.node.drop_all_links();
+    wait_for("link lost", &mut seen);
+    wait_for("resumed at byte", &mut seen);
+    writer.write_all(b"echo again-$((3+4))\r").expect("type");
+    wait_for("again-7", &mut seen);
     // The resize of the local PTY reaches the remote one (SIGWINCH).
     pty.master
         .resize(PtySize {

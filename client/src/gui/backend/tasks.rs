@@ -269,6 +269,8 @@ pub enum TermIn {
 }
 
 /// Attaches to the workspace's terminal and pumps bytes both ways until either side ends.
+/// A lost link is resumed silently (crate::resume); only when it is not back within a
+/// second does the status line say "reconnecting".
 pub async fn terminal(
     paths: ClientPaths,
     node: String,
@@ -278,9 +280,12 @@ pub async fn terminal(
     mut input: mpsc::UnboundedReceiver<TermIn>,
     ev: Events,
 ) {
-    use sam_protocol::stream::{PtyFrame, PtyOpen, PtyTarget, encode_data};
+    use crate::resume::{PtyEvent, PtyIn, RESUME_WINDOW, attach_pty};
+    use sam_protocol::stream::{PtyOpen, PtyTarget};
     let r = async {
-        let (ep, conn, _) = crate::cli::dial(&paths, Some(&node), sam_protocol::alpn::PTY).await?;
+        let book = crate::NodeBook::load(&paths.nodes())?;
+        let entry = book.find(Some(&node))?.clone();
+        let ep = crate::endpoint::bind(&paths.identity()?, None).await?;
         let open = PtyOpen {
             workspace: workspace.clone(),
             target: PtyTarget::Default,
@@ -288,43 +293,66 @@ pub async fn terminal(
             cols: cols.max(1),
             rows: rows.max(1),
         };
-        let (opened, mut send, mut recv) = crate::streams::open_pty(&conn, &open).await?;
+        let mut session = attach_pty(ep.clone(), entry.ticket()?, open, RESUME_WINDOW).await?;
+        let opened = session.opened.clone();
+        let status = format!(
+            "terminal {} in {workspace} · {} attached{}",
+            opened.terminal,
+            opened.attached,
+            if opened.read_only { " · read-only (viewer)" } else { "" }
+        );
         ev.emit(Event::TermStatus {
             open: true,
-            text: format!(
-                "terminal {} in {workspace} · {} attached{}",
-                opened.terminal,
-                opened.attached,
-                if opened.read_only { " · read-only (viewer)" } else { "" }
-            ),
+            text: status.clone(),
         });
-        let mut frame = Vec::new();
+        // Set while the link is down: when the "reconnecting" state may show.
+        let mut lost: Option<(tokio::time::Instant, String)> = None;
+        let mut shown = false;
         let result: Result<()> = loop {
+            let show_at = lost.as_ref().map(|(t, _)| *t);
             tokio::select! {
                 i = input.recv() => {
-                    frame.clear();
-                    match i {
-                        None => {
-                            PtyFrame::Detach.encode(&mut frame);
-                            let _ = send.write_all(&frame).await;
-                            let _ = send.finish();
-                            break Ok(());
-                        }
-                        Some(TermIn::Data(d)) => encode_data(&d, &mut frame),
-                        Some(TermIn::Resize { rows, cols }) => PtyFrame::Resize { cols, rows }.encode(&mut frame),
-                    }
-                    if let Err(e) = send.write_all(&frame).await {
-                        break Err(anyhow::anyhow!("the terminal stream broke: {e}"));
+                    let msg = match i {
+                        None => PtyIn::Detach,
+                        Some(TermIn::Data(d)) => PtyIn::Data(d),
+                        Some(TermIn::Resize { rows, cols }) => PtyIn::Resize { cols, rows },
+                    };
+                    let detach = msg == PtyIn::Detach;
+                    if session.input.send(msg).await.is_err() || detach {
+                        break Ok(());
                     }
                 }
-                c = recv.read_chunk(64 * 1024) => match c {
-                    Ok(Some(chunk)) => ev.emit(Event::TermOutput(chunk.to_vec())),
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(anyhow::anyhow!("the terminal stream broke: {e}")),
+                _ = tokio::time::sleep_until(show_at.unwrap_or_else(tokio::time::Instant::now)), if show_at.is_some() && !shown => {
+                    shown = true;
+                    let why = lost.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+                    ev.emit(Event::TermStatus { open: true, text: format!("reconnecting… ({why})") });
+                }
+                e = session.events.recv() => match e {
+                    Some(PtyEvent::Output(chunk)) => ev.emit(Event::TermOutput(chunk.to_vec())),
+                    Some(PtyEvent::Lost { reason }) => {
+                        lost = Some((tokio::time::Instant::now() + Duration::from_secs(1), reason));
+                        shown = false;
+                    }
+                    Some(PtyEvent::Resumed { missed, .. }) => {
+                        lost = None;
+                        if shown || missed > 0 {
+                            let mut text = status.clone();
+                            if missed > 0 {
+                                text.push_str(&format!(" · {missed} bytes of output lost while away"));
+                            }
+                            ev.emit(Event::TermStatus { open: true, text });
+                        }
+                        shown = false;
+                    }
+                    Some(PtyEvent::ReadOnlyInput) => ev.emit(Event::TermStatus {
+                        open: true,
+                        text: format!("{status} · read-only: viewers cannot type in this terminal"),
+                    }),
+                    Some(PtyEvent::Ended(r)) => break r.map_err(|e| anyhow::anyhow!("{e}")),
+                    None => break Ok(()),
                 },
             }
         };
-        conn.close(0u32.into(), b"bye");
         ep.close().await;
         result
     }

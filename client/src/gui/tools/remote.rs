@@ -22,20 +22,6 @@ async fn ctl_client(
         .with_context(|| format!("node {}", entry.name))
 }
 
-async fn dial(
-    ep: &iroh::Endpoint,
-    paths: &ClientPaths,
-    node: &str,
-    alpn: &[u8],
-) -> Result<iroh::endpoint::Connection> {
-    let book = NodeBook::load(&paths.nodes())?;
-    let entry = book.find(Some(node))?;
-    let (conn, _) = crate::conn::connect(ep, &entry.ticket()?, alpn)
-        .await
-        .with_context(|| format!("node {}", entry.name))?;
-    Ok(conn)
-}
-
 async fn files_request(
     ep: &iroh::Endpoint,
     paths: &ClientPaths,
@@ -93,10 +79,19 @@ pub(super) async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Ev
             let what = format!("upload of {}", local.display());
             let result = match &ep {
                 Ok(ep) => async {
-                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
-                    let r = crate::streams::upload(&conn, &ws.1, &local, &remote).await;
-                    conn.close(0u32.into(), b"bye");
-                    let t = r?;
+                    let book = NodeBook::load(&paths.nodes())?;
+                    let ticket = book.find(Some(&ws.0))?.ticket()?;
+                    // Resumes after a lost link, silently; checked end to end.
+                    let t = crate::resume::upload(
+                        ep,
+                        &ticket,
+                        &ws.1,
+                        &local,
+                        &remote,
+                        crate::resume::RESUME_WINDOW,
+                        |n| tracing::info!("upload: {n}"),
+                    )
+                    .await?;
                     Ok::<_, anyhow::Error>(format!("{} bytes, now at {}", t.size, t.dest))
                 }
                 .await
@@ -112,10 +107,19 @@ pub(super) async fn files(ep: Result<iroh::Endpoint>, paths: ClientPaths, ev: Ev
                     if !local.is_dir() {
                         bail!("{} is not a folder", local.display());
                     }
-                    let conn = dial(ep, &paths, &ws.0, sam_protocol::alpn::FILE).await?;
-                    let r = crate::streams::download(&conn, &ws.1, &remote, &local).await;
-                    conn.close(0u32.into(), b"bye");
-                    let t = r?;
+                    let book = NodeBook::load(&paths.nodes())?;
+                    let ticket = book.find(Some(&ws.0))?.ticket()?;
+                    // Resumes after a lost link, silently; checked end to end.
+                    let t = crate::resume::download(
+                        ep,
+                        &ticket,
+                        &ws.1,
+                        &remote,
+                        &local,
+                        crate::resume::RESUME_WINDOW,
+                        |n| tracing::info!("download: {n}"),
+                    )
+                    .await?;
                     Ok(format!("{} bytes, now at {}", t.size, t.dest))
                 }
                 .await
@@ -224,7 +228,9 @@ pub(super) async fn forward(
     port: u16,
 ) -> Result<()> {
     let ep = ep?;
-    let conn = dial(&ep, paths, &ws.0, sam_protocol::alpn::PORT).await?;
+    let ticket = NodeBook::load(&paths.nodes())?
+        .find(Some(&ws.0))?
+        .ticket()?;
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -236,8 +242,15 @@ pub(super) async fn forward(
         port,
         state: Some(Ok(local.to_string())),
     });
-    crate::streams::forward(conn, ws.1, port, listener, |e| {
-        tracing::info!("forward: {e}")
-    })
+    // Re-established silently after a lost link.
+    crate::resume::forward(
+        ep,
+        ticket,
+        ws.1,
+        port,
+        listener,
+        crate::resume::RESUME_WINDOW,
+        |n| tracing::info!("forward: {n}"),
+    )
     .await
 }
