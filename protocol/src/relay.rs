@@ -33,6 +33,11 @@ pub enum RelayError {
         "relay {0:?} is not a relay: use `n0`, `none`, or a URL like https://relay.example.org/"
     )]
     NotAUrl(String),
+    /// Not echoed: what precedes `@` would be a password.
+    #[error(
+        "a relay URL must not carry a user name or password (`user:pass@host`): iroh relays do not read them, and the URL goes into every ticket; use the relay's allowlist instead"
+    )]
+    Credentials,
     #[error("relay URL is longer than {MAX_RELAY_URL_LEN} characters")]
     TooLong,
     #[error("more than {MAX_RELAYS} relays")]
@@ -52,6 +57,10 @@ pub fn check_url(s: &str) -> Result<&str, RelayError> {
         .or_else(|| s.strip_prefix("http://"))
         .ok_or_else(|| RelayError::NotAUrl(s.to_owned()))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `https://relay.example.org@evil.example/` would also show one host and dial another.
+    if host.contains(['@', '\\']) {
+        return Err(RelayError::Credentials);
+    }
     if host.is_empty()
         || host.starts_with(':')
         || s.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -141,5 +150,21 @@ mod tests {
             .collect();
         assert_eq!(parse(&many), Err(RelayError::TooMany));
         assert_eq!(parse(&["none", "n0"]), Err(RelayError::NoneWithOthers));
+    }
+
+    #[test]
+    fn a_relay_url_with_credentials_is_refused_without_echoing_them() {
+        for bad in [
+            "https://user:s3cret@relay.example.org/",
+            "https://relay.example.org@evil.example/",
+            "http://tok@10.0.0.1:3340",
+            "https://relay.example.org\\@evil.example/",
+        ] {
+            let err = parse(&[bad]).expect_err(bad);
+            assert_eq!(err, RelayError::Credentials, "{bad:?}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+        // An `@` after the host is part of the path, not credentials.
+        assert!(check_url("https://relay.example.org/a@b").is_ok());
     }
 }

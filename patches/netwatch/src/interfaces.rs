@@ -375,27 +375,31 @@ pub(crate) fn is_interesting_interface(name: &str) -> bool {
     true
 }
 
-/// Interfaces a container runtime makes for its containers on Linux: the host ends of
-/// container veth pairs (`veth…`), Docker's default bridge (`docker0`) and the bridges of
-/// user-defined Docker networks (`br-` and 12 hex digits), Podman's (`podman…`,
-/// `cni-podman…`) and CNI's (`cni…`).
+/// Interfaces a container runtime makes for its containers on Linux, by the exact shapes
+/// of their names: the host ends of container veth pairs (`veth` and hex digits: Docker's
+/// 7, CNI's 8, Podman's counter), Docker's default bridges (`docker0`, `docker_gwbridge`)
+/// and the bridges of user-defined Docker networks (`br-` and 12 hex digits), Podman's
+/// (`podman` and digits, `cni-podman` and digits) and CNI's default (`cni0`).
 ///
 /// They come and go with every container and network, carry no default route, and traffic
 /// to anyone outside the host never leaves through them, so a socket bound to a wildcard
 /// or loopback address is as good after their change as before. Counting them as a major
 /// change made every container start rebind every iroh endpoint on the host (iroh #4488).
-/// A change of the default route, of address families or of any other interface is still
-/// major.
+/// A change of the default route (even onto such an interface), of address families or
+/// of any other interface is still major. Naming interfaces of the host's namespace needs
+/// `CAP_NET_ADMIN` there.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn is_container_plumbing(name: &str) -> bool {
-    let docker_network_bridge = name
-        .strip_prefix("br-")
-        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-    docker_network_bridge
-        || name.starts_with("veth")
-        || name.starts_with("docker")
-        || name.starts_with("podman")
-        || name.starts_with("cni")
+    fn all(s: &str, f: fn(&u8) -> bool) -> bool {
+        !s.is_empty() && s.as_bytes().iter().all(f)
+    }
+    let hex = |s: &str| all(s, u8::is_ascii_hexdigit);
+    let digits = |s: &str| all(s, u8::is_ascii_digit);
+    matches!(name, "docker0" | "docker_gwbridge" | "cni0")
+        || name.strip_prefix("veth").is_some_and(hex)
+        || name.strip_prefix("br-").is_some_and(|id| id.len() == 12 && hex(id))
+        || name.strip_prefix("podman").is_some_and(digits)
+        || name.strip_prefix("cni-podman").is_some_and(digits)
 }
 
 /// The details about a default route.
@@ -507,7 +511,10 @@ mod tests {
             assert!(!new.is_major_change(&old), "{name}");
             assert!(!old.is_major_change(&new), "{name} removed");
         }
-        for name in ["eth1", "wlan0", "tun0", "wg0", "br-lan", "br0", "enp3s0"] {
+        for name in [
+            "eth1", "wlan0", "tun0", "wg0", "br-lan", "br0", "enp3s0", "veth-vpn", "dockervpn",
+            "br-0123456789abc", "podman-x",
+        ] {
             let mut new = State::fake();
             let mut iface = Interface::fake();
             iface.index = 10;

@@ -81,7 +81,7 @@ impl UdpSocket {
     pub fn rebind(&self) -> io::Result<()> {
         {
             let mut guard = self.socket.write().unwrap();
-            if let Err(err) = guard.rebind() {
+            if let Err(err) = guard.rebind(true) {
                 // Closed: let the next send or receive try again (`maybe_rebind`) instead of
                 // waiting for the next network change.
                 self.mark_broken();
@@ -299,7 +299,9 @@ impl UdpSocket {
             return Ok(());
         }
 
-        guard.rebind()?;
+        // One attempt: this runs on every send and receive while the socket is broken, so
+        // it must never wait (the waiting retries belong to the network-change rebind).
+        guard.rebind(false)?;
         self.is_broken
             .store(false, std::sync::atomic::Ordering::Release);
         drop(guard);
@@ -822,7 +824,9 @@ impl SocketState {
         })
     }
 
-    fn rebind(&mut self) -> io::Result<()> {
+    /// `retry`: wait and retry while the port is still in use ([`Self::bind_retrying`]);
+    /// else one attempt.
+    fn rebind(&mut self, retry: bool) -> io::Result<()> {
         let addr = match self {
             Self::Connected { addr, .. } => *addr,
             Self::Closed { addr, .. } => *addr,
@@ -840,7 +844,12 @@ impl SocketState {
             };
         }
 
-        match Self::bind_retrying(addr) {
+        let bound = if retry {
+            Self::bind_retrying(addr)
+        } else {
+            Self::bind(addr)
+        };
+        match bound {
             Ok(new_state) => {
                 *self = new_state;
                 Ok(())
@@ -862,7 +871,10 @@ impl SocketState {
     /// changes (a container manager) is common. That copy goes away within milliseconds,
     /// so a few short waits turn a rebind that would leave the socket closed for good
     /// (and the endpoint with it, iroh #4289) into one that succeeds. Any other error
-    /// is returned at once.
+    /// is returned at once. The caller holds the socket's write lock meanwhile, on
+    /// purpose: senders and receivers wait (pending) instead of meeting a closed socket,
+    /// which iroh counts towards shutting the endpoint down. The waits happen only when
+    /// the port is taken, never on an ordinary rebind.
     fn bind_retrying(addr: SocketAddr) -> io::Result<Self> {
         /// Waits between attempts: about 0.6 s in all, longer than any `fork`→`exec`.
         const WAITS_MS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 128, 256];
