@@ -590,10 +590,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     out.push(msg.encode());
                 }
             }
-            if conv.set_title(&key(3).node_id().to_string(), "renamed").is_ok() {
-                if let Some(m) = sam_crdt::live_message(&mut conv, &heads) {
-                    out.push(m);
-                }
+            if conv.set_title(&key(3).node_id().to_string(), "renamed").is_ok()
+                && let Some(m) = sam_crdt::live_message(&mut conv, &heads)
+            {
+                out.push(m);
             }
             out
         }
