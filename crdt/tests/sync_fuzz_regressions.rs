@@ -60,19 +60,28 @@ fn an_op_naming_an_unknown_actor_does_not_panic() {
     assert!(conv.title() == "fuzz");
 }
 
-/// NOT FIXED (ignored until it is): a 413-byte sync message whose change's key column
-/// decodes an op counter past `u32::MAX`: Automerge 0.12's own `Change::from_bytes`
-/// (`types.rs:464`, `OpId::new` unwraps `u64 → u32`) panics while parsing it, before
-/// sam-crdt or Automerge's apply can refuse it. Found by the `sync_message` fuzz target
-/// after the fix above; a fix needs the change columns checked before Automerge parses
-/// them (or a patched Automerge).
+/// A 413-byte sync message whose change's key column decodes an op counter past
+/// `u32::MAX`: Automerge 0.12's own `Change::from_bytes` (`types.rs:464`, `OpId::new`
+/// unwraps `u64 → u32`) panics while parsing it, before sam-crdt or Automerge's apply can
+/// refuse it — a collaborator's sync message would kill the node's document actor. Found by
+/// the `sync_message` fuzz target. sam-crdt catches the parser's panic, rolls the document
+/// back and refuses the message; the document keeps working.
 #[test]
-#[ignore = "open: Automerge 0.12 panics in Change::from_bytes on an op counter past u32::MAX"]
 fn an_op_counter_past_u32_is_refused() {
     let bytes = include_bytes!("data/sync-op-counter-over-u32.bin");
     let allow = |_: &sam_crdt::GuardedChange| Ok(());
     let mut conv = conversation();
     let before = conv.heads();
-    let _ = SyncPeer::new().receive_guarded(&mut conv, bytes, &allow);
+    let err = SyncPeer::new()
+        .receive_guarded(&mut conv, bytes, &allow)
+        .expect_err("the malformed change is refused");
+    assert!(err.to_string().contains("malformed"), "{err}");
     assert_eq!(conv.heads(), before, "the document changed");
+    assert!(SyncPeer::new().receive(&mut conv, bytes).is_err());
+    assert!(SyncPeer::new().receive_live(&mut conv, bytes).is_err());
+    assert_eq!(conv.heads(), before, "the document changed");
+    // Still a working document: a local write lands.
+    conv.set_title(&"ab".repeat(32), "after the attack")
+        .expect("a local write");
+    assert_eq!(conv.title(), "after the attack");
 }

@@ -58,6 +58,9 @@ const MAX_CONNS: usize = 32;
 const STRANGER: Duration = Duration::from_secs(2);
 /// Bound on each step of one connection (handshake, the request, the answer being read).
 const STEP: Duration = Duration::from_secs(10);
+/// Longest a QUIC handshake may hold one of the [`MAX_CONNS`] slots (a validated dialer that
+/// never finishes it).
+const HANDSHAKE: Duration = Duration::from_secs(3);
 /// Largest `enroll.toml` read.
 const MAX_FILE: u64 = 4 * 1024;
 
@@ -242,6 +245,16 @@ async fn serve(ep: Endpoint, state: Arc<State>) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             incoming = ep.accept() => {
                 let Some(incoming) = incoming else { break };
+                // Address validation first (a QUIC retry): a dialer that cannot receive at
+                // the address it claims (spoofed Initials) never takes one of the slots.
+                let incoming = if incoming.remote_addr_validated() {
+                    incoming
+                } else {
+                    match incoming.retry() {
+                        Ok(()) => continue,
+                        Err(e) => e.into_incoming(),
+                    }
+                };
                 if conns.len() >= MAX_CONNS {
                     incoming.refuse();
                     continue;
@@ -260,7 +273,7 @@ async fn serve(ep: Endpoint, state: Arc<State>) {
 }
 
 async fn handle(incoming: iroh::endpoint::Incoming, state: Arc<State>) {
-    let conn = match tokio::time::timeout(STEP, incoming).await {
+    let conn = match tokio::time::timeout(HANDSHAKE, incoming).await {
         Ok(Ok(c)) => c,
         _ => return,
     };

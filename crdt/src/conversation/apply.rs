@@ -46,7 +46,7 @@ impl Conversation {
         let touched = if was_empty || message.changes.is_empty() {
             None
         } else if self.doc.get_missing_deps(&[]).is_empty() {
-            one_change_per_chunk(&message.changes)
+            one_change_per_chunk(&message.changes)?
         } else {
             None
         };
@@ -55,14 +55,26 @@ impl Conversation {
         } else {
             PatchLog::active()
         };
-        let res = self
-            .doc
-            .sync()
-            .receive_sync_message_log_patches(state, message, &mut log);
+        // Automerge 0.12 panics on some malformed changes while parsing them (found by
+        // fuzzing: an op counter past `u32::MAX` in a change's columns). A peer's bytes must
+        // never take the document's owner down: the panic is caught here, the document rolled
+        // back to its previous heads (`fork_at` rebuilds it from the changes it held before)
+        // and the message refused like any other malformed one.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.doc
+                .sync()
+                .receive_sync_message_log_patches(state, message, &mut log)
+        }));
+        let res = match res {
+            Ok(res) => res.map_err(CrdtError::from),
+            Err(_) => Err(CrdtError::SyncDecode(
+                "a change of this message is malformed (Automerge could not read it)".into(),
+            )),
+        };
         if let Err(e) = res {
             self.rollback_to(&before)?;
             *state = sync::State::new();
-            return Err(e.into());
+            return Err(e);
         }
         if self.doc.get_heads() == before {
             return Ok(());
@@ -338,16 +350,29 @@ enum Location {
 /// The changes of `chunks` if each chunk is exactly one change (a sync message of the V1
 /// form); `None` for anything else (e.g. a whole document), which takes the patch-log path.
 /// Their ops are not read yet (see [`Conversation::touched_objects`]).
-fn one_change_per_chunk(chunks: &sync::ChunkList) -> Option<Vec<automerge::Change>> {
+///
+/// A chunk that makes Automerge's parser panic (an op counter past `u32::MAX`, found by
+/// fuzzing) refuses the whole message before Automerge's apply would meet it.
+fn one_change_per_chunk(
+    chunks: &sync::ChunkList,
+) -> Result<Option<Vec<automerge::Change>>, CrdtError> {
     let mut changes = Vec::with_capacity(chunks.len());
     for chunk in chunks.iter() {
-        let change = automerge::Change::from_bytes(chunk.to_vec()).ok()?;
+        let parsed = std::panic::catch_unwind(|| automerge::Change::from_bytes(chunk.to_vec()))
+            .map_err(|_| {
+                CrdtError::SyncDecode(
+                    "a change of this message is malformed (Automerge could not read it)".into(),
+                )
+            })?;
+        let Ok(change) = parsed else {
+            return Ok(None);
+        };
         if change.raw_bytes().len() != chunk.len() {
-            return None;
+            return Ok(None);
         }
         changes.push(change);
     }
-    Some(changes)
+    Ok(Some(changes))
 }
 
 impl Conversation {
