@@ -49,6 +49,16 @@ fn key(seed: u8) -> SecretKey {
 /// For `fuzz_target!(init: …)`: with `SAM_FUZZ_SEEDS=DIR` in the environment, writes the
 /// target's seeds into `DIR` and exits (how `scripts/fuzz.sh` makes the seed corpus).
 pub fn init(target: &str) {
+    if target == "sync_message" {
+        // libfuzzer-sys's hook aborts on every panic, even one the code under test catches.
+        // sam-crdt catches Automerge 0.12's own parser panics (an op counter past u32::MAX)
+        // and refuses the message, as the node does: that is handled, not a crash. A panic
+        // nobody catches still unwinds into libfuzzer-sys's `catch_unwind`, which aborts:
+        // a crash, reported with the message and location printed here.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("panic (crash unless caught by the code under test): {info}");
+        }));
+    }
     if let Some(dir) = std::env::var_os("SAM_FUZZ_SEEDS") {
         let dir = std::path::PathBuf::from(dir);
         std::fs::create_dir_all(&dir).expect("seed dir");
