@@ -85,3 +85,27 @@ fn an_op_counter_past_u32_is_refused() {
         .expect("a local write");
     assert_eq!(conv.title(), "after the attack");
 }
+
+/// Two sync messages (fuzzing, after the two fixes above) whose changes Automerge 0.12
+/// applies but whose ops name an actor index the change does not list (`change.rs:331` and
+/// `:346` unwrap it when the change is decoded): sam-crdt read those ops after the apply to
+/// check the schema, and panicked — on the node's guarded path too. Now a change whose ops
+/// cannot be read is refused and the document rolled back.
+#[test]
+fn a_change_whose_ops_name_unknown_actors_is_refused_after_apply() {
+    for bytes in [
+        &include_bytes!("data/sync-pred-actor-out-of-range.bin")[..],
+        &include_bytes!("data/sync-change-decode-panic-2.bin")[..],
+    ] {
+        let allow = |_: &sam_crdt::GuardedChange| Ok(());
+        let mut conv = conversation();
+        let before = conv.heads();
+        let _ = SyncPeer::new().receive_guarded(&mut conv, bytes, &allow);
+        let _ = SyncPeer::new().receive(&mut conv, bytes);
+        let _ = SyncPeer::new().receive_live(&mut conv, bytes);
+        assert_eq!(conv.heads(), before, "the document changed");
+        conv.set_title(&"ab".repeat(32), "after the attack")
+            .expect("a local write");
+        assert_eq!(conv.title(), "after the attack");
+    }
+}

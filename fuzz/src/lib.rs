@@ -56,7 +56,10 @@ pub fn init(target: &str) {
         // nobody catches still unwinds into libfuzzer-sys's `catch_unwind`, which aborts:
         // a crash, reported with the message and location printed here.
         std::panic::set_hook(Box::new(|info| {
-            eprintln!("panic (crash unless caught by the code under test): {info}");
+            eprintln!(
+                "panic (crash unless caught by the code under test): {info}\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
         }));
     }
     if let Some(dir) = std::env::var_os("SAM_FUZZ_SEEDS") {

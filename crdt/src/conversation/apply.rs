@@ -84,7 +84,10 @@ impl Conversation {
         } else if let Some(changes) = touched {
             match self.touched_objects(&changes) {
                 Some(touched) => self.check_touched(&touched),
-                None => Err(SchemaError::new("changes", "op counters out of range")),
+                None => Err(SchemaError::new(
+                    "changes",
+                    "a change's ops cannot be read (op counters out of range or malformed)",
+                )),
             }
         } else {
             let patches = self.doc.make_patches(&mut log);
@@ -400,7 +403,11 @@ impl Conversation {
 fn touched_ops(change: &automerge::Change, ops: &mut Vec<TouchedOp>) -> Option<()> {
     use automerge::legacy::{Key, ObjectId, OpType};
     {
-        let expanded = change.decode();
+        // Automerge applies a change whose ops name an actor index it does not list in some
+        // places (found by fuzzing: a `pred`), and `decode` unwraps that index: a panic here
+        // is a malformed change, refused (the caller rolls the document back).
+        let expanded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode())).ok()?;
         let start = expanded.start_op.get();
         let mut last_insert: Option<(u64, automerge::ActorId)> = None;
         for (i, op) in expanded.operations.iter().enumerate() {
