@@ -71,6 +71,54 @@ impl Drop for Cleanup {
     }
 }
 
+/// What an earlier run of this test left when it was killed before its [`Cleanup`] ran
+/// (another pid, so another tag): its namespace and links hold the same stand-in metadata
+/// addresses and routes, and would make this run's "before" half fail. Only names of this
+/// test's own shapes are touched.
+fn sweep_killed_runs() {
+    let tagged = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let (_, netns) = run("ip", &["netns", "list"]);
+    for ns in netns.lines().filter_map(|l| l.split_whitespace().next()) {
+        if tagged(ns, "sam-md-") {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+    }
+    let (_, links) = run("ip", &["-o", "link", "show"]);
+    for line in links.lines() {
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name);
+        if ["samd", "samv", "samq"].iter().any(|p| tagged(name, p)) {
+            let _ = run("ip", &["link", "del", name]);
+        }
+    }
+    let (_, ids) = run(
+        "docker",
+        &["ps", "-aq", "--filter", "label=sam-test=metadata-block"],
+    );
+    for id in ids.split_whitespace() {
+        let _ = run("docker", &["rm", "-f", id]);
+    }
+    let (_, nets) = run(
+        "docker",
+        &[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            "name=sam-md-net-",
+        ],
+    );
+    for n in nets.split_whitespace().filter(|n| tagged(n, "sam-md-net-")) {
+        let _ = run("docker", &["network", "rm", n]);
+    }
+}
+
 /// Answers every connection with [`BODY`]; counts connections.
 fn serve(listener: TcpListener, hits: Arc<AtomicUsize>) {
     for stream in listener.incoming() {
@@ -164,6 +212,7 @@ fn containers_cannot_reach_the_metadata_service_after_the_bootstrap_rules() {
         "image sam-base:1 is missing: run bootstrap/images/build-base.sh ({out})"
     );
 
+    sweep_killed_runs();
     let tag = format!("{}", std::process::id() % 100_000);
     let script = std::env::temp_dir().join(format!("sam-block-metadata-{tag}.sh"));
     std::fs::write(&script, METADATA_BLOCK_SCRIPT).expect("write script");
