@@ -304,31 +304,7 @@ fn log_follow_survives_a_node_restart() {
     )));
     ok(sam(&me, &["prompt", &conv, "before the restart"]));
 
-    let mut follower = NodeProc(
-        Command::new(sam_bin())
-            .env("SAM_HOME", &me)
-            .env("SAM_BIND", "127.0.0.1:0")
-            .env_remove("RUST_LOG")
-            .args(["log", &conv, "--follow"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sam log --follow"),
-    );
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    for pipe in [
-        Box::new(follower.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-        Box::new(follower.0.stderr.take().expect("stderr")),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let (_follower, rx) = spawn_lines(&me, &["log", &conv, "--follow"]);
     let mut seen = String::new();
     let mut wait_for = |what: &str, secs: u64| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -400,32 +376,10 @@ fn prompt_follow_rides_over_a_node_restart() {
             agent.to_str().expect("utf8"),
         ],
     )));
-    let mut follower = NodeProc(
-        Command::new(sam_bin())
-            .env("SAM_HOME", &me)
-            .env("SAM_BIND", "127.0.0.1:0")
-            .env_remove("RUST_LOG")
-            .args(["prompt", &conv, "permit; say after the answer", "--follow"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("prompt --follow"),
+    let (mut follower, rx) = spawn_lines(
+        &me,
+        &["prompt", &conv, "permit; say after the answer", "--follow"],
     );
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    for pipe in [
-        Box::new(follower.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-        Box::new(follower.0.stderr.take().expect("stderr")),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
     let running_permission = || {
         let log = ok(sam(&me, &["--json", "log", &conv]));
         let v: serde_json::Value = serde_json::from_str(log.trim()).ok()?;
@@ -490,4 +444,38 @@ fn prompt_follow_rides_over_a_node_restart() {
         all.contains("turn done") || all.contains("the turn failed"),
         "the follower reports the turn's end ({status}): {all}"
     );
+}
+
+/// `sam ARGS` with `SAM_HOME=home` on loopback, and every line it prints (stdout and stderr
+/// merged, in arrival order) on a channel.
+fn spawn_lines(
+    home: &std::path::Path,
+    args: &[&str],
+) -> (NodeProc, std::sync::mpsc::Receiver<String>) {
+    let mut proc = NodeProc(
+        Command::new(sam_bin())
+            .env("SAM_HOME", home)
+            .env("SAM_BIND", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sam {args:?}: {e}")),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(proc.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(proc.0.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    (proc, rx)
 }
