@@ -195,7 +195,7 @@ fn main() -> Result<()> {
     let relay_line = lab.spawn_line(
         &lab.r.clone(),
         &bin("sam-relay")?,
-        &["--bind", RELAY_ADDR],
+        &["--bind", RELAY_ADDR, "--open"],
         &[],
     )?;
     let relay_url = relay_line

@@ -489,7 +489,7 @@ fn a_node_restarted_on_another_port_is_reached_with_the_old_ticket() {
         .output()
         .expect("sam-node init"));
     let mut cmd = lab.exec(&lab.r, &relay_bin);
-    cmd.args(["--bind", RELAY_ADDR]);
+    cmd.args(["--bind", RELAY_ADDR, "--open"]);
     lab.spawn_line(cmd);
     let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
     cmd.env("SAM_HOME", &node_home).arg("run");

@@ -15,7 +15,12 @@
 //!   A second request is refused, and a node with `enrolled.json` never serves an enrollment
 //!   again (an `enroll.toml` written later is deleted at start);
 //! - an expired enrollment is refused; at start an expired one is deleted without being
-//!   served, and a running one stops [`EXPIRED_GRACE`] after its expiry.
+//!   served, and a running one stops [`EXPIRED_GRACE`] after its expiry;
+//! - expiry is judged by a clock the kernel says is synchronised. At first boot a VM's clock
+//!   can be off until NTP has run: an enrollment that *looks* expired by an unsynchronised
+//!   clock is kept and served, and a request is answered "not yet, the clock is not
+//!   synchronised" (the provisioner asks again), for at most [`CLOCK_SYNC_WAIT`] after the
+//!   node started; after that (no NTP at all) the clock is taken as it is.
 //!
 //! The node's key and the enrollment key are never logged.
 
@@ -47,6 +52,31 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub fn system_clock() -> Clock {
     Arc::new(crate::now_secs)
 }
+
+/// Whether the clock can be trusted to judge an expiry (a function so tests can say no).
+pub type Synced = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The system's word on its clock: synchronised unless `timedatectl` (systemd, which asks
+/// the kernel's NTP state) says `NTPSynchronized=no`; a machine that cannot say (no systemd)
+/// is taken at its clock, as is one still unsynchronised [`CLOCK_SYNC_WAIT`] after `since`
+/// (no NTP at all).
+pub fn system_synced(since: std::time::Instant) -> Synced {
+    Arc::new(move || since.elapsed() >= CLOCK_SYNC_WAIT || !says_unsynchronised())
+}
+
+fn says_unsynchronised() -> bool {
+    std::process::Command::new("timedatectl")
+        .args(["show", "--property=NTPSynchronized", "--value"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"no")
+}
+
+/// The longest an enrollment that looks expired is kept while the clock is unsynchronised.
+pub const CLOCK_SYNC_WAIT: Duration = Duration::from_secs(600);
+/// How often a kept enrollment asks again whether the clock is synchronised.
+const SYNC_POLL: Duration = Duration::from_secs(5);
 
 /// How long after its expiry an unused enrollment's endpoint still answers "expired" before
 /// it is closed and its key deleted.
@@ -112,6 +142,18 @@ pub async fn start(
     addr: NodeAddr,
     clock: Clock,
 ) -> Result<Option<EnrollHandle>> {
+    start_judged(paths, node_key, owner, addr, clock, Arc::new(|| true)).await
+}
+
+/// [`start`], judging expiry only when `synced` says the clock can be trusted.
+pub async fn start_judged(
+    paths: &NodePaths,
+    node_key: &SecretKey,
+    owner: NodeId,
+    addr: NodeAddr,
+    clock: Clock,
+    synced: Synced,
+) -> Result<Option<EnrollHandle>> {
     let file_path = paths.enroll();
     let text = match read_small(&file_path) {
         Ok(t) => t,
@@ -150,7 +192,13 @@ pub async fn start(
         }
     };
     let enrollment = key.node_id();
-    if clock() >= file.expires_unix {
+    if clock() >= file.expires_unix && !synced() {
+        warn!(
+            enrollment = %enrollment.short(),
+            "the enrollment looks expired (at {} unix) but the clock is not synchronised yet: it is kept and served until the clock is, then judged again",
+            file.expires_unix
+        );
+    } else if clock() >= file.expires_unix {
         warn!(
             enrollment = %enrollment.short(),
             "the enrollment expired at {} (unix): its key is deleted and it is not served; this node cannot be enrolled, delete it and make a new one",
@@ -200,6 +248,7 @@ pub async fn start(
         enrollment,
         expires_unix: file.expires_unix,
         clock,
+        synced,
         used: tokio::sync::Mutex::new(false),
         done: stop.child_token(),
     });
@@ -220,6 +269,7 @@ struct State {
     enrollment: NodeId,
     expires_unix: u64,
     clock: Clock,
+    synced: Synced,
     /// Set once the enrollment is used (or found expired): no request is granted after.
     used: tokio::sync::Mutex<bool>,
     /// Cancelled when the endpoint should close (used, expired, or the node stops).
@@ -235,6 +285,17 @@ async fn serve(ep: Endpoint, state: Arc<State>) {
         tokio::select! {
             _ = state.done.cancelled() => break,
             _ = &mut expiry => {
+                if !(state.synced)() {
+                    // not judged by a clock that may be wrong: ask again shortly
+                    expiry.as_mut().reset(tokio::time::Instant::now() + SYNC_POLL);
+                    continue;
+                }
+                let left = state.expires_unix.saturating_sub((state.clock)());
+                if left > 0 {
+                    // the synchronised clock moved back: not expired after all
+                    expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left) + EXPIRED_GRACE);
+                    continue;
+                }
                 warn!(enrollment = %state.enrollment.short(), "the enrollment expired unused: its key is deleted");
                 *state.used.lock().await = true;
                 if let Err(e) = remove_durably(&state.paths.enroll()) {
@@ -334,6 +395,16 @@ async fn consume(state: &State, req: &EnrollRequest) -> EnrollResponse {
         ));
     }
     let now = (state.clock)();
+    if now >= state.expires_unix && !(state.synced)() {
+        warn!(enrollment = %state.enrollment.short(), "an enrollment request waits: the enrollment looks expired but the clock is not synchronised yet");
+        return EnrollResponse::Refused(ErrorBody::new(
+            ErrorCode::Unavailable,
+            format!(
+                "not yet: by this node's clock the enrollment expired at {} (unix), but the clock is not synchronised yet; ask again shortly",
+                state.expires_unix
+            ),
+        ));
+    }
     if now >= state.expires_unix {
         *used = true;
         warn!(enrollment = %state.enrollment.short(), "an expired enrollment was refused: its key is deleted");

@@ -342,12 +342,13 @@ impl Node {
         crate::config::write_private(&paths.addr(), &json)?;
         info!(node = %node.inner.id, owner = %owner, addrs = ?addr.direct, "node listening");
         // Not fatal: the node serves its owner's ticket either way; the log says why not.
-        let enroll = match crate::enroll::start(
+        let enroll = match crate::enroll::start_judged(
             &paths,
             &key,
             owner,
             addr.clone(),
             crate::enroll::system_clock(),
+            crate::enroll::system_synced(std::time::Instant::now()),
         )
         .await
         {

@@ -264,3 +264,88 @@ async fn an_expired_enrollment_is_refused_and_deleted() {
     assert!(none.is_none(), "an expired enrollment was served");
     assert!(!paths.enroll().exists());
 }
+
+/// First boot with a clock that is off and not yet synchronised: an enrollment that only
+/// *looks* expired is kept and answered "not yet" (nothing is used up or deleted); once the
+/// clock is synchronised it is judged again — granted while still valid by the right time,
+/// and refused and deleted when really expired.
+#[tokio::test]
+async fn an_enrollment_that_looks_expired_by_an_unsynchronised_clock_is_kept() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().expect("tmp");
+    let owner = SecretKey::generate();
+    let enrollment = SecretKey::generate();
+    let expires = 1_000_000;
+    first_boot_home(dir.path(), &owner, &enrollment, expires);
+    let paths = NodePaths::new(dir.path());
+    let node_key = SecretKey::generate();
+    let addr = sam_protocol::NodeAddr {
+        id: node_key.node_id(),
+        direct: vec![],
+        relay: None,
+    };
+    // the VM booted with its clock a day ahead, before NTP ran
+    let clock = Arc::new(AtomicU64::new(expires + 86_400));
+    let synced = Arc::new(AtomicBool::new(false));
+    let (c, s) = (clock.clone(), synced.clone());
+    let served = sam_node::enroll::start_judged(
+        &paths,
+        &node_key,
+        owner.node_id(),
+        addr.clone(),
+        Arc::new(move || c.load(Ordering::SeqCst)),
+        Arc::new(move || s.load(Ordering::SeqCst)),
+    )
+    .await
+    .expect("start")
+    .expect("an enrollment that only looks expired is served");
+    let addrs = served.addrs.clone();
+    let answer = ask(&owner, enrollment.node_id(), &addrs, [5; 32]).await;
+    let EnrollResponse::Refused(body) = answer else {
+        panic!("enrolled by a clock that cannot judge the expiry")
+    };
+    assert_eq!(
+        body.code,
+        sam_protocol::ctl::ErrorCode::Unavailable,
+        "{}",
+        body.message
+    );
+    assert!(
+        body.message.contains("not synchronised"),
+        "{}",
+        body.message
+    );
+    assert!(paths.enroll().exists(), "the enrollment was deleted");
+    assert!(!paths.enrolled().exists(), "the enrollment was used up");
+
+    // NTP runs: the right time is within the enrollment's life, so it is granted
+    clock.store(expires - 600, Ordering::SeqCst);
+    synced.store(true, Ordering::SeqCst);
+    match ask(&owner, enrollment.node_id(), &addrs, [6; 32]).await {
+        EnrollResponse::Enrolled(proof) => {
+            let node = verify_proof(&proof, &enrollment.node_id(), &owner.node_id(), &[6; 32])
+                .expect("proof");
+            assert_eq!(node, node_key.node_id());
+        }
+        EnrollResponse::Refused(e) => panic!("refused after the clock synchronised: {e:?}"),
+    }
+
+    // and with a synchronised clock, an enrollment that is really expired is deleted at start
+    let dir = tempfile::tempdir().expect("tmp");
+    first_boot_home(dir.path(), &owner, &enrollment, expires);
+    let paths = NodePaths::new(dir.path());
+    let c = clock.clone();
+    clock.store(expires + 86_400, Ordering::SeqCst);
+    let none = sam_node::enroll::start_judged(
+        &paths,
+        &node_key,
+        owner.node_id(),
+        addr,
+        Arc::new(move || c.load(Ordering::SeqCst)),
+        Arc::new(|| true),
+    )
+    .await
+    .expect("start");
+    assert!(none.is_none(), "an expired enrollment was served");
+    assert!(!paths.enroll().exists());
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use iroh::endpoint::VarInt;
 use iroh::{Endpoint, EndpointAddr, TransportAddr};
+use sam_protocol::ctl::ErrorCode;
 use sam_protocol::enroll::{
     EnrollError, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, verify_proof,
 };
@@ -68,6 +69,10 @@ pub async fn enroll(
         Err(_) => return Err(EnrollFailure::NotYet("no answer within 20 s".into())),
     };
     match answer {
+        // The node's clock is not synchronised yet (first boot): it asks to be asked again.
+        EnrollResponse::Refused(body) if body.code == ErrorCode::Unavailable => {
+            Err(EnrollFailure::NotYet(body.message))
+        }
         EnrollResponse::Refused(body) => Err(EnrollError::Refused(body.message).into()),
         EnrollResponse::Enrolled(proof) => {
             verify_proof(&proof, enrollment, owner, &req.nonce)?;

@@ -21,8 +21,26 @@ pub struct PoolPolicy {
     /// How long a new node has to answer at its ticket before it is deleted (s). Default 5 min.
     pub ready_timeout_secs: u64,
     /// How long a new node's one-time enrollment is valid (s): after that the node refuses
-    /// it and deletes its key. Default 1 h.
+    /// it and deletes its key. Default 1 h; [`ENROLL_TTL_RANGE`] (a minute, enough for a
+    /// slow boot; at most a day, so a leaked user-data is not a standing key).
+    #[serde(deserialize_with = "enroll_ttl")]
     pub enroll_ttl_secs: u64,
+}
+
+/// What `enroll_ttl_secs` may be, in seconds.
+pub const ENROLL_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=86_400;
+
+fn enroll_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = u64::deserialize(d)?;
+    if ENROLL_TTL_RANGE.contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "enroll_ttl_secs = {secs} is out of range: a new node's enrollment must be valid between {} s and {} s (a day)",
+            ENROLL_TTL_RANGE.start(),
+            ENROLL_TTL_RANGE.end()
+        )))
+    }
 }
 
 impl Default for PoolPolicy {

@@ -172,3 +172,25 @@ proptest! {
         }
     }
 }
+
+/// A `[pool]` that would make a new node's enrollment last forever (a leaked user-data a
+/// standing key) or expire before any VM boots is refused when the config is read, naming
+/// the setting; the bounds themselves load.
+#[test]
+fn an_enrollment_lifetime_out_of_bounds_is_refused_at_load() {
+    for bad in [0u64, 59, 86_401, u64::MAX] {
+        let err = toml::from_str::<PoolPolicy>(&format!("enroll_ttl_secs = {bad}"))
+            .expect_err("out of range, yet loaded")
+            .to_string();
+        assert!(err.contains("enroll_ttl_secs"), "{err}");
+    }
+    for good in [60u64, 3600, 86_400] {
+        let p: PoolPolicy = toml::from_str(&format!("enroll_ttl_secs = {good}")).expect("in range");
+        assert_eq!(p.enroll_ttl_secs, good);
+    }
+    let p: PoolPolicy = toml::from_str("idle_ttl_secs = 60").expect("default lifetime");
+    assert_eq!(
+        p.enroll_ttl_secs,
+        sam_protocol::enroll::DEFAULT_ENROLL_TTL_SECS
+    );
+}

@@ -1,7 +1,9 @@
-//! `sam-relay --bind ADDR [--allow NODEID]...`: runs iroh's relay server (plain HTTP, like
-//! `iroh-relay --dev`) on ADDR and prints `relay http://ADDR/` once it serves. With `--allow`
-//! only those NodeIds may use it (iroh's access control; the upstream `iroh-relay` binary
-//! offers the same as `access.allowlist` in its config file). Stops on SIGTERM/SIGINT.
+//! `sam-relay --bind ADDR (--allow NODEID... | --open)`: runs iroh's relay server (plain
+//! HTTP, like `iroh-relay --dev`) on ADDR and prints `relay http://ADDR/` once it serves.
+//! With `--allow` only those NodeIds may use it (iroh's access control; the upstream
+//! `iroh-relay` binary offers the same as `access.allowlist` in its config file). A relay
+//! open to every key carries anyone's traffic, so that takes an explicit `--open`; with
+//! neither, it refuses to start. Stops on SIGTERM/SIGINT.
 //! Production relays should use the upstream `iroh-relay` binary with TLS (see README).
 
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ impl AccessControl for Allowlist {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: sam-relay --bind ADDR [--allow NODEID]...");
+    eprintln!("usage: sam-relay --bind ADDR (--allow NODEID... | --open)");
     std::process::exit(2)
 }
 
@@ -34,6 +36,7 @@ fn usage() -> ! {
 async fn main() {
     let mut bind: Option<SocketAddr> = None;
     let mut allow = Vec::new();
+    let mut open = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -47,10 +50,17 @@ async fn main() {
                 Some(id) => allow.push(id),
                 None => usage(),
             },
+            "--open" => open = true,
             _ => usage(),
         }
     }
     let Some(bind) = bind else { usage() };
+    if allow.is_empty() != open {
+        eprintln!(
+            "sam-relay: say who may use this relay: --allow NODEID (repeatable), or --open for everyone (not both)"
+        );
+        std::process::exit(2)
+    }
     let mut relay = RelayConfig::new(bind);
     if !allow.is_empty() {
         relay.access = Arc::new(Allowlist(allow));
