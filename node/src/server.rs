@@ -28,6 +28,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// from the QUIC handshake, before its hello). One more is closed with
 /// [`close::TOO_MANY`] and a reason.
 pub const MAX_CONNS_PER_PEER: usize = 64;
+/// Most connections from keys other than the owner's that may wait for their hello at once,
+/// all keys together. Keys cost nothing to make, so the per-key limit alone does not bound
+/// a stranger who opens connections under fresh keys and never says hello; one more is
+/// closed at once with [`close::BUSY`]. The owner is never counted nor refused for this.
+pub const MAX_PENDING_HELLOS: usize = 128;
 /// First wait before saving a revocation again that could not be saved; it doubles up
 /// to [`SAVE_RETRY_MAX`].
 pub const SAVE_RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -44,6 +49,8 @@ pub mod close {
     pub const TOO_MANY: u32 = 6;
     /// The node's share file is damaged: only the owner is served until it is repaired.
     pub const SHARES_DAMAGED: u32 = 7;
+    /// [`super::MAX_PENDING_HELLOS`] connections already wait for their hello.
+    pub const BUSY: u32 = 8;
 }
 
 /// What a peer is told when the node refuses it because the share file is damaged.
@@ -81,6 +88,8 @@ struct Inner {
     conns: Mutex<HashMap<u64, LiveConn>>,
     /// Open connections per peer key (from the handshake on, hello or not).
     peer_conns: Mutex<HashMap<NodeId, usize>>,
+    /// Hello slots for keys other than the owner's ([`MAX_PENDING_HELLOS`]).
+    pending_hellos: Arc<tokio::sync::Semaphore>,
     next_conn: AtomicU64,
     workspaces: crate::workspace::Workspaces,
     docs: crate::docs::DocHost,
@@ -298,6 +307,7 @@ impl Node {
                 stopping: CancellationToken::new(),
                 conns: Mutex::new(HashMap::new()),
                 peer_conns: Mutex::new(HashMap::new()),
+                pending_hellos: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HELLOS)),
                 next_conn: AtomicU64::new(1),
                 // No IO here: Docker is reached on first use, so the node serves
                 // everything else when dockerd is missing.
@@ -652,6 +662,22 @@ impl Node {
             );
             conn.close(VarInt::from_u32(close::TOO_MANY), reason.as_bytes());
             return None;
+        };
+        // Held until the hello is decided (the owner's never waits for one).
+        let _hello_slot = if peer == self.inner.owner {
+            None
+        } else {
+            match self.inner.pending_hellos.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    warn!(peer = %peer.short(), limit = MAX_PENDING_HELLOS, "too many connections waiting for their hello");
+                    let reason = format!(
+                        "the node is busy: {MAX_PENDING_HELLOS} connections already wait for their hello; try again shortly"
+                    );
+                    conn.close(VarInt::from_u32(close::BUSY), reason.as_bytes());
+                    return None;
+                }
+            }
         };
         let result = tokio::time::timeout(HELLO_TIMEOUT, self.hello(conn, peer, slot)).await;
         match result {

@@ -157,3 +157,80 @@ async fn a_connection_cannot_hold_more_open_streams_than_the_limit() {
         .expect("a stream is free again")
         .expect("open");
 }
+
+/// Keys cost nothing: a stranger who opens connections under many fresh keys and never says
+/// hello is bounded by one limit for everyone but the owner, so the node cannot be made to
+/// hold unbounded half-open sessions; the owner is still served while they wait, and others
+/// are again once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_keys_that_never_say_hello_are_bounded_and_the_owner_is_still_served() {
+    use sam_node::server::{HELLO_TIMEOUT, MAX_PENDING_HELLOS};
+    let n = TestNode::start().await;
+    let ticket = n.handle.ticket();
+    let addr = sam_client::endpoint::endpoint_addr(&ticket.addr).expect("addr");
+    let keys = 8;
+    let per_key = MAX_PENDING_HELLOS / keys;
+    let mut rounds = 0;
+    let held = loop {
+        rounds += 1;
+        let started = Instant::now();
+        let mut eps = Vec::new();
+        for _ in 0..keys {
+            eps.push(endpoint(&sam_protocol::SecretKey::generate()).await);
+        }
+        let addr = &addr;
+        let dials = eps.iter().flat_map(|ep| {
+            (0..per_key).map(move |_| {
+                let addr = addr.clone();
+                async move { ep.connect(addr, alpn::CTL).await.expect("handshake") }
+            })
+        });
+        let held: Vec<_> = futures_util::future::join_all(dials).await;
+        // one more, under yet another fresh key, with a proper hello
+        let late = sam_protocol::SecretKey::generate();
+        let refused = sam_client::conn::connect(&endpoint(&late).await, &ticket, alpn::CTL).await;
+        if started.elapsed() >= HELLO_TIMEOUT - Duration::from_secs(2) {
+            // too slow a machine: the first ones may have timed out already; measure again
+            assert!(
+                rounds < 4,
+                "could not open {MAX_PENDING_HELLOS} connections within the hello timeout"
+            );
+            drop(held);
+            continue;
+        }
+        match refused {
+            Err(ConnectError::Refused(e)) => assert!(
+                e.message.contains("busy") && e.message.contains(&MAX_PENDING_HELLOS.to_string()),
+                "{e}"
+            ),
+            Err(other) => panic!("expected a busy refusal with the reason, got {other}"),
+            Ok(_) => panic!("a stranger was let in"),
+        }
+        break (eps, held);
+    };
+    // the owner is not counted: served while they all still wait
+    served(&n, &n.owner, &ticket).await;
+    drop(held);
+    // once they are gone (closed by us, or by the node at the hello timeout) a member is in
+    let (member, member_ticket) = n.member(Role::Collaborator);
+    let deadline = Instant::now() + HELLO_TIMEOUT * 3;
+    loop {
+        match client(&member, &member_ticket).await {
+            Ok((_ep, c)) => {
+                assert_eq!(
+                    c.request(Request::Ping).await.expect("ping"),
+                    Response::Pong
+                );
+                break;
+            }
+            Err(ConnectError::Refused(e)) if e.message.contains("busy") => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the hello slots were never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
