@@ -8,6 +8,11 @@
 SAM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export SAM_ROOT
 
+# The script that sourced this file and its arguments, to run it again under the docker
+# group (ensure_docker) when this user was just added to it.
+SAM_SCRIPT="$0"
+SAM_SCRIPT_ARGS=("$@")
+
 # A clear header between the steps of a script.
 section() {
     printf '\n==> %s\n' "$*"
@@ -86,25 +91,52 @@ ensure_apt() {
 # ensure_docker: a working Docker engine. Installs docker.io when there is no dockerd,
 # and when `docker info` fails starts dockerd in the background (no systemd needed),
 # logging to $SAM_DOCKERD_LOG (default /tmp/sam-dockerd.log), then waits until it answers.
+#
+# As a user other than root, Docker's socket is for the `docker` group: a user outside it is
+# added (through sudo) and the script runs again under `sg docker`, so this run, the tests
+# and the node it starts all reach Docker without a new login (later logins have the group).
 ensure_docker() {
     if docker info >/dev/null 2>&1; then
         return 0
     fi
-    if ! command -v dockerd >/dev/null 2>&1; then
+    # dockerd lives in /usr/sbin, which is not on a normal user's PATH
+    has_dockerd() { PATH="$PATH:/usr/sbin:/sbin" command -v dockerd >/dev/null 2>&1; }
+    if ! has_dockerd; then
         ensure_apt docker.io
     fi
-    command -v dockerd >/dev/null 2>&1 || die "docker.io is installed but dockerd is not on PATH"
-    local log="${SAM_DOCKERD_LOG:-/tmp/sam-dockerd.log}"
-    echo "starting dockerd in the background (log: $log)"
-    as_root sh -c "nohup dockerd >'$log' 2>&1 &"
-    local i
-    for i in $(seq 1 60); do
-        if docker info >/dev/null 2>&1; then
-            echo "dockerd is ready"
-            return 0
+    has_dockerd || die "docker.io is installed but there is no dockerd"
+    if ! as_root docker info >/dev/null 2>&1; then
+        local log="${SAM_DOCKERD_LOG:-/tmp/sam-dockerd.log}"
+        echo "starting dockerd in the background (log: $log)"
+        as_root sh -c "nohup dockerd >'$log' 2>&1 &"
+        local i ready=0
+        for i in $(seq 1 60); do
+            if as_root docker info >/dev/null 2>&1; then
+                ready=1
+                break
+            fi
+            sleep 1
+        done
+        if [ "$ready" -eq 0 ]; then
+            tail -n 30 "$log" >&2 || true
+            die "dockerd did not answer within 60 s (log above, full log in $log)"
         fi
-        sleep 1
-    done
-    tail -n 30 "$log" >&2 || true
-    die "dockerd did not answer within 60 s (log above, full log in $log)"
+        echo "dockerd is ready"
+    fi
+    docker info >/dev/null 2>&1 && return 0
+    # dockerd runs, but this user may not use its socket
+    local me
+    me="$(id -un)"
+    getent group docker >/dev/null 2>&1 || as_root groupadd --system docker
+    if ! id -nG "$me" | tr ' ' '\n' | grep -qx docker; then
+        echo "adding $me to the docker group (Docker's socket is for that group)"
+        as_root usermod -aG docker "$me"
+    fi
+    if [ -z "${SAM_UNDER_DOCKER_GROUP:-}" ] && command -v sg >/dev/null 2>&1; then
+        echo "running $(basename "$SAM_SCRIPT") again under the docker group (sg docker); new logins have it already"
+        local cmd
+        cmd="$(printf '%q ' env SAM_UNDER_DOCKER_GROUP=1 bash "$SAM_SCRIPT" "${SAM_SCRIPT_ARGS[@]}")"
+        exec sg docker -c "$cmd"
+    fi
+    die "$me cannot use Docker's socket ($(docker info 2>&1 | grep -i -m1 denied || echo 'docker info fails')): log in again so the docker group applies, then run this again"
 }

@@ -45,7 +45,14 @@ start=$(date +%s)
 case "$method" in
 mmdebstrap)
     command -v mmdebstrap >/dev/null 2>&1 || { echo "error: mmdebstrap is missing: apt-get install -y mmdebstrap" >&2; exit 1; }
-    mmdebstrap --variant=apt --quiet \
+    # Its chroot hook needs root: a normal user runs it through sudo (the tarball it
+    # writes is imported by this user, a member of the docker group).
+    as_root=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "error: building the base image needs root (mmdebstrap): install sudo or run as root" >&2; exit 1; }
+        as_root=(sudo)
+    fi
+    "${as_root[@]}" mmdebstrap --variant=apt --quiet \
         --include="$PACKAGES" \
         --customize-hook="chroot \"\$1\" sh -c '$SETUP_USER'" \
         --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
