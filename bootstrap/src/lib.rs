@@ -68,6 +68,8 @@ pub enum Advertise {
 
 /// The relay a cloud node uses unless told otherwise: n0's public relays.
 pub const DEFAULT_CLOUD_RELAY: &str = "n0";
+/// The workspace image a cloud node builds (the node's default image).
+pub const DEFAULT_BASE_IMAGE: &str = "sam-base:1";
 
 /// Everything the user-data needs.
 #[derive(Clone)]
@@ -84,12 +86,18 @@ pub struct BootstrapSpec {
     /// UDP port to bind on `0.0.0.0` (and to advertise).
     pub port: u16,
     pub advertise: Advertise,
-    /// Relay for the node: the URL of an iroh relay, or `n0` for n0's public relays (the
+    /// Relays for the node: URLs of iroh relays, or `n0` for n0's public relays (the
     /// default: a cloud node stays reachable when its direct address is not); none when
-    /// absent.
-    pub relay: Option<String>,
+    /// empty. Chosen per provider (`relays` in `[hetzner]`, `[scaleway]`).
+    pub relays: Vec<String>,
     /// Install Docker when `docker` is missing.
     pub install_docker: bool,
+    /// Build the workspace base image and install the pinned agent CLIs into it, with the
+    /// scripts `scripts/up.sh` uses (`bootstrap/images/build-base.sh`,
+    /// `bootstrap/agents/install-agents.sh`, embedded). Default on.
+    pub workspace_image: bool,
+    /// The workspace image's name (the node's default, `sam-base:1`).
+    pub base_image: String,
     /// Drop traffic from containers to `169.254.0.0/16` (the metadata service), persistently;
     /// the node does not start when that fails. Default on; off only where the script runs
     /// without a firewall of its own (an unprivileged test container).
@@ -121,8 +129,10 @@ impl BootstrapSpec {
             advertise: Advertise::Detect {
                 metadata_urls: Vec::new(),
             },
-            relay: Some(DEFAULT_CLOUD_RELAY.to_owned()),
+            relays: vec![DEFAULT_CLOUD_RELAY.to_owned()],
             install_docker: true,
+            workspace_image: true,
+            base_image: DEFAULT_BASE_IMAGE.to_owned(),
             block_metadata: true,
             sam_home: DEFAULT_SAM_HOME.to_owned(),
             node_bin: DEFAULT_NODE_BIN.to_owned(),
@@ -142,8 +152,10 @@ impl fmt::Debug for BootstrapSpec {
             .field("release", &self.release)
             .field("port", &self.port)
             .field("advertise", &self.advertise)
-            .field("relay", &self.relay)
+            .field("relays", &self.relays)
             .field("install_docker", &self.install_docker)
+            .field("workspace_image", &self.workspace_image)
+            .field("base_image", &self.base_image)
             .field("block_metadata", &self.block_metadata)
             .field("sam_home", &self.sam_home)
             .field("node_bin", &self.node_bin)
@@ -172,6 +184,10 @@ pub enum BootstrapError {
     ZeroPort,
     #[error("the enrollment port must differ from the node's port {0} and not be 0")]
     BadEnrollPort(u16),
+    #[error("bad relay setting: {0}")]
+    BadRelay(String),
+    #[error("invalid image name {0:?}: letters, digits and `:._/-`, at most 128")]
+    BadImage(String),
     #[error("cannot write the node config: {0}")]
     Config(String),
 }

@@ -100,6 +100,7 @@ fn refusal(answer: EnrollResponse) -> String {
     match answer {
         EnrollResponse::Refused(body) => body.message,
         EnrollResponse::Enrolled(p) => panic!("enrolled although it must be refused: {p:?}"),
+        EnrollResponse::Bootstrapping(s) => panic!("a bootstrap status, not a refusal: {s}"),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use iroh::endpoint::VarInt;
 use iroh::{Endpoint, EndpointAddr, TransportAddr};
 use sam_protocol::enroll::{
-    EnrollError, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, verify_proof,
+    BootstrapState, EnrollError, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, verify_proof,
 };
 use sam_protocol::wire::{read_frame, write_frame};
 use sam_protocol::{NodeAddr, NodeId};
@@ -69,6 +69,18 @@ pub async fn enroll(
     };
     match answer {
         EnrollResponse::Refused(body) => Err(EnrollError::Refused(body.message).into()),
+        // The VM proved it holds the enrollment key (the QUIC handshake), so its bootstrap
+        // status is the VM's own word; its text is a peer's, so it is shown sanitized.
+        EnrollResponse::Bootstrapping(status) => {
+            let status = status.sanitized();
+            match status.state {
+                BootstrapState::Failed => Err(EnrollError::BootstrapFailed(status).into()),
+                // `Done` with no proof is not an enrollment: ask again.
+                BootstrapState::Running | BootstrapState::Done => {
+                    Err(EnrollFailure::NotYet(status.to_string()))
+                }
+            }
+        }
         EnrollResponse::Enrolled(proof) => {
             verify_proof(&proof, enrollment, owner, &req.nonce)?;
             Ok(proof.node)
