@@ -193,7 +193,11 @@ pub const SAM_LIB: &str = "/usr/local/lib/sam";
 /// `(path under SAM_LIB, heredoc delimiter, text)` of each embedded script.
 pub(crate) const SHARED_SCRIPTS: [(&str, &str, &str); 3] = [
     ("images/build-base.sh", "SAM_BUILD_BASE_SH", BUILD_BASE_SH),
-    ("agents/install-agents.sh", "SAM_INSTALL_AGENTS_SH", INSTALL_AGENTS_SH),
+    (
+        "agents/install-agents.sh",
+        "SAM_INSTALL_AGENTS_SH",
+        INSTALL_AGENTS_SH,
+    ),
     ("agents/versions.env", "SAM_VERSIONS_ENV", VERSIONS_ENV),
 ];
 
@@ -214,8 +218,12 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     }
     // What sam-node accepts (`n0`, `none`, http(s) URLs with a host; no `file://`), so the
     // node starts.
-    sam_protocol::relay::parse(&spec.relays).map_err(|e| BootstrapError::BadRelay(e.to_string()))?;
-    if !spec.base_image.bytes().all(|b| b.is_ascii_alphanumeric() || b":._/-".contains(&b))
+    sam_protocol::relay::parse(&spec.relays)
+        .map_err(|e| BootstrapError::BadRelay(e.to_string()))?;
+    if !spec
+        .base_image
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":._/-".contains(&b))
         || spec.base_image.is_empty()
         || spec.base_image.len() > 128
         || spec.base_image.starts_with('-')
@@ -333,7 +341,9 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
             }
             let _ = writeln!(s, "{delim}");
         }
-        s.push_str("chmod 0755 \"$SAM_LIB\" \"$SAM_LIB/images\" \"$SAM_LIB/agents\" \"$SAM_LIB\"/*/*\n");
+        s.push_str(
+            "chmod 0755 \"$SAM_LIB\" \"$SAM_LIB/images\" \"$SAM_LIB/agents\" \"$SAM_LIB\"/*/*\n",
+        );
         s.push_str(IMAGE);
     }
     if !spec.extra_commands.is_empty() {

@@ -199,14 +199,17 @@ fn user_data_blocks_the_metadata_service_before_the_node_starts() {
     )));
     assert!(text.contains("systemctl restart \"$METADATA_UNIT\""));
     assert!(text.contains("elif ! \"$METADATA_BLOCK\" install; then"));
-    assert!(text.contains(
-        "elif ! \"$METADATA_BLOCK\" install; then\n  fail 'cannot block containers"
-    ));
+    assert!(
+        text.contains("elif ! \"$METADATA_BLOCK\" install; then\n  fail 'cannot block containers")
+    );
     let block = text.find("SAM_METADATA_BLOCK\n").expect("block");
     // the node starts early to report progress, but enrolls only once the status is `done`,
     // written after the rules are in place
     let done = text.find("status done").expect("done");
-    assert!(block < done, "the rules come before the node can be enrolled");
+    assert!(
+        block < done,
+        "the rules come before the node can be enrolled"
+    );
     // the node unit requires the block unit, so a reboot without the rules runs no node
     assert!(text.contains("Requires=sam-metadata-block.service\n"));
     assert!(
@@ -230,7 +233,11 @@ fn a_cloud_node_uses_n0_relays_unless_told_otherwise() {
     assert!(text.contains("relays = [\"https://relay.example.org/\"]"));
     let mut none = spec();
     none.relays = vec![];
-    assert!(!render_user_data(&none).expect("render").contains("relays ="));
+    assert!(
+        !render_user_data(&none)
+            .expect("render")
+            .contains("relays =")
+    );
     let mut bad = spec();
     for r in [
         "relay.example.org; rm -rf /",
@@ -257,7 +264,9 @@ fn the_user_data_runs_the_same_install_scripts_as_up_sh() {
         assert!(text.contains(&embedded), "{path} is not embedded verbatim");
     }
     assert!(text.contains("bash \"$SAM_LIB/images/build-base.sh\""));
-    assert!(text.contains("bash \"$SAM_LIB/agents/install-agents.sh\" --into-image \"$BASE_IMAGE\""));
+    assert!(
+        text.contains("bash \"$SAM_LIB/agents/install-agents.sh\" --into-image \"$BASE_IMAGE\"")
+    );
     assert!(text.contains("BASE_IMAGE='sam-base:1'"));
     // each step reports itself, in order, and `done` comes last
     let order = [
@@ -273,7 +282,9 @@ fn the_user_data_runs_the_same_install_scripts_as_up_sh() {
     ];
     let mut at = 0;
     for s in order {
-        let i = text[at..].find(s).unwrap_or_else(|| panic!("{s} missing or out of order"));
+        let i = text[at..]
+            .find(s)
+            .unwrap_or_else(|| panic!("{s} missing or out of order"));
         at += i + s.len();
     }
     // off when asked (the Debian-container test has no Docker of its own)
@@ -284,5 +295,8 @@ fn the_user_data_runs_the_same_install_scripts_as_up_sh() {
     assert!(!text.contains("step agents"));
     let mut s = spec();
     s.base_image = "x; rm -rf /".into();
-    assert!(matches!(render_user_data(&s), Err(BootstrapError::BadImage(_))));
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadImage(_))
+    ));
 }

@@ -29,7 +29,8 @@ use iroh::endpoint::{VarInt, presets};
 use iroh::{Endpoint, RelayMode};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::enroll::{
-    BOOTSTRAP_STATUS_FILE, BootstrapState, BootstrapStatus, ENROLL_VERSION, EnrollFile, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, sign_proof,
+    BOOTSTRAP_STATUS_FILE, BootstrapState, BootstrapStatus, ENROLL_VERSION, EnrollFile,
+    EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, sign_proof,
 };
 use sam_protocol::wire::read_bounded;
 use sam_protocol::{NodeAddr, NodeId, SecretKey};
@@ -401,11 +402,13 @@ pub fn bootstrap_status(paths: &NodePaths) -> Option<BootstrapStatus> {
             });
         }
     };
-    Some(BootstrapStatus::parse(&text).unwrap_or_else(|e| BootstrapStatus {
-        state: BootstrapState::Failed,
-        step: "status".into(),
-        message: format!("the node cannot read its bootstrap status: {e}"),
-    }))
+    Some(
+        BootstrapStatus::parse(&text).unwrap_or_else(|e| BootstrapStatus {
+            state: BootstrapState::Failed,
+            step: "status".into(),
+            message: format!("the node cannot read its bootstrap status: {e}"),
+        }),
+    )
 }
 
 fn read_small(path: &Path) -> std::io::Result<String> {

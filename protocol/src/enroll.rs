@@ -222,8 +222,12 @@ impl std::fmt::Display for BootstrapStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.sanitized();
         match s.state {
-            BootstrapState::Running => write!(f, "bootstrap running: step {}: {}", s.step, s.message),
-            BootstrapState::Failed => write!(f, "bootstrap failed at step {}: {}", s.step, s.message),
+            BootstrapState::Running => {
+                write!(f, "bootstrap running: step {}: {}", s.step, s.message)
+            }
+            BootstrapState::Failed => {
+                write!(f, "bootstrap failed at step {}: {}", s.step, s.message)
+            }
             BootstrapState::Done => write!(f, "bootstrap done"),
         }
     }
@@ -382,5 +386,49 @@ mod tests {
         let f = EnrollFile::new(&key, 5, "0.0.0.0:7448".parse().expect("addr"));
         assert!(!format!("{f:?}").contains(&f.key));
         assert_eq!(f.secret_key().expect("key").to_bytes(), key.to_bytes());
+    }
+
+    #[test]
+    fn the_bootstrap_status_file_is_read_strictly() {
+        let ok = BootstrapStatus::parse("state=failed\nstep=base-image\nmessage=build failed\n")
+            .expect("parse");
+        assert_eq!(ok.state, BootstrapState::Failed);
+        assert_eq!(ok.step, "base-image");
+        assert_eq!(
+            ok.to_string(),
+            "bootstrap failed at step base-image: build failed"
+        );
+        let done = BootstrapStatus::parse("state=done\nstep=done\nmessage=ready\n").expect("done");
+        assert_eq!(done.state, BootstrapState::Done);
+        for bad in [
+            "",
+            "state=ok\nstep=a\n",
+            "state=done\n",
+            "state=done\nstep=A B\n",
+            "state=done\nstep=done\nstate=running\n",
+            "state=done\nstep=done\nkey=x\n",
+            "state=done\nstep=done\ngarbage\n",
+        ] {
+            assert!(BootstrapStatus::parse(bad).is_err(), "{bad:?}");
+        }
+        let huge = format!(
+            "state=done\nstep=done\nmessage={}\n",
+            "x".repeat(MAX_STATUS_FILE)
+        );
+        assert!(BootstrapStatus::parse(&huge).is_err());
+        let long = format!(
+            "state=running\nstep=agents\nmessage=\x1b[31m{}\n",
+            "y".repeat(1000)
+        );
+        let s = BootstrapStatus::parse(&long).expect("long message");
+        assert!(s.message.chars().count() <= MAX_STATUS_MESSAGE + 1);
+        assert!(!s.message.contains('\x1b'));
+        // what a node sends is cleaned again on arrival
+        let sent = BootstrapStatus {
+            state: BootstrapState::Failed,
+            step: "x\x1b]0;evil\x07".into(),
+            message: "a\rb".into(),
+        };
+        assert_eq!(sent.to_string(), "bootstrap failed at step unknown: a?b");
     }
 }

@@ -104,6 +104,8 @@ mod tests {
         OtherKey,
         /// A valid signature, but over an old nonce (a replayed answer).
         OldNonce,
+        /// The bootstrap status instead of a proof.
+        Status(BootstrapState),
     }
 
     fn ep_builder(key: &SecretKey) -> iroh::endpoint::Builder {
@@ -133,6 +135,21 @@ mod tests {
                 direct: addrs_of(&ep),
                 relay: None,
             };
+            if let Answer::Status(state) = answer {
+                // a hostile status text: a terminal escape, a newline, 5000 characters
+                let status = sam_protocol::enroll::BootstrapStatus {
+                    state,
+                    step: "agents".into(),
+                    message: format!("npm failed\x1b[2J\nFAKE LINE{}", "x".repeat(5000)),
+                };
+                write_frame(&mut send, &EnrollResponse::Bootstrapping(status))
+                    .await
+                    .expect("answer");
+                send.finish().expect("finish");
+                let _ = conn.closed().await;
+                ep.close().await;
+                return;
+            }
             let proof: EnrollProof = match answer {
                 Answer::Honest => sign_proof(&node, addr, &enroll_id, &owner, &req.nonce),
                 Answer::OtherKey => {
@@ -147,6 +164,7 @@ mod tests {
                     p
                 }
                 Answer::OldNonce => sign_proof(&node, addr, &enroll_id, &owner, &[0u8; 32]),
+                Answer::Status(_) => unreachable!("answered above"),
             };
             write_frame(&mut send, &EnrollResponse::Enrolled(proof))
                 .await
@@ -187,6 +205,27 @@ mod tests {
                 }
                 other => panic!("an answer {what} was not refused as forged: {other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_bootstrap_is_reported_with_its_step_and_a_clean_message() {
+        match enroll_against(Answer::Status(BootstrapState::Failed)).await {
+            Err(EnrollFailure::Final(e @ EnrollError::BootstrapFailed(_))) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("bootstrap failed at step agents: npm failed"),
+                    "{msg}"
+                );
+                // the node's text is a peer's: no escape, no line break, bounded
+                assert!(!msg.contains('\x1b') && !msg.contains('\n'), "{msg:?}");
+                assert!(msg.chars().count() < 400, "{} chars", msg.chars().count());
+            }
+            other => panic!("a failed bootstrap was not reported as final: {other:?}"),
+        }
+        match enroll_against(Answer::Status(BootstrapState::Running)).await {
+            Err(EnrollFailure::NotYet(m)) => assert!(m.contains("step agents"), "{m}"),
+            other => panic!("a running bootstrap must be waited for: {other:?}"),
         }
     }
 }
