@@ -153,9 +153,6 @@ fi
 /// The workspace image and the agent CLIs, with the scripts `scripts/up.sh` runs on a local
 /// machine (embedded below, byte for byte).
 const IMAGE: &str = r#"step base-image "building the workspace image $BASE_IMAGE"
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! have mmdebstrap; then
-  apt_install mmdebstrap || log 'mmdebstrap could not be installed: the image is built from debian:trixie'
-fi
 (umask 022; SAM_BASE_IMAGE="$BASE_IMAGE" bash "$SAM_LIB/images/build-base.sh") ||
   fail 'building the workspace image failed (bootstrap/images/build-base.sh; its output is in the cloud-init log)'
 step agents 'installing the pinned agent CLIs into the workspace image'
