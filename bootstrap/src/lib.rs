@@ -5,15 +5,25 @@
 //! rather than `#cloud-config` because the same text must work without cloud-init (the Debian
 //! container test, `ssh host sh -s < user-data`) and because every step needs a shell anyway.
 //!
-//! The script, in order:
-//! 1. installs Docker from the distribution's packages (`docker.io`) when `docker` is missing;
-//! 2. downloads `sam-node` from a release URL and refuses it unless its sha256 is the pinned one;
-//! 3. writes a one-time enrollment (`enroll.toml`, `0600`: a throwaway key, its expiry, the
-//!    enrollment port) and `config.toml` under `$SAM_HOME/node/` (owner, bind `0.0.0.0:7447`,
-//!    advertise = the public IPv4 found at boot, optional relay);
-//! 4. blocks containers from the cloud metadata service (`169.254.0.0/16`, see [`firewall`]),
-//!    failing closed: no node starts on a host where the rules could not be installed;
-//! 5. starts `sam-node run`: a systemd unit where systemd runs, else `nohup` in the background.
+//! The script, in steps (each writes `$SAM_HOME/node/bootstrap.status`: `state`, `step`, a
+//! fixed message; each skips what is done, so a second run changes nothing):
+//! 1. `sam-node`: downloads it from a release URL and refuses it unless its sha256 is the
+//!    pinned one (skipped when the installed binary has that sha256);
+//! 2. `config`: the one-time enrollment (`enroll.toml`, `0600`: a throwaway key, its expiry,
+//!    the enrollment port; not written again once enrolled) and `config.toml` (owner, bind
+//!    `0.0.0.0:7447`, relays, advertise = the public IPv4 found at boot);
+//! 3. `node`: starts `sam-node run` early: it serves the status to its owner on the
+//!    enrollment endpoint and enrolls only once the status is `done`;
+//! 4. `docker`: installs Docker (`docker.io`) when missing and waits until it answers;
+//! 5. `metadata-block`: blocks containers from the cloud metadata service
+//!    (`169.254.0.0/16`, see [`firewall`]), failing closed;
+//! 6. `base-image`, `agents`: the workspace image and the pinned agent CLIs, with the scripts
+//!    `scripts/up.sh` runs (`bootstrap/images/build-base.sh`,
+//!    `bootstrap/agents/install-agents.sh`, embedded byte for byte);
+//! 7. `extra` commands, then `service`: the systemd unit takes the node over; `done`.
+//!
+//! A failing step leaves `state=failed` with its step (the `EXIT` trap catches any command
+//! `set -e` stops on), which the node reports to the waiting provisioner.
 //!
 //! The node's key is never in the user-data: `sam-node` makes it at first boot, and the
 //! provisioner learns the node's id by enrolling it (`sam/enroll/1`, see

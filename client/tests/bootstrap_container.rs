@@ -240,6 +240,17 @@ async fn user_data_boots_a_node_in_debian_and_its_ticket_works() {
     };
     assert!(bad_log.contains("checksum mismatch"), "{bad_log}");
     assert!(bad_log.contains("rc=1"), "{bad_log}");
+    // the step is on disk (no node runs to report it: see docs/security/cloud-node.md)
+    let status = docker(&[
+        "exec",
+        &bad_c.0,
+        "cat",
+        "/var/lib/sam/node/bootstrap.status",
+    ]);
+    assert!(
+        status.starts_with("state=failed\nstep=sam-node\nmessage=sam-node checksum mismatch"),
+        "{status}"
+    );
     let installed = Command::new("docker")
         .args(["exec", &bad_c.0, "test", "-e", "/usr/local/bin/sam-node"])
         .status()
