@@ -226,7 +226,7 @@ fn provider_add_hetzner_checks_and_stores_the_token_privately() {
     assert!(err.contains("`relays` of [hetzner]"), "{err}");
     assert!(!err.contains("pw@"), "{err}");
     with_relays(r#"["https://relay.example.org/"]"#);
-    ok(&add_hetzner(home, &base, "good-token"));
+    ok(add_hetzner(home, &base, "good-token"));
     let text = std::fs::read_to_string(&file).expect("providers.toml");
     assert!(
         text.contains(r#"relays = ["https://relay.example.org/"]"#),
