@@ -14,7 +14,7 @@ pub(crate) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-const PRELUDE: &str = r#"set -eu
+pub(crate) const PRELUDE: &str = r#"set -eu
 umask 077
 log() { printf 'sam-bootstrap: %s\n' "$*" >&2; }
 have() { command -v "$1" >/dev/null 2>&1; }

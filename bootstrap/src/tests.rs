@@ -300,3 +300,55 @@ fn the_user_data_runs_the_same_install_scripts_as_up_sh() {
         Err(BootstrapError::BadImage(_))
     ));
 }
+
+#[test]
+fn any_failing_command_marks_its_step_failed() {
+    // the status helpers for real, in sh: an explicit `fail`, and a command `set -e` stops on
+    let dir = std::env::temp_dir().join(format!(
+        "sam-bootstrap-status-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    for (body, want) in [
+        (
+            "step agents 'installing'\nfalse\necho not reached\n",
+            "state=failed\nstep=agents\nmessage=a command failed (exit 1); the VM's cloud-init output log says which\n",
+        ),
+        (
+            "step base-image 'building'\nfail 'building the workspace image failed'\n",
+            "state=failed\nstep=base-image\nmessage=building the workspace image failed\n",
+        ),
+        (
+            "step service 'x'\nSTEP=done\nstatus done 'the node is ready'\n",
+            "state=done\nstep=done\nmessage=the node is ready\n",
+        ),
+    ] {
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            "{}SAM_HOME={}\nmkdir -p \"$SAM_HOME/node\"\n{body}",
+            script::PRELUDE,
+            script::sh_quote(&dir.display().to_string())
+        );
+        let Ok(out) = Command::new("sh").arg("-c").arg(&text).output() else {
+            eprintln!("no sh here; skipping");
+            return;
+        };
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("not reached"));
+        let got = std::fs::read_to_string(dir.join("node/bootstrap.status")).expect("status");
+        assert_eq!(got, want);
+        // what the node will read
+        let parsed = sam_protocol::enroll::BootstrapStatus::parse(&got).expect("parse");
+        assert_eq!(
+            parsed.state == sam_protocol::enroll::BootstrapState::Done,
+            out.status.success()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
