@@ -323,7 +323,12 @@ impl<P: Provider> Pool<P> {
                     Ok(Err(EnrollFailure::Final(e))) => {
                         return Err(EnrollEnd::Final(e.to_string()));
                     }
-                    Ok(Err(EnrollFailure::NotYet(e))) => last = e,
+                    Ok(Err(EnrollFailure::NotYet(e))) => {
+                        if e.starts_with("bootstrap") && e != last {
+                            tracing::info!(vm = %vm.id, "{e}");
+                        }
+                        last = e;
+                    }
                     Err(_) => {}
                 }
             }
