@@ -9,6 +9,8 @@ use_target_dir
 section "Docker engine, workspace image and agent CLIs"
 # Workspaces are Docker containers: start dockerd if needed, build the base image once,
 # and install the pinned agent CLIs into it (each step is skipped when already done).
+# A cloud node's user-data runs these same two scripts (embedded byte for byte by
+# bootstrap/src/script.rs), so a local and a cloud node get the same image and agents.
 ensure_docker
 ensure_apt mmdebstrap
 "$SAM_ROOT/bootstrap/images/build-base.sh"

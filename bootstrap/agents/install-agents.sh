@@ -59,6 +59,23 @@ done
 # tool) and commit the result under the same tag. Network settings are passed along.
 if [ -n "$into_image" ]; then
     t0=$(date +%s)
+    # Done already: every asked agent's stamp in the image names its pinned version (checked
+    # in a throwaway container without network), so a second run commits no new layer.
+    wants=()
+    for a in "${agents[@]}"; do
+        case "$a" in
+        claude) wants+=("claude=$SAM_CLAUDE_PKG@$SAM_CLAUDE_VERSION") ;;
+        codex) wants+=("codex=$SAM_CODEX_PKG@$SAM_CODEX_VERSION") ;;
+        gemini) wants+=("gemini=$SAM_GEMINI_PKG@$SAM_GEMINI_VERSION") ;;
+        vibe) wants+=("vibe=$SAM_VIBE_PKG==$SAM_VIBE_VERSION") ;;
+        esac
+    done
+    check='for w in "$@"; do [ "$(cat "/opt/sam/agents/${w%%=*}/.sam-installed" 2>/dev/null)" = "${w#*=}" ] || exit 1; done'
+    if [ "${SAM_AGENTS_FORCE:-0}" != 1 ] &&
+        docker run --rm --network none -u root --entrypoint sh "$into_image" -c "$check" sam-check "${wants[@]}" >/dev/null 2>&1; then
+        echo "agents in $into_image are the pinned versions already (SAM_AGENTS_FORCE=1 reinstalls)"
+        exit 0
+    fi
     envs=()
     for v in SAM_CA_BUNDLE SAM_NPM_REGISTRY SAM_PIP_INDEX SAM_UV SAM_NO_UV HTTPS_PROXY HTTP_PROXY NO_PROXY https_proxy http_proxy no_proxy; do
         [ -z "${!v:-}" ] || envs+=(-e "$v")

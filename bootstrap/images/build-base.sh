@@ -44,7 +44,18 @@ echo "building $IMAGE with $method"
 start=$(date +%s)
 case "$method" in
 mmdebstrap)
-    command -v mmdebstrap >/dev/null 2>&1 || { echo "error: mmdebstrap is missing: apt-get install -y mmdebstrap" >&2; exit 1; }
+    if ! command -v mmdebstrap >/dev/null 2>&1; then
+        # As root with apt (a fresh cloud node): installed here; else say how.
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing mmdebstrap"
+            DEBIAN_FRONTEND=noninteractive apt-get -qq update >/dev/null &&
+                DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends mmdebstrap >/dev/null ||
+                { echo "error: mmdebstrap is missing and could not be installed" >&2; exit 1; }
+        else
+            echo "error: mmdebstrap is missing: apt-get install -y mmdebstrap" >&2
+            exit 1
+        fi
+    fi
     # Its chroot hook needs root: a normal user runs it through sudo (the tarball it
     # writes is imported by this user, a member of the docker group).
     as_root=()

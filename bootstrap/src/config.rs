@@ -17,9 +17,9 @@ pub struct NodeConfigFile {
     /// Addresses to put in tickets. Left out when empty (the script may append a detected one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub advertise: Vec<SocketAddr>,
-    /// Relay URL; no relay when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay: Option<String>,
+    /// Relays (`n0` or iroh relay URLs); no relay when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
 }
 
 /// Renders the config as TOML. Only top-level keys, so a line appended later stays valid.
@@ -37,7 +37,7 @@ mod tests {
             owner: "ab".repeat(32),
             bind: "0.0.0.0:7447".parse().expect("addr"),
             advertise: vec![],
-            relay: None,
+            relays: vec![],
         };
         let text = node_config_toml(&cfg).expect("toml");
         assert!(!text.contains("advertise"));
@@ -48,7 +48,7 @@ mod tests {
 
         let with = NodeConfigFile {
             advertise: vec!["1.2.3.4:7447".parse().expect("addr")],
-            relay: Some("https://relay.example".into()),
+            relays: vec!["https://relay.example".into()],
             ..cfg
         };
         let text = node_config_toml(&with).expect("toml");
@@ -63,7 +63,7 @@ mod tests {
             owner: "cd".repeat(32),
             bind: "0.0.0.0:7447".parse().expect("addr"),
             advertise: vec![],
-            relay: Some("https://r".into()),
+            relays: vec!["https://r".into()],
         };
         let mut text = node_config_toml(&cfg).expect("toml");
         text.push_str("advertise = [\"5.6.7.8:7447\"]\n");

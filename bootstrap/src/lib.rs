@@ -5,15 +5,25 @@
 //! rather than `#cloud-config` because the same text must work without cloud-init (the Debian
 //! container test, `ssh host sh -s < user-data`) and because every step needs a shell anyway.
 //!
-//! The script, in order:
-//! 1. installs Docker from the distribution's packages (`docker.io`) when `docker` is missing;
-//! 2. downloads `sam-node` from a release URL and refuses it unless its sha256 is the pinned one;
-//! 3. writes a one-time enrollment (`enroll.toml`, `0600`: a throwaway key, its expiry, the
-//!    enrollment port) and `config.toml` under `$SAM_HOME/node/` (owner, bind `0.0.0.0:7447`,
-//!    advertise = the public IPv4 found at boot, optional relay);
-//! 4. blocks containers from the cloud metadata service (`169.254.0.0/16`, see [`firewall`]),
-//!    failing closed: no node starts on a host where the rules could not be installed;
-//! 5. starts `sam-node run`: a systemd unit where systemd runs, else `nohup` in the background.
+//! The script, in steps (each writes `$SAM_HOME/node/bootstrap.status`: `state`, `step`, a
+//! fixed message; each skips what is done, so a second run changes nothing):
+//! 1. `sam-node`: downloads it from a release URL and refuses it unless its sha256 is the
+//!    pinned one (skipped when the installed binary has that sha256);
+//! 2. `config`: the one-time enrollment (`enroll.toml`, `0600`: a throwaway key, its expiry,
+//!    the enrollment port; not written again once enrolled) and `config.toml` (owner, bind
+//!    `0.0.0.0:7447`, relays, advertise = the public IPv4 found at boot);
+//! 3. `node`: starts `sam-node run` early: it serves the status to its owner on the
+//!    enrollment endpoint and enrolls only once the status is `done`;
+//! 4. `docker`: installs Docker (`docker.io`) when missing and waits until it answers;
+//! 5. `metadata-block`: blocks containers from the cloud metadata service
+//!    (`169.254.0.0/16`, see [`firewall`]), failing closed;
+//! 6. `base-image`, `agents`: the workspace image and the pinned agent CLIs, with the scripts
+//!    `scripts/up.sh` runs (`bootstrap/images/build-base.sh`,
+//!    `bootstrap/agents/install-agents.sh`, embedded byte for byte);
+//! 7. `extra` commands, then `service`: the systemd unit takes the node over; `done`.
+//!
+//! A failing step leaves `state=failed` with its step (the `EXIT` trap catches any command
+//! `set -e` stops on), which the node reports to the waiting provisioner.
 //!
 //! The node's key is never in the user-data: `sam-node` makes it at first boot, and the
 //! provisioner learns the node's id by enrolling it (`sam/enroll/1`, see
@@ -68,6 +78,8 @@ pub enum Advertise {
 
 /// The relay a cloud node uses unless told otherwise: n0's public relays.
 pub const DEFAULT_CLOUD_RELAY: &str = "n0";
+/// The workspace image a cloud node builds (the node's default image).
+pub const DEFAULT_BASE_IMAGE: &str = "sam-base:1";
 
 /// Everything the user-data needs.
 #[derive(Clone)]
@@ -84,12 +96,18 @@ pub struct BootstrapSpec {
     /// UDP port to bind on `0.0.0.0` (and to advertise).
     pub port: u16,
     pub advertise: Advertise,
-    /// Relay for the node: the URL of an iroh relay, or `n0` for n0's public relays (the
+    /// Relays for the node: URLs of iroh relays, or `n0` for n0's public relays (the
     /// default: a cloud node stays reachable when its direct address is not); none when
-    /// absent.
-    pub relay: Option<String>,
+    /// empty. Chosen per provider (`relays` in `[hetzner]`, `[scaleway]`).
+    pub relays: Vec<String>,
     /// Install Docker when `docker` is missing.
     pub install_docker: bool,
+    /// Build the workspace base image and install the pinned agent CLIs into it, with the
+    /// scripts `scripts/up.sh` uses (`bootstrap/images/build-base.sh`,
+    /// `bootstrap/agents/install-agents.sh`, embedded). Default on.
+    pub workspace_image: bool,
+    /// The workspace image's name (the node's default, `sam-base:1`).
+    pub base_image: String,
     /// Drop traffic from containers to `169.254.0.0/16` (the metadata service), persistently;
     /// the node does not start when that fails. Default on; off only where the script runs
     /// without a firewall of its own (an unprivileged test container).
@@ -121,8 +139,10 @@ impl BootstrapSpec {
             advertise: Advertise::Detect {
                 metadata_urls: Vec::new(),
             },
-            relay: Some(DEFAULT_CLOUD_RELAY.to_owned()),
+            relays: vec![DEFAULT_CLOUD_RELAY.to_owned()],
             install_docker: true,
+            workspace_image: true,
+            base_image: DEFAULT_BASE_IMAGE.to_owned(),
             block_metadata: true,
             sam_home: DEFAULT_SAM_HOME.to_owned(),
             node_bin: DEFAULT_NODE_BIN.to_owned(),
@@ -142,8 +162,10 @@ impl fmt::Debug for BootstrapSpec {
             .field("release", &self.release)
             .field("port", &self.port)
             .field("advertise", &self.advertise)
-            .field("relay", &self.relay)
+            .field("relays", &self.relays)
             .field("install_docker", &self.install_docker)
+            .field("workspace_image", &self.workspace_image)
+            .field("base_image", &self.base_image)
             .field("block_metadata", &self.block_metadata)
             .field("sam_home", &self.sam_home)
             .field("node_bin", &self.node_bin)
@@ -172,6 +194,10 @@ pub enum BootstrapError {
     ZeroPort,
     #[error("the enrollment port must differ from the node's port {0} and not be 0")]
     BadEnrollPort(u16),
+    #[error("bad relay setting: {0}")]
+    BadRelay(String),
+    #[error("invalid image name {0:?}: letters, digits and `:._/-`, at most 128")]
+    BadImage(String),
     #[error("cannot write the node config: {0}")]
     Config(String),
 }

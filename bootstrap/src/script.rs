@@ -14,7 +14,7 @@ pub(crate) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-const PRELUDE: &str = r#"set -eu
+pub(crate) const PRELUDE: &str = r#"set -eu
 umask 077
 log() { printf 'sam-bootstrap: %s\n' "$*" >&2; }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -39,35 +39,53 @@ is_ipv4() {
   case "$1" in ''|*[!0-9.]*|.*|*.|*..*) return 1 ;; esac
   [ "$(printf '%s' "$1" | tr -cd . | wc -c)" -eq 3 ]
 }
+sha_of() {
+  if have sha256sum; then sha256sum "$1" | cut -d' ' -f1
+  else openssl dgst -sha256 -r "$1" | cut -d' ' -f1
+  fi
+}
+# Progress for the owner: sam-node serves this file on its enrollment port until the
+# bootstrap is done (step names and fixed messages only: nothing secret goes in it).
+STEP=begin
+STATE=running
+status() {
+  STATE=$1
+  [ -d "$SAM_HOME/node" ] || return 0
+  printf 'state=%s\nstep=%s\nmessage=%s\n' "$1" "$STEP" "$2" >"$SAM_HOME/node/bootstrap.status.tmp" &&
+    mv -f "$SAM_HOME/node/bootstrap.status.tmp" "$SAM_HOME/node/bootstrap.status"
+}
+step() { STEP=$1; log "[$1] $2"; status running "$2"; }
+fail() { log "failed at step $STEP: $*"; status failed "$*"; exit 1; }
+on_exit() {
+  rc=$?
+  if [ "$rc" -ne 0 ] && [ "$STATE" = running ]; then
+    status failed "a command failed (exit $rc); the VM's cloud-init output log says which"
+  fi
+}
+trap on_exit EXIT
 "#;
 
-const DOCKER: &str = r#"if ! have docker; then
-  log 'installing Docker (docker.io)'
-  apt_install docker.io ca-certificates || { log 'cannot install Docker: install it, then run this script again'; exit 1; }
-fi
-if [ -d /run/systemd/system ] && have systemctl; then
-  systemctl enable --now docker >/dev/null 2>&1 || log 'could not start docker.service'
-elif [ ! -S /var/run/docker.sock ] && have dockerd; then
-  nohup dockerd >>/var/log/dockerd.log 2>&1 &
-fi
-"#;
-
-const INSTALL_NODE: &str = r#"log "installing sam-node from $NODE_URL"
-tmp=$(mktemp)
-fetch "$NODE_URL" "$tmp" || { rm -f "$tmp"; log "cannot download sam-node from $NODE_URL"; exit 1; }
-if have sha256sum; then got=$(sha256sum "$tmp" | cut -d' ' -f1)
-else got=$(openssl dgst -sha256 -r "$tmp" | cut -d' ' -f1)
-fi
-if [ "$got" != "$NODE_SHA256" ]; then
-  rm -f "$tmp"
-  log "sam-node checksum mismatch: expected $NODE_SHA256, got $got; refusing to install it"
-  exit 1
-fi
-mkdir -p "$(dirname "$NODE_BIN")"
-install -m 0755 "$tmp" "$NODE_BIN"
-rm -f "$tmp"
-mkdir -p "$SAM_HOME/node"
+const INSTALL_NODE: &str = r#"mkdir -p "$SAM_HOME/node"
 chmod 0700 "$SAM_HOME" "$SAM_HOME/node"
+step sam-node 'downloading sam-node and checking its sha256'
+if [ -x "$NODE_BIN" ] && [ "$(sha_of "$NODE_BIN")" = "$NODE_SHA256" ]; then
+  log 'sam-node: the pinned release is installed already'
+else
+  log "installing sam-node from $NODE_URL"
+  tmp=$(mktemp)
+  fetch "$NODE_URL" "$tmp" || { rm -f "$tmp"; fail 'cannot download sam-node from the release URL'; }
+  got=$(sha_of "$tmp")
+  if [ "$got" != "$NODE_SHA256" ]; then
+    rm -f "$tmp"
+    log "sam-node checksum mismatch: expected $NODE_SHA256, got $got; refusing to install it"
+    fail "sam-node checksum mismatch: expected $NODE_SHA256, got $got"
+  fi
+  mkdir -p "$(dirname "$NODE_BIN")"
+  install -m 0755 "$tmp" "$NODE_BIN.new"
+  mv -f "$NODE_BIN.new" "$NODE_BIN"
+  rm -f "$tmp"
+fi
+step config 'writing the node config and the one-time enrollment'
 "#;
 
 const DETECT: &str = r#"PUBLIC_IP=''
@@ -87,30 +105,98 @@ else
 fi
 "#;
 
-/// Installs and runs the metadata block (after Docker, before the node); fails closed.
+/// Starts the node early (before Docker and the images): it serves the bootstrap's status to
+/// its owner on the enrollment port, and enrolls only once the status says `done`.
+const EARLY_NODE: &str = r#"step node 'starting sam-node (it reports this bootstrap to its owner)'
+PIDFILE="$SAM_HOME/node/bootstrap-node.pid"
+if [ -d /run/systemd/system ] && have systemctl && systemctl is-active --quiet "$UNIT_NAME"; then
+  log "$UNIT_NAME runs already"
+elif [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  log 'sam-node runs already'
+else
+  SAM_HOME="$SAM_HOME" nohup "$NODE_BIN" run >>/var/log/sam-node.log 2>&1 &
+  echo $! >"$PIDFILE"
+fi
+"#;
+
+const DOCKER: &str = r#"step docker 'installing and starting Docker'
+if ! have docker; then
+  log 'installing Docker (docker.io)'
+  apt_install docker.io ca-certificates || fail 'cannot install Docker (apt-get install docker.io failed)'
+fi
+if [ -d /run/systemd/system ] && have systemctl; then
+  systemctl enable --now docker >/dev/null 2>&1 || log 'could not start docker.service'
+elif [ ! -S /var/run/docker.sock ] && have dockerd; then
+  nohup dockerd >>/var/log/dockerd.log 2>&1 &
+fi
+i=0
+until docker info >/dev/null 2>&1; do
+  i=$((i + 1))
+  [ "$i" -le 60 ] || fail 'Docker does not answer (docker info) 60 s after it was started'
+  sleep 1
+done
+"#;
+
+/// Installs and runs the metadata block (after Docker, before enrollment); fails closed.
 const METADATA: &str = r#"have iptables || apt_install iptables || log 'cannot install iptables'
 if [ -d /run/systemd/system ] && have systemctl; then
   systemctl daemon-reload
   systemctl enable "$METADATA_UNIT" >/dev/null 2>&1 || true
   if ! systemctl restart "$METADATA_UNIT"; then
-    log "cannot block containers from the metadata service (169.254.0.0/16): sam-node not started"
-    exit 1
+    fail 'cannot block containers from the metadata service (169.254.0.0/16)'
   fi
 elif ! "$METADATA_BLOCK" install; then
-  log "cannot block containers from the metadata service (169.254.0.0/16): sam-node not started"
-  exit 1
+  fail 'cannot block containers from the metadata service (169.254.0.0/16)'
 fi
 "#;
 
-const START: &str = r#"if [ -d /run/systemd/system ] && have systemctl; then
+/// The workspace image and the agent CLIs, with the scripts `scripts/up.sh` runs on a local
+/// machine (embedded below, byte for byte).
+const IMAGE: &str = r#"step base-image "building the workspace image $BASE_IMAGE"
+(umask 022; SAM_BASE_IMAGE="$BASE_IMAGE" bash "$SAM_LIB/images/build-base.sh") ||
+  fail 'building the workspace image failed (bootstrap/images/build-base.sh; its output is in the cloud-init log)'
+step agents 'installing the pinned agent CLIs into the workspace image'
+(umask 022; bash "$SAM_LIB/agents/install-agents.sh" --into-image "$BASE_IMAGE") ||
+  fail 'installing the agent CLIs into the workspace image failed (bootstrap/agents/install-agents.sh; its output is in the cloud-init log)'
+"#;
+
+/// Hands the node over to systemd (where it runs) and reports `done`: only then does the node
+/// enroll.
+const START: &str = r#"step service 'starting sam-node for good'
+if [ -d /run/systemd/system ] && have systemctl; then
   systemctl daemon-reload
   systemctl enable "$UNIT_NAME" >/dev/null 2>&1
-  systemctl restart "$UNIT_NAME"
-else
-  SAM_HOME="$SAM_HOME" nohup "$NODE_BIN" run >>/var/log/sam-node.log 2>&1 &
+  if [ -f "$PIDFILE" ]; then
+    kill "$(cat "$PIDFILE")" 2>/dev/null || true
+    i=0
+    while kill -0 "$(cat "$PIDFILE")" 2>/dev/null && [ "$i" -lt 20 ]; do sleep 0.5; i=$((i + 1)); done
+    rm -f "$PIDFILE"
+  fi
+  systemctl is-active --quiet "$UNIT_NAME" || systemctl restart "$UNIT_NAME" || fail "$UNIT_NAME did not start"
 fi
-log 'sam-node started'
+STEP=done
+status done 'the node is ready'
+log 'sam-node started; bootstrap done'
 "#;
+
+/// The shared install scripts, as `scripts/up.sh` runs them from the repository.
+const BUILD_BASE_SH: &str = include_str!("../images/build-base.sh");
+const INSTALL_AGENTS_SH: &str = include_str!("../agents/install-agents.sh");
+const VERSIONS_ENV: &str = include_str!("../agents/versions.env");
+
+/// Where the user-data installs the shared scripts (`images/`, `agents/` below it).
+pub const SAM_LIB: &str = "/usr/local/lib/sam";
+
+/// `(path under SAM_LIB, heredoc delimiter, text)` of each embedded script.
+pub(crate) const SHARED_SCRIPTS: [(&str, &str, &str); 3] = [
+    ("images/build-base.sh", "SAM_BUILD_BASE_SH", BUILD_BASE_SH),
+    (
+        "agents/install-agents.sh",
+        "SAM_INSTALL_AGENTS_SH",
+        INSTALL_AGENTS_SH,
+    ),
+    ("agents/versions.env", "SAM_VERSIONS_ENV", VERSIONS_ENV),
+];
 
 /// Renders the script. Size is checked by the caller.
 pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
@@ -127,15 +213,19 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     if spec.enroll_port == 0 || spec.enroll_port == spec.port {
         return Err(BootstrapError::BadEnrollPort(spec.port));
     }
-    if let Some(relay) = &spec.relay
-        && relay != crate::DEFAULT_CLOUD_RELAY
+    // What sam-node accepts (`n0`, `none`, http(s) URLs with a host; no `file://`), so the
+    // node starts.
+    sam_protocol::relay::parse(&spec.relays)
+        .map_err(|e| BootstrapError::BadRelay(e.to_string()))?;
+    if !spec
+        .base_image
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":._/-".contains(&b))
+        || spec.base_image.is_empty()
+        || spec.base_image.len() > 128
+        || spec.base_image.starts_with('-')
     {
-        check_url(relay)?;
-        // What sam-node accepts as a relay (no `file://`), so the node starts.
-        sam_protocol::relay::check_url(relay).map_err(|_| BootstrapError::BadUrl {
-            url: relay.clone(),
-            reason: "a relay is an http:// or https:// URL with a host, or `n0`",
-        })?;
+        return Err(BootstrapError::BadImage(spec.base_image.clone()));
     }
     for (index, cmd) in spec.extra_commands.iter().enumerate() {
         if cmd.chars().any(|c| c.is_control() && c != '\t') {
@@ -155,7 +245,7 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         owner: spec.owner.to_string(),
         bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), spec.port),
         advertise,
-        relay: spec.relay.clone(),
+        relays: spec.relays.clone(),
     })?;
     let requires: &[&str] = if spec.block_metadata {
         &[METADATA_UNIT_NAME]
@@ -170,10 +260,11 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     ))
     .map_err(|e| BootstrapError::Config(e.to_string()))?;
 
-    let mut s = String::with_capacity(8 * 1024);
+    let mut s = String::with_capacity(32 * 1024);
     s.push_str("#!/bin/sh\n");
     s.push_str(
-        "# SAM node bootstrap (rendered by sam-bootstrap): Docker, sam-node, enrollment, config, start.\n",
+        "# SAM node bootstrap (rendered by sam-bootstrap): sam-node, enrollment, config, Docker,\n\
+         # workspace image, agent CLIs, start. Idempotent: run again, it skips what is done.\n",
     );
     s.push_str(
         "# Holds no node key (sam-node makes its own); the one-time enrollment key expires.\n",
@@ -182,21 +273,51 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     // Every interpolated value is single-quoted.
     let vars = [
         ("SAM_HOME", spec.sam_home.as_str()),
+        ("SAM_LIB", SAM_LIB),
         ("NODE_BIN", spec.node_bin.as_str()),
         ("NODE_URL", spec.release.url.as_str()),
         ("NODE_SHA256", sha.as_str()),
         ("UNIT_NAME", SYSTEMD_UNIT_NAME),
         ("METADATA_UNIT", METADATA_UNIT_NAME),
         ("METADATA_BLOCK", METADATA_BLOCK_PATH),
+        ("BASE_IMAGE", spec.base_image.as_str()),
     ];
     for (name, value) in vars {
         let _ = writeln!(s, "{name}={}", sh_quote(value));
     }
     let _ = writeln!(s, "PORT={}", spec.port);
-    if spec.install_docker {
-        s.push_str(DOCKER);
+    s.push_str(INSTALL_NODE);
+    s.push_str("if [ -e \"$SAM_HOME/node/enrolled.json\" ]; then\n");
+    s.push_str("  log 'enrolled already: the one-time enrollment is not written again'\nelse\n");
+    s.push_str("cat >\"$SAM_HOME/node/enroll.toml\" <<'SAM_NODE_ENROLL'\n");
+    s.push_str(&enroll);
+    if !enroll.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str("SAM_NODE_ENROLL\nchmod 0600 \"$SAM_HOME/node/enroll.toml\"\nfi\n");
+    s.push_str("cat >\"$SAM_HOME/node/config.toml\" <<'SAM_NODE_CONFIG'\n");
+    s.push_str(&config);
+    if !config.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str("SAM_NODE_CONFIG\n");
+    if let Some(urls) = metadata_urls {
+        let quoted: Vec<String> = urls.iter().map(|u| sh_quote(u)).collect();
+        s.push_str(&DETECT.replace("$METADATA_URLS", &quoted.join(" ")));
+    }
+    s.push_str(EARLY_NODE);
+    if spec.install_docker || spec.workspace_image {
+        s.push_str(&DOCKER.replace(
+            "if ! have docker; then",
+            if spec.install_docker {
+                "if ! have docker; then"
+            } else {
+                "if false; then"
+            },
+        ));
     }
     if spec.block_metadata {
+        s.push_str("step metadata-block 'blocking containers from the cloud metadata service'\n");
         s.push_str("mkdir -p \"$(dirname \"$METADATA_BLOCK\")\"\n");
         s.push_str("cat >\"$METADATA_BLOCK\" <<'SAM_METADATA_BLOCK'\n");
         s.push_str(METADATA_BLOCK_SCRIPT);
@@ -207,22 +328,23 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         s.push_str("SAM_METADATA_UNIT\nfi\n");
         s.push_str(METADATA);
     }
-    s.push_str(INSTALL_NODE);
-    s.push_str("cat >\"$SAM_HOME/node/enroll.toml\" <<'SAM_NODE_ENROLL'\n");
-    s.push_str(&enroll);
-    if !enroll.ends_with('\n') {
-        s.push('\n');
+    if spec.workspace_image {
+        s.push_str("mkdir -p \"$SAM_LIB/images\" \"$SAM_LIB/agents\"\n");
+        for (path, delim, text) in SHARED_SCRIPTS {
+            let _ = writeln!(s, "cat >\"$SAM_LIB/{path}\" <<'{delim}'");
+            s.push_str(text);
+            if !text.ends_with('\n') {
+                s.push('\n');
+            }
+            let _ = writeln!(s, "{delim}");
+        }
+        s.push_str(
+            "chmod 0755 \"$SAM_LIB\" \"$SAM_LIB/images\" \"$SAM_LIB/agents\" \"$SAM_LIB\"/*/*\n",
+        );
+        s.push_str(IMAGE);
     }
-    s.push_str("SAM_NODE_ENROLL\nchmod 0600 \"$SAM_HOME/node/enroll.toml\"\n");
-    s.push_str("cat >\"$SAM_HOME/node/config.toml\" <<'SAM_NODE_CONFIG'\n");
-    s.push_str(&config);
-    if !config.ends_with('\n') {
-        s.push('\n');
-    }
-    s.push_str("SAM_NODE_CONFIG\n");
-    if let Some(urls) = metadata_urls {
-        let quoted: Vec<String> = urls.iter().map(|u| sh_quote(u)).collect();
-        s.push_str(&DETECT.replace("$METADATA_URLS", &quoted.join(" ")));
+    if !spec.extra_commands.is_empty() {
+        s.push_str("step extra 'running the extra commands'\n");
     }
     for cmd in &spec.extra_commands {
         s.push_str(cmd);

@@ -45,7 +45,8 @@ fn script_has_enrollment_config_checksum_and_start() {
     assert!(text.contains("umask 077"));
     // the pinned checksum and its check
     assert!(text.contains(&format!("NODE_SHA256='{}'", "ab".repeat(32))));
-    assert!(text.contains("sha256sum \"$tmp\""));
+    assert!(text.contains("sha256sum \"$1\""));
+    assert!(text.contains("got=$(sha_of \"$tmp\")"));
     assert!(text.contains("if [ \"$got\" != \"$NODE_SHA256\" ]"));
     assert!(text.contains("NODE_URL='https://releases.example/sam-node-x86_64'"));
     // config
@@ -67,7 +68,7 @@ fn script_is_valid_sh() {
     spec.advertise = Advertise::Detect {
         metadata_urls: vec![HETZNER_PUBLIC_IPV4_URL.into(), "http://x/?a=b&c=d".into()],
     };
-    spec.relay = Some("https://relay.example/".into());
+    spec.relays = vec!["https://relay.example/".into()];
     spec.extra_commands = vec!["echo 'pre-start'".into()];
     let text = render_user_data(&spec).expect("render");
     let Ok(out) = Command::new("sh").arg("-n").arg("-c").arg(&text).output() else {
@@ -86,10 +87,12 @@ fn fixed_advertise_goes_in_the_config_and_skips_detection() {
     let mut spec = spec();
     spec.advertise = Advertise::Fixed(vec!["1.2.3.4:7447".parse().expect("addr")]);
     spec.install_docker = false;
+    spec.workspace_image = false;
     let text = render_user_data(&spec).expect("render");
     assert!(text.contains("advertise = [\"1.2.3.4:7447\"]"));
     assert!(!text.contains("PUBLIC_IP"));
     assert!(!text.contains("docker.io"));
+    assert!(!text.contains("step docker"));
 }
 
 #[test]
@@ -196,10 +199,17 @@ fn user_data_blocks_the_metadata_service_before_the_node_starts() {
     )));
     assert!(text.contains("systemctl restart \"$METADATA_UNIT\""));
     assert!(text.contains("elif ! \"$METADATA_BLOCK\" install; then"));
-    assert!(text.contains("sam-node not started\"\n    exit 1"));
+    assert!(
+        text.contains("elif ! \"$METADATA_BLOCK\" install; then\n  fail 'cannot block containers")
+    );
     let block = text.find("SAM_METADATA_BLOCK\n").expect("block");
-    let start = text.find("nohup \"$NODE_BIN\" run").expect("start");
-    assert!(block < start, "the rules come before the node starts");
+    // the node starts early to report progress, but enrolls only once the status is `done`,
+    // written after the rules are in place
+    let done = text.find("status done").expect("done");
+    assert!(
+        block < done,
+        "the rules come before the node can be enrolled"
+    );
     // the node unit requires the block unit, so a reboot without the rules runs no node
     assert!(text.contains("Requires=sam-metadata-block.service\n"));
     assert!(
@@ -216,17 +226,129 @@ fn user_data_blocks_the_metadata_service_before_the_node_starts() {
 #[test]
 fn a_cloud_node_uses_n0_relays_unless_told_otherwise() {
     let text = render_user_data(&spec()).expect("render");
-    assert!(text.contains("relay = \"n0\""), "{text}");
+    assert!(text.contains("relays = [\"n0\"]"), "{text}");
     let mut own = spec();
-    own.relay = Some("https://relay.example.org/".into());
+    own.relays = vec!["https://relay.example.org/".into()];
     let text = render_user_data(&own).expect("render");
-    assert!(text.contains("relay = \"https://relay.example.org/\""));
+    assert!(text.contains("relays = [\"https://relay.example.org/\"]"));
     let mut none = spec();
-    none.relay = None;
-    assert!(!render_user_data(&none).expect("render").contains("relay ="));
+    none.relays = vec![];
+    assert!(
+        !render_user_data(&none)
+            .expect("render")
+            .contains("relays =")
+    );
     let mut bad = spec();
-    for r in ["relay.example.org; rm -rf /", "file:///etc/passwd"] {
-        bad.relay = Some(r.into());
+    for r in [
+        "relay.example.org; rm -rf /",
+        "file:///etc/passwd",
+        "https://user:pw@relay.example/",
+    ] {
+        bad.relays = vec![r.into()];
         assert!(render_user_data(&bad).is_err(), "{r}");
     }
+}
+
+#[test]
+fn the_user_data_runs_the_same_install_scripts_as_up_sh() {
+    let text = render_user_data(&spec()).expect("render");
+    eprintln!("user-data: {} bytes", text.len());
+    // scripts/up.sh runs these files from the repository; the user-data carries them byte
+    // for byte (a heredoc each, its delimiter nowhere inside) and runs them the same way
+    let up = include_str!("../../scripts/up.sh");
+    assert!(up.contains("bootstrap/images/build-base.sh"));
+    assert!(up.contains("bootstrap/agents/install-agents.sh\" --into-image"));
+    for (path, delim, body) in script::SHARED_SCRIPTS {
+        assert!(!body.lines().any(|l| l == delim), "{path}: {delim} inside");
+        let embedded = format!("cat >\"$SAM_LIB/{path}\" <<'{delim}'\n{body}{delim}\n");
+        assert!(text.contains(&embedded), "{path} is not embedded verbatim");
+    }
+    assert!(text.contains("bash \"$SAM_LIB/images/build-base.sh\""));
+    assert!(
+        text.contains("bash \"$SAM_LIB/agents/install-agents.sh\" --into-image \"$BASE_IMAGE\"")
+    );
+    assert!(text.contains("BASE_IMAGE='sam-base:1'"));
+    // each step reports itself, in order, and `done` comes last
+    let order = [
+        "step sam-node ",
+        "step config ",
+        "step node ",
+        "step docker ",
+        "step metadata-block ",
+        "step base-image ",
+        "step agents ",
+        "step service ",
+        "status done ",
+    ];
+    let mut at = 0;
+    for s in order {
+        let i = text[at..]
+            .find(s)
+            .unwrap_or_else(|| panic!("{s} missing or out of order"));
+        at += i + s.len();
+    }
+    // off when asked (the Debian-container test has no Docker of its own)
+    let mut s = spec();
+    s.workspace_image = false;
+    let text = render_user_data(&s).expect("render");
+    assert!(!text.contains("SAM_BUILD_BASE_SH"));
+    assert!(!text.contains("step agents"));
+    let mut s = spec();
+    s.base_image = "x; rm -rf /".into();
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadImage(_))
+    ));
+}
+
+#[test]
+fn any_failing_command_marks_its_step_failed() {
+    // the status helpers for real, in sh: an explicit `fail`, and a command `set -e` stops on
+    let dir = std::env::temp_dir().join(format!(
+        "sam-bootstrap-status-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    for (body, want) in [
+        (
+            "step agents 'installing'\nfalse\necho not reached\n",
+            "state=failed\nstep=agents\nmessage=a command failed (exit 1); the VM's cloud-init output log says which\n",
+        ),
+        (
+            "step base-image 'building'\nfail 'building the workspace image failed'\n",
+            "state=failed\nstep=base-image\nmessage=building the workspace image failed\n",
+        ),
+        (
+            "step service 'x'\nSTEP=done\nstatus done 'the node is ready'\n",
+            "state=done\nstep=done\nmessage=the node is ready\n",
+        ),
+    ] {
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            "{}SAM_HOME={}\nmkdir -p \"$SAM_HOME/node\"\n{body}",
+            script::PRELUDE,
+            script::sh_quote(&dir.display().to_string())
+        );
+        let Ok(out) = Command::new("sh").arg("-c").arg(&text).output() else {
+            eprintln!("no sh here; skipping");
+            return;
+        };
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("not reached"));
+        let got = std::fs::read_to_string(dir.join("node/bootstrap.status")).expect("status");
+        assert_eq!(got, want);
+        // what the node will read
+        let parsed = sam_protocol::enroll::BootstrapStatus::parse(&got).expect("parse");
+        assert_eq!(
+            parsed.state == sam_protocol::enroll::BootstrapState::Done,
+            out.status.success()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
 }

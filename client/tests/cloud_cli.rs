@@ -201,4 +201,35 @@ fn provider_add_hetzner_checks_and_stores_the_token_privately() {
     assert_eq!(json(&ls), serde_json::json!([]));
     let providers = ok(sam(home, &["provider", "ls"]));
     assert_eq!(providers.trim(), "local\nhetzner");
+
+    // the relays of this cloud's nodes sit next to the token: checked before any use (a
+    // relay URL with credentials is refused without echoing them), kept when the token is
+    // replaced
+    let with_relays = |relays: &str| {
+        let text = std::fs::read_to_string(&file).expect("providers.toml");
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("relays"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = text.replace("[hetzner]", &format!("[hetzner]\nrelays = {relays}"));
+        std::fs::write(&file, text).expect("write providers.toml");
+    };
+    with_relays(r#"["https://user:pw@relay.example/"]"#);
+    let bad = sam_env(home)
+        .env("SAM_HETZNER_API", &base)
+        .args(["vm", "ls", "--provider", "hetzner"])
+        .output()
+        .expect("ls");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("`relays` of [hetzner]"), "{err}");
+    assert!(!err.contains("pw@"), "{err}");
+    with_relays(r#"["https://relay.example.org/"]"#);
+    ok(add_hetzner(home, &base, "good-token"));
+    let text = std::fs::read_to_string(&file).expect("providers.toml");
+    assert!(
+        text.contains(r#"relays = ["https://relay.example.org/"]"#),
+        "{text}"
+    );
 }

@@ -34,7 +34,8 @@ use iroh::endpoint::{VarInt, presets};
 use iroh::{Endpoint, RelayMode};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::enroll::{
-    ENROLL_VERSION, EnrollFile, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, sign_proof,
+    BOOTSTRAP_STATUS_FILE, BootstrapState, BootstrapStatus, ENROLL_VERSION, EnrollFile,
+    EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, sign_proof,
 };
 use sam_protocol::wire::read_bounded;
 use sam_protocol::{NodeAddr, NodeId, SecretKey};
@@ -356,7 +357,15 @@ async fn handle(incoming: iroh::endpoint::Incoming, state: Arc<State>) {
         ))
     } else {
         match tokio::time::timeout(STEP, read_bounded::<EnrollRequest>(&mut recv)).await {
-            Ok(Ok(req)) if req.version == ENROLL_VERSION => consume(&state, &req).await,
+            Ok(Ok(req)) if req.version == ENROLL_VERSION => match bootstrap_status(&state.paths) {
+                // The first-boot bootstrap is still running, or stopped at a step: the owner
+                // learns which (and why), and the enrollment stays unused until it is done.
+                Some(status) if status.state != BootstrapState::Done => {
+                    info!(step = %status.step, state = ?status.state, "enrollment asked during the bootstrap: status sent");
+                    EnrollResponse::Bootstrapping(status)
+                }
+                _ => consume(&state, &req).await,
+            },
             Ok(Ok(req)) => EnrollResponse::Refused(ErrorBody::new(
                 ErrorCode::UnsupportedVersion,
                 format!(
@@ -446,6 +455,31 @@ async fn consume(state: &State, req: &EnrollRequest) -> EnrollResponse {
         &state.owner,
         &req.nonce,
     ))
+}
+
+/// The first-boot bootstrap's status (`bootstrap.status`, written by the user-data), if the
+/// user-data writes one (the `local` provider and older user-data do not: `None`). A file that
+/// cannot be read or parsed counts as a failed bootstrap: the node is not enrolled on it.
+pub fn bootstrap_status(paths: &NodePaths) -> Option<BootstrapStatus> {
+    let path = paths.dir.join(BOOTSTRAP_STATUS_FILE);
+    let text = match read_small(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            return Some(BootstrapStatus {
+                state: BootstrapState::Failed,
+                step: "status".into(),
+                message: format!("the node cannot read its bootstrap status: {e}"),
+            });
+        }
+    };
+    Some(
+        BootstrapStatus::parse(&text).unwrap_or_else(|e| BootstrapStatus {
+            state: BootstrapState::Failed,
+            step: "status".into(),
+            message: format!("the node cannot read its bootstrap status: {e}"),
+        }),
+    )
 }
 
 fn read_small(path: &Path) -> std::io::Result<String> {

@@ -100,6 +100,7 @@ fn refusal(answer: EnrollResponse) -> String {
     match answer {
         EnrollResponse::Refused(body) => body.message,
         EnrollResponse::Enrolled(p) => panic!("enrolled although it must be refused: {p:?}"),
+        EnrollResponse::Bootstrapping(s) => panic!("a bootstrap status, not a refusal: {s}"),
     }
 }
 
@@ -149,6 +150,7 @@ async fn the_node_makes_its_own_key_and_only_its_owner_enrolls_it_once() {
     let proof = match ask(&owner, enroll_id, &addrs, nonce).await {
         EnrollResponse::Enrolled(p) => p,
         EnrollResponse::Refused(b) => panic!("the owner was refused: {}", b.message),
+        EnrollResponse::Bootstrapping(s) => panic!("no bootstrap status was written: {s}"),
     };
     let node = verify_proof(&proof, &enroll_id, &owner.node_id(), &nonce).expect("valid proof");
     assert_eq!(node, on_disk.node_id());
@@ -302,7 +304,7 @@ async fn an_enrollment_that_looks_expired_by_an_unsynchronised_clock_is_kept() {
     let addrs = served.addrs.clone();
     let answer = ask(&owner, enrollment.node_id(), &addrs, [5; 32]).await;
     let EnrollResponse::Refused(body) = answer else {
-        panic!("enrolled by a clock that cannot judge the expiry")
+        panic!("not refused by a clock that cannot judge the expiry: {answer:?}")
     };
     assert_eq!(
         body.code,
@@ -327,7 +329,7 @@ async fn an_enrollment_that_looks_expired_by_an_unsynchronised_clock_is_kept() {
                 .expect("proof");
             assert_eq!(node, node_key.node_id());
         }
-        EnrollResponse::Refused(e) => panic!("refused after the clock synchronised: {e:?}"),
+        other => panic!("not enrolled after the clock synchronised: {other:?}"),
     }
 
     // and with a synchronised clock, an enrollment that is really expired is deleted at start
@@ -348,4 +350,62 @@ async fn an_enrollment_that_looks_expired_by_an_unsynchronised_clock_is_kept() {
     .expect("start");
     assert!(none.is_none(), "an expired enrollment was served");
     assert!(!paths.enroll().exists());
+}
+
+#[tokio::test]
+async fn the_node_enrolls_only_once_its_bootstrap_is_done_and_tells_only_its_owner_why_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let owner = SecretKey::generate();
+    let enrollment = SecretKey::generate();
+    first_boot_home(dir.path(), &owner, &enrollment, now() + 3600);
+    let paths = NodePaths::new(dir.path());
+    let status = |text: &str| {
+        sam_node::config::write_private(&paths.dir.join("bootstrap.status"), text.as_bytes())
+            .expect("status")
+    };
+    status("state=running\nstep=base-image\nmessage=building the workspace image\n");
+    let handle = Node::start(paths.clone()).await.expect("first boot");
+    let served = handle.enroll.as_ref().expect("the enrollment is served");
+    let (addrs, enroll_id) = (served.addrs.clone(), enrollment.node_id());
+
+    // a stranger learns nothing of the bootstrap
+    let stranger = SecretKey::generate();
+    let msg = refusal(ask(&stranger, enroll_id, &addrs, [1; 32]).await);
+    assert!(msg.contains("only this node's owner"), "{msg}");
+    // the owner gets the step, and the enrollment stays unused, while it runs, when it
+    // failed, and when the file cannot be read
+    for (text, want) in [
+        (
+            "state=running\nstep=base-image\nmessage=building the workspace image\n",
+            "bootstrap running: step base-image: building the workspace image",
+        ),
+        (
+            "state=failed\nstep=agents\nmessage=npm install failed\n",
+            "bootstrap failed at step agents: npm install failed",
+        ),
+        (
+            "state=done\nstep=done\nstate=done\n",
+            "bootstrap failed at step status: the node cannot read its bootstrap status",
+        ),
+    ] {
+        status(text);
+        match ask(&owner, enroll_id, &addrs, [3; 32]).await {
+            EnrollResponse::Bootstrapping(s) => {
+                assert!(s.to_string().starts_with(want), "{s}")
+            }
+            other => panic!("enrolled or refused during the bootstrap ({text:?}): {other:?}"),
+        }
+        assert!(paths.enroll().exists(), "the enrollment was used up");
+        assert!(!paths.enrolled().exists());
+    }
+    // done: the owner enrolls
+    status("state=done\nstep=done\nmessage=the node is ready\n");
+    let nonce: [u8; 32] = rand::random();
+    match ask(&owner, enroll_id, &addrs, nonce).await {
+        EnrollResponse::Enrolled(p) => {
+            verify_proof(&p, &enroll_id, &owner.node_id(), &nonce).expect("valid proof");
+        }
+        other => panic!("not enrolled once done: {other:?}"),
+    }
+    handle.shutdown().await.expect("shutdown");
 }

@@ -115,6 +115,136 @@ pub struct EnrollProof {
 pub enum EnrollResponse {
     Enrolled(EnrollProof),
     Refused(ErrorBody),
+    /// The node's first-boot bootstrap has not finished (running) or stopped at a step
+    /// (failed): nothing is enrolled yet, and the enrollment stays unused. Only the owner
+    /// gets it.
+    Bootstrapping(BootstrapStatus),
+}
+
+/// `$SAM_HOME/node/bootstrap.status`: written by the user-data at each step, read by the node
+/// when its owner asks to enroll it. Public data only: a step name and a fixed message.
+pub const BOOTSTRAP_STATUS_FILE: &str = "bootstrap.status";
+/// Largest status file the node reads.
+pub const MAX_STATUS_FILE: usize = 4 * 1024;
+/// Longest step name.
+pub const MAX_STEP_LEN: usize = 32;
+/// Longest status message (longer ones are cut, on a character boundary, with `…`).
+pub const MAX_STATUS_MESSAGE: usize = 300;
+
+/// Where the first-boot bootstrap is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootstrapState {
+    Running,
+    Failed,
+    Done,
+}
+
+/// One bootstrap step's state, as the node reports it to its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapStatus {
+    pub state: BootstrapState,
+    /// `[a-z0-9-]`, at most [`MAX_STEP_LEN`].
+    pub step: String,
+    /// Printable text, at most [`MAX_STATUS_MESSAGE`] characters.
+    pub message: String,
+}
+
+impl BootstrapStatus {
+    /// Parses the status file (`state=…`, `step=…`, `message=…` lines; unknown keys are an
+    /// error). Bounded and strict: the node refuses to enroll on anything it cannot read.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_STATUS_FILE {
+            return Err(format!("the status file is over {MAX_STATUS_FILE} bytes"));
+        }
+        let (mut state, mut step, mut message) = (None, None, None);
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err("a status line is not key=value".into());
+            };
+            let slot = match key {
+                "state" => &mut state,
+                "step" => &mut step,
+                "message" => &mut message,
+                _ => return Err(format!("unknown status key {:?}", clean_text(key, 32))),
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("status key {key} given twice"));
+            }
+        }
+        let state = match state {
+            Some("running") => BootstrapState::Running,
+            Some("failed") => BootstrapState::Failed,
+            Some("done") => BootstrapState::Done,
+            Some(other) => return Err(format!("unknown state {:?}", clean_text(other, 32))),
+            None => return Err("the status has no state".into()),
+        };
+        let step = step.ok_or("the status has no step")?;
+        if step.is_empty()
+            || step.len() > MAX_STEP_LEN
+            || !step
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!("bad step name {:?}", clean_text(step, 40)));
+        }
+        Ok(Self {
+            state,
+            step: step.to_owned(),
+            message: clean_text(message.unwrap_or(""), MAX_STATUS_MESSAGE),
+        })
+    }
+
+    /// The status checked again as it arrives from a node (a peer): step and message bounded
+    /// and printable, whatever the node sent.
+    pub fn sanitized(&self) -> Self {
+        let step_ok = !self.step.is_empty()
+            && self.step.len() <= MAX_STEP_LEN
+            && self
+                .step
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        Self {
+            state: self.state,
+            step: if step_ok {
+                self.step.clone()
+            } else {
+                "unknown".into()
+            },
+            message: clean_text(&self.message, MAX_STATUS_MESSAGE),
+        }
+    }
+}
+
+impl std::fmt::Display for BootstrapStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.sanitized();
+        match s.state {
+            BootstrapState::Running => {
+                write!(f, "bootstrap running: step {}: {}", s.step, s.message)
+            }
+            BootstrapState::Failed => {
+                write!(f, "bootstrap failed at step {}: {}", s.step, s.message)
+            }
+            BootstrapState::Done => write!(f, "bootstrap done"),
+        }
+    }
+}
+
+/// `s` with control characters (terminal escapes, newlines) replaced by `?`, cut to `max`
+/// characters.
+fn clean_text(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
 }
 
 /// An enrollment failed.
@@ -126,6 +256,9 @@ pub enum EnrollError {
     BadProof(String),
     #[error("invalid enrollment file: {0}")]
     BadFile(String),
+    /// The node's first-boot bootstrap stopped at a step (final: the node will not finish).
+    #[error("{0}")]
+    BootstrapFailed(BootstrapStatus),
 }
 
 /// The bytes the node signs: domain, enrollment id, owner id, nonce, node id.
@@ -253,5 +386,49 @@ mod tests {
         let f = EnrollFile::new(&key, 5, "0.0.0.0:7448".parse().expect("addr"));
         assert!(!format!("{f:?}").contains(&f.key));
         assert_eq!(f.secret_key().expect("key").to_bytes(), key.to_bytes());
+    }
+
+    #[test]
+    fn the_bootstrap_status_file_is_read_strictly() {
+        let ok = BootstrapStatus::parse("state=failed\nstep=base-image\nmessage=build failed\n")
+            .expect("parse");
+        assert_eq!(ok.state, BootstrapState::Failed);
+        assert_eq!(ok.step, "base-image");
+        assert_eq!(
+            ok.to_string(),
+            "bootstrap failed at step base-image: build failed"
+        );
+        let done = BootstrapStatus::parse("state=done\nstep=done\nmessage=ready\n").expect("done");
+        assert_eq!(done.state, BootstrapState::Done);
+        for bad in [
+            "",
+            "state=ok\nstep=a\n",
+            "state=done\n",
+            "state=done\nstep=A B\n",
+            "state=done\nstep=done\nstate=running\n",
+            "state=done\nstep=done\nkey=x\n",
+            "state=done\nstep=done\ngarbage\n",
+        ] {
+            assert!(BootstrapStatus::parse(bad).is_err(), "{bad:?}");
+        }
+        let huge = format!(
+            "state=done\nstep=done\nmessage={}\n",
+            "x".repeat(MAX_STATUS_FILE)
+        );
+        assert!(BootstrapStatus::parse(&huge).is_err());
+        let long = format!(
+            "state=running\nstep=agents\nmessage=\x1b[31m{}\n",
+            "y".repeat(1000)
+        );
+        let s = BootstrapStatus::parse(&long).expect("long message");
+        assert!(s.message.chars().count() <= MAX_STATUS_MESSAGE + 1);
+        assert!(!s.message.contains('\x1b'));
+        // what a node sends is cleaned again on arrival
+        let sent = BootstrapStatus {
+            state: BootstrapState::Failed,
+            step: "x\x1b]0;evil\x07".into(),
+            message: "a\rb".into(),
+        };
+        assert_eq!(sent.to_string(), "bootstrap failed at step unknown: a?b");
     }
 }

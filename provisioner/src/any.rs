@@ -64,6 +64,10 @@ impl Provider for AnyProvider {
         each!(self, p => p.ticket(vm))
     }
 
+    fn relays(&self) -> Vec<String> {
+        each!(self, p => p.relays())
+    }
+
     fn enroll_addrs(&self, vm: &Vm) -> Result<Vec<std::net::SocketAddr>, ProviderError> {
         each!(self, p => p.enroll_addrs(vm))
     }

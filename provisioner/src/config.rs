@@ -120,7 +120,26 @@ pub struct HetznerConfig {
     pub locations: Vec<String>,
     pub image: String,
     pub sizes: SizeMap,
+    /// Relays the nodes made here use (`n0` = n0's public relays, or URLs of self-hosted
+    /// `iroh-relay`s; `[]` or `["none"]` = no relay). Default `["n0"]`: a cloud node stays
+    /// reachable when its direct address is not. Written into each node's config.
+    /// (Address lookup settings, `discovery`, will sit next to it.)
+    #[serde(deserialize_with = "relays_checked")]
+    pub relays: Vec<String>,
     pub timing: Timing,
+}
+
+/// Cloud nodes use n0's public relays unless the provider's config says otherwise.
+pub fn default_relays() -> Vec<String> {
+    vec![sam_bootstrap::DEFAULT_CLOUD_RELAY.to_owned()]
+}
+
+/// `relays` as the node reads them (`n0`, `none`, http(s) URLs without credentials, at most
+/// 8), refused at load time otherwise.
+fn relays_checked<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    sam_protocol::relay::parse(&items).map_err(serde::de::Error::custom)?;
+    Ok(items)
 }
 
 pub const HETZNER_API: &str = "https://api.hetzner.cloud/v1";
@@ -140,6 +159,7 @@ impl Default for HetznerConfig {
                 medium: "cx33".into(),
                 large: "cx43".into(),
             },
+            relays: default_relays(),
             timing: Timing::default(),
         }
     }
@@ -161,6 +181,12 @@ pub struct ScalewayConfig {
     pub image_type: String,
     pub arch: String,
     pub sizes: SizeMap,
+    /// Relays the nodes made here use (`n0` = n0's public relays, or URLs of self-hosted
+    /// `iroh-relay`s; `[]` or `["none"]` = no relay). Default `["n0"]`: a cloud node stays
+    /// reachable when its direct address is not. Written into each node's config.
+    /// (Address lookup settings, `discovery`, will sit next to it.)
+    #[serde(deserialize_with = "relays_checked")]
+    pub relays: Vec<String>,
     pub timing: Timing,
 }
 
@@ -181,6 +207,7 @@ impl Default for ScalewayConfig {
                 medium: "DEV1-XL".into(),
                 large: "GP1-S".into(),
             },
+            relays: default_relays(),
             timing: Timing::default(),
         }
     }
@@ -230,10 +257,68 @@ zones = ["nl-ams-1"]
     }
 
     #[test]
+    fn relays_are_chosen_per_provider_and_checked() {
+        let d = ProvidersConfig::default();
+        assert_eq!(d.hetzner.relays, ["n0"]);
+        assert_eq!(d.scaleway.relays, ["n0"]);
+        let cfg = ProvidersConfig::from_toml(
+            "[hetzner]\nrelays = [\"https://relay.example.org/\"]\n[scaleway]\nrelays = []\n",
+        )
+        .expect("parse");
+        assert_eq!(cfg.hetzner.relays, ["https://relay.example.org/"]);
+        assert!(cfg.scaleway.relays.is_empty());
+        for bad in [
+            "relays = [\"relay.example.org\"]",
+            "relays = [\"https://user:secret@relay.example/\"]",
+            "relays = [\"none\", \"n0\"]",
+        ] {
+            let err = ProvidersConfig::from_toml(&format!("[hetzner]\n{bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("relay"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn sizes_parse() {
         for s in Size::ALL {
             assert_eq!(s.to_string().parse::<Size>(), Ok(s));
         }
         assert!("huge".parse::<Size>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod user_data_tests {
+    use super::*;
+    use crate::provider::{Enrollment, Provider};
+
+    #[test]
+    fn the_providers_relays_go_into_the_nodes_config() {
+        let release = sam_bootstrap::NodeRelease {
+            url: "https://releases.example/sam-node".into(),
+            sha256: "ab".repeat(32),
+        };
+        let owner = sam_protocol::SecretKey::generate().node_id();
+        let e = Enrollment::new(1_900_000_000, 3600);
+        let mut cfg = HetznerConfig::default();
+        let h = crate::Hetzner::new("t".into(), cfg.clone()).expect("hetzner");
+        let ud = h.user_data(&e, &owner, Some(&release)).expect("user-data");
+        assert!(ud.contains("relays = [\"n0\"]"), "the default is n0");
+        cfg.relays = vec!["https://relay.example.org/".into()];
+        let h = crate::Hetzner::new("t".into(), cfg).expect("hetzner");
+        let ud = h.user_data(&e, &owner, Some(&release)).expect("user-data");
+        assert!(ud.contains("relays = [\"https://relay.example.org/\"]"));
+        let mut s = ScalewayConfig {
+            project_id: Some("p".into()),
+            ..ScalewayConfig::default()
+        };
+        s.relays = vec![];
+        let sc = crate::Scaleway::new("t".into(), s).expect("scaleway");
+        let ud = sc.user_data(&e, &owner, Some(&release)).expect("user-data");
+        assert!(
+            !ud.contains("relays ="),
+            "no relay when the provider says none"
+        );
     }
 }

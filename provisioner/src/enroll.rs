@@ -9,7 +9,7 @@ use iroh::endpoint::VarInt;
 use iroh::{Endpoint, EndpointAddr, TransportAddr};
 use sam_protocol::ctl::ErrorCode;
 use sam_protocol::enroll::{
-    EnrollError, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, verify_proof,
+    BootstrapState, EnrollError, EnrollRequest, EnrollResponse, MAX_ENROLL_RESPONSE, verify_proof,
 };
 use sam_protocol::wire::{read_frame, write_frame};
 use sam_protocol::{NodeAddr, NodeId};
@@ -74,6 +74,18 @@ pub async fn enroll(
             Err(EnrollFailure::NotYet(body.message))
         }
         EnrollResponse::Refused(body) => Err(EnrollError::Refused(body.message).into()),
+        // The VM proved it holds the enrollment key (the QUIC handshake), so its bootstrap
+        // status is the VM's own word; its text is a peer's, so it is shown sanitized.
+        EnrollResponse::Bootstrapping(status) => {
+            let status = status.sanitized();
+            match status.state {
+                BootstrapState::Failed => Err(EnrollError::BootstrapFailed(status).into()),
+                // `Done` with no proof is not an enrollment: ask again.
+                BootstrapState::Running | BootstrapState::Done => {
+                    Err(EnrollFailure::NotYet(status.to_string()))
+                }
+            }
+        }
         EnrollResponse::Enrolled(proof) => {
             verify_proof(&proof, enrollment, owner, &req.nonce)?;
             Ok(proof.node)
@@ -97,6 +109,8 @@ mod tests {
         OtherKey,
         /// A valid signature, but over an old nonce (a replayed answer).
         OldNonce,
+        /// The bootstrap status instead of a proof.
+        Status(BootstrapState),
     }
 
     fn ep_builder(key: &SecretKey) -> iroh::endpoint::Builder {
@@ -126,6 +140,21 @@ mod tests {
                 direct: addrs_of(&ep),
                 relay: None,
             };
+            if let Answer::Status(state) = answer {
+                // a hostile status text: a terminal escape, a newline, 5000 characters
+                let status = sam_protocol::enroll::BootstrapStatus {
+                    state,
+                    step: "agents".into(),
+                    message: format!("npm failed\x1b[2J\nFAKE LINE{}", "x".repeat(5000)),
+                };
+                write_frame(&mut send, &EnrollResponse::Bootstrapping(status))
+                    .await
+                    .expect("answer");
+                send.finish().expect("finish");
+                let _ = conn.closed().await;
+                ep.close().await;
+                return;
+            }
             let proof: EnrollProof = match answer {
                 Answer::Honest => sign_proof(&node, addr, &enroll_id, &owner, &req.nonce),
                 Answer::OtherKey => {
@@ -140,6 +169,7 @@ mod tests {
                     p
                 }
                 Answer::OldNonce => sign_proof(&node, addr, &enroll_id, &owner, &[0u8; 32]),
+                Answer::Status(_) => unreachable!("answered above"),
             };
             write_frame(&mut send, &EnrollResponse::Enrolled(proof))
                 .await
@@ -180,6 +210,27 @@ mod tests {
                 }
                 other => panic!("an answer {what} was not refused as forged: {other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_bootstrap_is_reported_with_its_step_and_a_clean_message() {
+        match enroll_against(Answer::Status(BootstrapState::Failed)).await {
+            Err(EnrollFailure::Final(e @ EnrollError::BootstrapFailed(_))) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("bootstrap failed at step agents: npm failed"),
+                    "{msg}"
+                );
+                // the node's text is a peer's: no escape, no line break, bounded
+                assert!(!msg.contains('\x1b') && !msg.contains('\n'), "{msg:?}");
+                assert!(msg.chars().count() < 400, "{} chars", msg.chars().count());
+            }
+            other => panic!("a failed bootstrap was not reported as final: {other:?}"),
+        }
+        match enroll_against(Answer::Status(BootstrapState::Running)).await {
+            Err(EnrollFailure::NotYet(m)) => assert!(m.contains("step agents"), "{m}"),
+            other => panic!("a running bootstrap must be waited for: {other:?}"),
         }
     }
 }

@@ -317,6 +317,10 @@ impl Provider for Hetzner {
         "hetzner"
     }
 
+    fn relays(&self) -> Vec<String> {
+        self.cfg.relays.clone()
+    }
+
     async fn create(&self, spec: &CreateSpec) -> Result<Vm, ProviderError> {
         check_user_data(spec)?;
         let machine_type = self.cfg.sizes.get(spec.size).to_owned();

@@ -197,7 +197,7 @@ impl Local {
             owner: owner.to_string(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: vec![],
-            relay: None,
+            relays: Vec::new(),
         };
         let text = sam_bootstrap::node_config_toml(&cfg).map_err(|e| e.to_string())?;
         write_private(&node_dir.join("config.toml"), text.as_bytes())

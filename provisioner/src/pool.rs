@@ -18,7 +18,9 @@ pub struct PoolPolicy {
     pub max_workspaces_small: usize,
     pub max_workspaces_medium: usize,
     pub max_workspaces_large: usize,
-    /// How long a new node has to answer at its ticket before it is deleted (s). Default 5 min.
+    /// How long a new node has to answer at its ticket before it is deleted (s). Default
+    /// 15 min: a cloud node's first boot installs Docker, builds the workspace image and
+    /// installs the agent CLIs (a failed step ends the wait at once, with its reason).
     pub ready_timeout_secs: u64,
     /// How long a new node's one-time enrollment is valid (s): after that the node refuses
     /// it and deletes its key. Default 1 h; [`ENROLL_TTL_RANGE`] (a minute, enough for a
@@ -50,7 +52,7 @@ impl Default for PoolPolicy {
             max_workspaces_small: 2,
             max_workspaces_medium: 4,
             max_workspaces_large: 8,
-            ready_timeout_secs: 300,
+            ready_timeout_secs: 900,
             enroll_ttl_secs: sam_protocol::enroll::DEFAULT_ENROLL_TTL_SECS,
         }
     }

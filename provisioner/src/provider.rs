@@ -318,6 +318,7 @@ pub trait Provider: Send + Sync {
             *owner,
             release,
         );
+        spec.relays = self.relays();
         if self.name() == "hetzner" {
             spec.advertise = sam_bootstrap::Advertise::Detect {
                 metadata_urls: vec![sam_bootstrap::HETZNER_PUBLIC_IPV4_URL.to_owned()],
@@ -329,6 +330,11 @@ pub trait Provider: Send + Sync {
             }
             other => ProviderError::Config(format!("cannot render user-data: {other}")),
         })
+    }
+
+    /// The relays this provider's nodes use (`relays` in its config section; n0 by default).
+    fn relays(&self) -> Vec<String> {
+        crate::config::default_relays()
     }
 
     /// A ticket to the node on `vm` (no capability: enough for its owner). Clouds: the public

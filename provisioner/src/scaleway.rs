@@ -323,6 +323,10 @@ impl Provider for Scaleway {
         "scaleway"
     }
 
+    fn relays(&self) -> Vec<String> {
+        self.cfg.relays.clone()
+    }
+
     async fn create(&self, spec: &CreateSpec) -> Result<Vm, ProviderError> {
         check_user_data(spec)?;
         let machine_type = self.cfg.sizes.get(spec.size).to_owned();

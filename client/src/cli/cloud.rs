@@ -133,6 +133,10 @@ pub struct ProvidersFile {
 #[serde(deny_unknown_fields)]
 pub struct HetznerEntry {
     pub token: String,
+    /// Relays of the nodes made on this cloud (`n0`, URLs of iroh relays, `[]` for none);
+    /// n0's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relays: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,6 +144,10 @@ pub struct HetznerEntry {
 pub struct ScalewayEntry {
     pub token: String,
     pub project_id: String,
+    /// Relays of the nodes made on this cloud (`n0`, URLs of iroh relays, `[]` for none);
+    /// n0's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relays: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for ProvidersFile {
@@ -202,7 +210,11 @@ impl ProvidersFile {
                 let e = self.hetzner.as_ref().context(
                     "no Hetzner token here: run `sam provider add hetzner --token-stdin`",
                 )?;
-                AnyProvider::Hetzner(Hetzner::new(e.token.clone(), HetznerConfig::default())?)
+                let cfg = HetznerConfig {
+                    relays: checked_relays(e.relays.as_ref(), "hetzner")?,
+                    ..HetznerConfig::default()
+                };
+                AnyProvider::Hetzner(Hetzner::new(e.token.clone(), cfg)?)
             }
             ProviderName::Scaleway => {
                 let e = self.scaleway.as_ref().context(
@@ -210,12 +222,23 @@ impl ProvidersFile {
                 )?;
                 let cfg = ScalewayConfig {
                     project_id: Some(e.project_id.clone()),
+                    relays: checked_relays(e.relays.as_ref(), "scaleway")?,
                     ..ScalewayConfig::default()
                 };
                 AnyProvider::Scaleway(Scaleway::new(e.token.clone(), cfg)?)
             }
         })
     }
+}
+
+/// A provider entry's `relays` (n0's when absent), checked as the node will read them.
+fn checked_relays(relays: Option<&Vec<String>>, provider: &str) -> Result<Vec<String>> {
+    let Some(relays) = relays else {
+        return Ok(sam_provisioner::config::default_relays());
+    };
+    sam_protocol::relay::parse(relays)
+        .with_context(|| format!("`relays` of [{provider}] in providers.toml"))?;
+    Ok(relays.clone())
 }
 
 /// The `local` provider of this SAM home.
@@ -501,7 +524,8 @@ async fn add(
                 .await
                 .context("the Hetzner token was not stored")?
                 .len();
-            file.hetzner = Some(HetznerEntry { token });
+            let relays = file.hetzner.as_ref().and_then(|e| e.relays.clone());
+            file.hetzner = Some(HetznerEntry { token, relays });
             ("hetzner", n)
         }
         Cloud::Scaleway => {
@@ -518,7 +542,12 @@ async fn add(
                 .await
                 .context("the Scaleway key was not stored")?
                 .len();
-            file.scaleway = Some(ScalewayEntry { token, project_id });
+            let relays = file.scaleway.as_ref().and_then(|e| e.relays.clone());
+            file.scaleway = Some(ScalewayEntry {
+                token,
+                project_id,
+                relays,
+            });
             ("scaleway", n)
         }
     };

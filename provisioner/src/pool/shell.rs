@@ -50,16 +50,28 @@ pub struct Acquired {
     pub reused: bool,
 }
 
+/// How waiting for an enrollment ended without one.
+enum EnrollEnd {
+    /// Refused, forged, or a failed bootstrap: final.
+    Final(String),
+    /// Nothing conclusive in time; what the node last said.
+    TimedOut(String),
+}
+
 /// A pool operation failed.
 #[derive(Debug, Error)]
 pub enum PoolError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    #[error("node {id} ({provider}) did not become reachable within {secs} s: it was {cleanup}")]
+    #[error(
+        "node {id} ({provider}) did not become reachable within {secs} s{last}: it was {cleanup}"
+    )]
     Unreachable {
         provider: &'static str,
         id: String,
         secs: u64,
+        /// What the node last said (`; last: bootstrap running: step …`), or empty.
+        last: String,
         /// `deleted` or why deleting failed.
         cleanup: String,
     },
@@ -183,7 +195,7 @@ impl<P: Provider> Pool<P> {
         let t0 = Instant::now();
         let node = match self.enroll(&vm, &enroll_id, owner, probe).await {
             Ok(node) => node,
-            Err(Some(reason)) => {
+            Err(EnrollEnd::Final(reason)) => {
                 return Err(PoolError::Enroll {
                     provider: self.provider.name(),
                     id: vm.id.clone(),
@@ -191,11 +203,19 @@ impl<P: Provider> Pool<P> {
                     cleanup: self.delete_reason(&vm.id).await,
                 });
             }
-            Err(None) => {
+            Err(EnrollEnd::TimedOut(last)) => {
                 return Err(PoolError::Unreachable {
                     provider: self.provider.name(),
                     id: vm.id.clone(),
                     secs: self.ready_timeout.as_secs(),
+                    last: if last.starts_with("bootstrap") {
+                        format!("; last: {last}")
+                    } else {
+                        "; its enrollment endpoint never answered (a bootstrap that stops \
+                         before sam-node runs, e.g. a wrong release sha256, shows only in the \
+                         VM's cloud-init log)"
+                            .to_owned()
+                    },
                     cleanup: self.delete_reason(&vm.id).await,
                 });
             }
@@ -239,6 +259,7 @@ impl<P: Provider> Pool<P> {
                 provider: self.provider.name(),
                 id: vm.id.clone(),
                 secs: self.ready_timeout.as_secs(),
+                last: String::new(),
                 cleanup: self.delete_reason(&vm.id).await,
             });
         }
@@ -273,14 +294,14 @@ impl<P: Provider> Pool<P> {
     }
 
     /// Enrolls the new `vm` until [`Self::ready_timeout`]: the node's address, or why not
-    /// (`Some`: refused or forged, final; `None`: nothing answered in time).
+    /// (final: refused, forged or a failed bootstrap; or timed out, with what the node last said).
     async fn enroll(
         &self,
         vm: &Vm,
         enrollment: &NodeId,
         owner: &NodeId,
         probe: &impl Probe,
-    ) -> Result<NodeAddr, Option<String>> {
+    ) -> Result<NodeAddr, EnrollEnd> {
         let t0 = Instant::now();
         let mut vm = vm.clone();
         let mut last = String::new();
@@ -299,15 +320,22 @@ impl<P: Provider> Pool<P> {
                         tracing::info!(vm = %vm.id, node = %node.id, "node enrolled");
                         return Ok(node);
                     }
-                    Ok(Err(EnrollFailure::Final(e))) => return Err(Some(e.to_string())),
-                    Ok(Err(EnrollFailure::NotYet(e))) => last = e,
+                    Ok(Err(EnrollFailure::Final(e))) => {
+                        return Err(EnrollEnd::Final(e.to_string()));
+                    }
+                    Ok(Err(EnrollFailure::NotYet(e))) => {
+                        if e.starts_with("bootstrap") && e != last {
+                            tracing::info!(vm = %vm.id, "{e}");
+                        }
+                        last = e;
+                    }
                     Err(_) => {}
                 }
             }
             let left = self.ready_timeout.saturating_sub(t0.elapsed());
             if left.is_zero() {
                 tracing::warn!(vm = %vm.id, "not enrolled in time; last: {last}");
-                return Err(None);
+                return Err(EnrollEnd::TimedOut(last));
             }
             tokio::time::sleep(self.probe_interval.min(left)).await;
             // a cloud may give the VM its address only after the create answer

@@ -39,6 +39,32 @@ impl Probe for Answers {
     }
 }
 
+/// A new node whose bootstrap is at `step`: still running, or failed there.
+struct Bootstrapping(sam_protocol::enroll::BootstrapState);
+impl Probe for Bootstrapping {
+    async fn reachable(&self, _: &Ticket) -> bool {
+        false
+    }
+    async fn enroll(
+        &self,
+        _: &NodeId,
+        _: &NodeId,
+        _: &[SocketAddr],
+    ) -> Result<NodeAddr, EnrollFailure> {
+        let status = sam_protocol::enroll::BootstrapStatus {
+            state: self.0,
+            step: "agents".into(),
+            message: "npm install failed".into(),
+        };
+        match self.0 {
+            sam_protocol::enroll::BootstrapState::Failed => Err(EnrollFailure::Final(
+                sam_protocol::enroll::EnrollError::BootstrapFailed(status),
+            )),
+            _ => Err(EnrollFailure::NotYet(status.to_string())),
+        }
+    }
+}
+
 fn pool(base: &str) -> Pool<Hetzner> {
     let cfg = HetznerConfig {
         api: base.to_owned(),
@@ -107,6 +133,44 @@ async fn a_node_that_never_answers_is_deleted() {
         .expect_err("unreachable");
     assert!(
         matches!(err, PoolError::Unreachable { ref cleanup, .. } if cleanup == "deleted"),
+        "{err}"
+    );
+    assert_eq!(fake.server_count(), 0);
+    srv.assert_clean();
+}
+
+#[tokio::test]
+async fn a_failed_bootstrap_ends_the_wait_with_its_step_and_deletes_the_node() {
+    use sam_protocol::enroll::BootstrapState;
+    let (fake, srv) = hetzner_fake::start().await;
+    let mut pool = pool(&srv.base);
+    // far longer than the test: only the node's report can end the wait early
+    pool.ready_timeout = Duration::from_secs(600);
+    let owner = SecretKey::generate().node_id();
+    let err = pool
+        .acquire(Size::Small, &owner, &Bootstrapping(BootstrapState::Failed))
+        .await
+        .expect_err("failed bootstrap");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, PoolError::Enroll { ref cleanup, .. } if cleanup == "deleted"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("bootstrap failed at step agents: npm install failed"),
+        "{msg}"
+    );
+    assert_eq!(fake.server_count(), 0);
+
+    // one that never finishes times out, naming the step it was at
+    let pool = self::pool(&srv.base);
+    let err = pool
+        .acquire(Size::Small, &owner, &Bootstrapping(BootstrapState::Running))
+        .await
+        .expect_err("still running");
+    assert!(
+        err.to_string()
+            .contains("last: bootstrap running: step agents: npm install failed"),
         "{err}"
     );
     assert_eq!(fake.server_count(), 0);
