@@ -115,7 +115,11 @@ async fn members_get_nodes_with_their_own_capability() {
     let del = request(
         &b_ep,
         &svc.addr,
-        ProvRequest::DeleteNode { id: got.id.clone() },
+        ProvRequest::DeleteNode {
+            id: got.id.clone(),
+            held: Vec::new(),
+            force: false,
+        },
     )
     .await
     .expect("rm");
@@ -143,7 +147,11 @@ async fn members_get_nodes_with_their_own_capability() {
     let rel = request(
         &a_ep,
         &svc.addr,
-        ProvRequest::ReleaseNode { id: got.id.clone() },
+        ProvRequest::ReleaseNode {
+            id: got.id.clone(),
+            held: Vec::new(),
+            force: false,
+        },
     )
     .await
     .expect("release");
@@ -190,6 +198,8 @@ async fn members_get_nodes_with_their_own_capability() {
         &svc.addr,
         ProvRequest::DeleteNode {
             id: warm.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await
@@ -266,9 +276,17 @@ async fn serve_binary_hands_out_a_node() {
         .expect("connect");
     assert_eq!(client.welcome.role, Role::Collaborator);
     client.close();
-    let done = request(&ep, &ticket.addr, ProvRequest::DeleteNode { id: got.id })
-        .await
-        .expect("rm");
+    let done = request(
+        &ep,
+        &ticket.addr,
+        ProvRequest::DeleteNode {
+            id: got.id,
+            held: Vec::new(),
+            force: false,
+        },
+    )
+    .await
+    .expect("rm");
     assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
     ep.close().await;
 
@@ -446,6 +464,8 @@ async fn two_members_asking_at_once_never_share_the_idle_node() {
         &m[0].1,
         ProvRequest::ReleaseNode {
             id: first.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await;
@@ -476,6 +496,8 @@ async fn two_members_asking_at_once_never_share_the_idle_node() {
             &m[i].1,
             ProvRequest::DeleteNode {
                 id: mine.id.clone(),
+                held: Vec::new(),
+                force: false,
             },
         )
         .await;
@@ -620,6 +642,8 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
         &alice.1,
         ProvRequest::ReleaseNode {
             id: a_node.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await;
@@ -672,6 +696,8 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
         &bob.1,
         ProvRequest::ReleaseNode {
             id: b_node.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await;
@@ -700,6 +726,8 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
         &carol.1,
         ProvRequest::DeleteNode {
             id: c_node.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await;
