@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use sam_client::NodeClient;
 use sam_crdt::{Conversation, NewConversation};
-use sam_protocol::ctl::{ErrorCode, Request, Response};
-use sam_protocol::prov::{ProvNode, ProvRequest, ProvResponse};
+use sam_protocol::ctl::{ErrorBody, ErrorCode, Request, Response};
+use sam_protocol::prov::{HeldConv, ProvNode, ProvRequest, ProvResponse};
 use sam_protocol::workspace::{CreateWorkspace, WorkspaceRequest, WorkspaceResponse};
 use sam_protocol::{Role, SecretKey};
 use sam_provisioner::serve::{ServeConfig, request, serve};
@@ -619,10 +619,31 @@ fn containers_of(workspace: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A released node is wiped before the next member gets it: the holder's workspaces are torn
-/// down (their containers gone), and a node that still serves a conversation of the holder is
-/// deleted rather than pooled. Before: the next member got the node warm and listed the
-/// previous member's workspaces and conversations.
+fn release(id: &str, held: Vec<HeldConv>, force: bool) -> ProvRequest {
+    ProvRequest::ReleaseNode {
+        id: id.to_owned(),
+        held,
+        force,
+    }
+}
+
+fn refused(resp: ProvResponse) -> ErrorBody {
+    match resp {
+        ProvResponse::Error(e) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn hashes(conv: &mut Conversation) -> Vec<[u8; 32]> {
+    conv.heads().into_iter().map(|h| h.0).collect()
+}
+
+/// A released node is wiped and pooled for the next member: the holder's workspaces are torn
+/// down (their containers gone) and its conversations deleted (their files gone), so the
+/// next member gets the node warm and sees nothing of the previous one's. Before: a node that
+/// had served any conversation was deleted instead of pooled (no warm reuse), and the
+/// provisioner released a node whatever its holder held: a raw `ReleaseNode` naming no
+/// conversation, or stale heads, wiped work the holder did not have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -637,16 +658,7 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
     let a_ws = new_workspace(&a).await;
     assert_eq!(workspaces(&a).await, std::slice::from_ref(&a_ws));
     a.close();
-    let rel = ask(
-        &svc,
-        &alice.1,
-        ProvRequest::ReleaseNode {
-            id: a_node.id.clone(),
-            held: Vec::new(),
-            force: false,
-        },
-    )
-    .await;
+    let rel = ask(&svc, &alice.1, release(&a_node.id, Vec::new(), false)).await;
     assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
     assert_eq!(
         containers_of(&a_ws),
@@ -682,45 +694,101 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
         &bob.0.node_id().to_string(),
     )
     .expect("conversation");
+    let bob_id = bob.0.node_id().to_string();
     let mut s = sam_client::docs::open_stream(&bob.1, &b_node.ticket, conv_id, true)
         .await
         .expect("open doc stream");
     s.sync_once(&mut conv, |_| Ok(()), std::time::Duration::from_secs(30))
         .await
         .expect("push");
+    let stale = hashes(&mut conv);
+    conv.append_note(&bob_id, "step two").expect("note");
+    s.sync_once(&mut conv, |_| Ok(()), std::time::Duration::from_secs(30))
+        .await
+        .expect("push the second change");
     s.close(None).await;
     assert_eq!(conversations(&b).await, [conv_id.to_owned()]);
+
+    // A release that names no conversation, or only stale heads of it, is refused by the
+    // provisioner itself: the node stays bob's, untouched, his capability still good.
+    for held in [
+        Vec::new(),
+        vec![HeldConv {
+            conversation: conv_id.into(),
+            heads: stale,
+        }],
+        vec![HeldConv {
+            conversation: "0123abcd-0000-4000-8000-00000000ffff".into(),
+            heads: hashes(&mut conv),
+        }],
+    ] {
+        let e = refused(ask(&svc, &bob.1, release(&b_node.id, held.clone(), false)).await);
+        assert_eq!(e.code, ErrorCode::Conflict, "{held:?}: {e}");
+        assert!(e.message.contains(conv_id), "{e}");
+        let e = refused(
+            ask(
+                &svc,
+                &bob.1,
+                ProvRequest::DeleteNode {
+                    id: b_node.id.clone(),
+                    held,
+                    force: false,
+                },
+            )
+            .await,
+        );
+        assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+    }
+    assert_eq!(conversations(&b).await, [conv_id.to_owned()]);
+    assert_eq!(workspaces(&b).await, std::slice::from_ref(&b_ws));
+    match ask(&svc, &bob.1, ProvRequest::ListNodes).await {
+        ProvResponse::Nodes(n) => {
+            assert_eq!(n.iter().map(|n| &n.id).collect::<Vec<_>>(), [&b_node.id])
+        }
+        other => panic!("{other:?}"),
+    }
     b.close();
-    let rel = ask(
-        &svc,
-        &bob.1,
-        ProvRequest::ReleaseNode {
-            id: b_node.id.clone(),
-            held: Vec::new(),
-            force: false,
-        },
-    )
-    .await;
+
+    // Holding its heads, bob releases: the node is wiped and pooled.
+    let held = vec![HeldConv {
+        conversation: conv_id.into(),
+        heads: hashes(&mut conv),
+    }];
+    let rel = ask(&svc, &bob.1, release(&b_node.id, held, false)).await;
     assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
     assert_eq!(containers_of(&b_ws), "");
+    let node_dir = tmp.path().join("nodes").join(b_node.id.as_str());
+    let left: Vec<_> = walk(&node_dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with(conv_id) && !name.ends_with(".deleted")
+        })
+        .collect();
+    assert!(left.is_empty(), "bob's conversation files remain: {left:?}");
 
-    // carol never gets bob's node: it still held his conversation, so it was deleted
+    // carol gets bob's node warm, and sees nothing of his
     let c_node = node(ask(&svc, &carol.1, small()).await);
     assert!(
-        !c_node.reused,
-        "a node with bob's conversation went back to the pool"
+        c_node.reused,
+        "the wiped node did not go back to the pool (deleted instead?)"
     );
-    assert_ne!(c_node.id, b_node.id);
+    assert_eq!(c_node.id, b_node.id);
     let c = NodeClient::connect(&carol.1, &c_node.ticket)
         .await
         .expect("carol connects");
-    assert!(conversations(&c).await.is_empty());
-    assert!(workspaces(&c).await.is_empty());
-    c.close();
     assert!(
-        !tmp.path().join("nodes").join(b_node.id.as_str()).exists(),
-        "bob's node is still on disk"
+        conversations(&c).await.is_empty(),
+        "carol sees bob's conversation"
     );
+    assert!(workspaces(&c).await.is_empty());
+    // bob still holds his replica, but his capability is revoked: he cannot push it back.
+    assert!(
+        sam_client::docs::open_stream(&bob.1, &b_node.ticket, conv_id, true)
+            .await
+            .is_err()
+    );
+    c.close();
     let done = ask(
         &svc,
         &carol.1,
@@ -736,4 +804,24 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
         ep.close().await;
     }
     svc.shutdown().await;
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
