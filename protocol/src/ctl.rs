@@ -628,6 +628,7 @@ mod tests {
                 op: FilesOp::WorkPatch,
             }),
             Request::Conv(ConvRequest::List),
+            Request::Conv(ConvRequest::Heads { id: "c".into() }),
         ] {
             assert!(r.is_read_only(), "{r:?}");
         }
@@ -642,6 +643,10 @@ mod tests {
             ws(WorkspaceRequest::WaitCredential),
             Request::Revoke { id: [0; 16] },
             Request::Agent(AgentRequest::Cancel { conv: "c".into() }),
+            Request::Conv(ConvRequest::Delete {
+                id: "c".into(),
+                force: false,
+            }),
         ] {
             assert!(!r.is_read_only(), "{r:?}");
         }
@@ -870,6 +875,25 @@ mod tests {
         let err = check_version(99).expect_err("refused");
         assert_eq!(err.code, ErrorCode::UnsupportedVersion);
         assert!(err.message.contains("99"));
+    }
+
+    /// Deleting a conversation or reading its heads is the owner's: a collaborator's
+    /// request is refused from its head, before its body is read.
+    #[test]
+    fn conversation_delete_and_heads_are_the_owners() {
+        for request in [
+            Request::Conv(ConvRequest::Delete {
+                id: "c".into(),
+                force: true,
+            }),
+            Request::Conv(ConvRequest::Heads { id: "c".into() }),
+        ] {
+            assert_eq!(request.required_role(), Role::Owner);
+            let bytes = payload(request.clone());
+            let err = decode_request(&RoleGate(Role::Collaborator), &bytes).expect_err("refused");
+            assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+            assert!(decode_request(&RoleGate(Role::Owner), &bytes).is_ok());
+        }
     }
 
     #[test]
