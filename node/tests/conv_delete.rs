@@ -74,7 +74,13 @@ fn files_of(n: &AgentNode, id: &str) -> Vec<String> {
 }
 
 async fn listed(n: &AgentNode) -> Vec<String> {
-    n.node().docs().list().await.into_iter().map(|s| s.id).collect()
+    n.node()
+        .docs()
+        .list()
+        .await
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
 }
 
 /// An unscoped collaborator, an owner scoped to the conversation itself and a viewer each
@@ -106,7 +112,7 @@ async fn only_the_nodes_owner_deletes_a_conversation() {
             assert_eq!(e.code, ErrorCode::Forbidden, "{who}: {e}");
         }
     }
-    assert_eq!(listed(&n).await, [id.clone()]);
+    assert_eq!(listed(&n).await, std::slice::from_ref(&id));
     assert!(!files_of(&n, &id).is_empty(), "its files are still there");
     // The owner may.
     let heads = match owner_request(&n, ConvRequest::Heads { id: id.clone() }).await {
@@ -196,7 +202,7 @@ async fn a_deleted_conversation_is_gone_and_a_stale_peer_cannot_sync_it_back() {
         .await
         .expect("owner's push");
     s3.close(None).await;
-    assert_eq!(listed(&n).await, [id.clone()]);
+    assert_eq!(listed(&n).await, std::slice::from_ref(&id));
     oep.close().await;
 }
 
@@ -245,5 +251,5 @@ async fn deleting_during_a_turn_needs_force_and_cancels_the_turn_first() {
     let other = n.conv(&[]).await;
     let q = n.prompt(&other, "say hi").await;
     assert_eq!(n.ended(&other, &q).await.status, Status::Done);
-    assert!(listed(&n).await == [other.clone()]);
+    assert_eq!(listed(&n).await, std::slice::from_ref(&other));
 }
