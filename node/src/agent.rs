@@ -460,6 +460,15 @@ impl Agents {
             .remove(conv);
     }
 
+    /// Drops the agent keys sent for workspace `id` (it was deleted).
+    pub fn forget_workspace(&self, id: &str) {
+        self.shared
+            .creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&CredKey::Workspace(id.to_string()));
+    }
+
     /// Answers `Request::Agent` for `grant`.
     pub async fn handle(
         &self,

@@ -253,3 +253,53 @@ async fn deleting_during_a_turn_needs_force_and_cancels_the_turn_first() {
     assert_eq!(n.ended(&other, &q).await.status, Status::Done);
     assert_eq!(listed(&n).await, std::slice::from_ref(&other));
 }
+
+/// The agent keys sent for a conversation go with it: when the owner brings the
+/// conversation back (same id), its agent runs without them. Before: credentials stayed in
+/// the node's memory under the conversation id after anything happened to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_conversations_agent_keys_are_dropped() {
+    use sam_protocol::agent::{AgentRequest, Credentials};
+    let n = AgentNode::start(&[]).await;
+    let id = n.conv(&[]).await;
+    let (ep, c) = harness::client(&n.owner, &n.handle.ticket())
+        .await
+        .expect("connect");
+    c.request(Request::Agent(AgentRequest::Credentials {
+        conv: Some(id.clone()),
+        workspace: None,
+        credentials: Credentials {
+            env: vec![("ANTHROPIC_API_KEY".into(), "sk-previous-holder".into())],
+        },
+    }))
+    .await
+    .expect("credentials");
+    c.close();
+    let p = n.prompt(&id, "env ANTHROPIC_API_KEY").await;
+    assert_eq!(n.ended(&id, &p).await.status, Status::Done);
+    assert!(agent_text(&n.messages(&id).await).contains("is set"));
+    let mut copy = Conversation::new_replica();
+    let mut s = open_stream(&ep, &n.handle.ticket(), &id, false)
+        .await
+        .expect("open");
+    s.sync_once(&mut copy, |_| Ok(()), T).await.expect("sync");
+    s.close(None).await;
+
+    assert!(matches!(
+        owner_request(&n, delete(&id, false)).await,
+        Ok(ConvResponse::Deleted { .. })
+    ));
+    let mut s = open_stream(&ep, &n.handle.ticket(), &id, true)
+        .await
+        .expect("the owner brings it back");
+    s.sync_once(&mut copy, |_| Ok(()), T).await.expect("push");
+    s.close(None).await;
+    ep.close().await;
+    let q = n.prompt(&id, "env ANTHROPIC_API_KEY").await;
+    assert_eq!(n.ended(&id, &q).await.status, Status::Done);
+    let text = agent_text(&n.messages(&id).await);
+    assert!(
+        text.ends_with("ANTHROPIC_API_KEY is not set"),
+        "the deleted conversation's key survived: {text}"
+    );
+}
