@@ -825,3 +825,184 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Something run once, inside the provisioner, on the `n`th `ticket()` call after it is armed.
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// The local provider with a [`Hook`] on `ticket()`: a release asks for the node's ticket
+/// once for its held-first check and once more for the wipe, so the hook lands a change on
+/// the node exactly between the check and the revocation.
+struct Inject {
+    inner: Local,
+    left: std::sync::Mutex<Option<(usize, Hook)>>,
+}
+
+struct InjectRef(std::sync::Arc<Inject>);
+
+impl sam_provisioner::Provider for InjectRef {
+    fn name(&self) -> &'static str {
+        self.0.inner.name()
+    }
+    async fn create(
+        &self,
+        spec: &sam_provisioner::CreateSpec,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.0.inner.create(spec).await
+    }
+    async fn list(&self) -> Result<Vec<sam_provisioner::Vm>, sam_provisioner::ProviderError> {
+        self.0.inner.list().await
+    }
+    async fn delete(&self, id: &str) -> Result<(), sam_provisioner::ProviderError> {
+        self.0.inner.delete(id).await
+    }
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.0.inner.set_labels(id, labels).await
+    }
+    fn user_data(
+        &self,
+        enrollment: &sam_provisioner::Enrollment,
+        owner: &sam_protocol::NodeId,
+        release: Option<&sam_provisioner::NodeRelease>,
+    ) -> Result<String, sam_provisioner::ProviderError> {
+        self.0.inner.user_data(enrollment, owner, release)
+    }
+    fn ticket(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<sam_protocol::Ticket, sam_provisioner::ProviderError> {
+        let hook = {
+            let mut left = self.0.left.lock().unwrap_or_else(|p| p.into_inner());
+            match left.take() {
+                Some((0, hook)) => Some(hook),
+                Some((n, hook)) => {
+                    *left = Some((n - 1, hook));
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.0.inner.ticket(vm)
+    }
+    fn enroll_addrs(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<Vec<std::net::SocketAddr>, sam_provisioner::ProviderError> {
+        self.0.inner.enroll_addrs(vm)
+    }
+}
+
+/// The member's conversation changes on the node after the provisioner checked the heads it
+/// holds but before it revoked its capability: the provisioner checks again once nothing of
+/// the member's can reach the node, wipes nothing, refuses the release naming the
+/// conversation, and hands the member a fresh capability (its old tickets are revoked); the
+/// member then holds the change and releases. Without the second check the change would be
+/// wiped although the member never held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_between_the_check_and_the_revocation_refuses_the_release() {
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bob = SecretKey::generate();
+    let inject = Arc::new(Inject {
+        inner: Local::new(tmp.path().join("nodes"), node_bin()),
+        left: std::sync::Mutex::new(None),
+    });
+    let cfg = ServeConfig {
+        members: [bob.node_id()].into(),
+        role: Role::Collaborator,
+        capability_ttl_secs: Some(3600),
+    };
+    let svc = serve(
+        Pool::new(InjectRef(inject.clone()), PoolPolicy::default()),
+        SecretKey::generate(),
+        cfg,
+        lo(),
+    )
+    .await
+    .expect("serve");
+    let ep = sam_client::endpoint::bind(&bob, Some(lo()))
+        .await
+        .expect("ep");
+    let got = node(ask(&svc, &ep, small()).await);
+    let conv_id = "0123abcd-0000-4000-8000-0000000000b2";
+    let bob_id = bob.node_id().to_string();
+    let mut conv = Conversation::create(
+        NewConversation {
+            id: conv_id.into(),
+            title: "racing".into(),
+            agent: "claude".into(),
+            workspace_node: got.ticket.addr.id.to_string(),
+            workspace_id: "w1".into(),
+            created_at: 1,
+        },
+        &bob_id,
+    )
+    .expect("conversation");
+    let t = std::time::Duration::from_secs(30);
+    let mut s = sam_client::docs::open_stream(&ep, &got.ticket, conv_id, true)
+        .await
+        .expect("open");
+    s.sync_once(&mut conv, |_| Ok(()), t).await.expect("push");
+    s.close(None).await;
+    let held = vec![HeldConv {
+        conversation: conv_id.into(),
+        heads: hashes(&mut conv),
+    }];
+
+    // Between the check and the revocation, another replica of bob's (a second device with
+    // the same key) lands a change bob's releasing replica does not hold.
+    let (ep2, ticket2) = (ep.clone(), got.ticket.clone());
+    let mut other = Conversation::load(&conv.save()).expect("a second replica");
+    let author = bob_id.clone();
+    let hook: Hook = Box::new(move || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                other
+                    .append_note(&author, "written during the release")
+                    .expect("note");
+                let mut s = sam_client::docs::open_stream(&ep2, &ticket2, conv_id, false)
+                    .await
+                    .expect("open");
+                s.sync_once(&mut other, |_| Ok(()), t).await.expect("push");
+                s.close(None).await;
+            })
+        })
+    });
+    *inject.left.lock().expect("lock") = Some((1, hook));
+    let e = refused(ask(&svc, &ep, release(&got.id, held, false)).await);
+    assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+    assert!(e.message.contains(conv_id), "{e}");
+    assert!(inject.left.lock().expect("lock").is_none(), "the hook ran");
+
+    // Nothing was wiped; the old ticket is revoked, a fresh one from the list works.
+    assert!(NodeClient::connect(&ep, &got.ticket).await.is_err());
+    let fresh = match ask(&svc, &ep, ProvRequest::ListNodes).await {
+        ProvResponse::Nodes(n) => n.into_iter().next().expect("still bob's"),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fresh.id, got.id);
+    let mut s = sam_client::docs::open_stream(&ep, &fresh.ticket, conv_id, false)
+        .await
+        .expect("bob is let in again with the fresh ticket");
+    s.sync_once(&mut conv, |_| Ok(()), t).await.expect("sync");
+    assert!(
+        conv.messages()
+            .iter()
+            .any(|m| m.text == "written during the release")
+    );
+    let held = vec![HeldConv {
+        conversation: conv_id.into(),
+        heads: hashes(&mut conv),
+    }];
+    let rel = ask(&svc, &ep, release(&got.id, held, false)).await;
+    s.close(None).await;
+    assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
+    ep.close().await;
+    svc.shutdown().await;
+}
