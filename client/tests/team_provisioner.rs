@@ -1006,3 +1006,45 @@ async fn a_change_between_the_check_and_the_revocation_refuses_the_release() {
     ep.close().await;
     svc.shutdown().await;
 }
+
+/// A `sam/prov` version 1 client's `ReleaseNode { id }` (no held heads: it would not decode as
+/// version 2's) is refused from its version, clearly, and releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_clients_release_is_refused_by_its_version() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (svc, m) = team(tmp.path(), 1).await;
+    let ep = &m[0].1;
+    let got = node(ask(&svc, ep, small()).await);
+    // version 1, `ReleaseNode` (tag 2), the id: what a version 1 client sends.
+    let mut payload = vec![1u8, 2, got.id.len() as u8];
+    payload.extend_from_slice(got.id.as_bytes());
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    let id = iroh::EndpointId::from_bytes(svc.addr.id.as_bytes()).expect("id");
+    let target = iroh::EndpointAddr::from_parts(
+        id,
+        svc.addr.direct.iter().map(|a| iroh::TransportAddr::Ip(*a)),
+    );
+    let conn = ep
+        .connect(target, sam_protocol::alpn::PROV)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&bytes).await.expect("write");
+    let _ = send.finish();
+    let answer = recv.read_to_end(1024 * 1024).await.expect("answer");
+    let resp: ProvResponse =
+        sam_protocol::frame::decode_frame(&answer, 1024 * 1024).expect("a response");
+    let e = refused(resp);
+    assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{e}");
+    assert!(e.message.contains("version 1"), "{e}");
+    conn.close(0u32.into(), b"done");
+    match ask(&svc, ep, ProvRequest::ListNodes).await {
+        ProvResponse::Nodes(n) => assert_eq!(n.len(), 1, "the node was released"),
+        other => panic!("{other:?}"),
+    }
+    for (_, ep) in m {
+        ep.close().await;
+    }
+    svc.shutdown().await;
+}
