@@ -91,10 +91,12 @@ fn forget_replica(home: &Path, conv: &str) {
 }
 
 /// A member with a conversation on a team node releases it: the conversation (every message,
-/// including what only the node had) is in the member's replica afterwards and reads with the
-/// node gone; the provisioner deleted the node (it served a conversation); the next member
-/// gets a fresh node and no trace of it. Before: no client command spoke `sam/prov/1`, and
-/// the provisioner wiped whatever the member had not synced by hand.
+/// including what only the node had) is in the member's replica afterwards and reads without
+/// the node; the provisioner checked the heads the member sent, wiped the node (its
+/// conversation deleted) and pooled it; the next member gets the same node warm and no trace
+/// of the first one's. Before: no client command spoke `sam/prov/1`, the provisioner wiped
+/// whatever the member had not synced by hand, and a node that had served a conversation was
+/// deleted rather than pooled.
 #[test]
 fn a_released_node_leaves_its_conversations_with_the_member_and_nothing_for_the_next() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -142,10 +144,10 @@ fn a_released_node_leaves_its_conversations_with_the_member_and_nothing_for_the_
         String::from_utf8_lossy(&out.stderr).contains("held here"),
         "no progress on stderr"
     );
-    // The provisioner deleted the node (it served a conversation) …
+    // The provisioner wiped the node and pooled it (it is no longer alice's) …
     assert!(
-        !prov.vm_dir(&vm).exists(),
-        "the released node is still there"
+        prov.vm_dir(&vm).is_dir(),
+        "the released node was deleted instead of pooled"
     );
     assert_eq!(
         json(&ok(sam(&alice, &["--json", "team", "ls"]))),
@@ -158,7 +160,7 @@ fn a_released_node_leaves_its_conversations_with_the_member_and_nothing_for_the_
         "{t:?}"
     );
 
-    // bob gets a fresh node and nothing of alice's (his --via is the line
+    // bob gets the same node warm and nothing of alice's (his --via is the line
     // `sam-provisioner --json serve` prints)
     let via_json = serde_json::json!({ "provisioner": "id", "ticket": via }).to_string();
     let b = json(&ok(sam(
@@ -167,8 +169,8 @@ fn a_released_node_leaves_its_conversations_with_the_member_and_nothing_for_the_
             "--json", "team", "create", "--via", &via_json, "--name", "mine",
         ],
     )));
-    assert_eq!(b["reused"], false);
-    assert_ne!(b["node"].as_str(), Some(a_node.as_str()));
+    assert_eq!(b["reused"], true, "{b}");
+    assert_eq!(b["node"].as_str(), Some(a_node.as_str()));
     let convs = ok(sam(&bob, &["--json", "convs", "ls"]));
     assert!(
         !convs.contains(&conv) && !convs.contains("alice's plan"),
@@ -226,7 +228,10 @@ fn a_release_that_cannot_hold_a_conversation_is_refused_and_releases_nothing() {
     std::fs::remove_dir_all(&blocker).expect("unblock");
     let rel = json(&ok(sam(&alice, &["--json", "team", "release", "box"])));
     assert_eq!(rel["held_here"], 1, "{rel}");
-    assert!(!prov.vm_dir(&vm).exists());
+    assert_eq!(
+        json(&ok(sam(&alice, &["--json", "team", "ls"]))),
+        serde_json::json!([])
+    );
     let t = texts(&alice, &conv);
     assert!(t.iter().any(|m| m == "only on the node"), "{t:?}");
 

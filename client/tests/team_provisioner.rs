@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use sam_client::NodeClient;
 use sam_crdt::{Conversation, NewConversation};
-use sam_protocol::ctl::{ErrorCode, Request, Response};
-use sam_protocol::prov::{ProvNode, ProvRequest, ProvResponse};
+use sam_protocol::ctl::{ErrorBody, ErrorCode, Request, Response};
+use sam_protocol::prov::{HeldConv, ProvNode, ProvRequest, ProvResponse};
 use sam_protocol::workspace::{CreateWorkspace, WorkspaceRequest, WorkspaceResponse};
 use sam_protocol::{Role, SecretKey};
 use sam_provisioner::serve::{ServeConfig, request, serve};
@@ -115,7 +115,11 @@ async fn members_get_nodes_with_their_own_capability() {
     let del = request(
         &b_ep,
         &svc.addr,
-        ProvRequest::DeleteNode { id: got.id.clone() },
+        ProvRequest::DeleteNode {
+            id: got.id.clone(),
+            held: Vec::new(),
+            force: false,
+        },
     )
     .await
     .expect("rm");
@@ -143,7 +147,11 @@ async fn members_get_nodes_with_their_own_capability() {
     let rel = request(
         &a_ep,
         &svc.addr,
-        ProvRequest::ReleaseNode { id: got.id.clone() },
+        ProvRequest::ReleaseNode {
+            id: got.id.clone(),
+            held: Vec::new(),
+            force: false,
+        },
     )
     .await
     .expect("release");
@@ -190,6 +198,8 @@ async fn members_get_nodes_with_their_own_capability() {
         &svc.addr,
         ProvRequest::DeleteNode {
             id: warm.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await
@@ -266,9 +276,17 @@ async fn serve_binary_hands_out_a_node() {
         .expect("connect");
     assert_eq!(client.welcome.role, Role::Collaborator);
     client.close();
-    let done = request(&ep, &ticket.addr, ProvRequest::DeleteNode { id: got.id })
-        .await
-        .expect("rm");
+    let done = request(
+        &ep,
+        &ticket.addr,
+        ProvRequest::DeleteNode {
+            id: got.id,
+            held: Vec::new(),
+            force: false,
+        },
+    )
+    .await
+    .expect("rm");
     assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
     ep.close().await;
 
@@ -446,6 +464,8 @@ async fn two_members_asking_at_once_never_share_the_idle_node() {
         &m[0].1,
         ProvRequest::ReleaseNode {
             id: first.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await;
@@ -476,6 +496,8 @@ async fn two_members_asking_at_once_never_share_the_idle_node() {
             &m[i].1,
             ProvRequest::DeleteNode {
                 id: mine.id.clone(),
+                held: Vec::new(),
+                force: false,
             },
         )
         .await;
@@ -597,10 +619,31 @@ fn containers_of(workspace: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A released node is wiped before the next member gets it: the holder's workspaces are torn
-/// down (their containers gone), and a node that still serves a conversation of the holder is
-/// deleted rather than pooled. Before: the next member got the node warm and listed the
-/// previous member's workspaces and conversations.
+fn release(id: &str, held: Vec<HeldConv>, force: bool) -> ProvRequest {
+    ProvRequest::ReleaseNode {
+        id: id.to_owned(),
+        held,
+        force,
+    }
+}
+
+fn refused(resp: ProvResponse) -> ErrorBody {
+    match resp {
+        ProvResponse::Error(e) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn hashes(conv: &mut Conversation) -> Vec<[u8; 32]> {
+    conv.heads().into_iter().map(|h| h.0).collect()
+}
+
+/// A released node is wiped and pooled for the next member: the holder's workspaces are torn
+/// down (their containers gone) and its conversations deleted (their files gone), so the
+/// next member gets the node warm and sees nothing of the previous one's. Before: a node that
+/// had served any conversation was deleted instead of pooled (no warm reuse), and the
+/// provisioner released a node whatever its holder held: a raw `ReleaseNode` naming no
+/// conversation, or stale heads, wiped work the holder did not have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -615,14 +658,7 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
     let a_ws = new_workspace(&a).await;
     assert_eq!(workspaces(&a).await, std::slice::from_ref(&a_ws));
     a.close();
-    let rel = ask(
-        &svc,
-        &alice.1,
-        ProvRequest::ReleaseNode {
-            id: a_node.id.clone(),
-        },
-    )
-    .await;
+    let rel = ask(&svc, &alice.1, release(&a_node.id, Vec::new(), false)).await;
     assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
     assert_eq!(
         containers_of(&a_ws),
@@ -658,52 +694,355 @@ async fn a_released_node_is_wiped_before_the_next_member_gets_it() {
         &bob.0.node_id().to_string(),
     )
     .expect("conversation");
+    let bob_id = bob.0.node_id().to_string();
     let mut s = sam_client::docs::open_stream(&bob.1, &b_node.ticket, conv_id, true)
         .await
         .expect("open doc stream");
     s.sync_once(&mut conv, |_| Ok(()), std::time::Duration::from_secs(30))
         .await
         .expect("push");
+    let stale = hashes(&mut conv);
+    conv.append_note(&bob_id, "step two").expect("note");
+    s.sync_once(&mut conv, |_| Ok(()), std::time::Duration::from_secs(30))
+        .await
+        .expect("push the second change");
     s.close(None).await;
     assert_eq!(conversations(&b).await, [conv_id.to_owned()]);
+
+    // A release that names no conversation, or only stale heads of it, is refused by the
+    // provisioner itself: the node stays bob's, untouched, his capability still good.
+    for held in [
+        Vec::new(),
+        vec![HeldConv {
+            conversation: conv_id.into(),
+            heads: stale,
+        }],
+        vec![HeldConv {
+            conversation: "0123abcd-0000-4000-8000-00000000ffff".into(),
+            heads: hashes(&mut conv),
+        }],
+    ] {
+        let e = refused(ask(&svc, &bob.1, release(&b_node.id, held.clone(), false)).await);
+        assert_eq!(e.code, ErrorCode::Conflict, "{held:?}: {e}");
+        assert!(e.message.contains(conv_id), "{e}");
+        let e = refused(
+            ask(
+                &svc,
+                &bob.1,
+                ProvRequest::DeleteNode {
+                    id: b_node.id.clone(),
+                    held,
+                    force: false,
+                },
+            )
+            .await,
+        );
+        assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+    }
+    assert_eq!(conversations(&b).await, [conv_id.to_owned()]);
+    assert_eq!(workspaces(&b).await, std::slice::from_ref(&b_ws));
+    match ask(&svc, &bob.1, ProvRequest::ListNodes).await {
+        ProvResponse::Nodes(n) => {
+            assert_eq!(n.iter().map(|n| &n.id).collect::<Vec<_>>(), [&b_node.id])
+        }
+        other => panic!("{other:?}"),
+    }
     b.close();
-    let rel = ask(
-        &svc,
-        &bob.1,
-        ProvRequest::ReleaseNode {
-            id: b_node.id.clone(),
-        },
-    )
-    .await;
+
+    // Holding its heads, bob releases: the node is wiped and pooled.
+    let held = vec![HeldConv {
+        conversation: conv_id.into(),
+        heads: hashes(&mut conv),
+    }];
+    let rel = ask(&svc, &bob.1, release(&b_node.id, held, false)).await;
     assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
     assert_eq!(containers_of(&b_ws), "");
+    let node_dir = tmp.path().join("nodes").join(b_node.id.as_str());
+    let left: Vec<_> = walk(&node_dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with(conv_id) && !name.ends_with(".deleted")
+        })
+        .collect();
+    assert!(left.is_empty(), "bob's conversation files remain: {left:?}");
 
-    // carol never gets bob's node: it still held his conversation, so it was deleted
+    // carol gets bob's node warm, and sees nothing of his
     let c_node = node(ask(&svc, &carol.1, small()).await);
     assert!(
-        !c_node.reused,
-        "a node with bob's conversation went back to the pool"
+        c_node.reused,
+        "the wiped node did not go back to the pool (deleted instead?)"
     );
-    assert_ne!(c_node.id, b_node.id);
+    assert_eq!(c_node.id, b_node.id);
     let c = NodeClient::connect(&carol.1, &c_node.ticket)
         .await
         .expect("carol connects");
-    assert!(conversations(&c).await.is_empty());
-    assert!(workspaces(&c).await.is_empty());
-    c.close();
     assert!(
-        !tmp.path().join("nodes").join(b_node.id.as_str()).exists(),
-        "bob's node is still on disk"
+        conversations(&c).await.is_empty(),
+        "carol sees bob's conversation"
     );
+    assert!(workspaces(&c).await.is_empty());
+    // bob still holds his replica, but his capability is revoked: he cannot push it back.
+    assert!(
+        sam_client::docs::open_stream(&bob.1, &b_node.ticket, conv_id, true)
+            .await
+            .is_err()
+    );
+    c.close();
     let done = ask(
         &svc,
         &carol.1,
         ProvRequest::DeleteNode {
             id: c_node.id.clone(),
+            held: Vec::new(),
+            force: false,
         },
     )
     .await;
     assert!(matches!(done, ProvResponse::Done { .. }), "{done:?}");
+    for (_, ep) in m {
+        ep.close().await;
+    }
+    svc.shutdown().await;
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Something run once, inside the provisioner, on the `n`th `ticket()` call after it is armed.
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// The local provider with a [`Hook`] on `ticket()`: a release asks for the node's ticket
+/// once for its held-first check and once more for the wipe, so the hook lands a change on
+/// the node exactly between the check and the revocation.
+struct Inject {
+    inner: Local,
+    left: std::sync::Mutex<Option<(usize, Hook)>>,
+}
+
+struct InjectRef(std::sync::Arc<Inject>);
+
+impl sam_provisioner::Provider for InjectRef {
+    fn name(&self) -> &'static str {
+        self.0.inner.name()
+    }
+    async fn create(
+        &self,
+        spec: &sam_provisioner::CreateSpec,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.0.inner.create(spec).await
+    }
+    async fn list(&self) -> Result<Vec<sam_provisioner::Vm>, sam_provisioner::ProviderError> {
+        self.0.inner.list().await
+    }
+    async fn delete(&self, id: &str) -> Result<(), sam_provisioner::ProviderError> {
+        self.0.inner.delete(id).await
+    }
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<sam_provisioner::Vm, sam_provisioner::ProviderError> {
+        self.0.inner.set_labels(id, labels).await
+    }
+    fn user_data(
+        &self,
+        enrollment: &sam_provisioner::Enrollment,
+        owner: &sam_protocol::NodeId,
+        release: Option<&sam_provisioner::NodeRelease>,
+    ) -> Result<String, sam_provisioner::ProviderError> {
+        self.0.inner.user_data(enrollment, owner, release)
+    }
+    fn ticket(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<sam_protocol::Ticket, sam_provisioner::ProviderError> {
+        let hook = {
+            let mut left = self.0.left.lock().unwrap_or_else(|p| p.into_inner());
+            match left.take() {
+                Some((0, hook)) => Some(hook),
+                Some((n, hook)) => {
+                    *left = Some((n - 1, hook));
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.0.inner.ticket(vm)
+    }
+    fn enroll_addrs(
+        &self,
+        vm: &sam_provisioner::Vm,
+    ) -> Result<Vec<std::net::SocketAddr>, sam_provisioner::ProviderError> {
+        self.0.inner.enroll_addrs(vm)
+    }
+}
+
+/// The member's conversation changes on the node after the provisioner checked the heads it
+/// holds but before it revoked its capability: the provisioner checks again once nothing of
+/// the member's can reach the node, wipes nothing, refuses the release naming the
+/// conversation, and hands the member a fresh capability (its old tickets are revoked); the
+/// member then holds the change and releases. Without the second check the change would be
+/// wiped although the member never held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_between_the_check_and_the_revocation_refuses_the_release() {
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bob = SecretKey::generate();
+    let inject = Arc::new(Inject {
+        inner: Local::new(tmp.path().join("nodes"), node_bin()),
+        left: std::sync::Mutex::new(None),
+    });
+    let cfg = ServeConfig {
+        members: [bob.node_id()].into(),
+        role: Role::Collaborator,
+        capability_ttl_secs: Some(3600),
+    };
+    let svc = serve(
+        Pool::new(InjectRef(inject.clone()), PoolPolicy::default()),
+        SecretKey::generate(),
+        cfg,
+        lo(),
+    )
+    .await
+    .expect("serve");
+    let ep = sam_client::endpoint::bind(&bob, Some(lo()))
+        .await
+        .expect("ep");
+    let got = node(ask(&svc, &ep, small()).await);
+    let conv_id = "0123abcd-0000-4000-8000-0000000000b2";
+    let bob_id = bob.node_id().to_string();
+    let mut conv = Conversation::create(
+        NewConversation {
+            id: conv_id.into(),
+            title: "racing".into(),
+            agent: "claude".into(),
+            workspace_node: got.ticket.addr.id.to_string(),
+            workspace_id: "w1".into(),
+            created_at: 1,
+        },
+        &bob_id,
+    )
+    .expect("conversation");
+    let t = std::time::Duration::from_secs(30);
+    let mut s = sam_client::docs::open_stream(&ep, &got.ticket, conv_id, true)
+        .await
+        .expect("open");
+    s.sync_once(&mut conv, |_| Ok(()), t).await.expect("push");
+    s.close(None).await;
+    let held = vec![HeldConv {
+        conversation: conv_id.into(),
+        heads: hashes(&mut conv),
+    }];
+
+    // Between the check and the revocation, another replica of bob's (a second device with
+    // the same key) lands a change bob's releasing replica does not hold.
+    let (ep2, ticket2) = (ep.clone(), got.ticket.clone());
+    let mut other = Conversation::load(&conv.save()).expect("a second replica");
+    let author = bob_id.clone();
+    let hook: Hook = Box::new(move || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                other
+                    .append_note(&author, "written during the release")
+                    .expect("note");
+                let mut s = sam_client::docs::open_stream(&ep2, &ticket2, conv_id, false)
+                    .await
+                    .expect("open");
+                s.sync_once(&mut other, |_| Ok(()), t).await.expect("push");
+                s.close(None).await;
+            })
+        })
+    });
+    *inject.left.lock().expect("lock") = Some((1, hook));
+    let e = refused(ask(&svc, &ep, release(&got.id, held, false)).await);
+    assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+    assert!(e.message.contains(conv_id), "{e}");
+    assert!(inject.left.lock().expect("lock").is_none(), "the hook ran");
+
+    // Nothing was wiped; the old ticket is revoked, a fresh one from the list works.
+    assert!(NodeClient::connect(&ep, &got.ticket).await.is_err());
+    let fresh = match ask(&svc, &ep, ProvRequest::ListNodes).await {
+        ProvResponse::Nodes(n) => n.into_iter().next().expect("still bob's"),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fresh.id, got.id);
+    let mut s = sam_client::docs::open_stream(&ep, &fresh.ticket, conv_id, false)
+        .await
+        .expect("bob is let in again with the fresh ticket");
+    s.sync_once(&mut conv, |_| Ok(()), t).await.expect("sync");
+    assert!(
+        conv.messages()
+            .iter()
+            .any(|m| m.text == "written during the release")
+    );
+    let held = vec![HeldConv {
+        conversation: conv_id.into(),
+        heads: hashes(&mut conv),
+    }];
+    let rel = ask(&svc, &ep, release(&got.id, held, false)).await;
+    s.close(None).await;
+    assert!(matches!(rel, ProvResponse::Done { .. }), "{rel:?}");
+    ep.close().await;
+    svc.shutdown().await;
+}
+
+/// A `sam/prov` version 1 client's `ReleaseNode { id }` (no held heads: it would not decode as
+/// version 2's) is refused from its version, clearly, and releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_clients_release_is_refused_by_its_version() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (svc, m) = team(tmp.path(), 1).await;
+    let ep = &m[0].1;
+    let got = node(ask(&svc, ep, small()).await);
+    // version 1, `ReleaseNode` (tag 2), the id: what a version 1 client sends.
+    let mut payload = vec![1u8, 2, got.id.len() as u8];
+    payload.extend_from_slice(got.id.as_bytes());
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    let id = iroh::EndpointId::from_bytes(svc.addr.id.as_bytes()).expect("id");
+    let target = iroh::EndpointAddr::from_parts(
+        id,
+        svc.addr.direct.iter().map(|a| iroh::TransportAddr::Ip(*a)),
+    );
+    let conn = ep
+        .connect(target, sam_protocol::alpn::PROV)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&bytes).await.expect("write");
+    let _ = send.finish();
+    let answer = recv.read_to_end(1024 * 1024).await.expect("answer");
+    let resp: ProvResponse =
+        sam_protocol::frame::decode_frame(&answer, 1024 * 1024).expect("a response");
+    let e = refused(resp);
+    assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{e}");
+    assert!(e.message.contains("version 1"), "{e}");
+    conn.close(0u32.into(), b"done");
+    match ask(&svc, ep, ProvRequest::ListNodes).await {
+        ProvResponse::Nodes(n) => assert_eq!(n.len(), 1, "the node was released"),
+        other => panic!("{other:?}"),
+    }
     for (_, ep) in m {
         ep.close().await;
     }

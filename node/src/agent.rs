@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     /// Values replaced by a later set: a running agent may still hold them.
     retired: Mutex<Vec<String>>,
     actors: Mutex<HashMap<String, runner::Handle>>,
+    /// Conversations being deleted: no runner is spawned for them.
+    deleting: Mutex<std::collections::HashSet<String>>,
     pub shutdown: CancellationToken,
 }
 
@@ -263,6 +265,7 @@ impl Agents {
             creds: Mutex::new(HashMap::new()),
             retired: Mutex::new(Vec::new()),
             actors: Mutex::new(HashMap::new()),
+            deleting: Mutex::new(std::collections::HashSet::new()),
             shutdown: CancellationToken::new(),
         });
         let me = Self { shared };
@@ -350,6 +353,16 @@ impl Agents {
 
     /// The runner of `conv`, spawned if needed.
     fn ensure(&self, conv: &str) -> runner::Handle {
+        if self
+            .shared
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(conv)
+        {
+            // A handle to no runner: idle status, nothing to cancel.
+            return runner::Handle::closed();
+        }
         let mut actors = self.shared.actors.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = actors.get(conv)
             && !h.is_closed()
@@ -359,6 +372,101 @@ impl Agents {
         let h = runner::spawn(self.shared.clone(), conv.to_string());
         actors.insert(conv.to_string(), h.clone());
         h
+    }
+
+    /// Stops the agent of `conv` for good before the conversation is deleted: no runner is
+    /// spawned for it until [`Self::forget`]. A running turn refuses the stop (`Conflict`,
+    /// naming its prompt) unless `force`, which cancels it (by `by`) and waits for it to end
+    /// (the agent is killed after the cancel grace). Returns the cancelled turn's prompt id.
+    pub async fn stop_for_delete(
+        &self,
+        conv: &str,
+        by: String,
+        force: bool,
+    ) -> Result<Option<String>, ErrorBody> {
+        let handle = {
+            let mut deleting = self
+                .shared
+                .deleting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !deleting.insert(conv.to_string()) {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("conversation {conv} is being deleted already"),
+                ));
+            }
+            self.shared
+                .actors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(conv)
+        };
+        let Some(h) = handle.filter(|h| !h.is_closed()) else {
+            return Ok(None);
+        };
+        let limit = self.shared.config().cancel_grace + Duration::from_secs(30);
+        let refused = |this: &Self, h: runner::Handle, e: ErrorBody| {
+            this.shared
+                .actors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conv.to_string(), h);
+            this.shared
+                .deleting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(conv);
+            Err(e)
+        };
+        match tokio::time::timeout(limit, h.stop(by, force)).await {
+            Ok(Ok(turn)) => Ok(turn),
+            Ok(Err(turn)) => refused(
+                self,
+                h,
+                ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "a turn of conversation {conv} is running (prompt {turn}): cancel it first, or delete with force, which cancels it"
+                    ),
+                ),
+            ),
+            Err(_) => refused(
+                self,
+                h,
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the turn of conversation {conv} did not end within {} s of its cancel",
+                        limit.as_secs()
+                    ),
+                ),
+            ),
+        }
+    }
+
+    /// After a deletion (done or failed): runners may be spawned for `conv` again, and the
+    /// agent keys sent for it are dropped.
+    pub fn forget(&self, conv: &str) {
+        self.shared
+            .creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&CredKey::Conv(conv.to_string()));
+        self.shared
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(conv);
+    }
+
+    /// Drops the agent keys sent for workspace `id` (it was deleted).
+    pub fn forget_workspace(&self, id: &str) {
+        self.shared
+            .creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&CredKey::Workspace(id.to_string()));
     }
 
     /// Answers `Request::Agent` for `grant`.

@@ -197,7 +197,50 @@ async fn handle_inner(
                 .collect();
             Response::Conv(ConvResponse::List(visible))
         }
+        // Owner only (unscoped), checked above like every request: `required_role`.
+        Request::Conv(ConvRequest::Heads { id }) => {
+            let heads = node.docs().heads(&id).await?;
+            Response::Conv(ConvResponse::Heads {
+                id,
+                heads: heads.into_iter().map(|h| h.0).collect(),
+            })
+        }
+        Request::Conv(ConvRequest::Delete { id, force }) => {
+            let cancelled_turn = delete_conversation(node, grant, &id, force).await?;
+            Response::Conv(ConvResponse::Deleted { id, cancelled_turn })
+        }
         Request::Agent(a) => Response::Agent(node.agents().handle(grant, a).await?),
         Request::Pr(p) => Response::Pr(node.prs().handle(grant, p).await?),
     })
+}
+
+/// Deletes conversation `id` for its owner: its agent stops (a running turn refuses unless
+/// `force`, which cancels it first), then the document, its files and its queued prompts go,
+/// with the agent keys and PR settings sent for it. Returns the cancelled turn's prompt id.
+pub async fn delete_conversation(
+    node: &Node,
+    grant: &sam_protocol::Grant,
+    id: &str,
+    force: bool,
+) -> Result<Option<String>, ErrorBody> {
+    // Never on anyone but the node's owner, whatever called this.
+    if !grant.allows(Role::Owner, None) {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            "only the node's owner may delete a conversation",
+        ));
+    }
+    sam_crdt::validate_doc_id(id)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+    // Known here (else NotFound) before its agent is touched.
+    node.docs().heads(id).await?;
+    let agents = node.agents();
+    let cancelled = agents
+        .stop_for_delete(id, grant.peer.to_string(), force)
+        .await?;
+    let r = node.docs().delete(id).await;
+    agents.forget(id);
+    r?;
+    node.prs().forget(id);
+    Ok(cancelled)
 }

@@ -27,6 +27,8 @@ enum Cmd {
     Open {
         id: String,
         create: bool,
+        /// May re-create a conversation the owner deleted (the owner's own streams).
+        revive: bool,
         watcher: Option<(u64, Watcher)>,
         reply: oneshot::Sender<Result<Opened, ErrorBody>>,
     },
@@ -62,6 +64,16 @@ enum Cmd {
     },
     Insert {
         conv: Box<Conversation>,
+        reply: oneshot::Sender<Result<(), ErrorBody>>,
+    },
+    /// The heads of a stored document.
+    Heads {
+        id: String,
+        reply: oneshot::Sender<Result<Vec<ChangeHash>, ErrorBody>>,
+    },
+    /// Forgets a stored document: memory, files, and leaves a tombstone.
+    Delete {
+        id: String,
         reply: oneshot::Sender<Result<(), ErrorBody>>,
     },
     /// Runs a closure that only reads (no flush, no version bump).
@@ -133,21 +145,24 @@ impl DocHost {
 
     /// Loads a document (or prepares to receive a new one when `create`).
     pub async fn open(&self, id: &str, create: bool) -> Result<Opened, ErrorBody> {
-        self.open_as(id, create, None).await
+        self.open_as(id, create, true, None).await
     }
 
     /// Like [`Self::open`], recording `watcher` (stream `peer`) as present until
-    /// [`Self::leave`].
+    /// [`Self::leave`]. A conversation the owner deleted ([`Self::delete`]) is created again
+    /// only with `revive` (the owner's say); else the open is refused.
     pub async fn open_as(
         &self,
         id: &str,
         create: bool,
+        revive: bool,
         watcher: Option<(u64, Watcher)>,
     ) -> Result<Opened, ErrorBody> {
         let id = id.to_string();
         self.call(|reply| Cmd::Open {
             id,
             create,
+            revive,
             watcher,
             reply,
         })
@@ -235,6 +250,26 @@ impl DocHost {
             .await
             .unwrap_or_else(|| Err(gone()))?;
         out_rx.await.map_err(|_| gone())
+    }
+
+    /// The heads of stored conversation `id`.
+    pub async fn heads(&self, id: &str) -> Result<Vec<ChangeHash>, ErrorBody> {
+        let id = id.to_string();
+        self.call(|reply| Cmd::Heads { id, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
+    }
+
+    /// Deletes stored conversation `id` from this node: its document leaves memory (every
+    /// stream of it and its agent runner see it end), its files are removed (directory
+    /// fsynced), and a tombstone `<id>.deleted` stays, so that a later sync from another
+    /// peer that still holds it does not create it again ([`Self::open_as`]). The caller
+    /// stops its agent first ([`crate::agent::Agents::stop_for_delete`]).
+    pub async fn delete(&self, id: &str) -> Result<(), ErrorBody> {
+        let id = id.to_string();
+        self.call(|reply| Cmd::Delete { id, reply })
+            .await
+            .unwrap_or_else(|| Err(gone()))
     }
 
     /// Ids of documents as they change durably (lagging receivers miss ids: rescan then).
@@ -469,9 +504,11 @@ impl Actor {
             Cmd::Open {
                 id,
                 create,
+                revive,
                 watcher,
                 reply,
             } => {
+                let refused = create && !revive && self.deleted(&id);
                 let r = match self.entry(&id) {
                     Ok(e) => {
                         if let Some((peer, w)) = watcher {
@@ -479,6 +516,12 @@ impl Actor {
                         }
                         Ok(opened(e))
                     }
+                    Err(e) if e.code == ErrorCode::NotFound && refused => Err(ErrorBody::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "conversation {id} was deleted from this node by its owner; only the owner may bring it back"
+                        ),
+                    )),
                     Err(e) if e.code == ErrorCode::NotFound && create => {
                         let entry = Entry::new(Conversation::new_replica(), false, false);
                         let o = opened(&entry);
@@ -560,6 +603,19 @@ impl Actor {
                     after.push(After::Durable { id, reply });
                 }
             }
+            Cmd::Heads { id, reply } => {
+                let r = self.entry(&id).and_then(|e| {
+                    if e.stored {
+                        Ok(e.conv.heads())
+                    } else {
+                        Err(not_found(&id))
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            Cmd::Delete { id, reply } => {
+                let _ = reply.send(self.delete(&id));
+            }
             Cmd::Read { id, f, reply } => match self.entry(&id) {
                 Ok(e) if !e.conv.is_empty() => {
                     f(&mut e.conv);
@@ -614,6 +670,72 @@ impl Actor {
         }
     }
 
+    fn tombstone(&self, id: &str) -> std::path::PathBuf {
+        self.store.dir().join(format!("{id}.deleted"))
+    }
+
+    /// Whether the owner deleted `id` (a valid id) and nobody with the owner's say brought it
+    /// back.
+    fn deleted(&self, id: &str) -> bool {
+        sam_crdt::validate_doc_id(id).is_ok() && self.tombstone(id).exists()
+    }
+
+    fn delete(&mut self, id: &str) -> Result<(), ErrorBody> {
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot delete conversation {id}: {what}: {e}"),
+            )
+        };
+        sam_crdt::validate_doc_id(id)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+        let in_store = self
+            .store
+            .contains(id)
+            .map_err(|e| internal("look up", &e))?;
+        if !in_store && !self.docs.get(id).is_some_and(|e| e.stored) {
+            return Err(not_found(id));
+        }
+        // Out of memory first: its streams and runner see the document end, and nothing of
+        // this batch is written for it any more.
+        self.docs.remove(id);
+        // The tombstone before the files: a crash between the two leaves the document
+        // listed (the owner deletes it again), never a document a stale peer may re-create.
+        let tomb = self.tombstone(id);
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tomb)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| internal("write its tombstone", &e))?;
+        match self.store.remove(id) {
+            Ok(()) | Err(sam_crdt::CrdtError::NotFound(_)) => {}
+            Err(e) => return Err(internal("remove its files", &e)),
+        }
+        // What the store may have left beside them: a snapshot being written, files moved
+        // aside as damaged or torn.
+        let dir = self.store.dir().to_path_buf();
+        let prefixes = [format!("{id}.am."), format!("{id}.log.")];
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                    std::fs::remove_file(entry.path())
+                        .map_err(|e| internal(&format!("remove {name}"), &e))?;
+                }
+            }
+        }
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| internal("fsync the store directory", &e))?;
+        info!(%id, "conversation deleted by the owner");
+        Ok(())
+    }
+
     fn generate(&mut self, id: &str, peer: u64) -> Option<Vec<u8>> {
         let e = self.docs.get_mut(id)?;
         e.drop_queue_unless_from(peer);
@@ -634,11 +756,17 @@ impl Actor {
                 }
                 info!(%id, "new conversation received");
             }
+            let revived = !e.stored;
             let was_stored = e.stored;
             // Filed under the id it is held as, never the one its content names (the
             // store refuses a mismatch; the sync guard already rolled such changes back).
             match self.store.append_as(id, &mut e.conv) {
                 Ok(_) => {
+                    if revived {
+                        // Brought back by the owner (only the owner may open it for creation).
+                        let _ =
+                            std::fs::remove_file(self.store.dir().join(format!("{id}.deleted")));
+                    }
                     e.stored = true;
                     e.dirty = false;
                     e.publish(was_stored);

@@ -90,6 +90,13 @@ impl Prs {
         self.inner.shutdown.cancel();
     }
 
+    /// Drops what is kept for a deleted conversation (its PR settings, with their token).
+    pub fn forget(&self, conv: &str) {
+        lock(&self.inner.settings).remove(conv);
+        lock(&self.inner.seen).remove(conv);
+        lock(&self.inner.locks).remove(conv);
+    }
+
     async fn watch(self) {
         let mut changes = self.inner.docs.subscribe_changes();
         loop {

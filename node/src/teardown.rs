@@ -166,6 +166,8 @@ pub async fn remove_workspace(
         ));
     }
     node.workspaces().remove(workspace).await?;
+    // The agent keys sent for it go with it (a pooled node's next holder never runs with them).
+    node.agents().forget_workspace(workspace);
     // Recorded only now that the workspace is gone.
     for f in flushed {
         let note = if f.peers.is_empty() {

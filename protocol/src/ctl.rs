@@ -102,10 +102,11 @@ impl Request {
                     | WorkspaceRequest::WatchPorts { .. }
                     | WorkspaceRequest::Files { .. }
             ),
-            Request::Conv(ConvRequest::List) => true,
+            Request::Conv(ConvRequest::List | ConvRequest::Heads { .. }) => true,
             Request::Agent(AgentRequest::Status { .. }) => true,
             Request::RegisterShare(_)
             | Request::Revoke { .. }
+            | Request::Conv(ConvRequest::Delete { .. })
             | Request::Agent(_)
             | Request::Pr(_) => false,
         }
@@ -137,6 +138,8 @@ impl Request {
             },
             Request::Conv(c) => match c {
                 ConvRequest::List => K::ConvList,
+                ConvRequest::Heads { .. } => K::ConvHeads,
+                ConvRequest::Delete { .. } => K::ConvDelete,
             },
             Request::Agent(a) => match a {
                 AgentRequest::Cancel { .. } => K::AgentCancel,
@@ -188,6 +191,8 @@ pub enum RequestKind {
     WorkspaceTeardown,
     WorkspaceDrain,
     ConvList,
+    ConvHeads,
+    ConvDelete,
     AgentCancel,
     AgentPermit,
     AgentSetPolicy,
@@ -219,7 +224,7 @@ mod caps {
 
 impl RequestKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [RequestKind; 26] = [
+    pub const ALL: [RequestKind; 28] = [
         RequestKind::Ping,
         RequestKind::Status,
         RequestKind::RegisterShare,
@@ -239,6 +244,8 @@ impl RequestKind {
         RequestKind::WorkspaceTeardown,
         RequestKind::WorkspaceDrain,
         RequestKind::ConvList,
+        RequestKind::ConvHeads,
+        RequestKind::ConvDelete,
         RequestKind::AgentCancel,
         RequestKind::AgentPermit,
         RequestKind::AgentSetPolicy,
@@ -272,6 +279,8 @@ impl RequestKind {
             (5, 11) => K::WorkspaceTeardown,
             (5, 12) => K::WorkspaceDrain,
             (6, 0) => K::ConvList,
+            (6, 1) => K::ConvHeads,
+            (6, 2) => K::ConvDelete,
             (7, 0) => K::AgentCancel,
             (7, 1) => K::AgentPermit,
             (7, 2) => K::AgentSetPolicy,
@@ -303,6 +312,8 @@ impl RequestKind {
             | K::WorkspaceLogs
             | K::WorkspaceRecreate
             | K::WorkspaceTeardown
+            | K::ConvHeads
+            | K::ConvDelete
             | K::AgentCancel
             | K::AgentPermit
             | K::AgentSetPolicy
@@ -341,7 +352,9 @@ impl RequestKind {
             | K::Revoke
             | K::WorkspaceRemove
             | K::WorkspaceTeardown
-            | K::WorkspaceDrain => Role::Owner,
+            | K::WorkspaceDrain
+            | K::ConvHeads
+            | K::ConvDelete => Role::Owner,
         }
     }
 }
@@ -615,6 +628,7 @@ mod tests {
                 op: FilesOp::WorkPatch,
             }),
             Request::Conv(ConvRequest::List),
+            Request::Conv(ConvRequest::Heads { id: "c".into() }),
         ] {
             assert!(r.is_read_only(), "{r:?}");
         }
@@ -629,6 +643,10 @@ mod tests {
             ws(WorkspaceRequest::WaitCredential),
             Request::Revoke { id: [0; 16] },
             Request::Agent(AgentRequest::Cancel { conv: "c".into() }),
+            Request::Conv(ConvRequest::Delete {
+                id: "c".into(),
+                force: false,
+            }),
         ] {
             assert!(!r.is_read_only(), "{r:?}");
         }
@@ -705,6 +723,11 @@ mod tests {
             }),
             ws(WorkspaceRequest::Drain),
             Request::Conv(ConvRequest::List),
+            Request::Conv(ConvRequest::Heads { id: id() }),
+            Request::Conv(ConvRequest::Delete {
+                id: id(),
+                force: true,
+            }),
             Request::Agent(AgentRequest::Cancel { conv: id() }),
             Request::Agent(AgentRequest::Permit {
                 conv: id(),
@@ -852,6 +875,25 @@ mod tests {
         let err = check_version(99).expect_err("refused");
         assert_eq!(err.code, ErrorCode::UnsupportedVersion);
         assert!(err.message.contains("99"));
+    }
+
+    /// Deleting a conversation or reading its heads is the owner's: a collaborator's
+    /// request is refused from its head, before its body is read.
+    #[test]
+    fn conversation_delete_and_heads_are_the_owners() {
+        for request in [
+            Request::Conv(ConvRequest::Delete {
+                id: "c".into(),
+                force: true,
+            }),
+            Request::Conv(ConvRequest::Heads { id: "c".into() }),
+        ] {
+            assert_eq!(request.required_role(), Role::Owner);
+            let bytes = payload(request.clone());
+            let err = decode_request(&RoleGate(Role::Collaborator), &bytes).expect_err("refused");
+            assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+            assert!(decode_request(&RoleGate(Role::Owner), &bytes).is_ok());
+        }
     }
 
     #[test]

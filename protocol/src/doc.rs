@@ -32,12 +32,21 @@ pub struct DocOpen {
 pub enum ConvRequest {
     /// The conversations this peer may read.
     List,
+    /// Owner only (unscoped): the heads of conversation `id` on this node (a team
+    /// provisioner checks that a member holds them before it wipes a released node).
+    Heads { id: String },
+    /// Owner only (unscoped): deletes conversation `id` from this node: its document, its
+    /// files and queued prompts, its agent and the credentials sent for it. Refused while
+    /// a turn runs unless `force`, which cancels the turn first. Open streams of it close;
+    /// a later sync from another peer does not bring it back (only the owner may).
+    Delete { id: String, force: bool },
 }
 
 impl ConvRequest {
     pub fn required_role(&self) -> Role {
         match self {
             ConvRequest::List => Role::Viewer,
+            ConvRequest::Heads { .. } | ConvRequest::Delete { .. } => Role::Owner,
         }
     }
 }
@@ -46,6 +55,17 @@ impl ConvRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvResponse {
     List(Vec<ConvSummary>),
+    /// The heads (Automerge change hashes) of a conversation.
+    Heads {
+        id: String,
+        heads: Vec<[u8; 32]>,
+    },
+    /// The conversation is gone from this node; `cancelled_turn`: the prompt whose turn
+    /// `force` cancelled.
+    Deleted {
+        id: String,
+        cancelled_turn: Option<String>,
+    },
 }
 
 /// What a list shows of one conversation.

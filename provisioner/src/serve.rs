@@ -21,8 +21,8 @@ use sam_protocol::capability::{Capability, Grantee, Role};
 use sam_protocol::ctl::{ErrorBody, ErrorCode};
 use sam_protocol::frame::{self, HEADER_LEN};
 use sam_protocol::prov::{
-    MAX_PROV_FIELD, MAX_PROV_REQUEST, MAX_PROV_RESPONSE, PROV_VERSION, ProvNode, ProvRequest,
-    ProvRequestFrame, ProvResponse,
+    HeldConv, MAX_PROV_FIELD, MAX_PROV_REQUEST, MAX_PROV_RESPONSE, PROV_VERSION, ProvNode,
+    ProvRequest, ProvRequestFrame, ProvResponse, check_held, peek_version,
 };
 use sam_protocol::{NodeAddr, NodeId, SecretKey, Ticket};
 use thiserror::Error;
@@ -177,9 +177,9 @@ impl<P: Provider + 'static> ProtocolHandler for ProvHandler<P> {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let this = self.clone();
             tokio::spawn(async move {
-                let response = match read(&mut recv, MAX_PROV_REQUEST).await {
+                let response = match read_request(&mut recv).await {
                     Ok(frame) => this.handle(peer, frame).await,
-                    Err(e) => error(ErrorCode::BadRequest, format!("malformed request: {e}")),
+                    Err(e) => e,
                 };
                 if let Ok(bytes) = frame::encode(&response) {
                     let _ = send.write_all(&bytes).await;
@@ -227,23 +227,41 @@ impl<P: Provider> ProvHandler<P> {
                 )),
                 Err(e) => Err(e.to_string()),
             },
-            ProvRequest::ReleaseNode { id } | ProvRequest::DeleteNode { id }
+            ProvRequest::ReleaseNode { id, .. } | ProvRequest::DeleteNode { id, .. }
                 if id.len() > MAX_PROV_FIELD =>
             {
                 let _ = id;
                 return error(ErrorCode::TooLarge, "node id too long");
             }
-            ProvRequest::ReleaseNode { id } => match self.owned(peer, &id).await {
-                Ok(vm) => self.release(vm).await.map(|_| ProvResponse::Done { id }),
+            ProvRequest::ReleaseNode { held, .. } | ProvRequest::DeleteNode { held, .. }
+                if check_held(&held).is_err() =>
+            {
+                let why = check_held(&held).err().unwrap_or_default();
+                return error(ErrorCode::TooLarge, why);
+            }
+            ProvRequest::ReleaseNode { id, held, force } => match self.owned(peer, &id).await {
+                Ok(vm) => {
+                    return match self.release(peer, vm, &held, force).await {
+                        Ok(()) => ProvResponse::Done { id },
+                        Err(e) => {
+                            warn!(peer = %peer.short(), "release of {id} refused or failed: {e}");
+                            ProvResponse::Error(e)
+                        }
+                    };
+                }
                 Err(resp) => return resp,
             },
-            ProvRequest::DeleteNode { id } => match self.owned(peer, &id).await {
-                Ok(_) => pool
-                    .provider
-                    .delete(&id)
-                    .await
-                    .map(|_| ProvResponse::Done { id })
-                    .map_err(|e| e.to_string()),
+            ProvRequest::DeleteNode { id, held, force } => match self.owned(peer, &id).await {
+                Ok(vm) => {
+                    if let Err(e) = self.held_first(&vm, &held, force, "deleted").await {
+                        return ProvResponse::Error(e);
+                    }
+                    pool.provider
+                        .delete(&id)
+                        .await
+                        .map(|_| ProvResponse::Done { id })
+                        .map_err(|e| e.to_string())
+                }
                 Err(resp) => return resp,
             },
         };
@@ -360,36 +378,116 @@ fn capability_of(vm: &Vm) -> Option<[u8; 16]> {
 }
 
 impl<P: Provider> ProvHandler<P> {
-    /// Back to the pool for the next member, wiped: the holder's capability is revoked on the
-    /// node first (which also closes the holder's open connections), then every workspace on
-    /// it is torn down (`force`: the member's client held its conversations before releasing),
-    /// and only a node with no conversation left is pooled. `sam/ctl/1` has no request that
-    /// deletes a conversation, so a node that still serves one is deleted instead, as is a
-    /// node where any step fails: the next member never sees the previous one's work.
-    async fn release(&self, vm: Vm) -> Result<(), String> {
+    /// Refuses (`Conflict`) to let `vm` go while the node has something its holder does not
+    /// hold: a conversation whose heads are not all among `held`, or a running turn (its
+    /// output would be lost), unless `force`. A node that cannot be asked is refused too
+    /// (`Unavailable`), unless `force`. `verb`: "released" or "deleted".
+    async fn held_first(
+        &self,
+        vm: &Vm,
+        held: &[HeldConv],
+        force: bool,
+        verb: &str,
+    ) -> Result<(), ErrorBody> {
+        if force {
+            return Ok(());
+        }
+        let unreachable = |e: String| {
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {} was not {verb}: it cannot be asked whether you hold its conversations ({e}); force {verb_again} it anyway and loses whatever only it has",
+                    vm.id,
+                    verb_again = if verb == "deleted" {
+                        "deletes"
+                    } else {
+                        "releases"
+                    },
+                ),
+            )
+        };
+        let ticket = self
+            .inner
+            .pool
+            .provider
+            .ticket(vm)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let work = async {
+            let ctl = OwnerCtl::connect(&self.inner.ep, &ticket, &self.inner.key).await?;
+            let r = unheld(&ctl, held).await;
+            ctl.conn.close(0u32.into(), b"done");
+            r
+        };
+        let missing = tokio::time::timeout(WIPE_TIMEOUT, work)
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r)
+            .map_err(unreachable)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(refusal(&vm.id, verb, &missing))
+    }
+
+    /// Back to the pool for the next member, wiped, once the holder holds everything the
+    /// node has ([`Self::held_first`], unless `force`). As the node's owner: the holder's
+    /// capability is revoked (which also closes the holder's open connections), the check
+    /// is made again (nothing of the holder's can change the node any more; if something did
+    /// in between, the release is refused and the holder gets a fresh capability), every
+    /// workspace is torn down and every conversation deleted (`force`: a turn is cancelled),
+    /// and the node must then report no conversation and no workspace. Only then is it
+    /// pooled; a node where any step of the wipe fails is deleted instead: the next member
+    /// never sees the previous one's work.
+    async fn release(
+        &self,
+        peer: NodeId,
+        vm: Vm,
+        held: &[HeldConv],
+        force: bool,
+    ) -> Result<(), ErrorBody> {
+        self.held_first(&vm, held, force, "released").await?;
         let pool = &self.inner.pool;
         let wiped = match pool.provider.ticket(&vm) {
             Ok(ticket) => {
-                wipe_node(&self.inner.ep, &ticket, capability_of(&vm), &self.inner.key).await
+                let check = (!force).then_some(held);
+                wipe_node(
+                    &self.inner.ep,
+                    &ticket,
+                    capability_of(&vm),
+                    &self.inner.key,
+                    check,
+                )
+                .await
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Wipe::Failed(e.to_string())),
         };
         let reason = match wiped {
-            Ok(0) => None,
-            Ok(n) => Some(format!(
-                "{n} conversation(s) of the previous holder remain on it and sam/ctl/1 cannot delete a conversation"
-            )),
-            Err(e) => Some(format!("it could not be wiped ({e})")),
+            Ok(()) => None,
+            Err(Wipe::Changed(missing)) => {
+                // Revoked, not wiped: the holder keeps the node with a fresh capability.
+                let cap_id = self.capability(peer, self.inner.key.node_id()).id;
+                let mut labels = vm.labels.clone();
+                labels.insert(
+                    CAPABILITY_LABEL.to_owned(),
+                    data_encoding::HEXLOWER.encode(&cap_id),
+                );
+                if let Err(e) = pool.provider.set_labels(&vm.id, &labels).await {
+                    warn!(vm = %vm.id, "cannot renew the holder's capability: {e}");
+                }
+                return Err(refusal(&vm.id, "released", &missing));
+            }
+            Err(Wipe::Failed(e)) => Some(format!("it could not be wiped ({e})")),
         };
         if let Some(reason) = reason {
             warn!(vm = %vm.id, "released node not pooled: {reason}; deleting it");
-            return pool
-                .provider
-                .delete(&vm.id)
-                .await
-                .map_err(|d| format!("{reason}, and deleting the node failed too ({d})"));
+            return pool.provider.delete(&vm.id).await.map_err(|d| {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("{reason}, and deleting the node failed too ({d})"),
+                )
+            });
         }
-        info!(vm = %vm.id, "holder's capability revoked, workspaces removed, no conversation left");
+        info!(vm = %vm.id, "holder's capability revoked, workspaces and conversations deleted");
         let mut labels = vm.labels.clone();
         labels.remove(MEMBER_LABEL);
         labels.remove(CAPABILITY_LABEL);
@@ -397,8 +495,64 @@ impl<P: Provider> ProvHandler<P> {
         pool.release(&vm)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))
     }
+}
+
+/// How long the provisioner gives a node to answer a check or a wipe.
+const WIPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The refusal naming what the holder does not hold.
+fn refusal(id: &str, verb: &str, missing: &[String]) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Conflict,
+        format!(
+            "node {id} was not {verb}: it has what you do not hold: {}. Bring its conversations to your replica first (`sam team release`/`rm` do), or use force, which loses them",
+            missing.join("; ")
+        ),
+    )
+}
+
+/// What the node has that `held` does not cover: each conversation with a head (change
+/// hash) the member did not name, or with a turn running. The member's word is trusted for
+/// what it names (a member that lies loses its own work).
+async fn unheld(ctl: &OwnerCtl, held: &[HeldConv]) -> Result<Vec<String>, String> {
+    use sam_protocol::agent::{AgentRequest, AgentResponse};
+    use sam_protocol::ctl::{Request, Response};
+    use sam_protocol::doc::{ConvRequest, ConvResponse};
+    let mut missing = Vec::new();
+    for id in ctl.conversations().await? {
+        let r = ctl
+            .request(Request::Conv(ConvRequest::Heads { id: id.clone() }))
+            .await?;
+        let Response::Conv(ConvResponse::Heads { heads, .. }) = r else {
+            return Err(format!("unexpected answer to the heads of {id}: {r:?}"));
+        };
+        let mine: BTreeSet<[u8; 32]> = held
+            .iter()
+            .filter(|h| h.conversation == id)
+            .flat_map(|h| h.heads.iter().copied())
+            .collect();
+        let not_held = heads.iter().filter(|h| !mine.contains(*h)).count();
+        if not_held > 0 {
+            missing.push(format!(
+                "conversation {id} ({not_held} of its {} head(s) on the node not held by you)",
+                heads.len()
+            ));
+            continue;
+        }
+        let r = ctl
+            .request(Request::Agent(AgentRequest::Status { conv: id.clone() }))
+            .await?;
+        if let Response::Agent(AgentResponse::Status(st)) = r
+            && let Some(turn) = st.turn
+        {
+            missing.push(format!(
+                "conversation {id} (a turn is running on the node, prompt {turn}: its output would be lost)"
+            ));
+        }
+    }
+    Ok(missing)
 }
 
 /// The provisioner's owner connection to a node on `sam/ctl/1`.
@@ -439,6 +593,33 @@ impl OwnerCtl {
         read::<A>(&mut recv, frame::MAX_FRAME).await
     }
 
+    /// Every conversation on the node (the owner sees all).
+    async fn conversations(&self) -> Result<Vec<String>, String> {
+        use sam_protocol::ctl::{Request, Response};
+        use sam_protocol::doc::{ConvRequest, ConvResponse};
+        match self.request(Request::Conv(ConvRequest::List)).await? {
+            Response::Conv(ConvResponse::List(l)) => Ok(l.into_iter().map(|c| c.id).collect()),
+            other => Err(format!(
+                "unexpected answer to a conversation list: {other:?}"
+            )),
+        }
+    }
+
+    /// Every workspace on the node.
+    async fn workspaces(&self) -> Result<Vec<String>, String> {
+        use sam_protocol::ctl::{Request, Response};
+        use sam_protocol::workspace::{WorkspaceRequest, WorkspaceResponse};
+        match self
+            .request(Request::Workspace(WorkspaceRequest::List))
+            .await?
+        {
+            Response::Workspace(WorkspaceResponse::List(l)) => {
+                Ok(l.into_iter().map(|w| w.id).collect())
+            }
+            other => Err(format!("unexpected answer to a workspace list: {other:?}")),
+        }
+    }
+
     async fn request(
         &self,
         request: sam_protocol::ctl::Request,
@@ -455,48 +636,111 @@ impl OwnerCtl {
     }
 }
 
-/// Wipes a released node as its owner: revokes capability `cap` (the holder's), tears down
-/// every workspace (`force`), and returns how many conversations the node still serves.
+/// Why a wipe did not finish.
+enum Wipe {
+    /// After the revocation the node had what the holder does not hold (nothing wiped).
+    Changed(Vec<String>),
+    /// A step failed: the node must not be pooled.
+    Failed(String),
+}
+
+/// Wipes a released node as its owner: revokes capability `cap` (the holder's); with
+/// `check`, checks again that the holder holds every conversation (nothing of the holder's
+/// can change the node now); tears down every workspace (`force`), deletes every
+/// conversation (`force`: a running turn is cancelled first), and verifies that the node
+/// then reports no workspace and no conversation.
 async fn wipe_node(
     ep: &Endpoint,
     ticket: &Ticket,
     cap: Option<[u8; 16]>,
     key: &SecretKey,
-) -> Result<usize, String> {
+    check: Option<&[HeldConv]>,
+) -> Result<(), Wipe> {
     use sam_protocol::ctl::{Request, Response};
     use sam_protocol::doc::{ConvRequest, ConvResponse};
-    use sam_protocol::workspace::{WorkspaceRequest, WorkspaceResponse};
+    use sam_protocol::workspace::WorkspaceRequest;
     let work = async {
-        let ctl = OwnerCtl::connect(ep, ticket, key).await?;
-        if let Some(id) = cap {
-            ctl.request(Request::Revoke { id }).await?;
-        }
-        let listed = ctl
-            .request(Request::Workspace(WorkspaceRequest::List))
-            .await?;
-        let Response::Workspace(WorkspaceResponse::List(workspaces)) = listed else {
-            return Err(format!("unexpected answer to a workspace list: {listed:?}"));
-        };
-        for ws in workspaces {
-            ctl.request(Request::Workspace(WorkspaceRequest::Teardown {
-                id: ws.id.clone(),
-                force: true,
-            }))
+        let ctl = OwnerCtl::connect(ep, ticket, key)
             .await
-            .map_err(|e| format!("remove workspace {}: {e}", ws.id))?;
+            .map_err(Wipe::Failed)?;
+        if let Some(id) = cap {
+            ctl.request(Request::Revoke { id })
+                .await
+                .map_err(Wipe::Failed)?;
         }
-        let listed = ctl.request(Request::Conv(ConvRequest::List)).await?;
-        let Response::Conv(ConvResponse::List(convs)) = listed else {
-            return Err(format!(
-                "unexpected answer to a conversation list: {listed:?}"
-            ));
+        if let Some(held) = check {
+            let missing = unheld(&ctl, held).await.map_err(Wipe::Failed)?;
+            if !missing.is_empty() {
+                ctl.conn.close(0u32.into(), b"done");
+                return Err(Wipe::Changed(missing));
+            }
+        }
+        let work = async {
+            for ws in ctl.workspaces().await? {
+                ctl.request(Request::Workspace(WorkspaceRequest::Teardown {
+                    id: ws.clone(),
+                    force: true,
+                }))
+                .await
+                .map_err(|e| format!("remove workspace {ws}: {e}"))?;
+            }
+            for id in ctl.conversations().await? {
+                let r = ctl
+                    .request(Request::Conv(ConvRequest::Delete {
+                        id: id.clone(),
+                        force: true,
+                    }))
+                    .await
+                    .map_err(|e| format!("delete conversation {id}: {e}"))?;
+                if !matches!(r, Response::Conv(ConvResponse::Deleted { .. })) {
+                    return Err(format!("unexpected answer to deleting {id}: {r:?}"));
+                }
+            }
+            let (ws, convs) = (ctl.workspaces().await?, ctl.conversations().await?);
+            if !ws.is_empty() || !convs.is_empty() {
+                return Err(format!(
+                    "after the wipe the node still reports {} workspace(s) and {} conversation(s)",
+                    ws.len(),
+                    convs.len()
+                ));
+            }
+            Ok(())
         };
+        let r = work.await.map_err(Wipe::Failed);
         ctl.conn.close(0u32.into(), b"done");
-        Ok(convs.len())
+        r
     };
-    tokio::time::timeout(std::time::Duration::from_secs(120), work)
+    tokio::time::timeout(WIPE_TIMEOUT, work)
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|_| Wipe::Failed("timed out".to_owned()))?
+}
+
+/// Reads one member's request: its version first (a request of another version may not
+/// decode as this one's), then the rest.
+async fn read_request(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<ProvRequestFrame, ProvResponse> {
+    let bad = |e: String| error(ErrorCode::BadRequest, format!("malformed request: {e}"));
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let len = frame::payload_len(header, MAX_PROV_REQUEST)
+        .map_err(|e| error(ErrorCode::TooLarge, e.to_string()))?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    match peek_version(&payload) {
+        Some(PROV_VERSION) => frame::decode(&payload).map_err(|e| bad(e.to_string())),
+        Some(v) => Err(error(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "sam/prov version {v} is not supported; this provisioner speaks {PROV_VERSION}: update the older side"
+            ),
+        )),
+        None => Err(bad("no version".into())),
+    }
 }
 
 async fn read<T: serde::de::DeserializeOwned>(

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use sam_protocol::Ticket;
-use sam_protocol::prov::{ProvNode, ProvRequest, ProvResponse};
+use sam_protocol::prov::{HeldConv, ProvNode, ProvRequest, ProvResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -270,6 +270,7 @@ async fn give_back(
     let mut lost: Vec<String> = Vec::new();
     let mut convs: Vec<String> = Vec::new();
     let mut open = Vec::new();
+    let mut held: Vec<HeldConv> = Vec::new();
     let client = match tokio::time::timeout(CONNECT_TIMEOUT, NodeClient::connect(ep, &ticket)).await
     {
         Ok(Ok(c)) => Some(c),
@@ -286,7 +287,7 @@ async fn give_back(
     };
     if let Some(client) = &client {
         match super::teardown::hold_conversations(paths, ep, client, &ticket, |_| true).await {
-            Ok((all, streams, failed)) => {
+            Ok((all, streams, failed, heads)) => {
                 for conv in &all {
                     if !failed.contains(conv) {
                         eprintln!("  {conv}: held here, in sync");
@@ -295,6 +296,13 @@ async fn give_back(
                 lost.extend(failed.iter().map(|c| format!("conversation {c}")));
                 convs = all;
                 open = streams;
+                held = heads
+                    .into_iter()
+                    .map(|(conversation, heads)| HeldConv {
+                        conversation,
+                        heads,
+                    })
+                    .collect();
             }
             Err(e) => lost.push(format!("every conversation it serves ({e:#})")),
         }
@@ -322,10 +330,33 @@ async fn give_back(
         );
     }
     // The streams stay open while the provisioner wipes the node: we are a peer in sync.
+    // The provisioner checks for itself that the heads held here cover the node's (unless
+    // --force); more than it takes cannot be proved held.
+    if let Err(e) = sam_protocol::prov::check_held(&held) {
+        if !force {
+            close(open).await;
+            if let Some(c) = client {
+                c.close();
+            }
+            bail!(
+                "node {name} was not {verb}: {e}, more than one release can show held; `--force` {} it anyway",
+                if delete { "deletes" } else { "releases" }
+            );
+        }
+        held.clear();
+    }
     let req = if delete {
-        ProvRequest::DeleteNode { id: vm.id.clone() }
+        ProvRequest::DeleteNode {
+            id: vm.id.clone(),
+            held,
+            force,
+        }
     } else {
-        ProvRequest::ReleaseNode { id: vm.id.clone() }
+        ProvRequest::ReleaseNode {
+            id: vm.id.clone(),
+            held,
+            force,
+        }
     };
     let r = ask(ep, via, req).await;
     close(open).await;

@@ -55,7 +55,7 @@ pub(crate) async fn remove_keeping_history(
     force: bool,
 ) -> Result<(Vec<String>, usize)> {
     let ticket = entry.ticket()?;
-    let (convs, open, failed) =
+    let (convs, open, failed, _) =
         hold_conversations(paths, ep, client, &ticket, |s| s.workspace == id).await?;
     let r = ws(
         client,
@@ -78,14 +78,15 @@ pub(crate) async fn remove_keeping_history(
 
 /// Brings this client's replicas of the node's conversations that `pick` selects up to date
 /// and returns their streams, still open: while they are, this client is a peer in sync for
-/// each of them. Also returns every picked conversation and the ones that failed.
+/// each of them. Also returns every picked conversation, the ones that failed, and for each
+/// one held the heads this replica holds once in sync (then exactly the node's heads).
 pub(crate) async fn hold_conversations(
     paths: &ClientPaths,
     ep: &iroh::Endpoint,
     client: &NodeClient,
     ticket: &sam_protocol::Ticket,
     pick: impl Fn(&sam_protocol::doc::ConvSummary) -> bool,
-) -> Result<(Vec<String>, Vec<DocStream>, Vec<String>)> {
+) -> Result<Held> {
     let Response::Conv(ConvResponse::List(list)) =
         client.request(Request::Conv(ConvRequest::List)).await?
     else {
@@ -95,6 +96,7 @@ pub(crate) async fn hold_conversations(
     let mut replicas = Replicas::open(paths)?;
     let mut open: Vec<DocStream> = Vec::new();
     let mut failed = Vec::new();
+    let mut heads = Vec::new();
     for conv in &convs {
         let r = async {
             let mut doc = if replicas.contains(conv) {
@@ -116,19 +118,32 @@ pub(crate) async fn hold_conversations(
             )
             .await?;
             replicas.save(&mut doc)?;
-            anyhow::Ok(s)
+            let held: Vec<[u8; 32]> = doc.heads().into_iter().map(|h| h.0).collect();
+            anyhow::Ok((s, held))
         }
         .await;
         match r {
-            Ok(s) => open.push(s),
+            Ok((s, held)) => {
+                open.push(s);
+                heads.push((conv.clone(), held));
+            }
             Err(e) => {
                 eprintln!("note: could not bring conversation {conv} here: {e:#}");
                 failed.push(conv.clone());
             }
         }
     }
-    Ok((convs, open, failed))
+    Ok((convs, open, failed, heads))
 }
+
+/// What [`hold_conversations`] returns: every picked conversation, the open streams, the
+/// ones that failed, and the heads held of each one held.
+pub(crate) type Held = (
+    Vec<String>,
+    Vec<DocStream>,
+    Vec<String>,
+    Vec<(String, Vec<[u8; 32]>)>,
+);
 
 /// Asks a pooled node whether it may be deleted (every conversation it serves is held in
 /// sync elsewhere), after bringing the conversations this client may read here. A node that
@@ -156,7 +171,7 @@ pub(crate) async fn drain_node(
                 }
             };
         // Its conversations come here first (held open while it answers), like `rm`.
-        let (_, open, _) = hold_conversations(paths, &ep, &client, &ticket, |_| true).await?;
+        let (_, open, _, _) = hold_conversations(paths, &ep, &client, &ticket, |_| true).await?;
         let r = ws(&client, WorkspaceRequest::Drain).await;
         for s in open {
             s.close(None).await;

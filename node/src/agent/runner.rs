@@ -41,7 +41,19 @@ pub(crate) enum Msg {
     Status {
         reply: oneshot::Sender<AgentStatus>,
     },
+    /// Stop for good (the conversation is being deleted): idle, at once; in a turn, refused
+    /// with the turn's prompt id unless `force`, which cancels the turn and stops when it
+    /// has ended (answering with its prompt id).
+    Stop {
+        by: String,
+        force: bool,
+        reply: StopReply,
+    },
 }
+
+/// The answer to [`Msg::Stop`]: `Ok(cancelled turn)` once stopped, `Err(running turn)` when
+/// refused.
+pub(crate) type StopReply = oneshot::Sender<Result<Option<String>, String>>;
 
 /// Handle to a conversation's runner.
 #[derive(Clone)]
@@ -50,6 +62,13 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
+    /// A handle to no runner.
+    pub fn closed() -> Self {
+        Self {
+            tx: mpsc::channel(1).0,
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -58,6 +77,15 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Cancel { by, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// See [`Msg::Stop`]; a runner already gone counts as stopped.
+    pub async fn stop(&self, by: String, force: bool) -> Result<Option<String>, String> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop { by, force, reply }).await.is_err() {
+            return Ok(None);
+        }
+        rx.await.unwrap_or(Ok(None))
     }
 
     pub async fn status(&self) -> AgentStatus {
@@ -83,6 +111,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, conv: String) -> Handle {
         conv,
         agent: None,
         inbox: rx,
+        stopping: None,
     };
     tokio::spawn(r.run().instrument(span));
     Handle { tx }
@@ -118,6 +147,8 @@ struct Runner {
     conv: String,
     agent: Option<Agent>,
     inbox: mpsc::Receiver<Msg>,
+    /// A forced stop arrived during the turn (its reply, the turn's prompt id).
+    stopping: Option<(StopReply, String)>,
 }
 
 async fn ended(rx: &mut watch::Receiver<Option<String>>) -> String {
@@ -143,6 +174,10 @@ impl Runner {
             match self.next_prompt().await {
                 Ok(Some(p)) => {
                     self.turn(p, &mut version).await;
+                    if let Some((reply, turn)) = self.stopping.take() {
+                        let _ = reply.send(Ok(Some(turn)));
+                        break;
+                    }
                     continue;
                 }
                 Ok(None) => {
@@ -163,6 +198,7 @@ impl Runner {
                 m = self.inbox.recv() => match m {
                     None => break,
                     Some(Msg::Cancel { reply, .. }) => { let _ = reply.send(None); }
+                    Some(Msg::Stop { reply, .. }) => { let _ = reply.send(Ok(None)); break; }
                     Some(Msg::Status { reply }) => {
                         let queued = self.shared.docs.read(&self.conv, |c| c.queued_prompts().len() as u32).await.unwrap_or(0);
                         let _ = reply.send(AgentStatus { running: self.agent.is_some(), turn: None, waiting_permissions: Vec::new(), queued });
@@ -174,7 +210,9 @@ impl Runner {
                 }
             }
         }
-        self.agent = None;
+        if let Some(mut a) = self.agent.take() {
+            a.conn.stop();
+        }
     }
 
     async fn next_prompt(&self) -> Result<Option<Prompt>, sam_protocol::ctl::ErrorBody> {
@@ -583,7 +621,12 @@ impl Runner {
                     break (Status::Failed, Some(format!("{why}{}", self.tail(&agent.conn))), false);
                 }
                 r = version.changed() => {
-                    if r.is_ok() { t.check_answers(&self.shared.docs, &self.conv).await; }
+                    if r.is_ok() {
+                        t.check_answers(&self.shared.docs, &self.conv).await;
+                    } else {
+                        // The document left the node (deleted): nothing to write to.
+                        break (Status::Interrupted, Some("the conversation was deleted from this node".into()), false);
+                    }
                 }
                 m = self.inbox.recv() => match m {
                     Some(Msg::Cancel { by, reply }) => {
@@ -594,6 +637,20 @@ impl Runner {
                             let _ = agent.conn.cx.send_notification(CancelNotification::new(agent.session.clone()));
                             t.drop_perms(Status::Cancelled);
                             cancel_deadline = Some(Instant::now() + cfg.cancel_grace);
+                        }
+                    }
+                    Some(Msg::Stop { by, force, reply }) => {
+                        if !force {
+                            let _ = reply.send(Err(p.id.to_string()));
+                        } else {
+                            self.stopping = Some((reply, p.id.to_string()));
+                            if t.cancelled_by.is_none() {
+                                info!(%by, "turn cancelled: the conversation is being deleted");
+                                t.cancelled_by = Some(by);
+                                let _ = agent.conn.cx.send_notification(CancelNotification::new(agent.session.clone()));
+                                t.drop_perms(Status::Cancelled);
+                                cancel_deadline = Some(Instant::now() + cfg.cancel_grace);
+                            }
                         }
                     }
                     Some(Msg::Status { reply }) => {

@@ -82,8 +82,11 @@ async fn serve_stream(
         role: grant.role,
         since: crate::now_secs(),
     };
+    // Only the owner's say brings back a conversation the owner deleted: another peer's
+    // stale replica is refused.
+    let revive = grant.role >= Role::Owner && grant.scope.is_none();
     let opened = docs
-        .open_as(&id, create, Some((peer, watcher)))
+        .open_as(&id, create, revive, Some((peer, watcher)))
         .await
         .and_then(|o| {
             let allowed = if o.pending {
@@ -193,7 +196,12 @@ async fn serve_stream(
                         debug!(conv = %id, missed = n, "follower lagged; resyncing");
                         resync = true;
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // The document left the node (its owner deleted it).
+                        let e = ErrorBody::new(ErrorCode::NotFound, format!("conversation {id} is no longer on this node (its owner deleted it)"));
+                        let _ = write_frame(&mut send, &DocFrame::Error(e)).await;
+                        break;
+                    }
                 },
             }
         }
