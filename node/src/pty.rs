@@ -1221,6 +1221,7 @@ fn spawn_actor(
         // resizes the tty explicitly.
         size: (0, 0),
         id: id.clone(),
+        reattached: Default::default(),
     };
     let stopping = terms.stopping.clone();
     tokio::spawn(async move {
@@ -1280,7 +1281,14 @@ struct Actor {
     ended: Arc<AtomicBool>,
     size: (u16, u16),
     id: String,
+    /// When the holder link was last attached again (bounded: a holder that keeps
+    /// breaking its link is given up).
+    reattached: std::collections::VecDeque<std::time::Instant>,
 }
+
+/// Reattaches to a holder within [`REATTACH_WINDOW`] before it is given up.
+const MAX_REATTACH: usize = 5;
+const REATTACH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why an actor ended.
 #[derive(Debug)]
@@ -1357,6 +1365,14 @@ impl Actor {
         if stopping.is_cancelled() {
             return None;
         }
+        let now = std::time::Instant::now();
+        self.reattached
+            .retain(|t| now.duration_since(*t) < REATTACH_WINDOW);
+        if self.reattached.len() >= MAX_REATTACH {
+            warn!(terminal = %self.id, "the terminal holder keeps breaking its link; given up");
+            return None;
+        }
+        self.reattached.push_back(now);
         let from = self.end();
         let link = match attach_holder(at, from, false).await {
             Ok(l) => l,
