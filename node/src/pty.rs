@@ -1381,7 +1381,12 @@ impl Actor {
                 return None;
             }
         };
-        if link.start != from {
+        if link.end < from {
+            // It has less output than the node already took: not the holder this was.
+            warn!(terminal = %self.id, "the terminal holder went back in its output; given up");
+            return None;
+        }
+        if link.start > from {
             // The holder's ring no longer has what this node had not read: the attached
             // clients catch up through a resume, which says what was lost.
             warn!(terminal = %self.id, lost = link.start.saturating_sub(from), "terminal output lost while the holder link was down");

@@ -25,7 +25,6 @@ fn node_bin() -> PathBuf {
 /// A `sam-node run` process on a fixed loopback port and its own home.
 struct NodeProc {
     home: tempfile::TempDir,
-    bind: String,
     node_id: String,
     child: Option<Child>,
     ticket: Option<Ticket>,
@@ -61,7 +60,6 @@ impl NodeProc {
         let node_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         Self {
             home,
-            bind,
             node_id,
             child: None,
             ticket: None,
@@ -405,7 +403,7 @@ async fn a_workspace_faking_holder_sockets_cannot_get_another_workspaces_termina
     node.kill9();
     // While the node is down, workspace B's processes kill B's holder and put fakes in
     // its place, at A's socket path and at names that look like terminal ids.
-    b.sh("pkill -f sam-pty-hold || true");
+    b.sh("pkill -f '^/opt/sam/sam-pty-hold' || true");
     let dir_b = Path::new(&sock_b)
         .parent()
         .expect("dir")
