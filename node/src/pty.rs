@@ -93,12 +93,10 @@ impl PtyHandler {
             node.home().join("terminals.json"),
             node.stopping(),
         ));
-        let guard = terms
-            .map
-            .clone()
-            .try_lock_owned()
-            .expect("a new map is not locked");
-        tokio::spawn(adopt_all(node.clone(), terms.clone(), guard));
+        // Taken here, before the router accepts anything: the first attach waits for it.
+        if let Ok(guard) = terms.map.clone().try_lock_owned() {
+            tokio::spawn(adopt_all(node.clone(), terms.clone(), guard));
+        }
         Self { node, terms }
     }
 }
@@ -356,10 +354,13 @@ impl Terminals {
             return r.clone();
         }
         let r = install_holder(docker, t).await;
-        if installed.len() >= 4096 {
-            installed.clear();
+        // Only success is kept: a failure (Docker busy, say) is tried again next time.
+        if r.is_ok() {
+            if installed.len() >= 4096 {
+                installed.clear();
+            }
+            installed.insert(t.container_id.clone(), r.clone());
         }
-        installed.insert(t.container_id.clone(), r.clone());
         r
     }
 }

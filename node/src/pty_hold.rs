@@ -202,8 +202,11 @@ impl ToNode {
     }
 }
 
+/// A frame's tag, its payload and its whole length.
+type Split<'a> = (u8, &'a [u8], usize);
+
 /// Tag, payload and total length of the frame at the front of `buf`.
-fn split(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, WireError> {
+fn split(buf: &[u8]) -> Result<Option<Split<'_>>, WireError> {
     let Some(h) = buf.get(..5) else {
         return Ok(None);
     };

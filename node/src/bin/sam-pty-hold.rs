@@ -34,6 +34,8 @@ use pty_hold::{MAX_PAYLOAD, OUTPUT_CHUNK, PROBE, RING, ToHolder, ToNode, VERSION
 const LINGER: Duration = Duration::from_secs(3600);
 /// A client that takes no output for this long is dropped (the ring keeps the bytes).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the holder waits for its first attach before it gives up.
+const FIRST_ATTACH: Duration = Duration::from_secs(120);
 /// Connections being set up at once (the rest wait in the listen queue).
 const MAX_HANDSHAKES: usize = 8;
 
@@ -139,6 +141,8 @@ struct Holder {
     master: Mutex<Box<dyn portable_pty::MasterPty + Send>>,
     input: Mutex<Box<dyn Write + Send>>,
     sock: PathBuf,
+    /// Starts the shell (taken by the first attach).
+    start: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Holder {
@@ -177,12 +181,6 @@ fn serve(args: &[OsString]) -> Result<(), String> {
     if let Ok(dir) = std::env::current_dir() {
         command.cwd(dir);
     }
-    let mut child = pair
-        .slave
-        .spawn_command(command)
-        .map_err(|e| format!("cannot start {:?}: {e}", cmd[0]))?;
-    // The holder keeps no copy of the slave: the pty ends with the shell's session.
-    drop(pair.slave);
     let reader = pair
         .master
         .try_clone_reader()
@@ -191,6 +189,8 @@ fn serve(args: &[OsString]) -> Result<(), String> {
         .master
         .take_writer()
         .map_err(|e| format!("pty writer: {e}"))?;
+    let slave = pair.slave;
+    let what = format!("{:?}", cmd[0]);
 
     let holder = Arc::new(Holder {
         state: Mutex::new(State {
@@ -203,6 +203,7 @@ fn serve(args: &[OsString]) -> Result<(), String> {
         master: Mutex::new(pair.master),
         input: Mutex::new(writer),
         sock,
+        start: Mutex::new(None),
     });
 
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -211,28 +212,50 @@ fn serve(args: &[OsString]) -> Result<(), String> {
         read_output(&h, reader);
         let _ = done_tx.send(());
     });
+    // The shell starts at the first attach, so nothing it prints before the node listens
+    // can fall out of the ring.
+    let h = holder.clone();
+    let start: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let spawned = slave.spawn_command(command);
+        // The holder keeps no copy of the slave: the pty ends with the shell's session.
+        drop(slave);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("\r\n[sam-pty-hold: cannot start {what}: {e}]\r\n");
+                let mut st = h.lock();
+                let offset = st.base + st.ring.len() as u64;
+                st.ring.extend(msg.as_bytes());
+                if let Some((_, c)) = &mut st.client {
+                    let mut f = Vec::new();
+                    ToNode::Output {
+                        offset,
+                        data: msg.into_bytes(),
+                    }
+                    .encode(&mut f);
+                    let _ = c.write_all(&f);
+                }
+                drop(st);
+                exited(&h, 127, None);
+            }
+        };
+        std::thread::spawn(move || {
+            let code = match child.wait() {
+                Ok(s) if s.signal().is_some() => 128 + 15,
+                Ok(s) => i32::try_from(s.exit_code()).unwrap_or(255),
+                Err(_) => 255,
+            };
+            exited(&h, code, Some(done_rx));
+        });
+    });
+    *holder.start.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
+    // Nobody came (the node died at once): the shell never starts, the holder goes.
     let h = holder.clone();
     std::thread::spawn(move || {
-        let code = match child.wait() {
-            Ok(s) if s.signal().is_some() => 128 + 15,
-            Ok(s) => i32::try_from(s.exit_code()).unwrap_or(255),
-            Err(_) => 255,
-        };
-        // What the shell wrote before it exited is read first (background jobs may
-        // keep the pty open: wait for it briefly only).
-        let _ = done_rx.recv_timeout(Duration::from_millis(500));
-        let mut st = h.lock();
-        st.exit = Some(code);
-        if let Some((_, mut c)) = st.client.take() {
-            let mut f = Vec::new();
-            ToNode::Exit { code }.encode(&mut f);
-            let _ = c.write_all(&f);
-            let _ = c.shutdown(std::net::Shutdown::Both);
+        std::thread::sleep(FIRST_ATTACH);
+        if h.start.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             h.finish();
         }
-        drop(st);
-        std::thread::sleep(LINGER);
-        h.finish();
     });
 
     let busy = Arc::new(AtomicUsize::new(0));
@@ -246,6 +269,28 @@ fn serve(args: &[OsString]) -> Result<(), String> {
         std::thread::spawn(move || client(&h, stream, &b));
     }
     Ok(())
+}
+
+/// The shell exited with `code`: the attached client is told and the holder ends; with
+/// none, the exit waits for the next attach (at most [`LINGER`]).
+fn exited(h: &Holder, code: i32, output_done: Option<std::sync::mpsc::Receiver<()>>) -> ! {
+    // What the shell wrote before it exited is read first (background jobs may keep the
+    // pty open: wait for it briefly only).
+    if let Some(done) = output_done {
+        let _ = done.recv_timeout(Duration::from_millis(500));
+    }
+    let mut st = h.lock();
+    st.exit = Some(code);
+    if let Some((_, mut c)) = st.client.take() {
+        let mut f = Vec::new();
+        ToNode::Exit { code }.encode(&mut f);
+        let _ = c.write_all(&f);
+        let _ = c.shutdown(std::net::Shutdown::Both);
+        h.finish();
+    }
+    drop(st);
+    std::thread::sleep(LINGER);
+    h.finish();
 }
 
 /// Binds `sock` in a folder only this user can enter.
@@ -398,6 +443,10 @@ fn client(h: &Holder, mut s: UnixStream, busy: &AtomicUsize) {
         me = st.next_client;
         st.next_client += 1;
         st.client = Some((me, mine));
+    }
+    let start = h.start.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(start) = start {
+        start();
     }
     while let Some(f) = read_frame(&mut s, &mut buf) {
         match f {
