@@ -518,3 +518,70 @@ async fn a_container_that_cannot_run_the_holder_gets_the_old_terminal_and_is_tol
         String::from_utf8_lossy(&seen.out)
     );
 }
+
+/// Transfers already resumed across a graceful restart (`resume.rs`); this checks the same
+/// under SIGKILL, where no shutdown close reaches the client (it finds out by timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_resumes_across_a_node_killed_with_sigkill() {
+    use sha2::Digest;
+    docker_ready();
+    let owner = SecretKey::generate();
+    let mut node = NodeProc::init(&owner, Vec::new());
+    let (ws, c) = node.workspace();
+    let want = c
+        .sh("head -c 67108864 /dev/urandom > /workspaces/repo/big.bin && sha256sum /workspaces/repo/big.bin")
+        .split_whitespace()
+        .next()
+        .expect("sum")
+        .to_string();
+    node.start();
+    let ep = endpoint(&owner).await;
+    let local = tempfile::tempdir().expect("tempdir");
+    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (ep2, ticket, ws2, dest, n) = (
+        ep.clone(),
+        node.ticket(),
+        ws.clone(),
+        local.path().to_path_buf(),
+        notes.clone(),
+    );
+    let task = tokio::spawn(async move {
+        sam_client::resume::download(
+            &ep2,
+            &ticket,
+            &ws2,
+            "/workspaces/repo/big.bin",
+            &dest,
+            Duration::from_secs(150),
+            move |note| n.lock().expect("notes").push(note),
+        )
+        .await
+    });
+    let file = local.path().join("big.bin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 4 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node.kill9();
+    node.start();
+    let t = tokio::time::timeout(Duration::from_secs(300), task)
+        .await
+        .expect("the download ends in time")
+        .expect("task")
+        .expect("the download completes after the restart");
+    let notes = notes.lock().expect("notes").clone();
+    assert!(
+        notes.iter().any(|n| n.starts_with("resumed at byte")),
+        "the kill was retried and said so: {notes:?}"
+    );
+    assert!(t.sha256.is_some(), "checked end to end");
+    let got: String = sha2::Sha256::digest(std::fs::read(&file).expect("read"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, want, "every byte of the file is right");
+}
