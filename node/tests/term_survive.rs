@@ -585,3 +585,70 @@ async fn a_download_resumes_across_a_node_killed_with_sigkill() {
         .collect();
     assert_eq!(got, want, "every byte of the file is right");
 }
+
+/// The holder makes its socket only in a folder of its own user: never through a link,
+/// never in a folder somebody else made first (who could then reach the shell).
+#[test]
+fn the_holder_refuses_a_socket_folder_it_does_not_own() {
+    let hold = PathBuf::from(env!("CARGO_BIN_EXE_sam-pty-hold"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let serve = |sock: &Path| {
+        Command::new(&hold)
+            .arg("serve")
+            .arg(sock)
+            .args(["80", "24", "--", "sh", "-c", "sleep 600"])
+            .output()
+            .expect("run sam-pty-hold")
+    };
+    // A link to a folder (even one of ours) in place of the socket folder.
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let out = serve(&link.join("t.sock"));
+    assert!(!out.status.success(), "served through a link");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a folder of this user"), "{err}");
+    assert!(!real.join("t.sock").exists());
+    // A folder another user made first (as root, the test can make one).
+    if my_uid() == 0 {
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        let ok = Command::new("chown")
+            .arg("4242:4242")
+            .arg(&theirs)
+            .status()
+            .expect("chown");
+        assert!(ok.success());
+        let out = serve(&theirs.join("t.sock"));
+        assert!(!out.status.success(), "served in another user's folder");
+        assert!(!theirs.join("t.sock").exists());
+    }
+    // Its own folder is made 0700.
+    let mine = tmp.path().join("mine");
+    let sock = mine.join("t.sock");
+    let mut child = Command::new(&hold)
+        .arg("serve")
+        .arg(&sock)
+        .args(["80", "24", "--", "sh", "-c", "sleep 600"])
+        .spawn()
+        .expect("run sam-pty-hold");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&mine).expect("meta").permissions().mode() & 0o777;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(mode, 0o700);
+}
+
+fn my_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("uid")
+}
