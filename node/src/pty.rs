@@ -376,9 +376,11 @@ async fn adopt_all(
         return;
     }
     let mut kept = BTreeMap::new();
+    let mut candidates: Vec<(Saved, HolderAt)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for s in list.into_iter().take(4096) {
         terms.next.fetch_max(s.key, Ordering::Relaxed);
-        if kept.contains_key(&s.key) || map.contains_key(&s.key) {
+        if !seen.insert(s.key) || map.contains_key(&s.key) {
             continue;
         }
         // The workspace's container as the node knows it now: a terminal recorded in
@@ -408,7 +410,18 @@ async fn adopt_all(
             sock: s.sock.clone(),
             holder: s.holder.clone(),
         };
-        match attach_holder(&at, 0, false).await {
+        candidates.push((s, at));
+    }
+    // All at once: a holder that never answers (a workspace can make its own do that)
+    // holds the others up for one hello timeout at most, not one each.
+    let attached = futures_util::future::join_all(
+        candidates
+            .iter()
+            .map(|(_, at)| async move { attach_holder(at, 0, false).await }),
+    )
+    .await;
+    for ((s, at), r) in candidates.into_iter().zip(attached) {
+        match r {
             Ok(link) => {
                 let h = spawn_actor(
                     terms.clone(),
@@ -432,6 +445,7 @@ async fn adopt_all(
     terms.save();
     drop(map);
 }
+
 async fn serve_stream(
     node: Node,
     terms: Arc<Terminals>,
