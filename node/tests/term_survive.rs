@@ -652,3 +652,111 @@ fn my_uid() -> u32 {
         .parse()
         .expect("uid")
 }
+
+/// Reads `recv` until `needle` shows up.
+async fn read_until(recv: &mut iroh::endpoint::RecvStream, seen: &mut Vec<u8>, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !seen.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        let c = tokio::time::timeout_at(deadline, recv.read_chunk(64 * 1024))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no {needle:?} in time: {:?}", String::from_utf8_lossy(seen))
+            })
+            .expect("read")
+            .unwrap_or_else(|| panic!("ended before {needle:?}"));
+        seen.extend_from_slice(&c);
+    }
+}
+
+async fn send_frame(send: &mut iroh::endpoint::SendStream, f: sam_protocol::stream::PtyFrame) {
+    let mut b = Vec::new();
+    f.encode(&mut b);
+    send.write_all(&b).await.expect("send");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_can_neither_type_nor_resize_a_terminal_adopted_after_a_restart() {
+    use sam_protocol::capability::{Capability, Grantee};
+    use sam_protocol::stream::PtyFrame;
+    docker_ready();
+    let owner = SecretKey::generate();
+    let mut node = NodeProc::init(&owner, Vec::new());
+    let (ws, c) = node.workspace();
+    node.start();
+    let ep = endpoint(&owner).await;
+    let (conn, _) = sam_client::conn::connect(&ep, &node.ticket(), alpn::PTY)
+        .await
+        .expect("connect");
+    let (opened, mut send, mut recv) =
+        sam_client::streams::open_pty(&conn, &open(&ws, PtyTarget::New, None))
+            .await
+            .expect("open");
+    let mut seen = Vec::new();
+    send_frame(
+        &mut send,
+        PtyFrame::Data(b"stty size | sed 's/ /x/'\r".to_vec()),
+    )
+    .await;
+    read_until(&mut recv, &mut seen, "30x100").await;
+    drop((send, recv));
+    conn.close(0u32.into(), b"bye");
+
+    node.kill9();
+    node.start();
+
+    // The collaborator is back on the adopted terminal; a viewer of it types and resizes.
+    let (conn, _) = sam_client::conn::connect(&ep, &node.ticket(), alpn::PTY)
+        .await
+        .expect("connect");
+    let (_o, mut send, mut recv) = sam_client::streams::open_pty(
+        &conn,
+        &open(&ws, PtyTarget::Id(opened.terminal.clone()), None),
+    )
+    .await
+    .expect("open");
+    let viewer = SecretKey::generate();
+    let mut t = node.ticket();
+    t.capability = Some(
+        Capability::new(
+            owner.node_id(),
+            node.node_id.parse().expect("node id"),
+            Grantee::Key(viewer.node_id()),
+            sam_protocol::Role::Viewer,
+            None,
+            sam_client::now_secs(),
+            None,
+        )
+        .sign(&owner, None),
+    );
+    let vep = endpoint(&viewer).await;
+    let (vconn, _) = sam_client::conn::connect(&vep, &t, alpn::PTY)
+        .await
+        .expect("viewer connects");
+    let (vo, mut vsend, mut vrecv) = sam_client::streams::open_pty(
+        &vconn,
+        &open(&ws, PtyTarget::Id(opened.terminal.clone()), None),
+    )
+    .await
+    .expect("viewer attaches");
+    assert!(vo.read_only);
+    assert_eq!(vo.instance, opened.instance, "the adopted terminal");
+    send_frame(&mut vsend, PtyFrame::Resize { cols: 20, rows: 5 }).await;
+    send_frame(&mut vsend, PtyFrame::Data(b"touch /tmp/pwned\r".to_vec())).await;
+    let mut vseen = Vec::new();
+    // The notice comes after both frames were handled (in order).
+    read_until(&mut vrecv, &mut vseen, "read-only").await;
+
+    // The collaborator's terminal kept its size; the viewer's command never ran.
+    let mut seen = Vec::new();
+    send_frame(
+        &mut send,
+        PtyFrame::Data(b"stty size | sed 's/ /y/'\r".to_vec()),
+    )
+    .await;
+    read_until(&mut recv, &mut seen, "30y100").await;
+    let ls = c.sh("ls /tmp");
+    assert!(
+        !ls.contains("pwned"),
+        "the viewer's input reached the shell"
+    );
+}
