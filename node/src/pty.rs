@@ -153,7 +153,7 @@ struct TermHandle {
     workspace: String,
     inbox: mpsc::Sender<Cmd>,
     /// Input straight to the PTY's writer (not through the actor).
-    input: mpsc::Sender<Write>,
+    input: mpsc::Sender<ToPty>,
 }
 
 enum Cmd {
@@ -608,7 +608,7 @@ async fn pump_in(mut recv: RecvStream, handle: TermHandle, client: u64, read_onl
                         PtyFrame::Data(d) => {
                             if handle
                                 .input
-                                .send(Write::Input(Bytes::from(d)))
+                                .send(ToPty::Input(Bytes::from(d)))
                                 .await
                                 .is_err()
                             {
@@ -1163,7 +1163,7 @@ enum Backend {
 }
 
 /// Input to the writer task.
-enum Write {
+enum ToPty {
     Input(Bytes),
     Resize(u16, u16),
     /// Input goes to this relay from now on (after a reattach).
@@ -1175,24 +1175,24 @@ enum Write {
 async fn write_input(
     mut to: Pin<Box<dyn AsyncWrite + Send>>,
     holder: bool,
-    mut rx: mpsc::Receiver<Write>,
+    mut rx: mpsc::Receiver<ToPty>,
 ) {
     let mut frame = Vec::with_capacity(1024);
     let mut broken = false;
     while let Some(w) = rx.recv().await {
         frame.clear();
         match w {
-            Write::Swap(t) => {
+            ToPty::Swap(t) => {
                 to = t;
                 broken = false;
                 continue;
             }
-            Write::Input(b) if holder => ToHolder::Input(b.to_vec()).encode(&mut frame),
-            Write::Input(b) => frame.extend_from_slice(&b),
-            Write::Resize(cols, rows) if holder => {
+            ToPty::Input(b) if holder => ToHolder::Input(b.to_vec()).encode(&mut frame),
+            ToPty::Input(b) => frame.extend_from_slice(&b),
+            ToPty::Resize(cols, rows) if holder => {
                 ToHolder::Resize { cols, rows }.encode(&mut frame)
             }
-            Write::Resize(..) => continue,
+            ToPty::Resize(..) => continue,
         }
         // Input on a broken link is dropped (it may or may not have reached the shell).
         if !broken && (to.write_all(&frame).await.is_err() || to.flush().await.is_err()) {
@@ -1213,7 +1213,7 @@ fn spawn_actor(
     link: Link,
 ) -> TermHandle {
     let holder = matches!(backend, Backend::Holder(_));
-    let (write_tx, write_rx) = mpsc::channel::<Write>(256);
+    let (write_tx, write_rx) = mpsc::channel::<ToPty>(256);
     let Link {
         events,
         input,
@@ -1284,7 +1284,7 @@ impl Client {
 
 struct Actor {
     backend: Backend,
-    writer: mpsc::Sender<Write>,
+    writer: mpsc::Sender<ToPty>,
     clients: HashMap<u64, Client>,
     scrollback: Vec<u8>,
     /// Absolute offset of `scrollback[0]` in the terminal's whole output.
@@ -1413,11 +1413,11 @@ impl Actor {
             self.clients.clear();
         }
         self.sync_to = link.end;
-        let _ = self.writer.send(Write::Swap(link.input)).await;
+        let _ = self.writer.send(ToPty::Swap(link.input)).await;
         if self.size != (0, 0) {
             let _ = self
                 .writer
-                .send(Write::Resize(self.size.0, self.size.1))
+                .send(ToPty::Resize(self.size.0, self.size.1))
                 .await;
         }
         Some(link.events)
@@ -1586,7 +1586,7 @@ impl Actor {
                 }
             }
             Backend::Holder(_) => {
-                let _ = self.writer.send(Write::Resize(size.0, size.1)).await;
+                let _ = self.writer.send(ToPty::Resize(size.0, size.1)).await;
             }
         }
     }
