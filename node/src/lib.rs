@@ -17,6 +17,7 @@ pub mod inside;
 pub mod ports;
 pub mod pr;
 pub mod pty;
+pub mod pty_hold;
 pub mod server;
 pub mod shares;
 pub mod streams;

@@ -384,6 +384,11 @@ impl Node {
         self.inner.owner
     }
 
+    /// Cancelled when the node stops ([`NodeHandle::shutdown`]).
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+
     /// The node's home folder (`SAM_HOME`).
     pub fn home(&self) -> &std::path::Path {
         &self.inner.paths.dir

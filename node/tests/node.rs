@@ -28,6 +28,7 @@ mod revocation;
 mod secrets;
 mod sharing;
 mod teardown;
+mod term_survive;
 mod terminal_limits;
 mod workspace_io;
 mod workspace_limits;

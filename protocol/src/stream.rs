@@ -49,7 +49,8 @@ pub enum PtyTarget {
     Id(String),
     /// Reattach after a lost link (protocol 3): the terminal `id` of that `instance`
     /// ([`PtyOpened::instance`]), output from absolute byte `from` on. A terminal of
-    /// another instance (the node restarted, the id was reused) is `NotFound`; output
+    /// another instance (the id was reused, e.g. after a restart it did not outlive) is
+    /// `NotFound`; output
     /// before the scrollback's first byte is lost, and [`PtyOpened::offset`] then says
     /// where the replay starts; `from` past the output so far is `BadRequest`.
     Resume {
@@ -82,8 +83,8 @@ pub struct PtyOpened {
     pub read_only: bool,
     /// Clients attached now, this one included.
     pub attached: u32,
-    /// Random per terminal and node process: a reattach names it, so a terminal of the
-    /// same id started after a node restart is never taken for this one.
+    /// Random per terminal (kept when the terminal outlives a node restart): a reattach
+    /// names it, so another terminal of the same id is never taken for this one.
     pub instance: u64,
     /// Absolute offset, in the terminal's whole output, of the first output byte that
     /// follows on this stream. Every later byte is the next one: a client that counts
