@@ -730,6 +730,16 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     let path = crate::endpoint::path_report(&client.conn(), &entry.ticket()?.addr);
     client.close();
     ep.close().await;
+    // The node answered, authenticated by its NodeId, at a direct address its ticket may not
+    // name (it moved and was found by lookup): kept as a hint for the next dial.
+    if path.path == "direct"
+        && let Some(a) = path.remote.as_deref().and_then(|r| r.parse().ok())
+    {
+        let mut book = NodeBook::load(&paths.nodes())?;
+        if book.learn_addr(&entry.id, a) {
+            book.save(&paths.nodes())?;
+        }
+    }
     let mut text = format!(
         "node      {} ({})\nversion   sam-node {} (protocol {})\nuptime    {}s\npeers     {}\nrole      {}\nconnect   {:.1} ms\nrtt       {:.2} ms\npath      {}",
         entry.name,
@@ -755,6 +765,9 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     if let Some(w) = &path.why_not_direct {
         text.push_str(&format!("\nwhy       {w}"));
     }
+    if let Some(f) = &path.found_by {
+        text.push_str(&format!("\nfound by  {f}"));
+    }
     text.push_str("\nreachable");
     for w in &st.warnings {
         text.push_str(&format!("\nWARNING   {w}"));
@@ -767,6 +780,7 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
             "connect_ms": connect_ms, "rtt_ms": rtt_ms, "warnings": st.warnings,
             "path": path.path, "relay_url": path.relay_url, "remote": path.remote,
             "path_rtt_ms": path.rtt_ms, "why_not_direct": path.why_not_direct,
+            "found_by": path.found_by,
         }),
         text,
     ))

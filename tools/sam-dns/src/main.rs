@@ -1,7 +1,7 @@
 //! `sam-dns --bind IP --data DIR [--origin ORIGIN]`: runs iroh's pkarr relay and DNS server
 //! (`iroh-dns-server`, plain HTTP like its dev config, no mainline DHT, no rate limit) on IP,
-//! with its store in DIR. Prints `pkarr http://IP:PORT/pkarr` and `dns IP:PORT` once it
-//! serves. Stops on SIGTERM/SIGINT. Production: run the upstream `iroh-dns-server` binary
+//! with its store in DIR. Prints `pkarr http://IP:PORT/pkarr` (stdout) and the DNS
+//! address (stderr) once it serves. Stops on SIGTERM/SIGINT. Production: run the upstream `iroh-dns-server` binary
 //! with HTTPS and a delegated DNS zone (see README, "Discovery").
 
 use std::net::IpAddr;
@@ -68,7 +68,8 @@ async fn main() {
             std::process::exit(1)
         }
     }
-    println!("dns {}", server.dns_addr());
+    // One stdout line only: a test reads it and may close the pipe.
+    eprintln!("sam-dns: dns on {}", server.dns_addr());
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(e) => {
