@@ -225,8 +225,7 @@ impl NodeBook {
         let Some(e) = self.nodes.iter_mut().find(|e| e.id == id) else {
             return false;
         };
-        if e
-            .stored_ticket()
+        if e.stored_ticket()
             .is_ok_and(|t| t.addr.direct.contains(&addr))
         {
             return false;

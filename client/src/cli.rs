@@ -727,7 +727,17 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
         bail!("node answered status with something else");
     };
     let rtt_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let path = crate::endpoint::path_report(&client.conn(), &entry.ticket()?.addr);
+    let mut path = crate::endpoint::path_report(&client.conn(), &entry.ticket()?.addr);
+    // `ticket` for an address the node book learnt since says so.
+    if path.found_by.as_deref() == Some("ticket")
+        && path.path == "direct"
+        && path
+            .remote
+            .as_deref()
+            .is_some_and(|r| entry.hints.iter().any(|h| h == r))
+    {
+        path.found_by = Some("book".into());
+    }
     client.close();
     ep.close().await;
     // The node answered, authenticated by its NodeId, at a direct address its ticket may not

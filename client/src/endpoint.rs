@@ -209,8 +209,8 @@ pub struct PathReport {
     pub rtt_ms: Option<f64>,
     /// Why the path is not direct, when known.
     pub why_not_direct: Option<String>,
-    /// Where the selected path's address came from: `ticket` (the ticket or the node book
-    /// named it), `lookup` (not in the ticket, which names no relay either: only address
+    /// Where the selected path's address came from: `ticket` (the ticket named it; `sam
+    /// status` says `book` for an address the node book learnt since), `lookup` (not in the ticket, which names no relay either: only address
     /// lookup by NodeId can have given it), `learnt` (not in the ticket: from address lookup,
     /// or from the node through the ticket's relay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
