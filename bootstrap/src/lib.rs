@@ -69,6 +69,10 @@ pub enum Advertise {
 /// The relay a cloud node uses unless told otherwise: n0's public relays.
 pub const DEFAULT_CLOUD_RELAY: &str = "n0";
 
+/// Where a cloud node publishes its address unless told otherwise: n0's public DNS/pkarr
+/// service, so a node whose address changes is found again by its NodeId.
+pub const DEFAULT_CLOUD_DISCOVERY: &str = "n0";
+
 /// Everything the user-data needs.
 #[derive(Clone)]
 pub struct BootstrapSpec {
@@ -88,6 +92,9 @@ pub struct BootstrapSpec {
     /// default: a cloud node stays reachable when its direct address is not); none when
     /// absent.
     pub relay: Option<String>,
+    /// Discovery services the node publishes its signed address to (`n0` by default, pkarr
+    /// relay URLs, `local`); empty: none.
+    pub discovery: Vec<String>,
     /// Install Docker when `docker` is missing.
     pub install_docker: bool,
     /// Drop traffic from containers to `169.254.0.0/16` (the metadata service), persistently;
@@ -122,6 +129,7 @@ impl BootstrapSpec {
                 metadata_urls: Vec::new(),
             },
             relay: Some(DEFAULT_CLOUD_RELAY.to_owned()),
+            discovery: vec![DEFAULT_CLOUD_DISCOVERY.to_owned()],
             install_docker: true,
             block_metadata: true,
             sam_home: DEFAULT_SAM_HOME.to_owned(),
@@ -143,6 +151,7 @@ impl fmt::Debug for BootstrapSpec {
             .field("port", &self.port)
             .field("advertise", &self.advertise)
             .field("relay", &self.relay)
+            .field("discovery", &self.discovery)
             .field("install_docker", &self.install_docker)
             .field("block_metadata", &self.block_metadata)
             .field("sam_home", &self.sam_home)
