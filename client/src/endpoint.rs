@@ -75,15 +75,19 @@ pub const MDNS_SERVICE: &str = "sam";
 
 /// Adds the lookups of `d` to a client endpoint builder: a NodeId is then also resolved
 /// through them when the addresses the client holds do not answer. The client resolves only;
-/// it publishes nothing. iroh accepts an answer only when the NodeId's own key signed it.
+/// it publishes nothing. iroh accepts a pkarr answer only when the NodeId's own key signed
+/// it; DNS (`dns:ORIGIN`) and mDNS answers are not signed, and the connection's handshake is
+/// what proves the node (docs/security/discovery.md).
 pub fn with_discovery(
     mut b: iroh::endpoint::Builder,
     key: &SecretKey,
     d: &Discovery,
 ) -> Result<iroh::endpoint::Builder> {
     use iroh::address_lookup::{DnsAddressLookup, PkarrResolver};
+    // n0 through its pkarr relay over HTTPS rather than plain DNS: pkarr answers are signed
+    // packets iroh verifies against the NodeId; DNS TXT answers carry no signature.
     if d.n0 {
-        b = b.address_lookup(DnsAddressLookup::n0_dns());
+        b = b.address_lookup(PkarrResolver::n0_dns());
     }
     for u in &d.pkarr {
         let url: url::Url = u

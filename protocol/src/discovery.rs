@@ -1,8 +1,8 @@
 //! Discovery settings as the user writes them: how a node publishes its current address under
 //! its NodeId, and how a client looks a NodeId up when the addresses it holds are stale.
 //!
-//! - `n0`: n0's public service (iroh's pkarr relay `dns.iroh.link` to publish, DNS under
-//!   `dns.iroh.link` to resolve);
+//! - `n0`: n0's public service (iroh's pkarr relay at `dns.iroh.link`, over HTTPS, to publish
+//!   and to resolve);
 //! - `https://…/pkarr` (or `http://…` for a test server): a self-hosted pkarr relay such as
 //!   `iroh-dns-server`, used over HTTP to publish and to resolve;
 //! - `dns:ORIGIN`: resolve by DNS under `ORIGIN` (a self-hosted `iroh-dns-server` whose zone is
@@ -11,8 +11,9 @@
 //! - `none`: no discovery.
 //!
 //! Shared by the node's and the client's configs, `sam-node init --discovery` and
-//! `SAM_DISCOVERY`. What an answer may contain is decided by iroh, which accepts a record for
-//! a NodeId only when that NodeId's key signed it (docs/security/discovery.md).
+//! `SAM_DISCOVERY`. iroh accepts a pkarr record for a NodeId only when that NodeId's key signed
+//! it; DNS and mDNS answers are unsigned, and the connection's TLS handshake is what proves the
+//! node in every case (docs/security/discovery.md).
 
 use thiserror::Error;
 
