@@ -10,7 +10,9 @@
 //! reaches it by NodeId, and `sam status` says the path was found by lookup. The node book
 //! keeps the new address as a hint: with the server gone, the node is still reached.
 //!
-//! Second test, on loopback: a stand-in pkarr relay serves, for a victim's NodeId, the
+//! The same move on the local network with mDNS (`local`) on both sides, no server.
+//!
+//! Then, on loopback: a stand-in pkarr relay serves, for a victim's NodeId, the
 //! victim's own signed record (accepted), the same record with its address changed (refused),
 //! and a record with the attacker's address signed by the attacker's key (refused).
 //!
@@ -77,8 +79,7 @@ fn a_moved_node_is_found_by_node_id_through_a_self_hosted_pkarr_server() {
         .args(["--relay", "none", "--discovery", &pkarr])
         .output()
         .expect("sam-node init")));
-    let cfg_path = node_home.join("node/config.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).expect("config");
+    let cfg = std::fs::read_to_string(node_home.join("node/config.toml")).expect("config");
     assert!(cfg.contains(&pkarr), "{cfg}");
 
     let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
@@ -106,31 +107,7 @@ fn a_moved_node_is_found_by_node_id_through_a_self_hosted_pkarr_server() {
     assert_eq!(st["found_by"], "ticket", "{st}");
 
     // The node moves: another IP address, another port. The client keeps the old ticket.
-    let mut node = lab.procs.pop().expect("node process");
-    let _ = node.kill();
-    let _ = node.wait();
-    sh(
-        "ip",
-        &["-n", &lab.n, "addr", "del", "10.77.0.3/24", "dev", "eth0"],
-    );
-    sh(
-        "ip",
-        &["-n", &lab.n, "addr", "add", "10.77.0.4/24", "dev", "eth0"],
-    );
-    std::fs::write(&cfg_path, cfg.replace("0.0.0.0:7447", "0.0.0.0:7448")).expect("config");
-    let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
-    cmd.env("SAM_HOME", &node_home).arg("run");
-    let new: Ticket = lab.spawn_line(cmd).parse().expect("ticket");
-    assert_eq!(new.addr.id, old.addr.id, "same node, same NodeId");
-    assert!(
-        new.addr
-            .direct
-            .contains(&"10.77.0.4:7448".parse().expect("a"))
-            && !new.addr.direct.iter().any(|a| old.addr.direct.contains(a)),
-        "old {:?}, new {:?}",
-        old.addr.direct,
-        new.addr.direct
-    );
+    move_node(&mut lab, &node_home, &old);
 
     // Without discovery the old ticket leads nowhere.
     let out = sam_d(&lab, &me, "none", &["--json", "status", "box"]);
@@ -144,19 +121,7 @@ fn a_moved_node_is_found_by_node_id_through_a_self_hosted_pkarr_server() {
 
     // With the pkarr server as discovery it is found by NodeId (asked again until the
     // restarted node has published its new addresses).
-    let t0 = Instant::now();
-    let st = loop {
-        let out = sam_d(&lab, &me, &pkarr, &["--json", "status", "box"]);
-        if out.status.success() {
-            break json(&String::from_utf8_lossy(&out.stdout));
-        }
-        assert!(
-            t0.elapsed() < FIND_GUARD,
-            "the moved node was not found by its NodeId: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let st = status_until_found(&lab, &me, &pkarr);
     assert_eq!(st["node"], node_id, "{st}");
     assert_eq!(st["path"], "direct", "{st}");
     assert_eq!(st["remote"], "10.77.0.4:7448", "{st}");
@@ -174,6 +139,116 @@ fn a_moved_node_is_found_by_node_id_through_a_self_hosted_pkarr_server() {
     let st = json(&ok(sam_d(&lab, &me, &pkarr, &["--json", "status", "box"])));
     assert_eq!(st["remote"], "10.77.0.4:7448", "{st}");
     assert_eq!(st["found_by"], "book", "{st}");
+}
+
+/// Stops the node (the last process started), moves its namespace from `10.77.0.3` to
+/// `10.77.0.4` and its port from 7447 to 7448, and starts it again; checks its new ticket names
+/// none of the old addresses.
+fn move_node(lab: &mut Lab, node_home: &std::path::Path, old: &Ticket) {
+    let mut node = lab.procs.pop().expect("node process");
+    let _ = node.kill();
+    let _ = node.wait();
+    sh(
+        "ip",
+        &["-n", &lab.n, "addr", "del", "10.77.0.3/24", "dev", "eth0"],
+    );
+    sh(
+        "ip",
+        &["-n", &lab.n, "addr", "add", "10.77.0.4/24", "dev", "eth0"],
+    );
+    // The kernel dropped the link's routes with its last address: the multicast one (mDNS)
+    // comes back with the new address, as on a host that changed networks.
+    sh(
+        "ip",
+        &[
+            "-n",
+            &lab.n,
+            "route",
+            "replace",
+            "224.0.0.0/4",
+            "dev",
+            "eth0",
+        ],
+    );
+    let cfg_path = node_home.join("node/config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).expect("config");
+    assert!(cfg.contains("0.0.0.0:7447"), "{cfg}");
+    std::fs::write(&cfg_path, cfg.replace("0.0.0.0:7447", "0.0.0.0:7448")).expect("config");
+    let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
+    cmd.env("SAM_HOME", node_home).arg("run");
+    let new: Ticket = lab.spawn_line(cmd).parse().expect("ticket");
+    assert_eq!(new.addr.id, old.addr.id, "same node, same NodeId");
+    assert!(
+        new.addr
+            .direct
+            .contains(&"10.77.0.4:7448".parse().expect("a"))
+            && !new.addr.direct.iter().any(|a| old.addr.direct.contains(a)),
+        "old {:?}, new {:?}",
+        old.addr.direct,
+        new.addr.direct
+    );
+}
+
+/// `sam --json status box` with `discovery` until it answers (the moved node announces or
+/// publishes itself shortly after it starts), under a failure guard.
+fn status_until_found(lab: &Lab, me: &std::path::Path, discovery: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let out = sam_d(lab, me, discovery, &["--json", "status", "box"]);
+        if out.status.success() {
+            return json(&String::from_utf8_lossy(&out.stdout));
+        }
+        assert!(
+            t0.elapsed() < FIND_GUARD,
+            "the moved node was not found by its NodeId: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The same move on the local network, with mDNS (`local`) on both sides and no server.
+#[test]
+fn a_moved_node_is_found_by_node_id_on_the_local_network() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root: it creates network namespaces, a bridge and veth pairs"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let me = tmp.path().join("me");
+    let node_home = tmp.path().join("node");
+    let mut lab = Lab::new("l");
+    lab.open_direct_route();
+    // Multicast (mDNS, 224.0.0.251) leaves by the namespaces' only link.
+    for ns in [&lab.c, &lab.n] {
+        sh(
+            "ip",
+            &["-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"],
+        );
+    }
+    let owner = last(&ok(lab.sam(&me, &["id"])));
+    let node_id = last(&ok(lab
+        .exec(&lab.n, &sibling("sam-node"))
+        .env("SAM_HOME", &node_home)
+        .args(["init", "--owner", &owner, "--bind", "0.0.0.0:7447"])
+        .args(["--relay", "none", "--discovery", "local"])
+        .output()
+        .expect("sam-node init")));
+    let mut cmd = lab.exec(&lab.n, &sibling("sam-node"));
+    cmd.env("SAM_HOME", &node_home).arg("run");
+    let old_ticket = lab.spawn_line(cmd);
+    let old: Ticket = old_ticket.parse().expect("ticket");
+    ok(sam_d(
+        &lab,
+        &me,
+        "local",
+        &["connect", &old_ticket, "--name", "box"],
+    ));
+    move_node(&mut lab, &node_home, &old);
+    let st = status_until_found(&lab, &me, "local");
+    assert_eq!(st["node"], node_id, "{st}");
+    assert_eq!(st["remote"], "10.77.0.4:7448", "{st}");
+    assert_eq!(st["found_by"], "lookup", "{st}");
 }
 
 /// A stand-in pkarr relay on loopback: answers every `GET` with `body` and records the paths
