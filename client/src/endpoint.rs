@@ -351,6 +351,30 @@ mod tests {
     }
 
     #[test]
+    fn client_config_discovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "discovery = [\"n0\", \"https://dns.example.org/pkarr\", \"dns:dns.example.org\"]\n",
+        )
+        .expect("write");
+        let d = ClientConfig::load(&path)
+            .expect("load")
+            .discovery_setting()
+            .expect("discovery");
+        assert!(d.n0 && !d.local);
+        assert_eq!(d.pkarr, vec!["https://dns.example.org/pkarr"]);
+        assert_eq!(d.dns, vec!["dns.example.org"]);
+        std::fs::write(&path, "discovery = [\"dns.example.org\"]\n").expect("write");
+        let err = ClientConfig::load(&path)
+            .expect("load")
+            .discovery_setting()
+            .expect_err("a bare host is not a discovery service");
+        assert!(format!("{err:#}").contains("discovery"), "{err:#}");
+    }
+
+    #[test]
     fn relay_modes() {
         let none = relay_mode(&Relays::default()).expect("none");
         assert!(
