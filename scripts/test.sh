@@ -71,6 +71,10 @@ cargo build --workspace --bins
 # into the same target dir, next to `sam`. The test makes network namespaces with iproute2.
 cargo build --locked --manifest-path "$SAM_ROOT/tools/sam-relay/Cargo.toml" \
     --target-dir "${CARGO_TARGET_DIR:-$SAM_ROOT/target}"
+# iroh's pkarr relay + DNS server for the discovery tests (client/tests/discovery.rs), built
+# the same way from tools/sam-dns.
+cargo build --locked --manifest-path "$SAM_ROOT/tools/sam-dns/Cargo.toml" \
+    --target-dir "${CARGO_TARGET_DIR:-$SAM_ROOT/target}"
 command -v dpkg-query >/dev/null 2>&1 && ensure_apt iproute2
 
 section "Test: cargo test --workspace"

@@ -20,6 +20,10 @@ pub struct NodeConfigFile {
     /// Relays (`n0` or iroh relay URLs); no relay when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<String>,
+    /// Discovery services the node publishes its address to (`n0`, pkarr URLs, `local`);
+    /// none when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<String>,
 }
 
 /// Renders the config as TOML. Only top-level keys, so a line appended later stays valid.
@@ -38,6 +42,7 @@ mod tests {
             bind: "0.0.0.0:7447".parse().expect("addr"),
             advertise: vec![],
             relays: vec![],
+            discovery: vec![],
         };
         let text = node_config_toml(&cfg).expect("toml");
         assert!(!text.contains("advertise"));
@@ -64,6 +69,7 @@ mod tests {
             bind: "0.0.0.0:7447".parse().expect("addr"),
             advertise: vec![],
             relays: vec!["https://r".into()],
+            discovery: vec!["n0".into()],
         };
         let mut text = node_config_toml(&cfg).expect("toml");
         text.push_str("advertise = [\"5.6.7.8:7447\"]\n");

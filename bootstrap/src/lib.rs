@@ -81,6 +81,10 @@ pub const DEFAULT_CLOUD_RELAY: &str = "n0";
 /// The workspace image a cloud node builds (the node's default image).
 pub const DEFAULT_BASE_IMAGE: &str = "sam-base:1";
 
+/// Where a cloud node publishes its address unless told otherwise: n0's public DNS/pkarr
+/// service, so a node whose address changes is found again by its NodeId.
+pub const DEFAULT_CLOUD_DISCOVERY: &str = "n0";
+
 /// Everything the user-data needs.
 #[derive(Clone)]
 pub struct BootstrapSpec {
@@ -100,6 +104,9 @@ pub struct BootstrapSpec {
     /// default: a cloud node stays reachable when its direct address is not); none when
     /// empty. Chosen per provider (`relays` in `[hetzner]`, `[scaleway]`).
     pub relays: Vec<String>,
+    /// Discovery services the node publishes its signed address to (`n0` by default, pkarr
+    /// relay URLs, `local`); empty: none.
+    pub discovery: Vec<String>,
     /// Install Docker when `docker` is missing.
     pub install_docker: bool,
     /// Build the workspace base image and install the pinned agent CLIs into it, with the
@@ -140,6 +147,7 @@ impl BootstrapSpec {
                 metadata_urls: Vec::new(),
             },
             relays: vec![DEFAULT_CLOUD_RELAY.to_owned()],
+            discovery: vec![DEFAULT_CLOUD_DISCOVERY.to_owned()],
             install_docker: true,
             workspace_image: true,
             base_image: DEFAULT_BASE_IMAGE.to_owned(),
@@ -163,6 +171,7 @@ impl fmt::Debug for BootstrapSpec {
             .field("port", &self.port)
             .field("advertise", &self.advertise)
             .field("relays", &self.relays)
+            .field("discovery", &self.discovery)
             .field("install_docker", &self.install_docker)
             .field("workspace_image", &self.workspace_image)
             .field("base_image", &self.base_image)

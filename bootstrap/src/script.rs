@@ -227,6 +227,14 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
     {
         return Err(BootstrapError::BadImage(spec.base_image.clone()));
     }
+    let discovery =
+        sam_protocol::discovery::parse(&spec.discovery).map_err(|_| BootstrapError::BadUrl {
+            url: spec.discovery.join(","),
+            reason: "discovery is `n0`, `local`, `none`, a pkarr relay URL or dns:ORIGIN",
+        })?;
+    for url in &discovery.pkarr {
+        check_url(url)?;
+    }
     for (index, cmd) in spec.extra_commands.iter().enumerate() {
         if cmd.chars().any(|c| c.is_control() && c != '\t') {
             return Err(BootstrapError::BadCommand { index });
@@ -246,6 +254,7 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), spec.port),
         advertise,
         relays: spec.relays.clone(),
+        discovery: discovery.items(),
     })?;
     let requires: &[&str] = if spec.block_metadata {
         &[METADATA_UNIT_NAME]

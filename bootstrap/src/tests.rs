@@ -352,3 +352,32 @@ fn rand_suffix() -> u64 {
     h.write_u8(0);
     h.finish()
 }
+
+#[test]
+fn a_cloud_node_publishes_to_n0_discovery_unless_told_otherwise() {
+    let text = render_user_data(&spec()).expect("render");
+    assert!(text.contains("discovery = [\"n0\"]"), "{text}");
+    let mut own = spec();
+    own.discovery = vec!["https://dns.example.org/pkarr".into()];
+    let text = render_user_data(&own).expect("render");
+    assert!(
+        text.contains("discovery = [\"https://dns.example.org/pkarr\"]"),
+        "{text}"
+    );
+    let mut none = spec();
+    none.discovery = vec![];
+    assert!(
+        !render_user_data(&none)
+            .expect("render")
+            .contains("discovery =")
+    );
+    let mut bad = spec();
+    for d in [
+        "dns.example.org; rm -rf /",
+        "file:///etc/passwd",
+        "https://a\nSAM_NODE_CONFIG",
+    ] {
+        bad.discovery = vec![d.into()];
+        assert!(render_user_data(&bad).is_err(), "{d}");
+    }
+}

@@ -1,4 +1,7 @@
-//! The nodes this client knows: name, NodeId and the ticket to reach it.
+//! The nodes this client knows. A node is known by its NodeId first (what the connection
+//! authenticates); the addresses in its ticket, and those it was reached at since, are hints
+//! for dialling, completed by address lookup by NodeId when the client has discovery
+//! configured (`discovery` in `$SAM_HOME/config.toml`, `SAM_DISCOVERY`).
 
 use std::fs;
 use std::io::Write;
@@ -22,7 +25,15 @@ pub struct NodeEntry {
     /// status: "node unreachable since …", never "working").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<u64>,
+    /// Direct addresses (`ip:port`) the node was reached at lately that its ticket does not
+    /// name (found by address lookup after it moved), newest first, at most [`MAX_HINTS`].
+    /// Dialled together with the ticket's addresses; a new ticket for the node clears them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
 }
+
+/// Most learnt address hints kept per node.
+pub const MAX_HINTS: usize = 4;
 
 impl NodeEntry {
     /// "unreachable since 12 min ago" when the node was not reached lately.
@@ -37,7 +48,31 @@ impl NodeEntry {
         Some(format!("node {} unreachable since {ago} ago", self.name))
     }
 
+    /// The ticket to dial the node with: the stored one, its direct addresses preceded by
+    /// the learnt [`NodeEntry::hints`] (bounded by the ticket's own limit).
     pub fn ticket(&self) -> Result<Ticket> {
+        let mut t = self.stored_ticket()?;
+        let mut direct = Vec::with_capacity(self.hints.len() + t.addr.direct.len());
+        for h in self.hints.iter().take(MAX_HINTS) {
+            let a: std::net::SocketAddr = h.parse().with_context(|| {
+                format!("stored address hint {h:?} of node {} is damaged", self.name)
+            })?;
+            if !direct.contains(&a) {
+                direct.push(a);
+            }
+        }
+        for a in t.addr.direct {
+            if !direct.contains(&a) {
+                direct.push(a);
+            }
+        }
+        direct.truncate(sam_protocol::ticket::MAX_DIRECT_ADDRS);
+        t.addr.direct = direct;
+        Ok(t)
+    }
+
+    /// The ticket as it was given (without learnt hints).
+    pub fn stored_ticket(&self) -> Result<Ticket> {
         self.ticket
             .parse()
             .with_context(|| format!("stored ticket of node {} is damaged", self.name))
@@ -103,6 +138,8 @@ impl NodeBook {
         }
         if let Some(e) = self.nodes.iter_mut().find(|e| e.id == id) {
             e.ticket = ticket.to_string();
+            // A new ticket is the node's word on where it is now.
+            e.hints.clear();
             if let Some(n) = name {
                 e.name = n.to_string();
             }
@@ -118,6 +155,7 @@ impl NodeBook {
             ticket: ticket.to_string(),
             owner: None,
             unreachable_since: None,
+            hints: Vec::new(),
         });
         Ok(name)
     }
@@ -180,6 +218,28 @@ impl NodeBook {
         }
     }
 
+    /// Records that node `id` was just reached, authenticated, at direct address `addr`: kept
+    /// as a hint when its ticket does not name it (newest first, at most [`MAX_HINTS`]).
+    /// Returns whether the book changed.
+    pub fn learn_addr(&mut self, id: &str, addr: std::net::SocketAddr) -> bool {
+        let Some(e) = self.nodes.iter_mut().find(|e| e.id == id) else {
+            return false;
+        };
+        if e.stored_ticket()
+            .is_ok_and(|t| t.addr.direct.contains(&addr))
+        {
+            return false;
+        }
+        let text = addr.to_string();
+        if e.hints.first() == Some(&text) {
+            return false;
+        }
+        e.hints.retain(|h| h != &text);
+        e.hints.insert(0, text);
+        e.hints.truncate(MAX_HINTS);
+        true
+    }
+
     /// Removes the node with exactly this id, if it is in the book (a deleted machine).
     pub fn forget_id(&mut self, id: &str) -> Option<NodeEntry> {
         let pos = self.nodes.iter().position(|e| e.id == id)?;
@@ -208,4 +268,68 @@ fn validate_name(n: &str) -> Result<()> {
         bail!("node name {n:?} must be 1-64 letters, digits, '-', '_' or '.'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sam_protocol::NodeAddr;
+
+    fn ticket(direct: &[&str]) -> Ticket {
+        Ticket::new(NodeAddr {
+            id: sam_protocol::SecretKey::generate().node_id(),
+            direct: direct.iter().map(|a| a.parse().expect("addr")).collect(),
+            relay: None,
+        })
+    }
+
+    #[test]
+    fn learnt_addresses_are_hints_dialled_with_the_ticket_and_bounded() {
+        let mut book = NodeBook::default();
+        let t = ticket(&["10.0.0.3:7447"]);
+        let name = book.upsert(&t, Some("box")).expect("upsert");
+        let id = t.addr.id.to_string();
+        // An address the ticket names is not a hint.
+        assert!(!book.learn_addr(&id, "10.0.0.3:7447".parse().expect("a")));
+        assert!(book.learn_addr(&id, "10.0.0.4:7448".parse().expect("a")));
+        assert!(!book.learn_addr(&id, "10.0.0.4:7448".parse().expect("a")));
+        let e = book.find(Some(&name)).expect("entry");
+        let dial = e.ticket().expect("ticket");
+        assert_eq!(dial.addr.id, t.addr.id, "the NodeId is the ticket's");
+        assert_eq!(
+            dial.addr.direct,
+            vec![
+                "10.0.0.4:7448".parse::<std::net::SocketAddr>().expect("a"),
+                "10.0.0.3:7447".parse().expect("a")
+            ]
+        );
+        assert_eq!(e.stored_ticket().expect("stored"), t);
+        for port in 1..=10u16 {
+            book.learn_addr(&id, format!("10.0.1.1:{port}").parse().expect("a"));
+        }
+        let e = book.find(Some(&name)).expect("entry");
+        assert_eq!(e.hints.len(), MAX_HINTS);
+        assert_eq!(e.hints[0], "10.0.1.1:10");
+        // A hint for a node not in the book changes nothing.
+        assert!(!book.learn_addr(&"ab".repeat(32), "10.0.0.9:1".parse().expect("a")));
+        // A new ticket for the node is its word on where it is: hints go.
+        book.upsert(&t, None).expect("again");
+        assert!(book.find(Some(&name)).expect("entry").hints.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_hint_is_a_clear_error() {
+        let mut book = NodeBook::default();
+        let t = ticket(&[]);
+        book.upsert(&t, Some("box")).expect("upsert");
+        book.nodes[0].hints = vec!["not an address".into()];
+        let err = book.nodes[0].ticket().expect_err("damaged");
+        assert!(format!("{err:#}").contains("hint"), "{err:#}");
+        // Saved and read back as it is: the damage is reported when the node is dialled.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nodes.toml");
+        book.save(&path).expect("save");
+        let back = NodeBook::load(&path).expect("load");
+        assert_eq!(back.nodes[0].hints, vec!["not an address"]);
+    }
 }

@@ -727,9 +727,29 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
         bail!("node answered status with something else");
     };
     let rtt_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let path = crate::endpoint::path_report(&client.conn(), &entry.ticket()?.addr);
+    let mut path = crate::endpoint::path_report(&client.conn(), &entry.ticket()?.addr);
+    // `ticket` for an address the node book learnt since says so.
+    if path.found_by.as_deref() == Some("ticket")
+        && path.path == "direct"
+        && path
+            .remote
+            .as_deref()
+            .is_some_and(|r| entry.hints.iter().any(|h| h == r))
+    {
+        path.found_by = Some("book".into());
+    }
     client.close();
     ep.close().await;
+    // The node answered, authenticated by its NodeId, at a direct address its ticket may not
+    // name (it moved and was found by lookup): kept as a hint for the next dial.
+    if path.path == "direct"
+        && let Some(a) = path.remote.as_deref().and_then(|r| r.parse().ok())
+    {
+        let mut book = NodeBook::load(&paths.nodes())?;
+        if book.learn_addr(&entry.id, a) {
+            book.save(&paths.nodes())?;
+        }
+    }
     let mut text = format!(
         "node      {} ({})\nversion   sam-node {} (protocol {})\nuptime    {}s\npeers     {}\nrole      {}\nconnect   {:.1} ms\nrtt       {:.2} ms\npath      {}",
         entry.name,
@@ -755,6 +775,9 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
     if let Some(w) = &path.why_not_direct {
         text.push_str(&format!("\nwhy       {w}"));
     }
+    if let Some(f) = &path.found_by {
+        text.push_str(&format!("\nfound by  {f}"));
+    }
     text.push_str("\nreachable");
     for w in &st.warnings {
         text.push_str(&format!("\nWARNING   {w}"));
@@ -767,6 +790,7 @@ async fn status(paths: &ClientPaths, node: Option<&str>) -> Result<Output> {
             "connect_ms": connect_ms, "rtt_ms": rtt_ms, "warnings": st.warnings,
             "path": path.path, "relay_url": path.relay_url, "remote": path.remote,
             "path_rtt_ms": path.rtt_ms, "why_not_direct": path.why_not_direct,
+            "found_by": path.found_by,
         }),
         text,
     ))

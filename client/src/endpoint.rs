@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use iroh::endpoint::{Connection, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, RelayUrl, SecretKey, TransportAddr};
 use sam_protocol::NodeAddr;
+use sam_protocol::discovery::Discovery;
 use sam_protocol::relay::Relays;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,11 @@ pub struct ClientConfig {
     /// The single relay of older configs (still read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// Where this client looks a node up by its NodeId when the addresses it holds do not
+    /// answer (`n0`: n0's public DNS; the URL of a self-hosted pkarr relay; `dns:ORIGIN`;
+    /// `local`: mDNS). Empty: none, the client only dials the addresses it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<String>,
 }
 
 impl ClientConfig {
@@ -42,6 +48,70 @@ impl ClientConfig {
         items.extend(self.relay.clone());
         sam_protocol::relay::parse(&items).context("relays in the client config")
     }
+
+    /// The discovery services named by this config.
+    pub fn discovery_setting(&self) -> Result<Discovery> {
+        sam_protocol::discovery::parse(&self.discovery).context("discovery in the client config")
+    }
+}
+
+/// The client's discovery services: `SAM_DISCOVERY` (comma-separated `n0`, `local`, `none`,
+/// pkarr URLs, `dns:ORIGIN`) when set, else `discovery` in `$SAM_HOME/config.toml`, else none.
+pub fn discovery_from_env() -> Result<Discovery> {
+    if let Ok(s) = std::env::var("SAM_DISCOVERY")
+        && !s.trim().is_empty()
+    {
+        return sam_protocol::discovery::parse(&[s.as_str()]).context("SAM_DISCOVERY");
+    }
+    match crate::paths::ClientPaths::from_env() {
+        Ok(p) => ClientConfig::load(&p.config())?.discovery_setting(),
+        Err(_) => Ok(Discovery::default()),
+    }
+}
+
+/// The mDNS service name SAM's endpoints browse (`<id>._sam._udp.local`), as the node
+/// announces it.
+pub const MDNS_SERVICE: &str = "sam";
+
+/// Adds the lookups of `d` to a client endpoint builder: a NodeId is then also resolved
+/// through them when the addresses the client holds do not answer. The client resolves only;
+/// it publishes nothing. iroh accepts a pkarr answer only when the NodeId's own key signed
+/// it; DNS (`dns:ORIGIN`) and mDNS answers are not signed, and the connection's handshake is
+/// what proves the node (docs/security/discovery.md).
+pub fn with_discovery(
+    mut b: iroh::endpoint::Builder,
+    key: &SecretKey,
+    d: &Discovery,
+) -> Result<iroh::endpoint::Builder> {
+    use iroh::address_lookup::{DnsAddressLookup, PkarrResolver};
+    // n0 through its pkarr relay over HTTPS rather than plain DNS: pkarr answers are signed
+    // packets iroh verifies against the NodeId; DNS TXT answers carry no signature.
+    if d.n0 {
+        b = b.address_lookup(PkarrResolver::n0_dns());
+    }
+    for u in &d.pkarr {
+        let url: url::Url = u
+            .parse()
+            .with_context(|| format!("bad discovery url {u}"))?;
+        b = b.address_lookup(PkarrResolver::builder(url));
+    }
+    for origin in &d.dns {
+        b = b.address_lookup(DnsAddressLookup::builder(origin.clone()));
+    }
+    if d.local {
+        match iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+            .service_name(MDNS_SERVICE)
+            .advertise(false)
+            .build(key.public())
+        {
+            Ok(m) => b = b.address_lookup(m),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "local-network discovery (mDNS) is not available here; nodes are not looked up on the LAN"
+            ),
+        }
+    }
+    Ok(b)
 }
 
 /// The client's relays: `SAM_RELAY` (comma-separated `n0`, `none`, URLs) when set, else
@@ -74,16 +144,27 @@ pub fn relay_mode(relays: &Relays) -> Result<RelayMode> {
 }
 
 /// Binds the client's endpoint on `bind` (default `0.0.0.0:0`; `SAM_BIND` overrides,
-/// tests use `127.0.0.1:0`), with the relays of [`relays_from_env`].
+/// tests use `127.0.0.1:0`), with the relays of [`relays_from_env`] and the discovery of
+/// [`discovery_from_env`].
 pub async fn bind(key: &sam_protocol::SecretKey, bind: Option<SocketAddr>) -> Result<Endpoint> {
-    bind_with(key, bind, &relays_from_env()?).await
+    bind_full(key, bind, &relays_from_env()?, &discovery_from_env()?).await
 }
 
-/// [`bind`] with explicit relays.
+/// [`bind`] with explicit relays and no discovery.
 pub async fn bind_with(
     key: &sam_protocol::SecretKey,
     bind: Option<SocketAddr>,
     relays: &Relays,
+) -> Result<Endpoint> {
+    bind_full(key, bind, relays, &Discovery::default()).await
+}
+
+/// [`bind`] with explicit relays and discovery.
+pub async fn bind_full(
+    key: &sam_protocol::SecretKey,
+    bind: Option<SocketAddr>,
+    relays: &Relays,
+    discovery: &Discovery,
 ) -> Result<Endpoint> {
     let bind = match bind {
         Some(b) => b,
@@ -94,12 +175,14 @@ pub async fn bind_with(
             _ => SocketAddr::from(([0, 0, 0, 0], 0)),
         },
     };
-    Endpoint::builder(presets::Minimal)
-        .secret_key(SecretKey::from_bytes(&key.to_bytes()))
+    let secret = SecretKey::from_bytes(&key.to_bytes());
+    let b = Endpoint::builder(presets::Minimal)
+        .secret_key(secret.clone())
         .relay_mode(relay_mode(relays)?)
         .clear_ip_transports()
         .bind_addr(bind)
-        .with_context(|| format!("bad bind address {bind}"))?
+        .with_context(|| format!("bad bind address {bind}"))?;
+    with_discovery(b, &secret, discovery)?
         .bind()
         .await
         .with_context(|| format!("cannot bind the client endpoint on {bind}"))
@@ -130,6 +213,38 @@ pub struct PathReport {
     pub rtt_ms: Option<f64>,
     /// Why the path is not direct, when known.
     pub why_not_direct: Option<String>,
+    /// Where the selected path's address came from: `ticket` (the ticket named it; `sam
+    /// status` says `book` for an address the node book learnt since), `lookup` (not in the ticket, which names no relay either: only address
+    /// lookup by NodeId can have given it), `learnt` (not in the ticket: from address lookup,
+    /// or from the node through the ticket's relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_by: Option<String>,
+}
+
+/// Where an address of the selected path came from, as far as the client can tell (iroh does
+/// not say per path): see [`PathReport::found_by`].
+pub fn found_by(remote: &TransportAddr, addr: &NodeAddr) -> &'static str {
+    match remote {
+        TransportAddr::Ip(a) => {
+            let canon = |s: &SocketAddr| (s.ip().to_canonical(), s.port());
+            if addr.direct.iter().any(|d| canon(d) == canon(a)) {
+                "ticket"
+            } else if addr.relay.is_none() {
+                "lookup"
+            } else {
+                "learnt"
+            }
+        }
+        TransportAddr::Relay(url) => {
+            let named = addr
+                .relay
+                .as_deref()
+                .and_then(|r| r.parse::<RelayUrl>().ok())
+                .is_some_and(|r| &r == url);
+            if named { "ticket" } else { "lookup" }
+        }
+        _ => "learnt",
+    }
 }
 
 /// The path `conn` uses now (iroh's `Connection::paths`, the selected one).
@@ -144,9 +259,11 @@ pub fn path_report(conn: &Connection, addr: &NodeAddr) -> PathReport {
             remote: None,
             rtt_ms: None,
             why_not_direct: Some("no open path to the node".into()),
+            found_by: None,
         };
     };
     let remote = sel.remote_addr().clone();
+    let found = Some(found_by(&remote, addr).to_string());
     let rtt_ms = Some(sel.rtt().as_secs_f64() * 1e3);
     match remote {
         TransportAddr::Relay(url) => {
@@ -172,6 +289,7 @@ pub fn path_report(conn: &Connection, addr: &NodeAddr) -> PathReport {
                 remote: Some(url.to_string()),
                 rtt_ms,
                 why_not_direct: Some(why),
+                found_by: found,
             }
         }
         TransportAddr::Ip(a) => PathReport {
@@ -180,6 +298,7 @@ pub fn path_report(conn: &Connection, addr: &NodeAddr) -> PathReport {
             remote: Some(a.to_string()),
             rtt_ms,
             why_not_direct: None,
+            found_by: found,
         },
         other => PathReport {
             path: "other".into(),
@@ -187,6 +306,7 @@ pub fn path_report(conn: &Connection, addr: &NodeAddr) -> PathReport {
             remote: Some(other.to_string()),
             rtt_ms,
             why_not_direct: None,
+            found_by: found,
         },
     }
 }
@@ -228,6 +348,30 @@ mod tests {
             ClientConfig::load(&path).is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn client_config_discovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "discovery = [\"n0\", \"https://dns.example.org/pkarr\", \"dns:dns.example.org\"]\n",
+        )
+        .expect("write");
+        let d = ClientConfig::load(&path)
+            .expect("load")
+            .discovery_setting()
+            .expect("discovery");
+        assert!(d.n0 && !d.local);
+        assert_eq!(d.pkarr, vec!["https://dns.example.org/pkarr"]);
+        assert_eq!(d.dns, vec!["dns.example.org"]);
+        std::fs::write(&path, "discovery = [\"dns.example.org\"]\n").expect("write");
+        let err = ClientConfig::load(&path)
+            .expect("load")
+            .discovery_setting()
+            .expect_err("a bare host is not a discovery service");
+        assert!(format!("{err:#}").contains("discovery"), "{err:#}");
     }
 
     #[test]

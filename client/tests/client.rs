@@ -9,6 +9,7 @@ mod bootstrap_container;
 mod cli;
 mod cloud_cli;
 mod convs;
+mod discovery;
 mod gui;
 mod gui_idea;
 mod gui_smoke;

@@ -18,10 +18,7 @@
 //! even when the test fails. It needs root, as the Docker tests do (it fails, never skips,
 //! without). Waits have generous guards only; no timing is asserted.
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sam_client::NodeClient;
@@ -29,176 +26,14 @@ use sam_client::endpoint::{PathReport, bind_with, path_report};
 use sam_protocol::Ticket;
 use sam_protocol::ctl::{Request, Response};
 
-use crate::support::bins::{last, ok, sam_bin, sibling};
+use crate::support::bins::{last, ok, sibling};
+use crate::support::netns::{Lab, json, tool_bin};
 
 /// Failure guard for the relayed connection to become direct once the route is open. iroh
 /// retries holepunching at least every 60 s (`UPGRADE_INTERVAL`); a healthy run takes one
 /// such round or less.
 const UPGRADE_GUARD: Duration = Duration::from_secs(240);
 const RELAY_ADDR: &str = "10.77.0.1:3340";
-
-/// The namespaces and processes of one run; dropping it kills the processes and deletes
-/// the namespaces (their veths and the bridge go with them) and the workspace container.
-struct Lab {
-    r: String,
-    c: String,
-    n: String,
-    procs: Vec<Child>,
-    workspace: Option<String>,
-}
-
-impl Lab {
-    /// `tag` tells this test's namespaces from another's running at the same time.
-    fn new(tag: &str) -> Self {
-        let pid = std::process::id();
-        let lab = Lab {
-            r: format!("sam{tag}-r-{pid}"),
-            c: format!("sam{tag}-c-{pid}"),
-            n: format!("sam{tag}-n-{pid}"),
-            procs: Vec::new(),
-            workspace: None,
-        };
-        for ns in [&lab.r, &lab.c, &lab.n] {
-            sh("ip", &["netns", "add", ns]);
-            sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let r = lab.r.as_str();
-        sh("ip", &["-n", r, "link", "add", "br0", "type", "bridge"]);
-        sh(
-            "ip",
-            &["-n", r, "addr", "add", "10.77.0.1/24", "dev", "br0"],
-        );
-        sh("ip", &["-n", r, "link", "set", "br0", "up"]);
-        for (port, ns, ip) in [
-            ("pc", &lab.c, "10.77.0.2/24"),
-            ("pn", &lab.n, "10.77.0.3/24"),
-        ] {
-            sh(
-                "ip",
-                &[
-                    "-n", r, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
-                    ns,
-                ],
-            );
-            sh("ip", &["-n", r, "link", "set", port, "master", "br0", "up"]);
-            sh(
-                "bridge",
-                &["-n", r, "link", "set", "dev", port, "isolated", "on"],
-            );
-            sh("ip", &["-n", ns, "addr", "add", ip, "dev", "eth0"]);
-            sh("ip", &["-n", ns, "link", "set", "eth0", "up"]);
-        }
-        lab
-    }
-
-    /// Opens the direct route between client and node: their bridge ports stop being
-    /// isolated.
-    fn open_direct_route(&self) {
-        for port in ["pc", "pn"] {
-            sh(
-                "bridge",
-                &["-n", &self.r, "link", "set", "dev", port, "isolated", "off"],
-            );
-        }
-    }
-
-    fn exec(&self, ns: &str, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(program);
-        c.env_remove("RUST_LOG")
-            .env_remove("SAM_BIND")
-            .env_remove("SAM_RELAY");
-        c
-    }
-
-    /// `sam ARGS` in the client namespace with `home`.
-    fn sam(&self, home: &Path, args: &[&str]) -> Output {
-        self.exec(&self.c, &sam_bin())
-            .env("SAM_HOME", home)
-            .args(args)
-            .output()
-            .expect("run sam")
-    }
-
-    /// Starts `program` in `ns`; returns its first stdout line.
-    fn spawn_line(&mut self, mut cmd: Command) -> String {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        self.procs.push(child);
-        line.trim().to_string()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(ws) = &self.workspace {
-            let label = format!("label=sam.workspace={ws}");
-            if let Ok(out) = Command::new("docker")
-                .args(["ps", "-aq", "--filter", &label])
-                .output()
-            {
-                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("docker").args(["rm", "-f", id]).output();
-                }
-            }
-        }
-        for p in &mut self.procs {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        for ns in [&self.r, &self.c, &self.n] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Runs a setup command; fails the test with its output when it fails.
-fn sh(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program} (iproute2): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The relay server: `SAM_RELAY_BIN`, else `sam-relay` next to the test binaries, else
-/// built now from `tools/sam-relay` into the same target directory.
-fn relay_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SAM_RELAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = sam_bin().with_file_name("sam-relay");
-    if p.is_file() {
-        return p;
-    }
-    let target = sam_bin()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/sam-relay/Cargo.toml");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "--manifest-path"])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("cargo build sam-relay");
-    assert!(st.success(), "cannot build tools/sam-relay");
-    assert!(p.is_file(), "{} missing after the build", p.display());
-    p
-}
 
 /// A terminal in workspace `ws` on its own connection (`sam/pty/1`): a command typed in,
 /// its output read back.
@@ -243,17 +78,13 @@ fn old_ticket_id(t: &str) -> String {
     t.parse::<Ticket>().expect("ticket").addr.id.to_string()
 }
 
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not json ({e}): {out}"))
-}
-
 #[test]
 fn relayed_connection_works_and_becomes_direct() {
     assert!(
         rustix::process::geteuid().is_root(),
         "this test needs root: it creates network namespaces, a bridge and veth pairs"
     );
-    let relay_bin = relay_bin();
+    let relay_bin = tool_bin("sam-relay");
     let tmp = tempfile::tempdir().expect("tempdir");
     let me = tmp.path().join("me");
     let node_home = tmp.path().join("node");
@@ -473,7 +304,7 @@ fn a_node_restarted_on_another_port_is_reached_with_the_old_ticket() {
         rustix::process::geteuid().is_root(),
         "this test needs root: it creates network namespaces, a bridge and veth pairs"
     );
-    let relay_bin = relay_bin();
+    let relay_bin = tool_bin("sam-relay");
     let tmp = tempfile::tempdir().expect("tempdir");
     let me = tmp.path().join("me");
     let node_home = tmp.path().join("node");

@@ -7,3 +7,4 @@ pub mod fake_speech;
 pub mod git_http;
 #[path = "../../node/tests/support/github.rs"]
 pub mod github;
+pub mod netns;

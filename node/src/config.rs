@@ -94,6 +94,12 @@ pub struct NodeConfig {
     /// `relays`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// Discovery: where the node publishes its current addresses under its NodeId, signed
+    /// with its key, so a client holding an old ticket finds it again (`n0`: n0's public
+    /// DNS/pkarr; the URL of a self-hosted pkarr relay such as `iroh-dns-server`; `local`:
+    /// mDNS on the LAN). Empty: none (`sam up`'s loopback node); cloud nodes get `n0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<String>,
     /// Where dockerd listens (`unix:///var/run/docker.sock`, `tcp://…`); default:
     /// `DOCKER_HOST`, else the standard socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +139,7 @@ impl NodeConfig {
             advertise: Vec::new(),
             relays: Vec::new(),
             relay: None,
+            discovery: Vec::new(),
             docker_host: None,
             base_image: None,
             workspace_pids_limit: None,
@@ -156,6 +163,11 @@ impl NodeConfig {
         sam_protocol::relay::parse(&items).context("relays in the node config")
     }
 
+    /// The discovery services this node publishes to, checked.
+    pub fn discovery_setting(&self) -> Result<sam_protocol::discovery::Discovery> {
+        sam_protocol::discovery::parse(&self.discovery).context("discovery in the node config")
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = fs::read_to_string(path).with_context(|| {
             format!(
@@ -167,6 +179,8 @@ impl NodeConfig {
             .with_context(|| format!("node config {} is not valid", path.display()))?;
         cfg.owner_id()?;
         cfg.relay_setting()
+            .with_context(|| format!("node config {}", path.display()))?;
+        cfg.discovery_setting()
             .with_context(|| format!("node config {}", path.display()))?;
         Ok(cfg)
     }
@@ -214,14 +228,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `sam-node init`: writes the key and config; refuses to overwrite an existing node.
-/// `relays` are `--relay` values (`n0`, `none`, URLs); empty: no relay.
+/// `relays` are `--relay` values (`n0`, `none`, URLs); empty: no relay. `discovery` are
+/// `--discovery` values (`n0`, `local`, `none`, pkarr URLs); empty: none.
 pub fn init(
     paths: &NodePaths,
     owner: NodeId,
     bind: Option<SocketAddr>,
     relays: &[String],
+    discovery: &[String],
 ) -> Result<NodeId> {
     let setting = sam_protocol::relay::parse(relays).context("--relay")?;
+    let discovery = sam_protocol::discovery::parse(discovery).context("--discovery")?;
     if paths.config().exists() {
         bail!(
             "a node is already set up in {} (delete that directory to start over)",
@@ -238,6 +255,7 @@ pub fn init(
         cfg.relays.push("n0".into());
     }
     cfg.relays.extend(setting.urls);
+    cfg.discovery = discovery.items();
     cfg.save(&paths.config())?;
     Ok(key.node_id())
 }
@@ -297,12 +315,13 @@ mod tests {
             owner(),
             None,
             &["n0".into(), "https://r.example/".into()],
+            &[],
         )
         .expect("init");
         let cfg = NodeConfig::load(&paths.config()).expect("load");
         assert_eq!(cfg.relays, vec!["n0", "https://r.example/"]);
         let paths = NodePaths::new(dir.path().join("b"));
-        init(&paths, owner(), None, &["none".into()]).expect("init none");
+        init(&paths, owner(), None, &["none".into()], &[]).expect("init none");
         assert!(
             NodeConfig::load(&paths.config())
                 .expect("load")
@@ -310,10 +329,44 @@ mod tests {
                 .is_empty()
         );
         let paths = NodePaths::new(dir.path().join("c"));
-        assert!(init(&paths, owner(), None, &["not a relay".into()]).is_err());
+        assert!(init(&paths, owner(), None, &["not a relay".into()], &[]).is_err());
         assert!(
             !paths.config().exists(),
             "nothing written for a bad --relay"
         );
+    }
+
+    #[test]
+    fn init_writes_the_discovery_given_and_load_checks_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = NodePaths::new(dir.path().join("a"));
+        init(
+            &paths,
+            owner(),
+            None,
+            &[],
+            &["n0,local".into(), "https://dns.example.org/pkarr".into()],
+        )
+        .expect("init");
+        let cfg = NodeConfig::load(&paths.config()).expect("load");
+        assert_eq!(
+            cfg.discovery,
+            vec!["n0", "local", "https://dns.example.org/pkarr"]
+        );
+        let paths = NodePaths::new(dir.path().join("b"));
+        init(&paths, owner(), None, &[], &[]).expect("init default");
+        let cfg = NodeConfig::load(&paths.config()).expect("load");
+        assert!(cfg.discovery_setting().expect("setting").is_none());
+        let paths = NodePaths::new(dir.path().join("c"));
+        assert!(init(&paths, owner(), None, &[], &["dns.example.org".into()]).is_err());
+        assert!(!paths.config().exists());
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            format!("owner = \"{}\"\ndiscovery = [\"gopher://x\"]\n", owner()),
+        )
+        .expect("write");
+        let err = NodeConfig::load(&path).expect_err("bad discovery");
+        assert!(format!("{err:#}").contains("discovery"), "{err:#}");
     }
 }

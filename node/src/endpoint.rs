@@ -41,14 +41,62 @@ pub fn relay_mode(relays: &sam_protocol::relay::Relays) -> Result<RelayMode> {
     Ok(RelayMode::Custom(map))
 }
 
+/// The mDNS service name SAM's endpoints announce and browse (`<id>._sam._udp.local`): SAM
+/// nodes only, not every iroh application on the network.
+pub const MDNS_SERVICE: &str = "sam";
+
+/// Adds the discovery services of `d` to the node's endpoint builder: the node publishes its
+/// current addresses (direct ones and its home relay) under its NodeId, signed with its key,
+/// to n0's pkarr relay, to self-hosted pkarr relays, and/or on the local network. `dns:ORIGIN`
+/// entries only resolve (a client's business) and are ignored here with a warning.
+pub fn with_discovery(
+    mut b: iroh::endpoint::Builder,
+    key: &SecretKey,
+    d: &sam_protocol::discovery::Discovery,
+) -> Result<iroh::endpoint::Builder> {
+    use iroh::address_lookup::{AddrFilter, PkarrPublisher};
+    // iroh's publishers send only the relay by default (to keep IPs off a public server);
+    // a node reached without a relay needs its direct addresses found too.
+    if d.n0 {
+        b = b.address_lookup(PkarrPublisher::n0_dns().addr_filter(AddrFilter::unfiltered()));
+    }
+    for u in &d.pkarr {
+        let url: url::Url = u
+            .parse()
+            .with_context(|| format!("bad discovery url {u}"))?;
+        b = b.address_lookup(PkarrPublisher::builder(url).addr_filter(AddrFilter::unfiltered()));
+    }
+    if !d.dns.is_empty() {
+        tracing::warn!(
+            origins = ?d.dns,
+            "dns:ORIGIN only resolves; to publish this node there, add the pkarr URL of that server (https://ORIGIN-SERVER/pkarr) to `discovery`"
+        );
+    }
+    if d.local {
+        match iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+            .service_name(MDNS_SERVICE)
+            .addr_filter(AddrFilter::unfiltered())
+            .build(key.public())
+        {
+            Ok(m) => b = b.address_lookup(m),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "local-network discovery (mDNS) is not available here; the node is not announced on the LAN"
+            ),
+        }
+    }
+    Ok(b)
+}
+
 /// How long a starting node waits for its home relay before writing its address (a ticket
 /// then carries the first configured relay, or none for `n0` alone).
 pub const HOME_RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds an endpoint: direct UDP on `cfg.bind`, relays only when configured.
 pub async fn bind(key: &sam_protocol::SecretKey, cfg: &NodeConfig) -> Result<Endpoint> {
+    let secret = SecretKey::from_bytes(&key.to_bytes());
     let mut b = Endpoint::builder(presets::Minimal)
-        .secret_key(SecretKey::from_bytes(&key.to_bytes()))
+        .secret_key(secret.clone())
         .transport_config(transport_config())
         .alpns(
             sam_protocol::alpn::NODE_ALPNS
@@ -61,6 +109,12 @@ pub async fn bind(key: &sam_protocol::SecretKey, cfg: &NodeConfig) -> Result<End
         .with_context(|| format!("bad bind address {}", cfg.bind))?;
     let relays = cfg.relay_setting()?;
     b = b.relay_mode(relay_mode(&relays)?);
+    // The configured public addresses are published (and offered to peers) with the ones
+    // iroh finds itself.
+    for a in &cfg.advertise {
+        b = b.external_addr(*a);
+    }
+    b = with_discovery(b, &secret, &cfg.discovery_setting()?)?;
     let ep = b
         .bind()
         .await

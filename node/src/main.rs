@@ -37,6 +37,12 @@ enum Cmd {
         /// `n0` for n0's public relays, or `none` (the default). Repeatable.
         #[arg(long = "relay", value_name = "URL|n0|none")]
         relays: Vec<String>,
+        /// Where this node publishes its current address under its NodeId, so clients with
+        /// an old ticket find it again: `n0` (n0's public DNS/pkarr), the URL of a
+        /// self-hosted pkarr relay (`iroh-dns-server`, e.g. https://dns.example.org/pkarr),
+        /// `local` (mDNS on the LAN), or `none` (the default). Repeatable.
+        #[arg(long = "discovery", value_name = "n0|URL|local|none")]
+        discovery: Vec<String>,
     },
     /// Serve until Ctrl-C or SIGTERM.
     Run,
@@ -68,8 +74,9 @@ fn main() -> Result<()> {
             owner,
             bind,
             relays,
+            discovery,
         } => {
-            let id = config::init(&paths, owner, bind, &relays)?;
+            let id = config::init(&paths, owner, bind, &relays, &discovery)?;
             if cli.json {
                 println!(
                     "{}",

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bytes;
 pub mod capability;
 pub mod ctl;
+pub mod discovery;
 pub mod doc;
 pub mod duration;
 pub mod enroll;

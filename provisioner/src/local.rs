@@ -198,6 +198,7 @@ impl Local {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: vec![],
             relays: Vec::new(),
+            discovery: vec![],
         };
         let text = sam_bootstrap::node_config_toml(&cfg).map_err(|e| e.to_string())?;
         write_private(&node_dir.join("config.toml"), text.as_bytes())
