@@ -66,8 +66,7 @@ async fn sam_idea_on_hetzner_deletes_a_node_that_never_answers() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("step 'node' failed"), "{stderr}");
     assert!(
-        stderr.contains("did not become reachable within 2 s")
-            && stderr.contains("it was deleted"),
+        stderr.contains("did not become reachable within 2 s") && stderr.contains("it was deleted"),
         "{stderr}"
     );
     assert!(!stderr.contains(hetzner_fake::TOKEN) && !stderr.contains("ghp_PLANTED"));
