@@ -10,6 +10,34 @@ set -euo pipefail
 cd "$SAM_ROOT"
 use_target_dir
 
+# The tests make network namespaces, veth pairs and firewall rules, mount small tmpfs
+# volumes and run dockerd: they need root. A normal user's run goes again through sudo
+# with this user's toolchain (CARGO_HOME, RUSTUP_HOME, PATH), and what it wrote (the target
+# dir, cargo's registry, the agent caches) is given back to the user at the end.
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 ||
+        die "the tests need root (network namespaces, mounts, firewall rules, dockerd): run this as root, or install sudo"
+    echo "the tests need root (network namespaces, mounts, firewall rules): running again through sudo, with $(id -un)'s toolchain"
+    exec sudo env \
+        "PATH=$PATH" "HOME=$HOME" \
+        "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" \
+        "CARGO_TARGET_DIR=$CARGO_TARGET_DIR" \
+        "SAM_GIVE_BACK=$(id -u):$(id -g)" \
+        ${CARGO_INCREMENTAL+"CARGO_INCREMENTAL=$CARGO_INCREMENTAL"} \
+        ${CARGO_PROFILE_DEV_DEBUG+"CARGO_PROFILE_DEV_DEBUG=$CARGO_PROFILE_DEV_DEBUG"} \
+        ${CARGO_PROFILE_DEV_STRIP+"CARGO_PROFILE_DEV_STRIP=$CARGO_PROFILE_DEV_STRIP"} \
+        bash "$0" "$@"
+fi
+if [ -n "${SAM_GIVE_BACK:-}" ]; then
+    give_back() {
+        local p
+        for p in "$CARGO_TARGET_DIR" "${CARGO_HOME:-}" "$HOME/.cache/sam" "$HOME/.npm" "$SAM_ROOT"; do
+            [ -n "$p" ] && [ -e "$p" ] && chown -R "$SAM_GIVE_BACK" "$p" 2>/dev/null || true
+        done
+    }
+    trap give_back EXIT
+fi
+
 section "Toolchain"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"
 cargo --version
