@@ -64,6 +64,19 @@ pub struct NodeRelease {
     pub url: String,
     /// 64 hex digits.
     pub sha256: String,
+    /// `sam-pty-hold` of the same release (best a static build), installed beside `sam-node`:
+    /// the node copies it into workspaces so their terminals outlive a node restart. Without
+    /// it terminals still work, and say on their first line that they will not survive one.
+    pub pty_hold: Option<Artifact>,
+}
+
+/// One more binary of a release, checked like `sam-node`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// `https://…`, `http://…` or `file://…` URL.
+    pub url: String,
+    /// 64 hex digits.
+    pub sha256: String,
 }
 
 /// Which address the node puts in its tickets.

@@ -65,25 +65,34 @@ on_exit() {
 trap on_exit EXIT
 "#;
 
-const INSTALL_NODE: &str = r#"mkdir -p "$SAM_HOME/node"
+pub(crate) const INSTALL_NODE: &str = r#"mkdir -p "$SAM_HOME/node"
 chmod 0700 "$SAM_HOME" "$SAM_HOME/node"
 step sam-node 'downloading sam-node and checking its sha256'
-if [ -x "$NODE_BIN" ] && [ "$(sha_of "$NODE_BIN")" = "$NODE_SHA256" ]; then
-  log 'sam-node: the pinned release is installed already'
-else
-  log "installing sam-node from $NODE_URL"
-  tmp=$(mktemp)
-  fetch "$NODE_URL" "$tmp" || { rm -f "$tmp"; fail 'cannot download sam-node from the release URL'; }
-  got=$(sha_of "$tmp")
-  if [ "$got" != "$NODE_SHA256" ]; then
-    rm -f "$tmp"
-    log "sam-node checksum mismatch: expected $NODE_SHA256, got $got; refusing to install it"
-    fail "sam-node checksum mismatch: expected $NODE_SHA256, got $got"
+# install_bin NAME URL SHA256 DEST: downloads, checks, installs (skipped when DEST has it).
+install_bin() {
+  if [ -x "$4" ] && [ "$(sha_of "$4")" = "$3" ]; then
+    log "$1: the pinned release is installed already"
+    return 0
   fi
-  mkdir -p "$(dirname "$NODE_BIN")"
-  install -m 0755 "$tmp" "$NODE_BIN.new"
-  mv -f "$NODE_BIN.new" "$NODE_BIN"
+  log "installing $1 from $2"
+  tmp=$(mktemp)
+  fetch "$2" "$tmp" || { rm -f "$tmp"; fail "cannot download $1 from the release URL"; }
+  got=$(sha_of "$tmp")
+  if [ "$got" != "$3" ]; then
+    rm -f "$tmp"
+    log "$1 checksum mismatch: expected $3, got $got; refusing to install it"
+    fail "$1 checksum mismatch: expected $3, got $got"
+  fi
+  mkdir -p "$(dirname "$4")"
+  install -m 0755 "$tmp" "$4.new"
+  mv -f "$4.new" "$4"
   rm -f "$tmp"
+}
+install_bin sam-node "$NODE_URL" "$NODE_SHA256" "$NODE_BIN"
+if [ -n "$HOLD_URL" ]; then
+  install_bin sam-pty-hold "$HOLD_URL" "$HOLD_SHA256" "$(dirname "$NODE_BIN")/sam-pty-hold"
+else
+  log 'no sam-pty-hold in the release: terminals will not outlive a node restart'
 fi
 step config 'writing the node config and the one-time enrollment'
 "#;
@@ -205,6 +214,17 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         return Err(BootstrapError::BadSha256(spec.release.sha256.clone()));
     }
     check_url(&spec.release.url)?;
+    let (hold_url, hold_sha) = match &spec.release.pty_hold {
+        Some(a) => {
+            let sha = a.sha256.to_ascii_lowercase();
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(BootstrapError::BadSha256(a.sha256.clone()));
+            }
+            check_url(&a.url)?;
+            (a.url.clone(), sha)
+        }
+        None => (String::new(), String::new()),
+    };
     check_path(&spec.sam_home)?;
     check_path(&spec.node_bin)?;
     if spec.port == 0 {
@@ -286,6 +306,8 @@ pub(crate) fn render(spec: &BootstrapSpec) -> Result<String, BootstrapError> {
         ("NODE_BIN", spec.node_bin.as_str()),
         ("NODE_URL", spec.release.url.as_str()),
         ("NODE_SHA256", sha.as_str()),
+        ("HOLD_URL", hold_url.as_str()),
+        ("HOLD_SHA256", hold_sha.as_str()),
         ("UNIT_NAME", SYSTEMD_UNIT_NAME),
         ("METADATA_UNIT", METADATA_UNIT_NAME),
         ("METADATA_BLOCK", METADATA_BLOCK_PATH),

@@ -13,6 +13,7 @@ fn spec() -> BootstrapSpec {
         NodeRelease {
             url: "https://releases.example/sam-node-x86_64".into(),
             sha256: "ab".repeat(32),
+            pty_hold: None,
         },
     )
 }
@@ -47,7 +48,8 @@ fn script_has_enrollment_config_checksum_and_start() {
     assert!(text.contains(&format!("NODE_SHA256='{}'", "ab".repeat(32))));
     assert!(text.contains("sha256sum \"$1\""));
     assert!(text.contains("got=$(sha_of \"$tmp\")"));
-    assert!(text.contains("if [ \"$got\" != \"$NODE_SHA256\" ]"));
+    assert!(text.contains("if [ \"$got\" != \"$3\" ]"));
+    assert!(text.contains("install_bin sam-node \"$NODE_URL\" \"$NODE_SHA256\" \"$NODE_BIN\""));
     assert!(text.contains("NODE_URL='https://releases.example/sam-node-x86_64'"));
     // config
     assert!(text.contains(&format!("owner = \"{}\"", spec.owner)));
@@ -380,4 +382,101 @@ fn a_cloud_node_publishes_to_n0_discovery_unless_told_otherwise() {
         bad.discovery = vec![d.into()];
         assert!(render_user_data(&bad).is_err(), "{d}");
     }
+}
+
+/// The release's `sam-pty-hold` is installed beside sam-node with its own pinned sha256 (so
+/// a cloud node's terminals outlive a restart); a wrong one fails the step and is not
+/// installed; a release without one says terminals will not survive. Runs the real install
+/// shell with `file://` URLs.
+#[test]
+fn the_releases_pty_holder_is_installed_beside_sam_node_and_checked() {
+    let dir = std::env::temp_dir().join(format!(
+        "sam-bootstrap-hold-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rel")).expect("dir");
+    let node = dir.join("rel/sam-node");
+    let hold = dir.join("rel/sam-pty-hold");
+    std::fs::write(&node, b"#!/bin/sh\necho node\n").expect("node");
+    std::fs::write(&hold, b"#!/bin/sh\necho hold\n").expect("hold");
+    let sha = |p: &std::path::Path| {
+        let out = Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .expect("sum")
+            .to_owned()
+    };
+    let run = |hold_url: &str, hold_sha: &str| {
+        let home = dir.join("home");
+        let _ = std::fs::remove_dir_all(&home);
+        let vars = format!(
+            "SAM_HOME={}\nNODE_BIN={}\nNODE_URL={}\nNODE_SHA256={}\nHOLD_URL={}\nHOLD_SHA256={}\n",
+            script::sh_quote(&home.display().to_string()),
+            script::sh_quote(&dir.join("bin/sam-node").display().to_string()),
+            script::sh_quote(&format!("file://{}", node.display())),
+            sha(&node),
+            script::sh_quote(hold_url),
+            script::sh_quote(hold_sha),
+        );
+        let text = format!(
+            "{}{vars}{}STEP=done\nstatus done ok\n",
+            script::PRELUDE,
+            script::INSTALL_NODE
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&text)
+            .output()
+            .expect("sh");
+        let status =
+            std::fs::read_to_string(home.join("node/bootstrap.status")).unwrap_or_default();
+        (out, status)
+    };
+    let hold_url = format!("file://{}", hold.display());
+    let (out, status) = run(&hold_url, &sha(&hold));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(status.starts_with("state=done"), "{status}");
+    assert_eq!(
+        std::fs::read(dir.join("bin/sam-pty-hold")).expect("holder installed beside sam-node"),
+        std::fs::read(&hold).expect("hold")
+    );
+
+    std::fs::remove_file(dir.join("bin/sam-pty-hold")).expect("rm");
+    let (out, status) = run(&hold_url, &"0".repeat(64));
+    assert!(!out.status.success());
+    assert!(
+        status.contains("step=sam-node") && status.contains("sam-pty-hold checksum mismatch"),
+        "{status}"
+    );
+    assert!(
+        !dir.join("bin/sam-pty-hold").exists(),
+        "a wrong holder was installed"
+    );
+
+    let (out, _) = run("", "");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("terminals will not outlive a node restart")
+    );
+    // rendering checks the holder's pin like sam-node's
+    let mut s = spec();
+    s.release.pty_hold = Some(Artifact {
+        url: "https://releases.example/sam-pty-hold".into(),
+        sha256: "xyz".into(),
+    });
+    assert!(matches!(
+        render_user_data(&s),
+        Err(BootstrapError::BadSha256(_))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
 }

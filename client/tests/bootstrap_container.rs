@@ -98,7 +98,11 @@ fn spec(owner: &SecretKey, url: String, sha256: String) -> (SecretKey, Bootstrap
         key.clone(),
         expires,
         owner.node_id(),
-        NodeRelease { url, sha256 },
+        NodeRelease {
+            url,
+            sha256,
+            pty_hold: None,
+        },
     );
     spec.install_docker = false;
     spec.workspace_image = false;

@@ -298,6 +298,7 @@ mod user_data_tests {
         let release = sam_bootstrap::NodeRelease {
             url: "https://releases.example/sam-node".into(),
             sha256: "ab".repeat(32),
+            pty_hold: None,
         };
         let owner = sam_protocol::SecretKey::generate().node_id();
         let e = Enrollment::new(1_900_000_000, 3600);

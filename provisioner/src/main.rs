@@ -179,10 +179,12 @@ fn serve(team: &std::path::Path, mut cfg: ProvidersConfig, json: bool) -> Result
         other => bail!("unknown provider {other:?}: use local, hetzner or scaleway"),
     };
     let mut pool = Pool::new(provider, tc.pool.clone());
-    pool.release = tc.release.as_ref().map(|r| sam_bootstrap::NodeRelease {
-        url: r.url.clone(),
-        sha256: r.sha256.clone(),
-    });
+    pool.release = tc
+        .release
+        .as_ref()
+        .map(|r| r.node_release())
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new().context("start tokio")?;
     rt.block_on(async move {
         let handle = sam_provisioner::serve::serve(pool, key, sc, tc.bind).await?;

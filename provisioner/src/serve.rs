@@ -830,6 +830,35 @@ pub struct TeamConfig {
 pub struct Release {
     pub url: String,
     pub sha256: String,
+    /// `sam-pty-hold` of the same release (URL and sha256, both or neither): installed
+    /// beside sam-node so terminals outlive a node restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty_hold_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty_hold_sha256: Option<String>,
+}
+
+impl Release {
+    /// What the bootstrap installs; both `pty_hold_*` keys or neither.
+    pub fn node_release(&self) -> Result<sam_bootstrap::NodeRelease, String> {
+        let pty_hold = match (&self.pty_hold_url, &self.pty_hold_sha256) {
+            (Some(url), Some(sha256)) => Some(sam_bootstrap::Artifact {
+                url: url.clone(),
+                sha256: sha256.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "[release]: give both pty_hold_url and pty_hold_sha256, or neither".into(),
+                );
+            }
+        };
+        Ok(sam_bootstrap::NodeRelease {
+            url: self.url.clone(),
+            sha256: self.sha256.clone(),
+            pty_hold,
+        })
+    }
 }
 
 fn default_provider() -> String {

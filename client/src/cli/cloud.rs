@@ -462,7 +462,10 @@ pub(crate) fn pool_for(
         super::up::node_binary()?;
     }
     let mut pool = sam_provisioner::Pool::new(p, file.pool.unwrap_or_default());
-    pool.release = file.release.map(|r| sam_bootstrap_release(&r));
+    pool.release = file
+        .release
+        .map(|r| sam_bootstrap_release(&r))
+        .transpose()?;
     Ok(pool)
 }
 
@@ -492,11 +495,10 @@ async fn create(paths: &ClientPaths, provider: ProviderName, size: Size) -> Resu
     ))
 }
 
-fn sam_bootstrap_release(r: &sam_provisioner::serve::Release) -> sam_provisioner::NodeRelease {
-    sam_provisioner::NodeRelease {
-        url: r.url.clone(),
-        sha256: r.sha256.clone(),
-    }
+fn sam_bootstrap_release(
+    r: &sam_provisioner::serve::Release,
+) -> Result<sam_provisioner::NodeRelease> {
+    r.node_release().map_err(anyhow::Error::msg)
 }
 
 pub(crate) fn probe_bind() -> Result<std::net::SocketAddr> {

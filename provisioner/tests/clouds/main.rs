@@ -38,6 +38,7 @@ pub fn create_spec(size: Size) -> CreateSpec {
         sam_bootstrap::NodeRelease {
             url: "https://releases.example/sam-node".into(),
             sha256: "0".repeat(64),
+            pty_hold: None,
         },
     );
     CreateSpec {

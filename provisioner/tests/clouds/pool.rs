@@ -81,6 +81,7 @@ fn pool(base: &str) -> Pool<Hetzner> {
     pool.release = Some(NodeRelease {
         url: "https://releases.example/sam-node".into(),
         sha256: "0".repeat(64),
+        pty_hold: None,
     });
     pool.ready_timeout = Duration::from_millis(300);
     pool.probe_interval = Duration::from_millis(20);
@@ -241,6 +242,7 @@ async fn scaleway_pool_reuses_by_tags_and_reaps() {
     pool.release = Some(NodeRelease {
         url: "https://releases.example/sam-node".into(),
         sha256: "0".repeat(64),
+        pty_hold: None,
     });
     pool.probe_interval = Duration::from_millis(20);
     let owner = SecretKey::generate().node_id();
