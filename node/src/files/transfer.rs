@@ -208,13 +208,19 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
     }
     debug!(path = %resolved, size, count, "download");
     let opts = bollard::query_parameters::DownloadFromContainerOptions { path: resolved };
-    let mut tar = docker.download_from_container(&t.container_id, Some(opts));
     // The size was measured just before; growth while streaming is bounded too.
     let cap = size
         .saturating_mul(2)
         .max(1 << 20)
         .saturating_add(count.saturating_mul(TAR_SLACK_PER_ENTRY))
         .min(MAX_TRANSFER_BYTES + MAX_TRANSFER_FILES * TAR_SLACK_PER_ENTRY);
+    // Drained from Docker at disk speed: dockerd locks the container while its archive
+    // stream is open (super::spool).
+    let mut tar = super::spool::spooled(
+        &node.home().join("downloads"),
+        docker.download_from_container(&t.container_id, Some(opts)),
+        cap,
+    );
     if let Some(from) = from {
         send_from(&mut tar, from, cap, send).await;
         return Ok(());
@@ -240,7 +246,7 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
 /// with the hash (or an error frame).
 async fn send_from<S>(tar: &mut S, from: u64, cap: u64, send: &mut SendStream)
 where
-    S: futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+    S: futures_util::Stream<Item = Result<Bytes, String>> + Unpin,
 {
     let mut hash = Sha256::new();
     let mut at = 0u64;
