@@ -1147,3 +1147,86 @@ async fn a_stalled_download_does_not_freeze_the_workspace() {
     );
     conn.close(0u32.into(), b"bye");
 }
+
+/// The same lock on the way in: dockerd holds it while an archive upload's body arrives.
+/// A collaborator who starts a plain upload and stops sending froze every `docker exec`
+/// in the workspace; the node now receives the whole tar into a spool before Docker sees
+/// it. The upload still completes once the peer sends the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_does_not_freeze_the_workspace() {
+    use crate::support::ws_common::{Container, docker_ready};
+    use sam_protocol::stream::{FileOpen, OpenReply, UploadPlan};
+    use sam_protocol::wire::read_frame;
+
+    docker_ready();
+    let c = Container::start();
+    let n = crate::support::harness::TestNode::start().await;
+    let ws = n
+        .handle
+        .node
+        .workspaces()
+        .adopt(&c.id, "/workspaces/repo", "root")
+        .await
+        .expect("adopt");
+    let (key, ticket) = n.member(sam_protocol::Role::Collaborator);
+    let ep = crate::support::harness::endpoint(&key).await;
+    let (conn, _) = sam_client::conn::connect(&ep, &ticket, sam_protocol::alpn::FILE)
+        .await
+        .expect("connect");
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "up.bin", &data[..]).expect("tar");
+    let tar = tar.into_inner().expect("tar");
+    let (mut send, mut recv) = sam_client::streams::open_stream(
+        &conn,
+        &FileOpen::Upload {
+            workspace: ws.clone(),
+            path: "/workspaces/repo".into(),
+            name: "up.bin".into(),
+            size: data.len() as u64,
+            count: 1,
+        },
+    )
+    .await
+    .expect("open the upload");
+    read_frame::<UploadPlan>(&mut recv, 1 << 16)
+        .await
+        .expect("plan");
+    // The header and a little: then nothing for a while.
+    send.write_all(&tar[..4096]).await.expect("send");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let exec = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("docker")
+            .args(["exec", &c.id, "true"])
+            .status(),
+    )
+    .await;
+    assert!(
+        matches!(exec, Ok(Ok(s)) if s.success()),
+        "docker exec in the workspace waited while a peer held an upload open: {exec:?}"
+    );
+    send.write_all(&tar[4096..]).await.expect("send the rest");
+    send.finish().expect("finish");
+    match read_frame::<OpenReply>(&mut recv, 1 << 16)
+        .await
+        .expect("reply")
+    {
+        OpenReply::Ok => {}
+        OpenReply::Error(e) => panic!("the upload failed: {}", e.message),
+    }
+    let got = c
+        .sh("sha256sum /workspaces/repo/up.bin")
+        .split_whitespace()
+        .next()
+        .expect("sum")
+        .to_string();
+    assert_eq!(got, sha256_hex(&data), "every byte arrived");
+    conn.close(0u32.into(), b"bye");
+}

@@ -48,6 +48,28 @@ fn has_room(dir: &Path, bytes: u64) -> bool {
     }
 }
 
+/// An unlinked `0600` spool file in the private folder `dir` (made when missing) for up
+/// to `bytes` bytes; `None` (said in the debug log) when the disk has no room for them or
+/// the file cannot be made: the caller then streams as before.
+pub(super) fn file_for(dir: &Path, bytes: u64) -> Option<std::fs::File> {
+    // The folder first: its file system is the one measured.
+    if let Err(e) = crate::config::create_private_dir(dir) {
+        debug!(error = %e, "cannot make a spool folder; streaming instead");
+        return None;
+    }
+    if !has_room(dir, bytes) {
+        debug!(bytes, "no room to spool a transfer; streaming instead");
+        return None;
+    }
+    match spool_file(dir) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            debug!(error = %e, "cannot make a spool file; streaming instead");
+            None
+        }
+    }
+}
+
 /// An unlinked `0600` file in `dir`.
 fn spool_file(dir: &Path) -> std::io::Result<std::fs::File> {
     let path = dir.join(format!("{:032x}.tar", rand::random::<u128>()));
@@ -76,22 +98,10 @@ where
     let direct = |tar: S| -> std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>> {
         Box::pin(tar.map(|r| r.map_err(|e| e.to_string())))
     };
-    // The folder first: its file system is the one measured.
-    if let Err(e) = crate::config::create_private_dir(dir) {
-        debug!(error = %e, "cannot spool a download; streaming it from Docker");
+    let Some(file) = file_for(dir, cap) else {
         return direct(tar);
-    }
-    if !has_room(dir, cap) {
-        debug!(cap, "no room to spool a download; streaming it from Docker");
-        return direct(tar);
-    }
-    let file = match spool_file(dir) {
-        Ok(f) => Arc::new(f),
-        Err(e) => {
-            debug!(error = %e, "cannot spool a download; streaming it from Docker");
-            return direct(tar);
-        }
     };
+    let file = Arc::new(file);
     let (tx, rx) = watch::channel(Progress::default());
     tokio::spawn(drain(Box::pin(tar), file.clone(), cap, tx));
     Box::pin(follow(file, rx))

@@ -413,6 +413,19 @@ async fn upload(
                 return Ok(());
             }
         }
+    } else if let Some(file) = super::spool::file_for(&node.home().join("uploads"), cap) {
+        // Received whole before Docker sees it: dockerd locks the container for as long
+        // as an archive upload's body takes, and a peer that sends slowly (or stops)
+        // would freeze every `docker exec` in the workspace meanwhile (super::spool).
+        match receive_whole(recv, file, cap, &over).await {
+            Ok(file) => read_file(file).boxed(),
+            Err(e) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("cannot keep the upload on the node: {e}"),
+                ));
+            }
+        }
     } else {
         futures_util::stream::unfold((recv, 0u64), move |(mut recv, seen)| {
             let over = over2.clone();
@@ -636,6 +649,32 @@ fn sweep(dir: &std::path::Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Writes what the peer sends into `file` (unlinked) until the stream ends or passes
+/// `cap` (then `over` is set and the rest refused, as the streamed path does); the file,
+/// rewound.
+async fn receive_whole(
+    mut recv: RecvStream,
+    file: std::fs::File,
+    cap: u64,
+    over: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<tokio::fs::File> {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let mut f = tokio::fs::File::from_std(file);
+    let mut seen = 0u64;
+    while let Ok(Some(c)) = recv.read_chunk(256 * 1024).await {
+        seen += c.len() as u64;
+        if seen > cap {
+            over.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = recv.stop(1u32.into());
+            break;
+        }
+        f.write_all(&c).await?;
+    }
+    f.flush().await?;
+    f.seek(std::io::SeekFrom::Start(0)).await?;
+    Ok(f)
 }
 
 /// The bytes of `file` as a body stream.
