@@ -448,10 +448,13 @@ async fn build_devcontainer(docker: &Docker, run: &str, lap: usize) {
 }
 
 /// Runs `script` in container `id` (`docker exec`), panicking on failure; its stdout.
-fn exec(id: &str, script: &str) -> String {
-    let out = Command::new("docker")
+/// Async: the node runs on this runtime, and a worker blocked for seconds (a 100 MiB file
+/// made on a loaded machine) stalls the node's endpoint until its links time out.
+async fn exec(id: &str, script: &str) -> String {
+    let out = tokio::process::Command::new("docker")
         .args(["exec", id, "sh", "-c", script])
         .output()
+        .await
         .expect("docker exec");
     assert!(
         out.status.success(),
@@ -462,11 +465,12 @@ fn exec(id: &str, script: &str) -> String {
 }
 
 /// A new file of `bytes` random bytes at `path` in the container; its SHA-256 (hex).
-fn random_file(id: &str, path: &str, bytes: u64) -> String {
+async fn random_file(id: &str, path: &str, bytes: u64) -> String {
     let out = exec(
         id,
         &format!("head -c {bytes} /dev/urandom > {path} && sha256sum {path}"),
-    );
+    )
+    .await;
     out.split_whitespace().next().expect("a sum").to_string()
 }
 
@@ -727,8 +731,9 @@ async fn churn(seen: Arc<Seen>) {
         &ws_container,
         "mkdir -p /workspaces/repo /srv && cd /srv && \
          (nohup python3 -m http.server 8765 >/dev/null 2>&1 &)",
-    );
-    let http_sum = random_file(&ws_container, "/srv/f.bin", HTTP_BYTES);
+    )
+    .await;
+    let http_sum = random_file(&ws_container, "/srv/f.bin", HTTP_BYTES).await;
     let ws = handle
         .node
         .workspaces()
@@ -844,7 +849,7 @@ async fn churn(seen: Arc<Seen>) {
         let lines_before = counter.last.load(Ordering::SeqCst);
         let t_lap = Instant::now();
         // A new file for this loop's download (made before the churn starts).
-        let dl_sum = random_file(&ws_container, "/workspaces/repo/dl.bin", DOWNLOAD_BYTES);
+        let dl_sum = random_file(&ws_container, "/workspaces/repo/dl.bin", DOWNLOAD_BYTES).await;
         let done = Arc::new(AtomicBool::new(false));
 
         let churn = async {
@@ -1229,4 +1234,71 @@ async fn a_stalled_upload_does_not_freeze_the_workspace() {
         .to_string();
     assert_eq!(got, sha256_hex(&data), "every byte arrived");
     conn.close(0u32.into(), b"bye");
+}
+
+/// Found by the churn test: a forwarded connection whose stream broke (the link lost
+/// mid-answer) was ended locally like a finished one (FIN), so the program on the user's
+/// side — a browser, `curl` — saw a clean end and kept a cut-off download as whole. It
+/// may end (the issue allows in-flight connections to end with the link), but as what it
+/// is: the client now resets the local connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_download_cut_by_a_lost_link_never_ends_cleanly() {
+    use crate::support::ws_common::{Container, docker_ready};
+
+    docker_ready();
+    let c = Container::start();
+    c.sh("mkdir -p /srv && head -c 67108864 /dev/urandom > /srv/f.bin && echo ok > /srv/ok.txt");
+    c.exec_detached("cd /srv && python3 -m http.server 8766");
+    let n = crate::support::harness::TestNode::start().await;
+    let ws = n
+        .handle
+        .node
+        .workspaces()
+        .adopt(&c.id, "/workspaces/repo", "root")
+        .await
+        .expect("adopt");
+    let (key, ticket) = n.member(sam_protocol::Role::Collaborator);
+    let ep = crate::support::harness::endpoint(&key).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let local = listener.local_addr().expect("addr").to_string();
+    let fwd = tokio::spawn(sam_client::resume::forward(
+        ep,
+        ticket,
+        ws,
+        8766,
+        listener,
+        Duration::from_secs(60),
+        |_| {},
+    ));
+    // The server takes a moment to listen.
+    let t0 = Instant::now();
+    while http_get(&local, "/ok.txt").await.is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut s = tokio::net::TcpStream::connect(&local)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /f.bin HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut got = vec![0u8; 1 << 20];
+    s.read_exact(&mut got).await.expect("the first MiB");
+    // The link goes mid-answer (most of the 64 MiB still on the node's side).
+    n.handle.node.drop_all_links();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut rest))
+        .await
+        .expect("the connection ends");
+    assert!(
+        end.is_err(),
+        "a download cut by the lost link ended like a whole one after {} of 64 MiB",
+        got.len() + rest.len()
+    );
+    fwd.abort();
 }
