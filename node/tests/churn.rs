@@ -715,7 +715,7 @@ async fn churn(seen: Arc<Seen>) {
     let mut cfg = NodeConfig::new(owner);
     cfg.bind = "0.0.0.0:0".parse().expect("addr");
     let handle: NodeHandle = Node::start_with_agents(
-        NodePaths::new(&tmp.path().join("node")),
+        NodePaths::new(tmp.path().join("node")),
         cfg,
         SecretKey::generate(),
         agent_util::config(&ws_root, &[]),
