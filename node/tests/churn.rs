@@ -943,12 +943,24 @@ async fn churn(seen: Arc<Seen>) {
             async move {
                 let (mut bytes, mut gets) = (0u64, 0u64);
                 loop {
-                    match http_get(&local, "/f.bin").await {
-                        Ok(body) if sha256_hex(&body) == sum => {
+                    // Hashed off the runtime: seconds of CPU on a worker (a debug build,
+                    // a loaded machine) would stall the node's tasks queued behind it.
+                    let got = match http_get(&local, "/f.bin").await {
+                        Ok(body) => tokio::task::spawn_blocking(move || {
+                            let sum = sha256_hex(&body);
+                            (body, sum)
+                        })
+                        .await
+                        .map(Ok)
+                        .expect("hash"),
+                        Err(e) => Err(e),
+                    };
+                    match got {
+                        Ok((body, got)) if got == sum => {
                             bytes += body.len() as u64;
                             gets += 1;
                         }
-                        Ok(body) => {
+                        Ok((body, _)) => {
                             failures.add(format!(
                                 "loop {lap}: HTTP through the forward: {} bytes whose SHA-256 \
                                  is not the file's",
