@@ -74,10 +74,10 @@ const LABEL: &str = "sam.test.churn";
 const LOOP_GUARD: Duration = Duration::from_secs(600);
 
 #[test]
-#[ignore = "open: under Docker's churn the forward's QUIC connection still times out now and \
-            then (3 of ~200 forwarded downloads reset after `sam forward` said 'link lost \
-            (timed out)', no rebind seen); shell, follow and download pass. Run with \
-            `cargo test -p sam-node --test node churn:: -- --ignored`"]
+#[ignore = "open: under Docker's churn on a loaded machine the sam commands' QUIC connections \
+            still time out 2-4 times a run ('link lost (timed out)', no rebind seen): forwarded \
+            downloads in flight are reset and once the shell lost output older than the \
+            scrollback. Run with `cargo test -p sam-node --test node churn:: -- --ignored`"]
 fn docker_churn_never_reaches_the_user() {
     if std::env::var_os(CHILD_ENV).is_some() {
         child();
