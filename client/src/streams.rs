@@ -92,19 +92,44 @@ async fn forward_one(conn: &Connection, workspace: &str, port: u16, tcp: TcpStre
     let _ = tcp.set_nodelay(true);
     let (mut send, mut recv) = open_port(conn, workspace, port).await?;
     let (mut tr, mut tw) = tcp.into_split();
-    let up = async {
-        let r = copy_tcp_to_stream(&mut tr, &mut send).await;
-        let _ = send.finish();
-        r
+    let (a, b) = {
+        let up = std::pin::pin!(async {
+            let r = copy_tcp_to_stream(&mut tr, &mut send).await;
+            let _ = send.finish();
+            r
+        });
+        let down = std::pin::pin!(async {
+            let r = tokio::io::copy(&mut recv, &mut tw).await;
+            // Only a clean end of the node's side ends the local connection cleanly.
+            if r.is_ok() {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tw).await;
+            }
+            r
+        });
+        let (mut up, mut down) = (up, down);
+        let mut a = None;
+        let b = loop {
+            tokio::select! {
+                r = &mut up, if a.is_none() => a = Some(r),
+                r = &mut down => break r,
+            }
+        };
+        match (&b, a) {
+            (Ok(_), None) => (Some(up.await), b),
+            (_, a) => (a, b),
+        }
     };
-    let down = async {
-        let r = tokio::io::copy(&mut recv, &mut tw).await;
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tw).await;
-        r
-    };
-    let (a, b) = tokio::join!(up, down);
-    a?;
-    b.context("forwarded connection")?;
+    if let Err(e) = b {
+        // The stream broke (a lost link): the local program must not take the cut-off
+        // answer for a whole one, as it would after a clean end (FIN). Reset it.
+        if let Ok(tcp) = tr.reunite(tw) {
+            let _ = tcp.set_zero_linger();
+        }
+        return Err(e).context("forwarded connection");
+    }
+    if let Some(a) = a {
+        a?;
+    }
     Ok(())
 }
 

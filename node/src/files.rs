@@ -9,6 +9,7 @@
 //! still win that race; people with write access already have a shell there.)
 
 pub mod path;
+mod spool;
 pub mod transfer;
 
 use bollard::Docker;

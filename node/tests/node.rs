@@ -10,6 +10,7 @@ mod agents_bad;
 mod auth;
 mod chaos;
 mod chat_docker;
+mod churn;
 mod conv_delete;
 mod credential_poll;
 mod decode;

@@ -208,13 +208,19 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
     }
     debug!(path = %resolved, size, count, "download");
     let opts = bollard::query_parameters::DownloadFromContainerOptions { path: resolved };
-    let mut tar = docker.download_from_container(&t.container_id, Some(opts));
     // The size was measured just before; growth while streaming is bounded too.
     let cap = size
         .saturating_mul(2)
         .max(1 << 20)
         .saturating_add(count.saturating_mul(TAR_SLACK_PER_ENTRY))
         .min(MAX_TRANSFER_BYTES + MAX_TRANSFER_FILES * TAR_SLACK_PER_ENTRY);
+    // Drained from Docker at disk speed: dockerd locks the container while its archive
+    // stream is open (super::spool).
+    let mut tar = super::spool::spooled(
+        &node.home().join("downloads"),
+        docker.download_from_container(&t.container_id, Some(opts)),
+        cap,
+    );
     if let Some(from) = from {
         send_from(&mut tar, from, cap, send).await;
         return Ok(());
@@ -240,7 +246,7 @@ else echo "No such file or directory: $p" >&2; exit 2; fi"#;
 /// with the hash (or an error frame).
 async fn send_from<S>(tar: &mut S, from: u64, cap: u64, send: &mut SendStream)
 where
-    S: futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+    S: futures_util::Stream<Item = Result<Bytes, String>> + Unpin,
 {
     let mut hash = Sha256::new();
     let mut at = 0u64;
@@ -405,6 +411,19 @@ async fn upload(
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
                 return Ok(());
+            }
+        }
+    } else if let Some(file) = super::spool::file_for(&node.home().join("uploads"), cap) {
+        // Received whole before Docker sees it: dockerd locks the container for as long
+        // as an archive upload's body takes, and a peer that sends slowly (or stops)
+        // would freeze every `docker exec` in the workspace meanwhile (super::spool).
+        match receive_whole(recv, file, cap, &over).await {
+            Ok(file) => read_file(file).boxed(),
+            Err(e) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("cannot keep the upload on the node: {e}"),
+                ));
             }
         }
     } else {
@@ -630,6 +649,32 @@ fn sweep(dir: &std::path::Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Writes what the peer sends into `file` (unlinked) until the stream ends or passes
+/// `cap` (then `over` is set and the rest refused, as the streamed path does); the file,
+/// rewound.
+async fn receive_whole(
+    mut recv: RecvStream,
+    file: std::fs::File,
+    cap: u64,
+    over: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<tokio::fs::File> {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let mut f = tokio::fs::File::from_std(file);
+    let mut seen = 0u64;
+    while let Ok(Some(c)) = recv.read_chunk(256 * 1024).await {
+        seen += c.len() as u64;
+        if seen > cap {
+            over.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = recv.stop(1u32.into());
+            break;
+        }
+        f.write_all(&c).await?;
+    }
+    f.flush().await?;
+    f.seek(std::io::SeekFrom::Start(0)).await?;
+    Ok(f)
 }
 
 /// The bytes of `file` as a body stream.
