@@ -926,7 +926,7 @@ pub async fn shares_ls(paths: &ClientPaths, node: Option<&str>) -> Result<Output
         let c = &s.capability;
         let grantee = match (&c.grantee, &s.redeemed_by) {
             (Grantee::Key(k), _) => k.short(),
-            (Grantee::Invite(_), Some(k)) => format!("invite→{}", k.short()),
+            (Grantee::Invite(_), Some(k)) => format!("invite:{}", k.short()),
             (Grantee::Invite(_), None) => "invite (unused)".into(),
         };
         let state = if s.revoked {

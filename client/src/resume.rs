@@ -573,7 +573,7 @@ impl Fetch {
             buf.clear();
             if info != self.info {
                 return Err(format!(
-                    "{} changed while the link was down ({} → {} bytes); download it again",
+                    "{} changed while the link was down (from {} to {} bytes); download it again",
                     self.info.path, self.info.size, info.size
                 ));
             }

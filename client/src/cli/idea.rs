@@ -427,7 +427,7 @@ pub async fn idea_with(paths: &ClientPaths, a: IdeaArgs, mut intr: Interrupts) -
     client.close();
     ep.close().await;
     let done = result?;
-    progress.done("done", "idea → PR");
+    progress.done("done", "idea to PR");
     let (provider, vm_id, reused) = match &place {
         Place::Pooled { pool, vm, reused } => (
             Some(pool.provider.name()),
