@@ -197,7 +197,11 @@ impl GitHub {
         {
             return Ok((p, true));
         }
-        Err(self.failure(&format!("opening a PR from {head} into {base}"), status, &answer))
+        Err(self.failure(
+            &format!("opening a PR from {head} into {base}"),
+            status,
+            &answer,
+        ))
     }
 }
 
