@@ -237,11 +237,21 @@ impl Actor {
         }
         self.reattached.push_back(now);
         let from = self.end();
-        let link = match attach_holder(at, from, false).await {
-            Ok(l) => l,
-            Err(e) => {
-                info!(terminal = %self.id, error = %e, "terminal holder gone");
-                return None;
+        // A failed attach may be Docker slow under load, not the holder gone: try again a
+        // few times (about 1.4 s in all) before the terminal is taken as ended.
+        let mut wait = Duration::from_millis(200);
+        let link = loop {
+            match attach_holder(at, from, false).await {
+                Ok(l) => break l,
+                Err(e) if wait > Duration::from_millis(800) || stopping.is_cancelled() => {
+                    info!(terminal = %self.id, error = %e, "terminal holder gone");
+                    return None;
+                }
+                Err(e) => {
+                    debug!(terminal = %self.id, error = %e, "terminal holder attach failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
             }
         };
         if link.end < from {
